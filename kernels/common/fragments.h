@@ -1,0 +1,104 @@
+// fragments.h: mma.sync m16n8k16 operand fragments to and from swizzled shared-memory tiles
+// (common/swizzle.h), plus the quad reductions over a fragment row. Shared by the forward and backward
+// kernels. Fragment layouts: shared/notes/ptx-primitives.md and the comments in primitives.h
+// (g = lane / 4, t = lane % 4).
+//
+// Naming: `ldsm_*` load one warp's operand fragments with one ldmatrix.x4; `tile` is the base of a
+// swizzled tile with COLS columns; coordinates are in elements of that tile. Every lane of the warp must
+// call them together (they are warp collectives), with the same coordinates.
+#pragma once
+
+#include "swizzle.h"
+
+namespace gsdpa {
+
+// A operand (16 x 16, m x k) where the tile stores A row-major: A[m][k] = tile[row0 + m][col0 + k].
+// Matrices 0..3 = (m 0-7, k 0-7), (m 8-15, k 0-7), (m 0-7, k 8-15), (m 8-15, k 8-15) give a[0..3].
+template <int COLS, class T>
+GSDPA_DEVICE void ldsm_a(uint32_t (&a)[4], const T *tile, int row0, int col0, int lane) {
+    const int row = row0 + (lane & 15);
+    const int col = col0 + ((lane >> 4) << 3);
+    ldmatrix_x4(a, tile + swizzle<COLS>(row, col));
+}
+
+// A operand (16 x 16, m x k) where the tile stores A transposed: A[m][k] = tile[row0 + k][col0 + m]
+// (e.g. P^T or dS^T in a backward, from a tile stored [query][key]).
+template <int COLS, class T>
+GSDPA_DEVICE void ldsm_a_trans(uint32_t (&a)[4], const T *tile, int row0, int col0, int lane) {
+    const int j = lane >> 3;  // the matrix this lane addresses a row of
+    const int row = row0 + (lane & 7) + ((j >> 1) << 3);
+    const int col = col0 + ((j & 1) << 3);
+    ldmatrix_x4_trans(a, tile + swizzle<COLS>(row, col));
+}
+
+// B operands of two adjacent n-tiles (16 x 8 each, k x n) where the tile stores B as [n][k]
+// (k contiguous; e.g. K for S = Q K^T): B[k][n] = tile[row0 + n][col0 + k], n in 0..15.
+// b[0], b[1]: n-tile n = 0..7; b[2], b[3]: n-tile n = 8..15 (pass {b[0], b[1]} / {b[2], b[3]} to the mma).
+template <int COLS, class T>
+GSDPA_DEVICE void ldsm_b(uint32_t (&b)[4], const T *tile, int row0, int col0, int lane) {
+    const int j = lane >> 3;
+    const int row = row0 + (lane & 7) + ((j >> 1) << 3);
+    const int col = col0 + ((j & 1) << 3);
+    ldmatrix_x4(b, tile + swizzle<COLS>(row, col));
+}
+
+// B operands of two adjacent n-tiles where the tile stores B as [k][n] (n contiguous; e.g. V for O = P V):
+// B[k][n] = tile[row0 + k][col0 + n], k in 0..15, n in 0..15. Same register order as ldsm_b.
+template <int COLS, class T>
+GSDPA_DEVICE void ldsm_b_trans(uint32_t (&b)[4], const T *tile, int row0, int col0, int lane) {
+    const int j = lane >> 3;
+    const int row = row0 + (lane & 7) + ((j & 1) << 3);
+    const int col = col0 + ((j >> 1) << 3);
+    ldmatrix_x4_trans(b, tile + swizzle<COLS>(row, col));
+}
+
+// The f32 accumulators of two adjacent 16 x 8 tiles (columns 0-7 in c0, 8-15 in c1), rounded to T and
+// packed: exactly the A operand of an m16n8k16 over k = those 16 columns (the register-reuse corollary in
+// ptx-primitives.md: P never leaves registers).
+template <class T>
+GSDPA_DEVICE void pack_c_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
+    a[0] = pack_float2<T>(c0[0], c0[1]);
+    a[1] = pack_float2<T>(c0[2], c0[3]);
+    a[2] = pack_float2<T>(c1[0], c1[1]);
+    a[3] = pack_float2<T>(c1[2], c1[3]);
+}
+
+// Element offsets, in a swizzled tile with COLS columns, of the two 16-bit pairs a lane holds of a 16 x 8
+// accumulator tile at (row0, col0): half 0 is row row0 + g, half 1 row row0 + g + 8; both at columns
+// col0 + 2t, col0 + 2t + 1 (c[2 * half], c[2 * half + 1]). The pair is 4-byte aligned.
+template <int COLS>
+GSDPA_DEVICE int c_frag_offset(int row0, int col0, int half, int lane) {
+    return swizzle<COLS>(row0 + (lane >> 2) + 8 * half, col0 + 2 * (lane & 3));
+}
+
+// Writes a lane's part of a 16 x 8 f32 accumulator tile at (row0, col0), rounded to T, into a swizzled
+// tile (4-byte stores; a warp's stores are conflict-free).
+template <int COLS, class T>
+GSDPA_DEVICE void store_c_frag(T *tile, int row0, int col0, const float (&c)[4], int lane) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+        *reinterpret_cast<uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, half, lane)) =
+            pack_float2<T>(c[2 * half], c[2 * half + 1]);
+    }
+}
+
+// Reads the two 16-bit values at the positions a lane holds of a 16 x 8 accumulator tile at
+// (row0, col0), row half `half`, as floats.
+template <int COLS, class T>
+GSDPA_DEVICE float2 load_c_pair(const T *tile, int row0, int col0, int half, int lane) {
+    return unpack_float2<T>(*reinterpret_cast<const uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, half, lane)));
+}
+
+// Max / sum over the 4 lanes of a quad (the lanes holding one accumulator row); every lane gets the result.
+GSDPA_DEVICE float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+    return x;
+}
+GSDPA_DEVICE float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    return x;
+}
+
+}  // namespace gsdpa

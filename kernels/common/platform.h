@@ -1,0 +1,45 @@
+// platform.h: the single place where the kernel sources learn which target they are compiled for.
+//
+// The same .cu files build two ways:
+//  - nvcc, for the GPU: CUDA's own types and intrinsics;
+//  - the host C++ compiler with -DGSDPA_EMULATOR, for the CPU emulator (kernels/emu): every CUDA thread
+//    becomes a fiber and the warp-level primitives are emulated with their exact PTX semantics.
+// Kernel logic never tests GSDPA_EMULATOR. Only this header and primitives.h do.
+#pragma once
+
+#include "../gsdpa_params.h"
+
+#if defined(GSDPA_EMULATOR)
+#include "../emu/emu.h"
+namespace gsdpa {
+using bf16 = gsdpa_emu::bf16;
+using f16 = gsdpa_emu::f16;
+}  // namespace gsdpa
+// Makes an `extern "C"` kernel entry point launchable by name from the emulator's launcher.
+#define GSDPA_REGISTER_KERNEL(name, Params)                                                   \
+    static ::gsdpa_emu::KernelRegistrar gsdpa_registrar_##name(                              \
+        #name, sizeof(Params), [](const void *params) { name(*static_cast<const Params *>(params)); });
+#else
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+namespace gsdpa {
+using bf16 = __nv_bfloat16;
+using f16 = __half;
+}  // namespace gsdpa
+// On the GPU the driver finds kernels by their unmangled names; nothing to register.
+#define GSDPA_REGISTER_KERNEL(name, Params)
+#endif
+
+#define GSDPA_DEVICE __device__ __forceinline__
+
+namespace gsdpa {
+
+template <class T>
+GSDPA_DEVICE constexpr T tmin(T a, T b) { return a < b ? a : b; }
+template <class T>
+GSDPA_DEVICE constexpr T tmax(T a, T b) { return a > b ? a : b; }
+template <class T>
+GSDPA_DEVICE constexpr T ceil_div(T a, T b) { return (a + b - 1) / b; }
+
+}  // namespace gsdpa

@@ -1,0 +1,96 @@
+// swizzle.h: the shared-memory layout of 16-bit tiles, and the block-wide copies between global and
+// shared memory that use it. Shared by the forward and backward kernels.
+//
+// Layout. A ROWS x COLS tile of 16-bit elements is stored row-major, COLS * 2 bytes per row, cut into
+// 16-byte chunks of 8 elements. Logical chunk c of row r is stored at chunk position c ^ (r % 8) of the
+// same row (the XOR touches only the low 3 bits of c, so it stays inside the row; COLS must therefore be
+// a multiple of 64 elements = 8 chunks = 128 bytes).
+//
+// Why: shared memory has 32 four-byte banks (128 bytes per "line"). ldmatrix reads, per 8x8 matrix,
+// 8 rows x 16 bytes at the same logical column; rows are a multiple of 128 bytes apart, so unswizzled
+// all 8 rows would hit the same 4 banks (an 8-way conflict). With the XOR, 8 consecutive rows land in 8
+// distinct 16-byte bank groups: conflict-free, for ldmatrix and ldmatrix.trans alike. Whole-row 16-byte
+// accesses (cp.async fills, the epilogue's coalesced stores) and 4-byte accumulator-fragment accesses
+// (8 rows x 4 lanes x 4 bytes at one logical chunk) are conflict-free as well.
+#pragma once
+
+#include "primitives.h"
+
+namespace gsdpa {
+
+// Element offset of logical element (row, col) in a swizzled tile with COLS columns.
+template <int COLS>
+GSDPA_DEVICE int swizzle(int row, int col) {
+    static_assert(COLS % 64 == 0, "a swizzled tile row must be a whole number of 128-byte lines");
+    return row * COLS + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+}
+
+// The swizzled offsets of column `col` in rows row0, row0 + STEP, row0 + 2 STEP, ...: offset(i) =
+// base[i % VARIANTS] + i * STEP * COLS. Since (row0 + i STEP) % 8 repeats with period 8 / gcd(STEP, 8),
+// only that many base offsets exist; spelling this out lets the compiler use one register per variant
+// plus immediate offsets, instead of one live register per row (which spills at D = 256).
+template <int COLS, int STEP>
+struct SwizzledColumn {
+    static constexpr int gcd8(int a) { return (a % 8 == 0) ? 8 : (a % 4 == 0) ? 4 : (a % 2 == 0) ? 2 : 1; }
+    static constexpr int VARIANTS = 8 / gcd8(STEP);
+    int base[VARIANTS];
+    GSDPA_DEVICE SwizzledColumn(int row0, int col) {
+#pragma unroll
+        for (int v = 0; v < VARIANTS; ++v) base[v] = swizzle<COLS>(row0 + v * STEP, col) - v * STEP * COLS;
+    }
+    GSDPA_DEVICE int operator()(int i) const { return base[i % VARIANTS] + i * STEP * COLS; }
+};
+
+// Issues (does not commit) cp.async copies of a ROWS x COLS tile into `smem` (swizzled): row r < valid_rows
+// comes from gmem + r * row_stride (elements), rows >= valid_rows are zero-filled without reading global
+// memory (valid_rows may be <= 0 or >= ROWS). Called by all THREADS threads of the block with their thread
+// index; gmem and row_stride must keep every row 16-byte aligned.
+template <int ROWS, int COLS, int THREADS, class T>
+GSDPA_DEVICE void cp_async_tile(T *smem, const T *gmem, int64_t row_stride, int valid_rows, int tid) {
+    constexpr int CHUNKS = COLS / 8;
+    constexpr int TOTAL = ROWS * CHUNKS;
+    static_assert(TOTAL % THREADS == 0, "every thread copies the same number of chunks");
+    static_assert(THREADS % CHUNKS == 0, "a thread's chunks share one column (keeps the address math cheap)");
+    constexpr int ROW_STEP = THREADS / CHUNKS;  // rows between a thread's consecutive chunks
+    const int chunk = tid % CHUNKS;
+    const int row0 = tid / CHUNKS;
+    // One running source pointer advanced by a fixed step, rather than row * row_stride per chunk: the
+    // latter gives the compiler one loop-invariant 64-bit offset per chunk to keep live across the
+    // caller's key loop (16 register pairs per tile at D = 256), which spills.
+    const int64_t step = int64_t(ROW_STEP) * row_stride;
+    const T *src = gmem + int64_t(row0) * row_stride + chunk * 8;
+    const SwizzledColumn<COLS, ROW_STEP> dst(row0, chunk * 8);
+#pragma unroll
+    for (int i = 0; i < TOTAL / THREADS; ++i) {
+        // An invalid row reads nothing (src-size 0), so its (possibly out-of-range) address is never used.
+        cp_async_16(smem + dst(i), src, row0 + i * ROW_STEP < valid_rows);
+        src += step;
+    }
+}
+
+// Copies rows [0, valid_rows) of a swizzled ROWS x COLS tile from shared memory to gmem (row r at
+// gmem + r * row_stride) with 16-byte stores; consecutive threads write consecutive chunks of a row, so
+// a warp's stores coalesce. Called by all THREADS threads; the caller synchronises before (the tile is
+// complete) and, if the tile is reused, after.
+template <int ROWS, int COLS, int THREADS, class T>
+GSDPA_DEVICE void store_tile(T *gmem, int64_t row_stride, const T *smem, int valid_rows, int tid) {
+    constexpr int CHUNKS = COLS / 8;
+    constexpr int TOTAL = ROWS * CHUNKS;
+    static_assert(TOTAL % THREADS == 0, "every thread stores the same number of chunks");
+    static_assert(THREADS % CHUNKS == 0, "a thread's chunks share one column");
+    constexpr int ROW_STEP = THREADS / CHUNKS;
+    const int chunk = tid % CHUNKS;
+    const int row0 = tid / CHUNKS;
+    const SwizzledColumn<COLS, ROW_STEP> src(row0, chunk * 8);
+    T *dst = gmem + int64_t(row0) * row_stride + chunk * 8;
+    const int64_t step = int64_t(ROW_STEP) * row_stride;
+#pragma unroll
+    for (int i = 0; i < TOTAL / THREADS; ++i) {
+        if (row0 + i * ROW_STEP < valid_rows) {
+            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(smem + src(i));
+        }
+        dst += step;
+    }
+}
+
+}  // namespace gsdpa

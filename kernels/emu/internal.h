@@ -1,0 +1,116 @@
+// internal.h: the emulator's state, shared by its .cpp files (never included by kernels).
+#pragma once
+
+#include <csetjmp>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "emu.h"
+#include "fiber.h"
+
+namespace gsdpa_emu {
+
+constexpr int kWarpSize = 32;
+
+// What a fiber is doing when it is not running.
+enum class FiberState {
+    Runnable,      // will run at the next scheduler pass
+    AtCollective,  // parked at a warp collective, waiting for the other lanes
+    AtBarrier,     // parked at __syncthreads
+    Done,          // returned from the kernel
+};
+
+enum class CollectiveKind { SyncWarp, Shuffle, Mma, Ldmatrix };
+
+const char *collective_name(CollectiveKind kind);
+
+// The operands a lane deposits at a warp collective. Pointers refer to the lane's own stack, which
+// stays valid while the lane is parked.
+struct PendingCollective {
+    CollectiveKind kind = CollectiveKind::SyncWarp;
+    Site site{"", 0};
+    unsigned mask = 0;
+    // Shuffle
+    ShuffleMode shuffle_mode = ShuffleMode::Idx;
+    uint32_t shuffle_value = 0;
+    int shuffle_arg = 0;
+    int shuffle_width = 32;
+    uint32_t shuffle_result = 0;
+    // mma.sync
+    MmaType mma_type = MmaType::BF16;
+    const uint32_t *mma_a = nullptr;
+    const uint32_t *mma_b = nullptr;
+    const float *mma_c = nullptr;
+    float *mma_d = nullptr;
+    // ldmatrix
+    uint32_t *ldm_regs = nullptr;
+    int ldm_num = 0;
+    bool ldm_trans = false;
+    const void *ldm_addr = nullptr;
+};
+
+// One cp.async, performed when a wait_group retires its group.
+struct AsyncCopy {
+    char *dst;
+    const char *src;
+    int cp_size;
+    int src_size;
+};
+
+struct Fiber {
+    FiberContext context;
+    char *stack = nullptr;
+    ThreadContext thread;
+    int linear_id = 0;
+    FiberState state = FiberState::Runnable;
+    PendingCollective pending;
+    Site barrier_site{"", 0};
+    std::vector<AsyncCopy> uncommitted;
+    std::deque<std::vector<AsyncCopy>> committed;  // oldest first
+};
+
+struct Launch;
+
+// Runs blocks, one at a time, on the OS thread that owns it.
+struct BlockRunner {
+    const Launch *launch = nullptr;
+    std::vector<Fiber> fibers;
+    FiberContext scheduler;
+    Fiber *current = nullptr;
+    char *smem = nullptr;
+    size_t smem_bytes = 0;
+    uint64_t rng_state = 0;
+    sigjmp_buf on_failure;  // where fail() and the fault handler return to
+    bool in_block = false;
+};
+
+// The runner of the calling OS thread (null outside a launch).
+BlockRunner *current_runner();
+void set_current_runner(BlockRunner *runner);
+
+// Executes a collective for the lanes of one warp, all parked at the same site. Returns an empty string,
+// or the reason the collective is invalid (e.g. a misaligned ldmatrix row).
+std::string execute_collective(BlockRunner &runner, Fiber *const lanes[kWarpSize]);
+
+// Formats "kernel K, block (x,y,z), thread (x,y,z) (warp w, lane l)" and, with a site, " at file:line".
+std::string describe_fiber(const BlockRunner &runner, const Fiber &fiber);
+std::string describe_thread(const BlockRunner &runner, const Fiber &fiber, Site site);
+std::string kernel_name(const BlockRunner &runner);
+
+// Records the launch's failure (the first one wins) and unwinds to the runner's scheduler.
+[[noreturn]] void fail_current_block(const std::string &message);
+
+// Guard pages: the fault handler turns a fault inside a fiber into a launch error.
+void install_fault_handler();
+bool is_in_guard_page(const void *addr);
+void register_guard_page(const void *page_start, size_t page_bytes);
+void unregister_guard_page(const void *page_start);
+
+// Maps `bytes` of read/write memory followed by one inaccessible page; returns the start of the usable
+// range, whose end touches the guard page.
+char *map_guarded(size_t bytes, size_t alignment);
+void unmap_guarded(char *usable_start);
+
+}  // namespace gsdpa_emu

@@ -1,0 +1,91 @@
+// kernel_traits.h: compile-time shape of the fused forward kernel for one (dtype, head dim).
+//
+// Tile sizes (the values live in gsdpa_params.h, GsdpaFwdGeometry, so Rust launches with the same ones).
+// Every warp owns 16 query rows (one m16 mma tile), so BLOCK_M = 16 * warps. Shared memory holds one
+// Q tile [BLOCK_M][D], one K tile and one V tile [BLOCK_N][D], all 16-bit and swizzled (common/swizzle.h),
+// and stays <= 99 KiB so the same binary runs on sm_86 / sm_89 (99 KiB per block there):
+//
+//   D    BLOCK_M x BLOCK_N  warps  smem    why
+//   64   128 x 128          8      48 KiB  FA2's tile. Per thread: 64 f32 scores + 32 f32 O + 16 Q regs,
+//                                          about 128 registers: two blocks (16 warps) per SM.
+//   128  128 x 64           8      64 KiB  FA2's tile. 64 f32 O + 32 f32 scores; Q is kept in registers too
+//                                          (32 regs) because reloading it from shared memory for every
+//                                          key tile costs a quarter of the S = Q K^T shared-memory traffic.
+//   256  64 x 64            4      96 KiB  FA2's sm_86 choice: 128 f32 O registers per thread leave no room
+//                                          for Q in registers or for more rows per warp, and a 128-row Q tile
+//                                          (64 KiB) would not fit beside K and V in 99 KiB.
+//
+// Pipeline (FlashAttention-2's single-buffer scheme rather than double buffering): K and V have one buffer
+// each, and their loads alternate so that each overlaps one GEMM: V(j) is fetched while S = Q K(j)^T is
+// computed, K(j-1) while the softmax and O += P V(j) run. Double-buffering both would cost another
+// 2 * BLOCK_N * D * 2 bytes (+32 KiB at D = 128: 96 KiB, one block per SM on A100; +64 KiB at D = 256,
+// over the 99 KiB limit) for little gain, since every load already has a full GEMM to hide under.
+// Key tiles are visited from the last to the first, so the tiles that need masking (the partial last
+// tile, the causal diagonal) come first and the loop bound skips tiles above the diagonal.
+#pragma once
+
+#include "../common/fragments.h"
+
+namespace gsdpa {
+namespace fwd {
+
+template <int D>
+struct FwdGeometry;
+template <>
+struct FwdGeometry<64> {
+    static constexpr int BLOCK_M = GSDPA_FWD_BLOCK_M_D64, BLOCK_N = GSDPA_FWD_BLOCK_N_D64,
+                         THREADS = GSDPA_FWD_THREADS_D64, SMEM = GSDPA_FWD_SMEM_D64;
+};
+template <>
+struct FwdGeometry<128> {
+    static constexpr int BLOCK_M = GSDPA_FWD_BLOCK_M_D128, BLOCK_N = GSDPA_FWD_BLOCK_N_D128,
+                         THREADS = GSDPA_FWD_THREADS_D128, SMEM = GSDPA_FWD_SMEM_D128;
+};
+template <>
+struct FwdGeometry<256> {
+    static constexpr int BLOCK_M = GSDPA_FWD_BLOCK_M_D256, BLOCK_N = GSDPA_FWD_BLOCK_N_D256,
+                         THREADS = GSDPA_FWD_THREADS_D256, SMEM = GSDPA_FWD_SMEM_D256;
+};
+
+template <class T_, int D_>
+struct FwdTraits {
+    using T = T_;
+    static constexpr int D = D_;
+    static constexpr int BLOCK_M = FwdGeometry<D>::BLOCK_M;
+    static constexpr int BLOCK_N = FwdGeometry<D>::BLOCK_N;
+    static constexpr int THREADS = FwdGeometry<D>::THREADS;
+    static constexpr int WARPS = THREADS / 32;
+
+    // Q fragments for the whole head dim stay in registers (loaded once) instead of being re-read from
+    // shared memory for every key tile. See the table above.
+    static constexpr bool Q_IN_REGS = D <= 128;
+
+    // Register fragment counts per thread.
+    static constexpr int K_STEPS_QK = D / 16;      // k-steps of S = Q K^T (over the head dim)
+    static constexpr int N_TILES_S = BLOCK_N / 8;  // 16 x 8 score tiles per warp
+    static constexpr int K_STEPS_PV = BLOCK_N / 16;  // k-steps of O += P V (over the keys)
+    static constexpr int N_TILES_O = D / 8;        // 16 x 8 output tiles per warp
+
+    // Shared memory, in elements of T from the dynamic shared memory base:
+    //   [Q: BLOCK_M x D][K: BLOCK_N x D][V: BLOCK_N x D]
+    // Reuse: the elementwise gate tile G (BLOCK_M x D) is fetched into the Q region once the last
+    // S = Q K^T is done; in the epilogue the Y tile is staged in the K+V region and the ungated O tile
+    // in the Q region (after G has been read).
+    static constexpr int SMEM_Q = 0;
+    static constexpr int SMEM_K = SMEM_Q + BLOCK_M * D;
+    static constexpr int SMEM_V = SMEM_K + BLOCK_N * D;
+    static constexpr int SMEM_Y = SMEM_K;
+    static constexpr int SMEM_O = SMEM_Q;
+    static constexpr int SMEM_ELEMS = SMEM_V + BLOCK_N * D;
+    static constexpr int SMEM_BYTES = SMEM_ELEMS * int(sizeof(T));
+
+    static_assert(sizeof(T) == 2, "16-bit element types only");
+    static_assert(BLOCK_M == 16 * WARPS, "each warp owns 16 query rows");
+    static_assert(BLOCK_N % 16 == 0 && D % 64 == 0, "whole mma tiles and swizzled 128-byte rows");
+    static_assert(BLOCK_M <= 2 * BLOCK_N, "the Y tile is staged in the K+V region");
+    static_assert(SMEM_BYTES == FwdGeometry<D>::SMEM, "GSDPA_FWD_SMEM_* must match the layout");
+    static_assert(SMEM_BYTES <= 99 * 1024, "must fit sm_86 / sm_89 (99 KiB per block)");
+};
+
+}  // namespace fwd
+}  // namespace gsdpa

@@ -1,0 +1,75 @@
+// online_softmax.h: the running row max and row sum of flash attention, per thread.
+//
+// A thread holds two rows of its warp's 16 (g and g + 8, "halves" 0 and 1) and, of each, the columns
+// 2t, 2t + 1 of every 8-column tile. The scale is folded into the exponent: with scale_log2 =
+// scale * log2(e), p = 2^(s * scale_log2 - m * scale_log2) = e^(scale (s - m)), one FMA and one ex2 per
+// score. The max is reduced over the quad every tile (all lanes of a row must subtract the same max);
+// the sum stays a per-lane partial until finish().
+//
+// Rows that have seen no key yet keep m = -inf; the exponent base then is 0 instead of -inf * scale, so
+// no -inf - (-inf) = NaN appears (masked scores are -inf and give p = 0). Requires scale > 0.
+#pragma once
+
+#include "kernel_traits.h"
+
+namespace gsdpa {
+namespace fwd {
+
+struct OnlineSoftmax {
+    float row_max[2];  // running max of the raw (unscaled) scores, -inf before any visible key
+    float row_sum[2];  // this lane's partial sum of p, in units of 2^(row_max * scale_log2)
+
+    GSDPA_DEVICE void init() {
+        row_max[0] = row_max[1] = -INFINITY;
+        row_sum[0] = row_sum[1] = 0.0f;
+    }
+
+    // Folds a (masked) score tile in: raises the row max, rescales the accumulated output and sum by
+    // 2^((m_old - m_new) * scale_log2), and replaces the scores by the unnormalised p. Warp collective.
+    template <int N_TILES_S, int N_TILES_O>
+    GSDPA_DEVICE void update(float (&s)[N_TILES_S][4], float (&acc_o)[N_TILES_O][4], float scale_log2) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            float m = row_max[half];
+#pragma unroll
+            for (int nt = 0; nt < N_TILES_S; ++nt) m = fmaxf(m, fmaxf(s[nt][2 * half], s[nt][2 * half + 1]));
+            m = quad_max(m);
+            const float base = m == -INFINITY ? 0.0f : m * scale_log2;
+            // m_old = -inf (nothing seen yet): 2^-inf = 0, and acc_o and row_sum are 0 anyway.
+            const float correction = fast_exp2(row_max[half] * scale_log2 - base);
+            row_max[half] = m;
+            row_sum[half] *= correction;
+#pragma unroll
+            for (int nt = 0; nt < N_TILES_O; ++nt) {
+                acc_o[nt][2 * half] *= correction;
+                acc_o[nt][2 * half + 1] *= correction;
+            }
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < N_TILES_S; ++nt) {
+#pragma unroll
+                for (int i = 2 * half; i < 2 * half + 2; ++i) {
+                    s[nt][i] = fast_exp2(fmaf(s[nt][i], scale_log2, -base));
+                    sum += s[nt][i];
+                }
+            }
+            row_sum[half] += sum;
+        }
+    }
+
+    // Completes the row sums over the quad. Returns, per half, 1 / l (0 for a row that saw nothing, so its
+    // output is 0) and the natural-log LSE, scale * m + ln(l) (-inf for a row that saw nothing). Warp
+    // collective.
+    GSDPA_DEVICE void finish(float scale_log2, float (&inv_sum)[2], float (&lse)[2]) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const float l = quad_sum(row_sum[half]);
+            const bool empty = l == 0.0f || row_max[half] == -INFINITY;
+            inv_sum[half] = empty ? 0.0f : 1.0f / l;
+            lse[half] = empty ? -INFINITY : (row_max[half] * scale_log2 + log2f(l)) * 0.69314718055994531f;
+        }
+    }
+};
+
+}  // namespace fwd
+}  // namespace gsdpa

@@ -1,0 +1,208 @@
+/*
+ * gsdpa_params.h: the one definition of what a kernel launch receives.
+ *
+ * Plain C on purpose: nvcc (device build), the host C++ compiler (emulator build) and bindgen (the Rust
+ * mirror in src/ffi/params.rs) all read this file, so the three views of the struct cannot drift apart.
+ * Every kernel takes one of these structs by value as its only argument.
+ *
+ * Conventions (see README "Conventions"):
+ *  - Tensors are addressed as base + b * batch + row * row_stride + h * head + d, in elements; the last
+ *    dimension is contiguous. For varlen problems (cu_seqlens_* non-null) the batch stride is unused and
+ *    `row` is the packed token index cu_seqlens[b] + i.
+ *  - The headwise gate has no last dimension: element (b, i, h) sits at b * batch + i * row + h * head.
+ *  - lse (and the backward's delta) is f32 at b * lse_batch_stride + h * lse_head_stride + row.
+ *  - Causal masking is bottom-right aligned: query i sees key j iff j <= i + (seqlen_k - seqlen_q), with
+ *    the lengths of the current sequence.
+ */
+#ifndef GSDPA_PARAMS_H
+#define GSDPA_PARAMS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Gate modes and activations, as stored in the params' `gate_mode` and `activation` fields. */
+enum GsdpaGateMode {
+    GSDPA_GATE_NONE = 0,
+    GSDPA_GATE_ELEMENTWISE = 1,
+    GSDPA_GATE_HEADWISE = 2
+};
+
+enum GsdpaActivation {
+    GSDPA_ACT_SIGMOID = 0,
+    GSDPA_ACT_SILU = 1
+};
+
+/* Strides of a [batch, row, head, dim] tensor, in elements (dim stride is 1). */
+typedef struct GsdpaStrides {
+    int64_t batch;
+    int64_t row;
+    int64_t head;
+} GsdpaStrides;
+
+/* Forward: Y = softmax(scale Q K^T + mask) V * act(G), LSE, optionally the ungated O. */
+typedef struct GsdpaFwdParams {
+    const void *q;                 /* [B, Sq, Hq, D] (varlen: [Tq, Hq, D]) */
+    const void *k;                 /* [B, Sk, Hkv, D] */
+    const void *v;                 /* [B, Sk, Hkv, D] */
+    const void *g;                 /* gate logits [B, Sq, Hq, D] or [B, Sq, Hq]; null when gate_mode == NONE */
+    void *y;                       /* gated output, same shape as q */
+    void *o;                       /* ungated output (optional, null to skip) */
+    float *lse;                    /* [B, Hq, Sq] (varlen: [Hq, Tq]), natural log; -inf for empty rows */
+    const int32_t *cu_seqlens_q;   /* [B + 1] prefix sums, or null */
+    const int32_t *cu_seqlens_k;   /* [B + 1] prefix sums, or null (both or neither) */
+
+    GsdpaStrides q_stride, k_stride, v_stride, g_stride, y_stride, o_stride;
+    int64_t lse_batch_stride;
+    int64_t lse_head_stride;
+
+    int32_t batch;
+    int32_t seqlen_q;              /* varlen: max_seqlen_q (sizes the grid) */
+    int32_t seqlen_k;              /* varlen: max_seqlen_k */
+    int32_t heads_q;
+    int32_t heads_kv;
+    int32_t head_dim;
+    int32_t causal;                /* 0 or 1 */
+    int32_t gate_mode;             /* enum GsdpaGateMode */
+    int32_t activation;            /* enum GsdpaActivation */
+    float scale;                   /* softmax scale, default 1/sqrt(D) */
+    float scale_log2;              /* scale * log2(e): the kernels use exp2 */
+} GsdpaFwdParams;
+
+/* Standalone gate (the unfused baseline): Y = O * act(G) over [B, S, H, D] tensors. */
+typedef struct GsdpaGateParams {
+    const void *o;
+    const void *g;
+    void *y;
+    GsdpaStrides o_stride, g_stride, y_stride;
+    int32_t batch;
+    int32_t seqlen;
+    int32_t heads;
+    int32_t head_dim;
+    int32_t gate_mode;             /* ELEMENTWISE or HEADWISE */
+    int32_t activation;
+} GsdpaGateParams;
+
+/* Backward: dQ, dK, dV, dG from dY, Y, G, LSE (and the ungated O for silu gates). */
+typedef struct GsdpaBwdParams {
+    const void *q;
+    const void *k;
+    const void *v;
+    const void *g;                 /* null when gate_mode == NONE */
+    const void *y;                 /* forward output (gated) */
+    const void *o;                 /* ungated forward output; needed only for the silu activation */
+    const void *dy;
+    const float *lse;
+    void *dq;
+    void *dk;                      /* [B, Sk, Hkv, D]: summed over the query heads of each kv head */
+    void *dv;
+    void *dg;                      /* same shape as g; null when gate_mode == NONE */
+    const int32_t *cu_seqlens_q;
+    const int32_t *cu_seqlens_k;
+
+    /* Caller-provided workspace (sizes from the Rust API). */
+    float *delta;                  /* rowsum(dY * Y), laid out like lse */
+    void *d_o;                     /* ungated upstream gradient dO = dY * act(G), dtype, ws_stride layout */
+    float *dq_accum;               /* f32 dQ accumulator, ws_stride layout (zeroed by the preprocess kernel) */
+
+    GsdpaStrides q_stride, k_stride, v_stride, g_stride, y_stride, o_stride, dy_stride;
+    GsdpaStrides dq_stride, dk_stride, dv_stride, dg_stride;
+    GsdpaStrides ws_stride;        /* of d_o and dq_accum: dense [B, Sq, Hq, D] (varlen [Tq, Hq, D]) */
+    int64_t lse_batch_stride;
+    int64_t lse_head_stride;
+
+    int32_t batch;
+    int32_t seqlen_q;
+    int32_t seqlen_k;
+    int32_t heads_q;
+    int32_t heads_kv;
+    int32_t head_dim;
+    int32_t causal;
+    int32_t gate_mode;
+    int32_t activation;
+    int32_t deterministic;         /* 1: dQ by its own kernel, no atomics */
+    float scale;
+    float scale_log2;
+} GsdpaBwdParams;
+
+/*
+ * Conformance kernel (kernels/conformance.cu): runs each primitive on structured inputs and dumps every
+ * lane's registers, so the emulator can be checked against the PTX formulas and against a real GPU.
+ * One warp, GSDPA_CONFORMANCE_SMEM bytes of dynamic shared memory.
+ */
+typedef struct GsdpaConformanceParams {
+    const uint16_t *input;         /* [2][16][16]: value r*16+c encoded as bf16, then as f16 */
+    const float *specials;         /* [64]: pairs (lo, hi) per lane for the 16-bit packing checks */
+    uint32_t *out;                 /* [32 lanes][GSDPA_CONFORMANCE_SLOTS] */
+} GsdpaConformanceParams;
+
+enum GsdpaConformanceLayout {
+    GSDPA_CONFORMANCE_SLOTS = 48,
+    GSDPA_CONFORMANCE_SMEM = 2048
+};
+
+/*
+ * Launch geometry, one definition for the kernels and for the Rust launchers (through bindgen).
+ * Forward grid: (ceil(seqlen_q / BLOCK_M), heads_q, batch); block: THREADS; dynamic shared memory: SMEM
+ * bytes (the same for bf16 and f16). Each warp owns 16 query rows, so BLOCK_M == 16 * THREADS / 32.
+ * Why these tiles: see kernels/forward/kernel_traits.h.
+ */
+enum GsdpaFwdGeometry {
+    GSDPA_FWD_BLOCK_M_D64 = 128,
+    GSDPA_FWD_BLOCK_N_D64 = 128,
+    GSDPA_FWD_THREADS_D64 = 256,
+    GSDPA_FWD_SMEM_D64 = (128 + 2 * 128) * 64 * 2,     /* Q + K + V tiles of 16-bit elements: 48 KiB */
+    GSDPA_FWD_BLOCK_M_D128 = 128,
+    GSDPA_FWD_BLOCK_N_D128 = 64,
+    GSDPA_FWD_THREADS_D128 = 256,
+    GSDPA_FWD_SMEM_D128 = (128 + 2 * 64) * 128 * 2,    /* 64 KiB */
+    GSDPA_FWD_BLOCK_M_D256 = 64,
+    GSDPA_FWD_BLOCK_N_D256 = 64,
+    GSDPA_FWD_THREADS_D256 = 128,
+    GSDPA_FWD_SMEM_D256 = (64 + 2 * 64) * 256 * 2      /* 96 KiB */
+};
+
+/*
+ * Backward launch geometry (kernels/backward.cu; why these tiles: kernels/backward/traits.h). Order and
+ * grids (.helpers/BWD.md): preprocess (ceil(seqlen_q / PRE_ROWS), heads_q, batch); dkdv
+ * (ceil(seqlen_k / DKDV_BLOCK_N), heads_kv, batch); then dq (ceil(seqlen_q / DQ_BLOCK_M), heads_q, batch)
+ * when deterministic, else convert (ceil(seqlen_q / CONVERT_ROWS), heads_q, batch). SMEM in bytes.
+ */
+enum GsdpaBwdGeometry {
+    GSDPA_BWD_PRE_ROWS = 64,
+    GSDPA_BWD_PRE_THREADS = 256,
+    GSDPA_BWD_CONVERT_ROWS = 64,
+    GSDPA_BWD_CONVERT_THREADS = 256,
+    GSDPA_BWD_DKDV_BLOCK_M_D64 = 64,
+    GSDPA_BWD_DKDV_BLOCK_N_D64 = 128,
+    GSDPA_BWD_DKDV_THREADS_D64 = 256,
+    GSDPA_BWD_DKDV_SMEM_D64 = (2 * 128 + 3 * 64) * 64 * 2 + 2 * 64 * 128 * 2,   /* 88 KiB */
+    GSDPA_BWD_DKDV_BLOCK_M_D128 = 64,
+    GSDPA_BWD_DKDV_BLOCK_N_D128 = 64,
+    GSDPA_BWD_DKDV_THREADS_D128 = 256,
+    GSDPA_BWD_DKDV_SMEM_D128 = (2 * 64 + 3 * 64) * 128 * 2 + 2 * 64 * 64 * 2,  /* 96 KiB */
+    GSDPA_BWD_DKDV_BLOCK_M_D256 = 32,
+    GSDPA_BWD_DKDV_BLOCK_N_D256 = 32,
+    GSDPA_BWD_DKDV_THREADS_D256 = 256,
+    GSDPA_BWD_DKDV_SMEM_D256 = (2 * 32 + 3 * 32) * 256 * 2 + 2 * 32 * 64 * 2,  /* 88 KiB */
+    GSDPA_BWD_DQ_BLOCK_M_D64 = 64,
+    GSDPA_BWD_DQ_BLOCK_N_D64 = 128,
+    GSDPA_BWD_DQ_THREADS_D64 = 256,
+    GSDPA_BWD_DQ_SMEM_D64 = (2 * 64 + 3 * 128) * 64 * 2 + 64 * 128 * 2,        /* 80 KiB */
+    GSDPA_BWD_DQ_BLOCK_M_D128 = 64,
+    GSDPA_BWD_DQ_BLOCK_N_D128 = 64,
+    GSDPA_BWD_DQ_THREADS_D128 = 256,
+    GSDPA_BWD_DQ_SMEM_D128 = (2 * 64 + 3 * 64) * 128 * 2 + 64 * 64 * 2,        /* 88 KiB */
+    GSDPA_BWD_DQ_BLOCK_M_D256 = 32,
+    GSDPA_BWD_DQ_BLOCK_N_D256 = 32,
+    GSDPA_BWD_DQ_THREADS_D256 = 256,
+    GSDPA_BWD_DQ_SMEM_D256 = (2 * 32 + 3 * 32) * 256 * 2 + 32 * 64 * 2         /* 84 KiB */
+};
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GSDPA_PARAMS_H */

@@ -1,0 +1,40 @@
+// backward.cu: entry points of the fused gated backward kernels (bodies: backward/kernels.h, tiles and
+// why: backward/traits.h, launch sequence: gsdpa_params.h GsdpaBwdGeometry and .helpers/BWD.md).
+//
+//   gsdpa_bwd_preprocess_{bf16,f16}        Delta, dO = dY * act(G), dG; zeroes dq_accum (fast mode)
+//   gsdpa_bwd_dkdv_{bf16,f16}_d{64,128,256} dK, dV; fast mode also dQ into dq_accum (f32 atomics)
+//   gsdpa_bwd_dq_{bf16,f16}_d{64,128,256}   deterministic mode: dQ without atomics
+//   gsdpa_bwd_dq_convert_{bf16,f16}        fast mode: dq = dq_accum in the element type
+#include "backward/kernels.h"
+
+#define GSDPA_BWD_ROWWISE(kind, body, dtype, T, THREADS)                                                  \
+    extern "C" __global__ void __launch_bounds__(THREADS) gsdpa_bwd_##kind##_##dtype(const GsdpaBwdParams p) { \
+        gsdpa::bwd::body<T>(p);                                                                          \
+    }                                                                                                    \
+    GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype, GsdpaBwdParams)
+
+#define GSDPA_BWD_TILED(kind, body, dtype, T, D, THREADS)                                                 \
+    extern "C" __global__ void __launch_bounds__(THREADS)                                                \
+        gsdpa_bwd_##kind##_##dtype##_d##D(const GsdpaBwdParams p) {                                      \
+        gsdpa::bwd::body<T, D>(p);                                                                       \
+    }                                                                                                    \
+    GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype##_d##D, GsdpaBwdParams)
+
+GSDPA_BWD_ROWWISE(preprocess, preprocess, bf16, gsdpa::bf16, GSDPA_BWD_PRE_THREADS)
+GSDPA_BWD_ROWWISE(preprocess, preprocess, f16, gsdpa::f16, GSDPA_BWD_PRE_THREADS)
+GSDPA_BWD_ROWWISE(dq_convert, convert_dq, bf16, gsdpa::bf16, GSDPA_BWD_CONVERT_THREADS)
+GSDPA_BWD_ROWWISE(dq_convert, convert_dq, f16, gsdpa::f16, GSDPA_BWD_CONVERT_THREADS)
+
+GSDPA_BWD_TILED(dkdv, dkdv, bf16, gsdpa::bf16, 64, GSDPA_BWD_DKDV_THREADS_D64)
+GSDPA_BWD_TILED(dkdv, dkdv, bf16, gsdpa::bf16, 128, GSDPA_BWD_DKDV_THREADS_D128)
+GSDPA_BWD_TILED(dkdv, dkdv, bf16, gsdpa::bf16, 256, GSDPA_BWD_DKDV_THREADS_D256)
+GSDPA_BWD_TILED(dkdv, dkdv, f16, gsdpa::f16, 64, GSDPA_BWD_DKDV_THREADS_D64)
+GSDPA_BWD_TILED(dkdv, dkdv, f16, gsdpa::f16, 128, GSDPA_BWD_DKDV_THREADS_D128)
+GSDPA_BWD_TILED(dkdv, dkdv, f16, gsdpa::f16, 256, GSDPA_BWD_DKDV_THREADS_D256)
+
+GSDPA_BWD_TILED(dq, dq, bf16, gsdpa::bf16, 64, GSDPA_BWD_DQ_THREADS_D64)
+GSDPA_BWD_TILED(dq, dq, bf16, gsdpa::bf16, 128, GSDPA_BWD_DQ_THREADS_D128)
+GSDPA_BWD_TILED(dq, dq, bf16, gsdpa::bf16, 256, GSDPA_BWD_DQ_THREADS_D256)
+GSDPA_BWD_TILED(dq, dq, f16, gsdpa::f16, 64, GSDPA_BWD_DQ_THREADS_D64)
+GSDPA_BWD_TILED(dq, dq, f16, gsdpa::f16, 128, GSDPA_BWD_DQ_THREADS_D128)
+GSDPA_BWD_TILED(dq, dq, f16, gsdpa::f16, 256, GSDPA_BWD_DQ_THREADS_D256)

@@ -1,0 +1,82 @@
+//! The arguments of a forward or backward call and the interface every host backend implements.
+//!
+//! The argument structs are generic over the storage so that the same structs (and the same validation,
+//! [`crate::validate`]) serve host slices and device buffers: `I` is the storage of the inputs, `O` of
+//! the 16-bit outputs, `F` / `L` of the f32 LSE.
+
+use crate::error::Result;
+use crate::problem::AttentionProblem;
+use crate::tensor::{Element, Tensor};
+
+/// Tensors of a forward call. Shapes (see [`AttentionProblem::q_shape`] and friends):
+/// q, y, o `[B, Sq, Hq, D]`; k, v `[B, Sk, Hkv, D]`; g `[B, Sq, Hq, D]` (elementwise) or `[B, Sq, Hq]`
+/// (headwise); lse `[B, Hq, Sq]` f32. Varlen: `[Tq, Hq, D]`, `[Tk, Hkv, D]`, `[Tq, Hq(, D)]`, `[Hq, Tq]`.
+#[derive(Debug)]
+pub struct ForwardArgs<I, O, F> {
+    pub q: Tensor<I>,
+    pub k: Tensor<I>,
+    pub v: Tensor<I>,
+    /// Gate logits; required when the problem has a gate, must be `None` otherwise.
+    pub g: Option<Tensor<I>>,
+    /// The gated output `Y = O * act(G)` (equal to O without a gate).
+    pub y: Tensor<O>,
+    /// The ungated output O, written only when given (the silu backward needs it).
+    pub o: Option<Tensor<O>>,
+    /// Natural-log softmax denominator, `-inf` for rows that see no key.
+    pub lse: Tensor<F>,
+}
+
+/// Tensors of a backward call. `y` and `lse` are the forward's outputs, `o` the forward's ungated output
+/// (required for the silu activation), `dy` the upstream gradient of `y`. Gradients have the shapes of
+/// what they differentiate; `dk`, `dv` are summed over the query heads sharing a kv head.
+#[derive(Debug)]
+pub struct BackwardArgs<I, L, O> {
+    pub q: Tensor<I>,
+    pub k: Tensor<I>,
+    pub v: Tensor<I>,
+    pub g: Option<Tensor<I>>,
+    pub y: Tensor<I>,
+    pub o: Option<Tensor<I>>,
+    pub dy: Tensor<I>,
+    pub lse: Tensor<L>,
+    pub dq: Tensor<O>,
+    pub dk: Tensor<O>,
+    pub dv: Tensor<O>,
+    /// Gradient of the gate logits; required when the problem has a gate, `None` otherwise.
+    pub dg: Option<Tensor<O>>,
+}
+
+/// Forward arguments over host slices.
+pub type HostForwardArgs<'a, T> = ForwardArgs<&'a [T], &'a mut [T], &'a mut [f32]>;
+
+/// Backward arguments over host slices.
+pub type HostBackwardArgs<'a, T> = BackwardArgs<&'a [T], &'a [f32], &'a mut [T]>;
+
+/// Options of the backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BackwardOptions {
+    /// Bit-reproducible gradients: dQ is computed by its own pass instead of with atomics. The CPU
+    /// reference is always deterministic.
+    pub deterministic: bool,
+}
+
+/// A backend that runs on host memory: the CPU reference and the kernel emulator.
+pub trait HostBackend {
+    /// Short name, as the CLI spells it (`reference`, `emulator`).
+    fn name(&self) -> &'static str;
+
+    /// Computes Y, LSE and (if requested) O. Validates everything first; writes nothing on error.
+    fn forward<T: Element>(
+        &self,
+        problem: &AttentionProblem,
+        args: &mut HostForwardArgs<'_, T>,
+    ) -> Result<()>;
+
+    /// Computes dQ, dK, dV and (with a gate) dG. Validates everything first; writes nothing on error.
+    fn backward<T: Element>(
+        &self,
+        problem: &AttentionProblem,
+        args: &mut HostBackwardArgs<'_, T>,
+        options: BackwardOptions,
+    ) -> Result<()>;
+}

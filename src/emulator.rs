@@ -1,0 +1,281 @@
+//! The emulator backend: the real CUDA kernels, compiled for the host, run on the CPU.
+//!
+//! `kernels/*.cu` are compiled a second time as C++ against `kernels/emu`, an emulation of the CUDA
+//! primitives they use (threads as fibers, warp collectives as rendezvous of 32 lanes, `mma.sync`,
+//! `ldmatrix` and `cp.async` with their exact PTX semantics). This backend is how the kernels are tested
+//! on machines without a GPU, and users can run it on their CPU-only CI.
+//!
+//! It is built to find the bugs a GPU would hide:
+//! - every buffer the kernel sees is a copy placed against an inaccessible guard page, so reading or
+//!   writing past the end of a tensor fails the launch with an error instead of corrupting memory;
+//! - every output element is poisoned (NaN) before the launch, so an element the kernel never writes
+//!   shows up; shared memory and `cp.async` destinations are poisoned too;
+//! - `GSDPA_EMU_SEED` (or [`Emulator::with_seed`]) permutes the order in which threads run between
+//!   synchronisation points: a kernel with a race gives seed-dependent results;
+//! - divergent warp collectives, deadlocks, misaligned `ldmatrix` rows and faults become
+//!   [`GsdpaError::Emulator`] errors naming the kernel, block, thread and source line.
+
+use std::ffi::{c_char, c_void, CString};
+
+use crate::backend::{BackwardOptions, HostBackend, HostBackwardArgs, HostForwardArgs};
+use crate::error::{GsdpaError, Result};
+use crate::ffi;
+use crate::launch::{self, LaunchConfig};
+use crate::problem::AttentionProblem;
+use crate::tensor::{Element, Layout, Tensor};
+use crate::validate;
+
+extern "C" {
+    fn gsdpa_emu_launch(
+        kernel: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        dynamic_smem_bytes: usize,
+        params: *const c_void,
+        params_size: usize,
+        seed: u64,
+        worker_threads: u32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn gsdpa_emu_alloc_guarded(bytes: usize) -> *mut c_void;
+    fn gsdpa_emu_free_guarded(ptr: *mut c_void);
+    fn gsdpa_emu_has_kernel(kernel: *const c_char) -> i32;
+}
+
+/// Runs the crate's CUDA kernels on the CPU.
+#[derive(Debug, Clone)]
+pub struct Emulator {
+    seed: u64,
+    worker_threads: u32,
+}
+
+impl Default for Emulator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Emulator {
+    /// An emulator using every core, with the thread order seed from `GSDPA_EMU_SEED` (0, the natural
+    /// order, when unset or unparsable).
+    pub fn new() -> Self {
+        let seed = std::env::var("GSDPA_EMU_SEED").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+        Emulator { seed, worker_threads: 0 }
+    }
+
+    /// Sets the seed that permutes the order in which threads run between synchronisation points.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.seed = seed;
+        self
+    }
+
+    /// Limits the number of OS threads that run blocks (0: one per core).
+    pub fn with_worker_threads(mut self, threads: u32) -> Self {
+        self.worker_threads = threads;
+        self
+    }
+
+    /// The thread order seed in use.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// True when `kernel` is compiled into this build's emulator.
+    pub fn has_kernel(kernel: &str) -> bool {
+        let Ok(name) = CString::new(kernel) else { return false };
+        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+        unsafe { gsdpa_emu_has_kernel(name.as_ptr()) != 0 }
+    }
+
+    /// Launches `config.kernel` with `params` passed by value.
+    ///
+    /// # Safety
+    /// Every pointer in `params` must point to memory that stays valid for the whole launch and is
+    /// large enough for every access the kernel makes with these params.
+    pub(crate) unsafe fn launch<P: Copy>(&self, config: &LaunchConfig, params: &P) -> Result<()> {
+        if config.is_empty() {
+            return Ok(());
+        }
+        let name = CString::new(config.kernel.as_str())
+            .map_err(|_| GsdpaError::InvalidArgument("kernel name contains a NUL byte".into()))?;
+        let mut err = vec![0 as c_char; 2048];
+        // SAFETY: the arrays and the params outlive the call; the caller vouches for the params' pointers.
+        let rc = unsafe {
+            gsdpa_emu_launch(
+                name.as_ptr(),
+                config.grid.as_ptr(),
+                config.block.as_ptr(),
+                config.shared_bytes as usize,
+                (params as *const P).cast(),
+                std::mem::size_of::<P>(),
+                self.seed,
+                self.worker_threads,
+                err.as_mut_ptr(),
+                err.len(),
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        let bytes: Vec<u8> = err.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+        Err(GsdpaError::Emulator(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
+
+/// Host memory whose last byte touches an inaccessible guard page.
+pub(crate) struct GuardedBuffer {
+    ptr: *mut u8,
+    bytes: usize,
+}
+
+impl GuardedBuffer {
+    fn new(bytes: usize) -> Result<Self> {
+        // SAFETY: plain allocation; a null result is handled.
+        let ptr = unsafe { gsdpa_emu_alloc_guarded(bytes.max(1)) }.cast::<u8>();
+        if ptr.is_null() {
+            return Err(GsdpaError::Emulator(format!("could not map {bytes} bytes of guarded memory")));
+        }
+        Ok(GuardedBuffer { ptr, bytes })
+    }
+
+    /// A guarded copy of `data`.
+    pub(crate) fn copy_of<T: Copy>(data: &[T]) -> Result<Self> {
+        let bytes = std::mem::size_of_val(data);
+        let buffer = Self::new(bytes)?;
+        // SAFETY: the buffer holds at least `bytes` bytes and does not overlap `data`.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().cast::<u8>(), buffer.ptr, bytes) };
+        Ok(buffer)
+    }
+
+    /// A guarded copy of an output's storage with every element of the tensor view set to all-ones
+    /// bits (NaN in bf16, f16 and f32): anything the kernel does not write stays NaN. Elements of the
+    /// storage outside the view keep their values, as they would on the GPU.
+    pub(crate) fn poisoned_output<T: Copy>(data: &[T], layout: &Layout) -> Result<Self> {
+        let buffer = Self::copy_of(data)?;
+        let size = std::mem::size_of::<T>();
+        layout.for_each_offset(|_, offset| {
+            // SAFETY: validation checked that every offset of the view lies inside `data`.
+            unsafe { std::ptr::write_bytes(buffer.ptr.add(offset * size), 0xff, size) };
+        });
+        Ok(buffer)
+    }
+
+    pub(crate) fn ptr(&self) -> *mut c_void {
+        self.ptr.cast()
+    }
+
+    /// Copies the buffer back into `out` (same length it was made from).
+    pub(crate) fn copy_to<T: Copy>(&self, out: &mut [T]) {
+        let bytes = std::mem::size_of_val(out).min(self.bytes);
+        // SAFETY: both ranges hold `bytes` bytes and do not overlap.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr, out.as_mut_ptr().cast::<u8>(), bytes) };
+    }
+}
+
+impl Drop for GuardedBuffer {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from gsdpa_emu_alloc_guarded and is freed once.
+        unsafe { gsdpa_emu_free_guarded(self.ptr.cast()) };
+    }
+}
+
+fn input_copy<T: Copy>(tensor: &Tensor<&[T]>) -> Result<GuardedBuffer> {
+    GuardedBuffer::copy_of(tensor.data)
+}
+
+fn optional_input_copy<T: Copy>(tensor: &Option<Tensor<&[T]>>) -> Result<Option<GuardedBuffer>> {
+    tensor.as_ref().map(input_copy).transpose()
+}
+
+fn output_copy<T: Copy>(tensor: &Tensor<&mut [T]>) -> Result<GuardedBuffer> {
+    GuardedBuffer::poisoned_output(tensor.data, &tensor.layout)
+}
+
+fn optional_output_copy<T: Copy>(tensor: &Option<Tensor<&mut [T]>>) -> Result<Option<GuardedBuffer>> {
+    tensor.as_ref().map(output_copy).transpose()
+}
+
+fn ptr_or_null(buffer: &Option<GuardedBuffer>) -> *mut c_void {
+    buffer.as_ref().map_or(std::ptr::null_mut(), GuardedBuffer::ptr)
+}
+
+/// Guarded copies of the problem's cu_seqlens (null pointers when not varlen).
+fn cu_seqlens_copies(problem: &AttentionProblem) -> Result<(Option<GuardedBuffer>, Option<GuardedBuffer>)> {
+    match &problem.varlen {
+        None => Ok((None, None)),
+        Some(v) => Ok((
+            Some(GuardedBuffer::copy_of(&v.cu_seqlens_q)?),
+            Some(GuardedBuffer::copy_of(&v.cu_seqlens_k)?),
+        )),
+    }
+}
+
+impl HostBackend for Emulator {
+    fn name(&self) -> &'static str {
+        "emulator"
+    }
+
+    fn forward<T: Element>(&self, problem: &AttentionProblem, args: &mut HostForwardArgs<'_, T>) -> Result<()> {
+        let mut params = validate::validate_forward(problem, args)?;
+        if problem.is_empty() {
+            return Ok(());
+        }
+        let config = launch::forward(problem)?;
+        let q = input_copy(&args.q)?;
+        let k = input_copy(&args.k)?;
+        let v = input_copy(&args.v)?;
+        let g = optional_input_copy(&args.g)?;
+        let y = output_copy(&args.y)?;
+        let o = optional_output_copy(&args.o)?;
+        let lse = output_copy(&args.lse)?;
+        let (cu_q, cu_k) = cu_seqlens_copies(problem)?;
+        params.q = q.ptr();
+        params.k = k.ptr();
+        params.v = v.ptr();
+        params.g = ptr_or_null(&g);
+        params.y = y.ptr();
+        params.o = ptr_or_null(&o);
+        params.lse = lse.ptr().cast();
+        params.cu_seqlens_q = ptr_or_null(&cu_q).cast();
+        params.cu_seqlens_k = ptr_or_null(&cu_k).cast();
+        // SAFETY: every pointer in params refers to a guarded buffer alive until the end of this function,
+        // sized like the validated tensor it copies.
+        unsafe { self.launch::<ffi::GsdpaFwdParams>(&config, &params)? };
+        y.copy_to(args.y.data);
+        if let (Some(buffer), Some(tensor)) = (&o, &mut args.o) {
+            buffer.copy_to(tensor.data);
+        }
+        lse.copy_to(args.lse.data);
+        Ok(())
+    }
+
+    fn backward<T: Element>(
+        &self,
+        problem: &AttentionProblem,
+        args: &mut HostBackwardArgs<'_, T>,
+        options: BackwardOptions,
+    ) -> Result<()> {
+        let _ = (problem, args, options);
+        Err(GsdpaError::KernelsNotBuilt("the backward kernels are not in this build yet".into()))
+    }
+}
+
+/// Runs the conformance kernel (kernels/conformance.cu) on the emulator and returns its dump,
+/// `[32 lanes][GSDPA_CONFORMANCE_SLOTS]` words. Inputs: [`crate::conformance::inputs`].
+pub fn run_conformance(emulator: &Emulator) -> Result<Vec<u32>> {
+    let (input, specials) = crate::conformance::inputs();
+    let input = GuardedBuffer::copy_of(&input)?;
+    let specials = GuardedBuffer::copy_of(&specials)?;
+    let mut dump = vec![0u32; crate::conformance::DUMP_WORDS];
+    let out = GuardedBuffer::copy_of(&dump)?;
+    let params = ffi::GsdpaConformanceParams {
+        input: input.ptr().cast(),
+        specials: specials.ptr().cast(),
+        out: out.ptr().cast(),
+    };
+    // SAFETY: the buffers are sized as the conformance kernel's layout requires and outlive the launch.
+    unsafe { emulator.launch(&launch::conformance(), &params)? };
+    out.copy_to(&mut dump);
+    Ok(dump)
+}

@@ -1,0 +1,104 @@
+//! Typed errors: every way a call into this crate can fail, shared by all backends.
+//!
+//! Nothing in the public API panics on bad input; it returns one of these instead. Tensor-related
+//! variants name the offending tensor (`"q"`, `"lse"`, `"dg"`, ...) so a message is actionable.
+
+use crate::problem::DType;
+
+/// The error type of every fallible function in this crate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GsdpaError {
+    /// A tensor's shape is not what the problem implies.
+    #[error("{tensor}: expected shape {expected:?}, got {actual:?}")]
+    ShapeMismatch {
+        tensor: &'static str,
+        expected: Vec<usize>,
+        actual: Vec<usize>,
+    },
+
+    /// A tensor's strides are unusable: the last dimension is not contiguous, the strides and shape
+    /// disagree in length, the largest offset lies beyond the buffer, or an output overlaps itself.
+    #[error("{tensor}: bad strides: {reason}")]
+    BadStrides { tensor: &'static str, reason: String },
+
+    /// A pointer or stride breaks the alignment the kernels' vector loads need.
+    #[error("{tensor}: misaligned: {reason}")]
+    Misaligned { tensor: &'static str, reason: String },
+
+    /// The kernels exist for head dims 64, 128 and 256 only.
+    #[error("unsupported head dim {head_dim} (supported: 64, 128, 256)")]
+    UnsupportedHeadDim { head_dim: usize },
+
+    /// The element type of a tensor differs from the problem's dtype.
+    #[error("{tensor}: dtype mismatch: the problem says {expected}, the tensor holds {actual}")]
+    DTypeMismatch {
+        tensor: &'static str,
+        expected: DType,
+        actual: DType,
+    },
+
+    /// An output shares memory with an input or with another output.
+    #[error("{output} overlaps {other} in memory")]
+    Overlap {
+        output: &'static str,
+        other: &'static str,
+    },
+
+    /// GQA/MQA needs every kv head to serve the same number of query heads.
+    #[error("heads_q ({heads_q}) must be a positive multiple of heads_kv ({heads_kv})")]
+    HeadsNotDivisible { heads_q: usize, heads_kv: usize },
+
+    /// cu_seqlens_q / cu_seqlens_k are not valid prefix sums for this problem.
+    #[error("{which}: {reason}")]
+    InvalidCuSeqlens { which: &'static str, reason: String },
+
+    /// A size does not fit the kernels' index arithmetic (i32 lengths, i64 element offsets, grid limits).
+    #[error("size overflow: {0}")]
+    SizeOverflow(String),
+
+    /// The problem has a gate but the gate tensor (or its gradient) was not given.
+    #[error("{tensor} is required when the gate mode is {gate}")]
+    GateMissing {
+        tensor: &'static str,
+        gate: &'static str,
+    },
+
+    /// The problem has no gate but a gate tensor (or gradient) was given.
+    #[error("{tensor} was given but the problem has no gate")]
+    GateUnexpected { tensor: &'static str },
+
+    /// The silu backward needs the ungated forward output O (recovering it as Y / silu(G) is unstable).
+    #[error("the silu backward needs the ungated forward output o (save it in the forward)")]
+    MissingUngatedOutput,
+
+    /// Any other inconsistent argument (non-finite scale, varlen fields disagreeing with the problem, ...).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// The CUDA driver library could not be loaded.
+    #[error("no CUDA driver: {0}")]
+    NoDriver(String),
+
+    /// The driver loaded but reports no device.
+    #[error("no CUDA device")]
+    NoDevice,
+
+    /// The crate was built without the kernels this backend needs (no nvcc, or the emulator feature off).
+    #[error("kernels not built: {0}")]
+    KernelsNotBuilt(String),
+
+    /// A CUDA driver call failed.
+    #[error("CUDA error: {0}")]
+    Cuda(String),
+
+    /// The CPU emulator reported a failure (a kernel fault, a trapped out-of-bounds access, ...).
+    #[error("emulator error: {0}")]
+    Emulator(String),
+
+    /// The caller's backward workspace is smaller than `backward_workspace_bytes` asks for.
+    #[error("workspace too small: need {needed} bytes, got {got}")]
+    WorkspaceTooSmall { needed: usize, got: usize },
+}
+
+/// `Result` with [`GsdpaError`].
+pub type Result<T> = std::result::Result<T, GsdpaError>;

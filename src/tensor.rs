@@ -1,0 +1,338 @@
+//! Tensors as "storage + shape + strides in elements": the storage is anything that can tell the address
+//! of its element 0 and its length ([`Memory`]), so host slices and device buffers go through the same
+//! validation.
+
+use crate::error::{GsdpaError, Result};
+use crate::problem::DType;
+
+/// The maximum rank of a tensor (`[B, S, H, D]`).
+pub const MAX_RANK: usize = 4;
+
+/// Shape and strides of a tensor, in elements. The kernels need the last dimension contiguous
+/// (stride 1); that, the rank and the bounds are checked by validation, not here, so building a
+/// layout never fails except for mismatched lengths.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Layout {
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+}
+
+impl Layout {
+    /// Row-major (C order) layout of `shape`. Strides saturate on overflow; validation then reports
+    /// the size as overflowing.
+    pub fn contiguous(shape: &[usize]) -> Layout {
+        let mut strides = vec![0usize; shape.len()];
+        let mut acc = 1usize;
+        for (stride, &extent) in strides.iter_mut().zip(shape).rev() {
+            *stride = acc;
+            acc = acc.saturating_mul(extent);
+        }
+        Layout {
+            shape: shape.to_vec(),
+            strides,
+        }
+    }
+
+    /// A layout with explicit strides (in elements). Fails if `shape` and `strides` differ in length.
+    pub fn strided(shape: &[usize], strides: &[usize]) -> Result<Layout> {
+        if shape.len() != strides.len() {
+            return Err(GsdpaError::BadStrides {
+                tensor: "layout",
+                reason: format!(
+                    "shape has {} dimensions but strides has {}",
+                    shape.len(),
+                    strides.len()
+                ),
+            });
+        }
+        Ok(Layout {
+            shape: shape.to_vec(),
+            strides: strides.to_vec(),
+        })
+    }
+
+    /// The layout of q (or g) viewed inside a Qwen3-Next `q_proj` output: `q_shape` is the shape of q
+    /// (`[B, S, H, D]` or varlen `[T, H, D]`), the buffer is `[.., H, 2 D]` in C order, so the strides are
+    /// those of that buffer and the last dimension covers only the first (q) or second (g) half of each
+    /// head. q starts at element 0 of the buffer, g at element `D` (see [`split_q_proj`]).
+    pub fn q_proj_view(q_shape: &[usize]) -> Layout {
+        let mut buffer_shape = q_shape.to_vec();
+        if let Some(last) = buffer_shape.last_mut() {
+            *last = last.saturating_mul(2);
+        }
+        let buffer = Layout::contiguous(&buffer_shape);
+        Layout {
+            shape: q_shape.to_vec(),
+            strides: buffer.strides,
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn strides(&self) -> &[usize] {
+        &self.strides
+    }
+
+    pub fn rank(&self) -> usize {
+        self.shape.len()
+    }
+
+    /// Number of elements (product of the shape), `None` on overflow.
+    pub fn num_elements(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |acc, &e| acc.checked_mul(e))
+    }
+
+    /// True when the tensor has no element.
+    pub fn is_empty(&self) -> bool {
+        self.shape.contains(&0)
+    }
+
+    /// The largest element offset the layout addresses, `Ok(None)` for an empty tensor.
+    pub fn max_offset(&self) -> std::result::Result<Option<usize>, OffsetOverflow> {
+        if self.is_empty() {
+            return Ok(None);
+        }
+        let mut max = 0usize;
+        for (&extent, &stride) in self.shape.iter().zip(&self.strides) {
+            let term = (extent - 1).checked_mul(stride).ok_or(OffsetOverflow)?;
+            max = max.checked_add(term).ok_or(OffsetOverflow)?;
+        }
+        Ok(Some(max))
+    }
+
+    /// True when the layout is C-order contiguous (ignoring the strides of extent-1 dimensions).
+    pub fn is_contiguous(&self) -> bool {
+        let dense = Layout::contiguous(&self.shape);
+        self.shape
+            .iter()
+            .zip(self.strides.iter().zip(&dense.strides))
+            .all(|(&extent, (&s, &d))| extent <= 1 || s == d)
+    }
+
+    /// True when no two distinct indices map to the same offset (required of outputs). Sufficient
+    /// test: sorted by stride, every stride exceeds the span of the dimensions before it.
+    pub fn is_non_overlapping(&self) -> bool {
+        let mut dims: Vec<(usize, usize)> = self
+            .shape
+            .iter()
+            .zip(&self.strides)
+            .filter(|(&extent, _)| extent > 1)
+            .map(|(&extent, &stride)| (stride, extent))
+            .collect();
+        dims.sort_unstable();
+        let mut span = 0usize; // largest offset reachable with the dimensions seen so far
+        for (stride, extent) in dims {
+            if stride <= span {
+                return false;
+            }
+            match (extent - 1)
+                .checked_mul(stride)
+                .and_then(|t| t.checked_add(span))
+            {
+                Some(s) => span = s,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    /// Element offset of a multi-index (no bounds check beyond debug assertions).
+    pub fn offset(&self, index: &[usize]) -> usize {
+        debug_assert_eq!(index.len(), self.shape.len());
+        index.iter().zip(&self.strides).map(|(&i, &s)| i * s).sum()
+    }
+
+    /// Calls `f(linear, offset)` for every element in C order, where `linear` is the index in a dense
+    /// copy and `offset` the element offset in this layout.
+    pub fn for_each_offset(&self, mut f: impl FnMut(usize, usize)) {
+        if self.is_empty() {
+            return;
+        }
+        let rank = self.shape.len();
+        if rank == 0 {
+            f(0, 0);
+            return;
+        }
+        let mut index = vec![0usize; rank];
+        let mut offset = 0usize;
+        let mut linear = 0usize;
+        loop {
+            f(linear, offset);
+            linear += 1;
+            // Odometer increment, updating the offset incrementally.
+            let mut dim = rank;
+            loop {
+                if dim == 0 {
+                    return;
+                }
+                dim -= 1;
+                index[dim] += 1;
+                offset += self.strides[dim];
+                if index[dim] < self.shape[dim] {
+                    break;
+                }
+                offset -= self.strides[dim] * self.shape[dim];
+                index[dim] = 0;
+            }
+        }
+    }
+}
+
+/// The largest offset of a layout does not fit in `usize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffsetOverflow;
+
+/// Storage a tensor can live in: anything with a stable address of element 0 and a length in elements.
+/// Implemented for host slices here and for device buffers by the CUDA backend.
+pub trait Memory {
+    type Elem;
+    /// Address of element 0 (used for alignment and overlap checks and for the kernels' pointers).
+    fn addr(&self) -> usize;
+    /// Number of elements the storage holds.
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl<T> Memory for &[T] {
+    type Elem = T;
+    fn addr(&self) -> usize {
+        self.as_ptr() as usize
+    }
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+}
+
+impl<T> Memory for &mut [T] {
+    type Elem = T;
+    fn addr(&self) -> usize {
+        self.as_ptr() as usize
+    }
+    fn len(&self) -> usize {
+        <[T]>::len(self)
+    }
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
+}
+
+/// The 16-bit element types the kernels support: `half::bf16` and `half::f16`.
+pub trait Element: Copy + Default + Send + Sync + std::fmt::Debug + 'static + sealed::Sealed {
+    const DTYPE: DType;
+    /// Round to nearest even.
+    fn from_f32(x: f32) -> Self;
+    /// Round to nearest even, directly from f64 (no double rounding through f32).
+    fn from_f64(x: f64) -> Self;
+    fn to_f32(self) -> f32;
+    fn to_f64(self) -> f64;
+}
+
+impl Element for half::bf16 {
+    const DTYPE: DType = DType::BF16;
+    fn from_f32(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
+    fn from_f64(x: f64) -> Self {
+        half::bf16::from_f64(x)
+    }
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
+    fn to_f64(self) -> f64 {
+        half::bf16::to_f64(self)
+    }
+}
+
+impl Element for half::f16 {
+    const DTYPE: DType = DType::F16;
+    fn from_f32(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+    fn from_f64(x: f64) -> Self {
+        half::f16::from_f64(x)
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn to_f64(self) -> f64 {
+        half::f16::to_f64(self)
+    }
+}
+
+/// A tensor: storage plus layout. Cheap to build; checked only when a backend validates a call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor<S> {
+    pub data: S,
+    pub layout: Layout,
+}
+
+impl<S> Tensor<S> {
+    pub fn new(data: S, layout: Layout) -> Self {
+        Tensor { data, layout }
+    }
+
+    /// A C-order tensor of `shape` over `data`.
+    pub fn contiguous(data: S, shape: &[usize]) -> Self {
+        Tensor {
+            data,
+            layout: Layout::contiguous(shape),
+        }
+    }
+
+    pub fn shape(&self) -> &[usize] {
+        self.layout.shape()
+    }
+}
+
+impl<S: Memory> Tensor<S> {
+    /// True when every element the layout addresses lies inside the storage.
+    pub fn in_bounds(&self) -> bool {
+        match self.layout.max_offset() {
+            Ok(None) => true,
+            Ok(Some(max)) => max < self.data.len(),
+            Err(OffsetOverflow) => false,
+        }
+    }
+}
+
+/// Splits a Qwen3-Next `q_proj` output into the q and g views, without a copy.
+///
+/// `q_shape` is the shape of q (`[B, S, H, D]`, or varlen `[T, H, D]`); `buffer` holds the `q_proj`
+/// output `[.., H, 2 D]` in C order, each head being `[q_h | g_h]`. Both views use
+/// [`Layout::q_proj_view`]; g starts `D` elements into the buffer.
+pub fn split_q_proj<'a, T>(buffer: &'a [T], q_shape: &[usize]) -> Result<QProjViews<'a, T>> {
+    let layout = Layout::q_proj_view(q_shape);
+    let head_dim = q_shape.last().copied().unwrap_or(0);
+    let mut buffer_shape = q_shape.to_vec();
+    if let Some(last) = buffer_shape.last_mut() {
+        *last = last.saturating_mul(2);
+    }
+    let expected = Layout::contiguous(&buffer_shape).num_elements();
+    if q_shape.is_empty() || expected != Some(buffer.len()) {
+        return Err(GsdpaError::ShapeMismatch {
+            tensor: "q_proj",
+            expected: buffer_shape,
+            actual: vec![buffer.len()],
+        });
+    }
+    // An empty buffer has no element D; both views are empty then and any slice will do.
+    let g_data = buffer.get(head_dim..).unwrap_or(&buffer[..0]);
+    Ok(QProjViews {
+        q: Tensor::new(buffer, layout.clone()),
+        g: Tensor::new(g_data, layout),
+    })
+}
+
+/// The q and g views of one Qwen3-Next `q_proj` buffer (see [`split_q_proj`]).
+#[derive(Debug, Clone)]
+pub struct QProjViews<'a, T> {
+    pub q: Tensor<&'a [T]>,
+    pub g: Tensor<&'a [T]>,
+}
