@@ -806,11 +806,11 @@ fn write_build_info(
             out,
             "#[repr(C, align(64))]\nstruct Aligned<T: ?Sized>(T);\n\
              static FATBIN_BYTES: &Aligned<[u8]> = &Aligned(*include_bytes!({:?}));\n\
-             pub(super) static FATBIN: Option<&[u8]> = Some(&FATBIN_BYTES.0);",
+             pub static FATBIN: Option<&[u8]> = Some(&FATBIN_BYTES.0);",
             fatbin.display().to_string()
         )
         .unwrap(),
-        None => writeln!(out, "pub(super) static FATBIN: Option<&[u8]> = None;").unwrap(),
+        None => writeln!(out, "pub static FATBIN: Option<&[u8]> = None;").unwrap(),
     }
     write_if_changed(&paths.out.join(BUILD_INFO_FILE), out.as_bytes())
 }

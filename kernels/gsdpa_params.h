@@ -153,15 +153,15 @@ enum GsdpaFwdGeometry {
     GSDPA_FWD_BLOCK_M_D64 = 128,
     GSDPA_FWD_BLOCK_N_D64 = 128,
     GSDPA_FWD_THREADS_D64 = 256,
-    GSDPA_FWD_SMEM_D64 = (128 + 2 * 128) * 64 * 2,     /* Q + K + V tiles of 16-bit elements: 48 KiB */
+    GSDPA_FWD_SMEM_D64 = (128 + 4 * 128) * 64 * 2,     /* Q + 2 x (K + V) tiles, 16-bit: 80 KiB */
     GSDPA_FWD_BLOCK_M_D128 = 128,
     GSDPA_FWD_BLOCK_N_D128 = 64,
     GSDPA_FWD_THREADS_D128 = 256,
-    GSDPA_FWD_SMEM_D128 = (128 + 2 * 64) * 128 * 2,    /* 64 KiB */
+    GSDPA_FWD_SMEM_D128 = (128 + 4 * 64) * 128 * 2,    /* Q + 2 x (K + V): 96 KiB */
     GSDPA_FWD_BLOCK_M_D256 = 64,
-    GSDPA_FWD_BLOCK_N_D256 = 64,
+    GSDPA_FWD_BLOCK_N_D256 = 32,
     GSDPA_FWD_THREADS_D256 = 128,
-    GSDPA_FWD_SMEM_D256 = (64 + 2 * 64) * 256 * 2      /* 96 KiB */
+    GSDPA_FWD_SMEM_D256 = (64 + 2 * 32) * 256 * 2      /* Q + K + V (single-buffered): 64 KiB */
 };
 
 /*

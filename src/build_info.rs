@@ -37,8 +37,8 @@ mod generated {
 }
 
 /// The CUDA kernels as one fatbin (SASS for every arch in [`archs`], PTX for the lowest), or `None`
-/// when the crate was built without nvcc.
-pub static FATBIN: Option<&[u8]> = generated::FATBIN;
+/// when the crate was built without nvcc. 64-byte aligned, as the driver wants it.
+pub use generated::FATBIN;
 
 /// ptxas's report for every kernel and SASS arch, sorted by name then arch. Empty without nvcc.
 pub fn kernels() -> &'static [KernelResources] {

@@ -19,25 +19,30 @@ pub fn special_pairs() -> Vec<(f32, f32)> {
         f32::NEG_INFINITY,
         f32::NAN,
         65504.0,
-        65520.0,   // f16: rounds to infinity
-        65519.996, // f16: rounds to 65504
-        1.0 + 1.0 / 256.0,       // bf16: tie, rounds to even (1.0)
-        1.0 + 3.0 / 256.0,       // bf16: tie, rounds up
-        1.0 + 1.0 / 2048.0,      // f16: tie, rounds to even
-        1.0 + 3.0 / 2048.0,      // f16: tie, rounds up
-        5.960_464_5e-8,          // 2^-24, the smallest f16 subnormal
-        2.980_232_2e-8,          // 2^-25: f16 tie between 0 and 2^-24, rounds to 0
-        8.940_697e-8,            // 1.5 * 2^-24: f16 tie, rounds to 2^-23
-        6.103_515_6e-5,          // 2^-14, the smallest f16 normal
-        3.0e38,                  // bf16: finite
-        3.4028235e38,            // f32::MAX: bf16 rounds to infinity
-        1.0e-40,                 // f32 subnormal
+        65520.0,            // f16: rounds to infinity
+        65519.996,          // f16: rounds to 65504
+        1.0 + 1.0 / 256.0,  // bf16: tie, rounds to even (1.0)
+        1.0 + 3.0 / 256.0,  // bf16: tie, rounds up
+        1.0 + 1.0 / 2048.0, // f16: tie, rounds to even
+        1.0 + 3.0 / 2048.0, // f16: tie, rounds up
+        5.960_464_5e-8,     // 2^-24, the smallest f16 subnormal
+        2.980_232_2e-8,     // 2^-25: f16 tie between 0 and 2^-24, rounds to 0
+        8.940_697e-8,       // 1.5 * 2^-24: f16 tie, rounds to 2^-23
+        6.103_515_6e-5,     // 2^-14, the smallest f16 normal
+        3.0e38,             // bf16: finite
+        3.4028235e38,       // f32::MAX: bf16 rounds to infinity
+        1.0e-40,            // f32 subnormal
         -7.25,
         0.333_333_34,
         1234.5678,
     ];
     (0..32)
-        .map(|lane| (values[lane % values.len()], values[(lane * 7 + 3) % values.len()]))
+        .map(|lane| {
+            (
+                values[lane % values.len()],
+                values[(lane * 7 + 3) % values.len()],
+            )
+        })
         .collect()
 }
 
@@ -47,6 +52,9 @@ pub fn inputs() -> (Vec<u16>, Vec<f32>) {
     let mut input = Vec::with_capacity(512);
     input.extend((0..256).map(|i| half::bf16::from_f32(i as f32).to_bits()));
     input.extend((0..256).map(|i| half::f16::from_f32(i as f32).to_bits()));
-    let specials = special_pairs().into_iter().flat_map(|(lo, hi)| [lo, hi]).collect();
+    let specials = special_pairs()
+        .into_iter()
+        .flat_map(|(lo, hi)| [lo, hi])
+        .collect();
     (input, specials)
 }

@@ -38,7 +38,7 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
-    fn gsdpa_emu_alloc_guarded(bytes: usize) -> *mut c_void;
+    fn gsdpa_emu_alloc_guarded(bytes: usize, alignment: usize) -> *mut c_void;
     fn gsdpa_emu_free_guarded(ptr: *mut c_void);
     fn gsdpa_emu_has_kernel(kernel: *const c_char) -> i32;
 }
@@ -60,8 +60,14 @@ impl Emulator {
     /// An emulator using every core, with the thread order seed from `GSDPA_EMU_SEED` (0, the natural
     /// order, when unset or unparsable).
     pub fn new() -> Self {
-        let seed = std::env::var("GSDPA_EMU_SEED").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
-        Emulator { seed, worker_threads: 0 }
+        let seed = std::env::var("GSDPA_EMU_SEED")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        Emulator {
+            seed,
+            worker_threads: 0,
+        }
     }
 
     /// Sets the seed that permutes the order in which threads run between synchronisation points.
@@ -83,7 +89,9 @@ impl Emulator {
 
     /// True when `kernel` is compiled into this build's emulator.
     pub fn has_kernel(kernel: &str) -> bool {
-        let Ok(name) = CString::new(kernel) else { return false };
+        let Ok(name) = CString::new(kernel) else {
+            return false;
+        };
         // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
         unsafe { gsdpa_emu_has_kernel(name.as_ptr()) != 0 }
     }
@@ -118,8 +126,14 @@ impl Emulator {
         if rc == 0 {
             return Ok(());
         }
-        let bytes: Vec<u8> = err.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
-        Err(GsdpaError::Emulator(String::from_utf8_lossy(&bytes).into_owned()))
+        let bytes: Vec<u8> = err
+            .iter()
+            .take_while(|&&c| c != 0)
+            .map(|&c| c as u8)
+            .collect();
+        Err(GsdpaError::Emulator(
+            String::from_utf8_lossy(&bytes).into_owned(),
+        ))
     }
 }
 
@@ -130,11 +144,13 @@ pub(crate) struct GuardedBuffer {
 }
 
 impl GuardedBuffer {
-    fn new(bytes: usize) -> Result<Self> {
+    fn new(bytes: usize, alignment: usize) -> Result<Self> {
         // SAFETY: plain allocation; a null result is handled.
-        let ptr = unsafe { gsdpa_emu_alloc_guarded(bytes.max(1)) }.cast::<u8>();
+        let ptr = unsafe { gsdpa_emu_alloc_guarded(bytes.max(1), alignment) }.cast::<u8>();
         if ptr.is_null() {
-            return Err(GsdpaError::Emulator(format!("could not map {bytes} bytes of guarded memory")));
+            return Err(GsdpaError::Emulator(format!(
+                "could not map {bytes} bytes of guarded memory"
+            )));
         }
         Ok(GuardedBuffer { ptr, bytes })
     }
@@ -142,7 +158,7 @@ impl GuardedBuffer {
     /// A guarded copy of `data`.
     pub(crate) fn copy_of<T: Copy>(data: &[T]) -> Result<Self> {
         let bytes = std::mem::size_of_val(data);
-        let buffer = Self::new(bytes)?;
+        let buffer = Self::new(bytes, 16)?;
         // SAFETY: the buffer holds at least `bytes` bytes and does not overlap `data`.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr().cast::<u8>(), buffer.ptr, bytes) };
         Ok(buffer)
@@ -158,6 +174,15 @@ impl GuardedBuffer {
             // SAFETY: validation checked that every offset of the view lies inside `data`.
             unsafe { std::ptr::write_bytes(buffer.ptr.add(offset * size), 0xff, size) };
         });
+        Ok(buffer)
+    }
+
+    /// Backward workspace: 256-byte aligned (as the CUDA backend requires of callers) and poisoned, so a
+    /// kernel that reads workspace its predecessor did not write sees NaN.
+    pub(crate) fn workspace(bytes: usize) -> Result<Self> {
+        let buffer = Self::new(bytes, crate::validate::WORKSPACE_ALIGN)?;
+        // SAFETY: the buffer holds at least `bytes` bytes.
+        unsafe { std::ptr::write_bytes(buffer.ptr, 0xff, bytes) };
         Ok(buffer)
     }
 
@@ -192,16 +217,22 @@ fn output_copy<T: Copy>(tensor: &Tensor<&mut [T]>) -> Result<GuardedBuffer> {
     GuardedBuffer::poisoned_output(tensor.data, &tensor.layout)
 }
 
-fn optional_output_copy<T: Copy>(tensor: &Option<Tensor<&mut [T]>>) -> Result<Option<GuardedBuffer>> {
+fn optional_output_copy<T: Copy>(
+    tensor: &Option<Tensor<&mut [T]>>,
+) -> Result<Option<GuardedBuffer>> {
     tensor.as_ref().map(output_copy).transpose()
 }
 
 fn ptr_or_null(buffer: &Option<GuardedBuffer>) -> *mut c_void {
-    buffer.as_ref().map_or(std::ptr::null_mut(), GuardedBuffer::ptr)
+    buffer
+        .as_ref()
+        .map_or(std::ptr::null_mut(), GuardedBuffer::ptr)
 }
 
 /// Guarded copies of the problem's cu_seqlens (null pointers when not varlen).
-fn cu_seqlens_copies(problem: &AttentionProblem) -> Result<(Option<GuardedBuffer>, Option<GuardedBuffer>)> {
+fn cu_seqlens_copies(
+    problem: &AttentionProblem,
+) -> Result<(Option<GuardedBuffer>, Option<GuardedBuffer>)> {
     match &problem.varlen {
         None => Ok((None, None)),
         Some(v) => Ok((
@@ -216,7 +247,11 @@ impl HostBackend for Emulator {
         "emulator"
     }
 
-    fn forward<T: Element>(&self, problem: &AttentionProblem, args: &mut HostForwardArgs<'_, T>) -> Result<()> {
+    fn forward<T: Element>(
+        &self,
+        problem: &AttentionProblem,
+        args: &mut HostForwardArgs<'_, T>,
+    ) -> Result<()> {
         let mut params = validate::validate_forward(problem, args)?;
         if problem.is_empty() {
             return Ok(());
@@ -256,8 +291,50 @@ impl HostBackend for Emulator {
         args: &mut HostBackwardArgs<'_, T>,
         options: BackwardOptions,
     ) -> Result<()> {
-        let _ = (problem, args, options);
-        Err(GsdpaError::KernelsNotBuilt("the backward kernels are not in this build yet".into()))
+        let mut params = validate::validate_backward(problem, args, options.deterministic)?;
+        let launches = launch::backward(problem, options.deterministic)?;
+        let q = input_copy(&args.q)?;
+        let k = input_copy(&args.k)?;
+        let v = input_copy(&args.v)?;
+        let g = optional_input_copy(&args.g)?;
+        let y = input_copy(&args.y)?;
+        let o = optional_input_copy(&args.o)?;
+        let dy = input_copy(&args.dy)?;
+        let lse = input_copy(&args.lse)?;
+        let dq = output_copy(&args.dq)?;
+        let dk = output_copy(&args.dk)?;
+        let dv = output_copy(&args.dv)?;
+        let dg = optional_output_copy(&args.dg)?;
+        let (cu_q, cu_k) = cu_seqlens_copies(problem)?;
+        let workspace_bytes = validate::backward_workspace_bytes(problem)?;
+        let workspace = GuardedBuffer::workspace(workspace_bytes)?;
+        params.q = q.ptr();
+        params.k = k.ptr();
+        params.v = v.ptr();
+        params.g = ptr_or_null(&g);
+        params.y = y.ptr();
+        params.o = ptr_or_null(&o);
+        params.dy = dy.ptr();
+        params.lse = lse.ptr().cast();
+        params.dq = dq.ptr();
+        params.dk = dk.ptr();
+        params.dv = dv.ptr();
+        params.dg = ptr_or_null(&dg);
+        params.cu_seqlens_q = ptr_or_null(&cu_q).cast();
+        params.cu_seqlens_k = ptr_or_null(&cu_k).cast();
+        validate::set_backward_workspace(&mut params, problem, workspace.ptr() as usize, workspace_bytes)?;
+        for config in &launches {
+            // SAFETY: every pointer in params refers to a guarded buffer (or the workspace) alive until the
+            // end of this function, sized like the validated tensor it copies.
+            unsafe { self.launch::<ffi::GsdpaBwdParams>(config, &params)? };
+        }
+        dq.copy_to(args.dq.data);
+        dk.copy_to(args.dk.data);
+        dv.copy_to(args.dv.data);
+        if let (Some(buffer), Some(tensor)) = (&dg, &mut args.dg) {
+            buffer.copy_to(tensor.data);
+        }
+        Ok(())
     }
 }
 

@@ -19,11 +19,17 @@ pub enum GsdpaError {
     /// A tensor's strides are unusable: the last dimension is not contiguous, the strides and shape
     /// disagree in length, the largest offset lies beyond the buffer, or an output overlaps itself.
     #[error("{tensor}: bad strides: {reason}")]
-    BadStrides { tensor: &'static str, reason: String },
+    BadStrides {
+        tensor: &'static str,
+        reason: String,
+    },
 
     /// A pointer or stride breaks the alignment the kernels' vector loads need.
     #[error("{tensor}: misaligned: {reason}")]
-    Misaligned { tensor: &'static str, reason: String },
+    Misaligned {
+        tensor: &'static str,
+        reason: String,
+    },
 
     /// The kernels exist for head dims 64, 128 and 256 only.
     #[error("unsupported head dim {head_dim} (supported: 64, 128, 256)")]

@@ -35,15 +35,28 @@ fn dtype_name(dtype: DType) -> &'static str {
 }
 
 fn grid_dim(value: usize, what: &str) -> Result<u32> {
-    u32::try_from(value).map_err(|_| GsdpaError::SizeOverflow(format!("{what} ({value}) exceeds the grid limit")))
+    u32::try_from(value)
+        .map_err(|_| GsdpaError::SizeOverflow(format!("{what} ({value}) exceeds the grid limit")))
 }
 
 /// Forward tile geometry for a head dim: (block_m, threads, shared bytes).
 fn forward_geometry(head_dim: usize) -> Result<(usize, u32, u32)> {
     let (m, threads, smem) = match head_dim {
-        64 => (ffi::GSDPA_FWD_BLOCK_M_D64, ffi::GSDPA_FWD_THREADS_D64, ffi::GSDPA_FWD_SMEM_D64),
-        128 => (ffi::GSDPA_FWD_BLOCK_M_D128, ffi::GSDPA_FWD_THREADS_D128, ffi::GSDPA_FWD_SMEM_D128),
-        256 => (ffi::GSDPA_FWD_BLOCK_M_D256, ffi::GSDPA_FWD_THREADS_D256, ffi::GSDPA_FWD_SMEM_D256),
+        64 => (
+            ffi::GSDPA_FWD_BLOCK_M_D64,
+            ffi::GSDPA_FWD_THREADS_D64,
+            ffi::GSDPA_FWD_SMEM_D64,
+        ),
+        128 => (
+            ffi::GSDPA_FWD_BLOCK_M_D128,
+            ffi::GSDPA_FWD_THREADS_D128,
+            ffi::GSDPA_FWD_SMEM_D128,
+        ),
+        256 => (
+            ffi::GSDPA_FWD_BLOCK_M_D256,
+            ffi::GSDPA_FWD_THREADS_D256,
+            ffi::GSDPA_FWD_SMEM_D256,
+        ),
         _ => return Err(GsdpaError::UnsupportedHeadDim { head_dim }),
     };
     Ok((m as usize, threads, smem))
@@ -53,7 +66,11 @@ fn forward_geometry(head_dim: usize) -> Result<(usize, u32, u32)> {
 pub fn forward(problem: &AttentionProblem) -> Result<LaunchConfig> {
     let (block_m, threads, shared_bytes) = forward_geometry(problem.head_dim)?;
     Ok(LaunchConfig {
-        kernel: format!("gsdpa_fwd_{}_d{}", dtype_name(problem.dtype), problem.head_dim),
+        kernel: format!(
+            "gsdpa_fwd_{}_d{}",
+            dtype_name(problem.dtype),
+            problem.head_dim
+        ),
         grid: [
             grid_dim(problem.seqlen_q.div_ceil(block_m), "query tiles")?,
             grid_dim(problem.heads_q, "heads_q")?,
@@ -62,6 +79,89 @@ pub fn forward(problem: &AttentionProblem) -> Result<LaunchConfig> {
         block: [threads, 1, 1],
         shared_bytes,
     })
+}
+
+/// Backward tile geometry for a head dim: (dkdv block_n, dkdv threads, dkdv smem, dq block_m, dq threads,
+/// dq smem).
+fn backward_geometry(head_dim: usize) -> Result<[u32; 6]> {
+    Ok(match head_dim {
+        64 => [
+            ffi::GSDPA_BWD_DKDV_BLOCK_N_D64,
+            ffi::GSDPA_BWD_DKDV_THREADS_D64,
+            ffi::GSDPA_BWD_DKDV_SMEM_D64,
+            ffi::GSDPA_BWD_DQ_BLOCK_M_D64,
+            ffi::GSDPA_BWD_DQ_THREADS_D64,
+            ffi::GSDPA_BWD_DQ_SMEM_D64,
+        ],
+        128 => [
+            ffi::GSDPA_BWD_DKDV_BLOCK_N_D128,
+            ffi::GSDPA_BWD_DKDV_THREADS_D128,
+            ffi::GSDPA_BWD_DKDV_SMEM_D128,
+            ffi::GSDPA_BWD_DQ_BLOCK_M_D128,
+            ffi::GSDPA_BWD_DQ_THREADS_D128,
+            ffi::GSDPA_BWD_DQ_SMEM_D128,
+        ],
+        256 => [
+            ffi::GSDPA_BWD_DKDV_BLOCK_N_D256,
+            ffi::GSDPA_BWD_DKDV_THREADS_D256,
+            ffi::GSDPA_BWD_DKDV_SMEM_D256,
+            ffi::GSDPA_BWD_DQ_BLOCK_M_D256,
+            ffi::GSDPA_BWD_DQ_THREADS_D256,
+            ffi::GSDPA_BWD_DQ_SMEM_D256,
+        ],
+        _ => return Err(GsdpaError::UnsupportedHeadDim { head_dim }),
+    })
+}
+
+/// The backward's launch sequence, in stream order, all taking the same `GsdpaBwdParams`:
+/// 1. `gsdpa_bwd_preprocess`: Delta = rowsum(dY * Y), dO = dY * act(G), dG; zeroes the dQ accumulator
+///    in the fast mode;
+/// 2. `gsdpa_bwd_dkdv`: one block per K/V tile and kv head, looping over the query heads of its group
+///    (dK, dV reduced in registers); the fast mode also adds dQ into the f32 accumulator with atomics;
+/// 3. fast mode: `gsdpa_bwd_dq_convert` (accumulator to dtype); deterministic mode: `gsdpa_bwd_dq`, one
+///    block per Q tile recomputing what it needs, no atomics.
+///
+/// Launches whose grid is empty are left out. An empty query side with keys still runs step 2, which
+/// writes dK = dV = 0.
+pub fn backward(problem: &AttentionProblem, deterministic: bool) -> Result<Vec<LaunchConfig>> {
+    let dt = dtype_name(problem.dtype);
+    let d = problem.head_dim;
+    let [dkdv_n, dkdv_threads, dkdv_smem, dq_m, dq_threads, dq_smem] = backward_geometry(d)?;
+    let heads_q = grid_dim(problem.heads_q, "heads_q")?;
+    let heads_kv = grid_dim(problem.heads_kv, "heads_kv")?;
+    let batch = grid_dim(problem.batch, "batch")?;
+    let q_tiles = |rows: u32| grid_dim(problem.seqlen_q.div_ceil(rows as usize), "query tiles");
+    let mut launches = vec![
+        LaunchConfig {
+            kernel: format!("gsdpa_bwd_preprocess_{dt}"),
+            grid: [q_tiles(ffi::GSDPA_BWD_PRE_ROWS)?, heads_q, batch],
+            block: [ffi::GSDPA_BWD_PRE_THREADS, 1, 1],
+            shared_bytes: 0,
+        },
+        LaunchConfig {
+            kernel: format!("gsdpa_bwd_dkdv_{dt}_d{d}"),
+            grid: [grid_dim(problem.seqlen_k.div_ceil(dkdv_n as usize), "key tiles")?, heads_kv, batch],
+            block: [dkdv_threads, 1, 1],
+            shared_bytes: dkdv_smem,
+        },
+    ];
+    launches.push(if deterministic {
+        LaunchConfig {
+            kernel: format!("gsdpa_bwd_dq_{dt}_d{d}"),
+            grid: [q_tiles(dq_m)?, heads_q, batch],
+            block: [dq_threads, 1, 1],
+            shared_bytes: dq_smem,
+        }
+    } else {
+        LaunchConfig {
+            kernel: format!("gsdpa_bwd_dq_convert_{dt}"),
+            grid: [q_tiles(ffi::GSDPA_BWD_CONVERT_ROWS)?, heads_q, batch],
+            block: [ffi::GSDPA_BWD_CONVERT_THREADS, 1, 1],
+            shared_bytes: 0,
+        }
+    });
+    launches.retain(|l| !l.is_empty());
+    Ok(launches)
 }
 
 /// The standalone gate kernel `Y = O * act(G)` over `rows` rows of `heads` heads.

@@ -146,7 +146,9 @@ fn run(problem: &AttentionProblem, x: &Inputs<'_>, dy: Option<&[f64]>) -> Output
         dq: vec![0.0; tq * hq * d],
         dk: vec![0.0; tk * hkv * d],
         dv: vec![0.0; tk * hkv * d],
-        dg: problem.gate_shape().map(|_| vec![0.0; x.g.map_or(0, <[f64]>::len)]),
+        dg: problem
+            .gate_shape()
+            .map(|_| vec![0.0; x.g.map_or(0, <[f64]>::len)]),
     });
 
     let mut probs = Vec::new();

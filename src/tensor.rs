@@ -81,7 +81,9 @@ impl Layout {
 
     /// Number of elements (product of the shape), `None` on overflow.
     pub fn num_elements(&self) -> Option<usize> {
-        self.shape.iter().try_fold(1usize, |acc, &e| acc.checked_mul(e))
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &e| acc.checked_mul(e))
     }
 
     /// True when the tensor has no element.
@@ -224,7 +226,9 @@ mod sealed {
 }
 
 /// The 16-bit element types the kernels support: `half::bf16` and `half::f16`.
-pub trait Element: Copy + Default + Send + Sync + std::fmt::Debug + 'static + sealed::Sealed {
+pub trait Element:
+    Copy + Default + Send + Sync + std::fmt::Debug + 'static + sealed::Sealed
+{
     const DTYPE: DType;
     /// Round to nearest even.
     fn from_f32(x: f32) -> Self;
@@ -335,4 +339,75 @@ pub fn split_q_proj<'a, T>(buffer: &'a [T], q_shape: &[usize]) -> Result<QProjVi
 pub struct QProjViews<'a, T> {
     pub q: Tensor<&'a [T]>,
     pub g: Tensor<&'a [T]>,
+}
+
+/// A host buffer whose first element is 16-byte aligned, as the kernels' vector loads need (a `Vec` of
+/// a 2-byte type only guarantees 2-byte alignment). Implemented without `unsafe`: the storage holds a
+/// few extra elements and the buffer starts at the first aligned one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostBuffer<T> {
+    storage: Vec<T>,
+    start: usize,
+    len: usize,
+}
+
+/// Alignment of [`HostBuffer`]'s first element, in bytes.
+pub const HOST_BUFFER_ALIGN: usize = 16;
+
+impl<T: Copy + Default> HostBuffer<T> {
+    /// `len` elements of `T::default()`.
+    pub fn new(len: usize) -> Self {
+        Self::filled(len, T::default())
+    }
+
+    /// `len` copies of `value`.
+    pub fn filled(len: usize, value: T) -> Self {
+        let size = std::mem::size_of::<T>();
+        // Types whose size does not divide the alignment cannot be shifted onto it element-wise.
+        let slack = if size == 0 || HOST_BUFFER_ALIGN % size != 0 {
+            0
+        } else {
+            HOST_BUFFER_ALIGN / size - 1
+        };
+        let storage = vec![value; len + slack];
+        let misalignment = storage.as_ptr() as usize % HOST_BUFFER_ALIGN;
+        let start = if slack == 0 || misalignment == 0 {
+            0
+        } else {
+            (HOST_BUFFER_ALIGN - misalignment) / size
+        };
+        HostBuffer {
+            storage,
+            start,
+            len,
+        }
+    }
+
+    /// An aligned copy of `data`.
+    pub fn from_slice(data: &[T]) -> Self {
+        let mut buffer = Self::new(data.len());
+        buffer.as_mut_slice().copy_from_slice(data);
+        buffer
+    }
+
+    pub fn as_slice(&self) -> &[T] {
+        &self.storage[self.start..self.start + self.len]
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [T] {
+        &mut self.storage[self.start..self.start + self.len]
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The elements as a `Vec` (a copy).
+    pub fn to_vec(&self) -> Vec<T> {
+        self.as_slice().to_vec()
+    }
 }

@@ -55,27 +55,53 @@ fn report_covers_every_kernel_on_every_sass_arch() {
     if !kernels_built() {
         return;
     }
-    let sass: Vec<&str> = build_info::archs().iter().copied().filter(|a| a.starts_with("sm_")).collect();
-    assert!(!sass.is_empty(), "no SASS arch in {:?}", build_info::archs());
+    let sass: Vec<&str> = build_info::archs()
+        .iter()
+        .copied()
+        .filter(|a| a.starts_with("sm_"))
+        .collect();
+    assert!(
+        !sass.is_empty(),
+        "no SASS arch in {:?}",
+        build_info::archs()
+    );
     // The fatbin always carries PTX for the lowest arch, listed last.
     let ptx = build_info::archs().last().expect("archs");
-    assert!(ptx.starts_with("compute_"), "no PTX target in {:?}", build_info::archs());
+    assert!(
+        ptx.starts_with("compute_"),
+        "no PTX target in {:?}",
+        build_info::archs()
+    );
 
     let kernels = build_info::kernels();
     let mut names: Vec<&str> = kernels.iter().map(|k| k.name).collect();
     names.dedup();
     // The standalone gate kernel is the one every build has; it proves the pipeline end to end.
     for required in ["gsdpa_gate_bf16", "gsdpa_gate_f16"] {
-        assert!(names.contains(&required), "{required} missing from the ptxas report: {names:?}");
+        assert!(
+            names.contains(&required),
+            "{required} missing from the ptxas report: {names:?}"
+        );
     }
     for name in &names {
         for arch in &sass {
-            let count = kernels.iter().filter(|k| k.name == *name && k.arch == *arch).count();
-            assert_eq!(count, 1, "{name} appears {count} times for {arch} in the ptxas report");
+            let count = kernels
+                .iter()
+                .filter(|k| k.name == *name && k.arch == *arch)
+                .count();
+            assert_eq!(
+                count, 1,
+                "{name} appears {count} times for {arch} in the ptxas report"
+            );
         }
     }
     for k in kernels {
-        assert!(sass.contains(&k.arch), "{} reported for {}, which is not a target", k.name, k.arch);
+        assert!(
+            sass.contains(&k.arch),
+            "{} reported for {}, which is not a target",
+            k.name,
+            k.arch
+        );
         // Every real kernel needs registers; 0 would mean the report was misparsed.
         assert!(k.registers > 0 && k.registers <= 255, "{}", describe(k));
     }
@@ -87,16 +113,32 @@ fn fatbin_is_embedded_when_kernels_are_built() {
         Some(fatbin) => {
             assert!(build_info::kernels_not_built_reason().is_none());
             // Fatbin container magic 0xBA55ED50, little endian.
-            assert_eq!(fatbin.get(..4), Some(&[0x50, 0xed, 0x55, 0xba][..]), "not a fatbin");
-            assert_eq!(fatbin.as_ptr() as usize % 8, 0, "the fatbin must be 8-byte aligned for the driver");
-            let version = build_info::nvcc_version().expect("nvcc version recorded with the fatbin");
-            assert!(version.starts_with(|c: char| c.is_ascii_digit()), "nvcc version {version:?}");
+            assert_eq!(
+                fatbin.get(..4),
+                Some(&[0x50, 0xed, 0x55, 0xba][..]),
+                "not a fatbin"
+            );
+            assert_eq!(
+                fatbin.as_ptr() as usize % 8,
+                0,
+                "the fatbin must be 8-byte aligned for the driver"
+            );
+            let version =
+                build_info::nvcc_version().expect("nvcc version recorded with the fatbin");
+            assert!(
+                version.starts_with(|c: char| c.is_ascii_digit()),
+                "nvcc version {version:?}"
+            );
             assert!(!build_info::archs().is_empty());
         }
         None => {
-            let reason = build_info::kernels_not_built_reason().expect("a reason when there is no fatbin");
+            let reason =
+                build_info::kernels_not_built_reason().expect("a reason when there is no fatbin");
             assert!(!reason.is_empty());
-            assert!(!build_info::nvcc_required(), "GSDPA_REQUIRE_NVCC=1 but no fatbin: {reason}");
+            assert!(
+                !build_info::nvcc_required(),
+                "GSDPA_REQUIRE_NVCC=1 but no fatbin: {reason}"
+            );
             assert!(build_info::kernels().is_empty() && build_info::archs().is_empty());
             eprintln!("no fatbin in this build: {reason}");
         }

@@ -22,7 +22,10 @@ namespace gsdpa {
 template <int COLS>
 GSDPA_DEVICE int swizzle(int row, int col) {
     static_assert(COLS % 64 == 0, "a swizzled tile row must be a whole number of 128-byte lines");
-    return row * COLS + ((((col >> 3) ^ (row & 7))) << 3) + (col & 7);
+    // Written as (128-byte line) + (swizzled chunk within the line) + (element within the chunk) so that,
+    // for a compile-time column, everything but the 3-bit XOR folds into an immediate offset: a warp's
+    // loop over columns then needs at most 8 address registers per row pattern instead of one per column.
+    return row * COLS + (col & ~63) + ((((col >> 3) & 7) ^ (row & 7)) << 3) + (col & 7);
 }
 
 // The swizzled offsets of column `col` in rows row0, row0 + STEP, row0 + 2 STEP, ...: offset(i) =

@@ -165,9 +165,10 @@ extern "C" {
 int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], const uint32_t block[3], size_t dynamic_smem_bytes,
                      const void *params, size_t params_size, uint64_t seed, uint32_t worker_threads, char *err,
                      size_t err_len);
-// Memory whose last byte is immediately followed by an inaccessible guard page: an out-of-bounds read or
-// write past the end faults, and the launch reports it as an error.
-void *gsdpa_emu_alloc_guarded(size_t bytes);
+// Memory whose last byte is immediately followed by an inaccessible guard page (when bytes is a multiple of
+// alignment; else the gap is under `alignment` bytes): an out-of-bounds read or write past the end faults,
+// and the launch reports it as an error. alignment: a power of two up to the page size.
+void *gsdpa_emu_alloc_guarded(size_t bytes, size_t alignment);
 void gsdpa_emu_free_guarded(void *ptr);
 // 1 when the kernel is registered (compiled into this build).
 int gsdpa_emu_has_kernel(const char *kernel);

@@ -179,6 +179,9 @@ float atomic_add_f32(float *address, float value) {
 
 }  // namespace gsdpa_emu
 
-extern "C" void *gsdpa_emu_alloc_guarded(size_t bytes) { return gsdpa_emu::map_guarded(bytes, 16); }
+extern "C" void *gsdpa_emu_alloc_guarded(size_t bytes, size_t alignment) {
+    if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment > gsdpa_emu::page_size()) return nullptr;
+    return gsdpa_emu::map_guarded(bytes, alignment);
+}
 
 extern "C" void gsdpa_emu_free_guarded(void *ptr) { gsdpa_emu::unmap_guarded(static_cast<char *>(ptr)); }

@@ -6,14 +6,17 @@
 // and stays <= 99 KiB so the same binary runs on sm_86 / sm_89 (99 KiB per block there):
 //
 //   D    BLOCK_M x BLOCK_N  warps  smem    why
-//   64   128 x 128          8      48 KiB  FA2's tile. Per thread: 64 f32 scores + 32 f32 O + 16 Q regs,
-//                                          about 128 registers: two blocks (16 warps) per SM.
+//   64   128 x 128          8      48 KiB  FA2's tile. Per thread 64 f32 scores + 32 f32 O + 16 Q registers.
 //   128  128 x 64           8      64 KiB  FA2's tile. 64 f32 O + 32 f32 scores; Q is kept in registers too
-//                                          (32 regs) because reloading it from shared memory for every
-//                                          key tile costs a quarter of the S = Q K^T shared-memory traffic.
+//                                          (32 regs): re-reading it from shared memory for every key tile
+//                                          would add half again to the S = Q K^T shared-memory traffic.
 //   256  64 x 64            4      96 KiB  FA2's sm_86 choice: 128 f32 O registers per thread leave no room
-//                                          for Q in registers or for more rows per warp, and a 128-row Q tile
-//                                          (64 KiB) would not fit beside K and V in 99 KiB.
+//                                          for Q in registers (it is re-read with ldmatrix per k-step), and
+//                                          a 128-row Q tile (64 KiB) would not fit beside K and V in 99 KiB.
+// ptxas (sm_80 .. sm_90a, CUDA 13.0): about 170 / 228 / 255 registers for D = 64 / 128 / 256, no spills.
+// Forcing two 256-thread blocks per SM (128 registers) spills at D = 64 and 128, so D = 64 and 128 run
+// one block (8 warps) per SM and D = 256 two (8 warps) where shared memory allows (sm_90: 228 KiB).
+// Tuning these on a GPU is open (e.g. 64-row blocks at D = 64 for more resident warps).
 //
 // Pipeline (FlashAttention-2's single-buffer scheme rather than double buffering): K and V have one buffer
 // each, and their loads alternate so that each overlaps one GEMM: V(j) is fetched while S = Q K(j)^T is
@@ -66,23 +69,31 @@ struct FwdTraits {
     static constexpr int K_STEPS_PV = BLOCK_N / 16;  // k-steps of O += P V (over the keys)
     static constexpr int N_TILES_O = D / 8;        // 16 x 8 output tiles per warp
 
+    // K/V buffers: two stages (double buffering) where Q lives in registers and shared memory allows;
+    // see the pipeline note above.
+    static constexpr int KV_STAGES = D <= 128 ? 2 : 1;
+
     // Shared memory, in elements of T from the dynamic shared memory base:
-    //   [Q: BLOCK_M x D][K: BLOCK_N x D][V: BLOCK_N x D]
-    // Reuse: the elementwise gate tile G (BLOCK_M x D) is fetched into the Q region once the last
-    // S = Q K^T is done; in the epilogue the Y tile is staged in the K+V region and the ungated O tile
-    // in the Q region (after G has been read).
+    //   [Q: BLOCK_M x D][K: KV_STAGES x BLOCK_N x D][V: KV_STAGES x BLOCK_N x D]
+    // Key tile n uses stage n % KV_STAGES. Reuse: the elementwise gate tile G (BLOCK_M x D) is fetched into
+    // the Q region once Q is no longer read there; in the epilogue the Y tile is staged in the K+V region
+    // and the ungated O tile in the Q region (after G has been read).
+    static constexpr int TILE_KV = BLOCK_N * D;
     static constexpr int SMEM_Q = 0;
     static constexpr int SMEM_K = SMEM_Q + BLOCK_M * D;
-    static constexpr int SMEM_V = SMEM_K + BLOCK_N * D;
+    static constexpr int SMEM_V = SMEM_K + KV_STAGES * TILE_KV;
     static constexpr int SMEM_Y = SMEM_K;
     static constexpr int SMEM_O = SMEM_Q;
-    static constexpr int SMEM_ELEMS = SMEM_V + BLOCK_N * D;
+    static constexpr int SMEM_ELEMS = SMEM_V + KV_STAGES * TILE_KV;
     static constexpr int SMEM_BYTES = SMEM_ELEMS * int(sizeof(T));
+    GSDPA_DEVICE static int smem_k(int n) { return SMEM_K + (KV_STAGES == 2 ? (n & 1) : 0) * TILE_KV; }
+    GSDPA_DEVICE static int smem_v(int n) { return SMEM_V + (KV_STAGES == 2 ? (n & 1) : 0) * TILE_KV; }
 
     static_assert(sizeof(T) == 2, "16-bit element types only");
     static_assert(BLOCK_M == 16 * WARPS, "each warp owns 16 query rows");
     static_assert(BLOCK_N % 16 == 0 && D % 64 == 0, "whole mma tiles and swizzled 128-byte rows");
-    static_assert(BLOCK_M <= 2 * BLOCK_N, "the Y tile is staged in the K+V region");
+    static_assert(BLOCK_M <= 2 * KV_STAGES * BLOCK_N, "the Y tile is staged in the K+V region");
+    static_assert(KV_STAGES == 1 || Q_IN_REGS, "double buffering fetches G during the last S = Q K^T");
     static_assert(SMEM_BYTES == FwdGeometry<D>::SMEM, "GSDPA_FWD_SMEM_* must match the layout");
     static_assert(SMEM_BYTES <= 99 * 1024, "must fit sm_86 / sm_89 (99 KiB per block)");
 };

@@ -27,6 +27,60 @@ GSDPA_DEVICE T *tensor_at(Base *base, const GsdpaStrides &stride, int b, bool va
            int64_t(head) * stride.head;
 }
 
+// S = Q K^T for this warp's 16 rows x BLOCK_N keys of the K tile s_k. Q comes from registers
+// (Q_IN_REGS) or, one k-step at a time, from the Q tile.
+template <class Tr>
+GSDPA_DEVICE void gemm_qk(float (&s)[Tr::N_TILES_S][4], const uint32_t (&q_frag)[Tr::Q_IN_REGS ? Tr::K_STEPS_QK : 1][4],
+                          const typename Tr::T *s_q, const typename Tr::T *s_k, int warp_row0, int lane) {
+    using T = typename Tr::T;
+#pragma unroll
+    for (int nt = 0; nt < Tr::N_TILES_S; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) s[nt][i] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < Tr::K_STEPS_QK; ++kk) {
+        uint32_t a[4];
+        if constexpr (Tr::Q_IN_REGS) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) a[i] = q_frag[kk][i];
+        } else {
+            ldsm_a<Tr::D>(a, s_q, warp_row0, kk * 16, lane);
+        }
+#pragma unroll
+        for (int np = 0; np < Tr::N_TILES_S / 2; ++np) {
+            uint32_t bk[4];
+            ldsm_b<Tr::D>(bk, s_k, np * 16, kk * 16, lane);
+            const uint32_t b0[2] = {bk[0], bk[1]};
+            const uint32_t b1[2] = {bk[2], bk[3]};
+            mma_m16n8k16<T>(s[2 * np], a, b0, s[2 * np]);
+            mma_m16n8k16<T>(s[2 * np + 1], a, b1, s[2 * np + 1]);
+        }
+    }
+}
+
+// O += P V for the V tile s_v: P (the softmax numerators in s) is rounded to T and reused in registers as
+// the A operand (C fragments -> A fragments); V through ldmatrix.trans.
+template <class Tr>
+GSDPA_DEVICE void gemm_pv(float (&acc_o)[Tr::N_TILES_O][4], const float (&s)[Tr::N_TILES_S][4],
+                          const typename Tr::T *s_v, int lane) {
+    using T = typename Tr::T;
+#pragma unroll
+    for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) {
+        uint32_t a[4];
+        pack_c_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < Tr::N_TILES_O / 2; ++dp) {
+            uint32_t bv[4];
+            ldsm_b_trans<Tr::D>(bv, s_v, kk * 16, dp * 16, lane);
+            const uint32_t b0[2] = {bv[0], bv[1]};
+            const uint32_t b1[2] = {bv[2], bv[3]};
+            mma_m16n8k16<T>(acc_o[2 * dp], a, b0, acc_o[2 * dp]);
+            mma_m16n8k16<T>(acc_o[2 * dp + 1], a, b1, acc_o[2 * dp + 1]);
+        }
+    }
+}
+
 template <class Tr>
 GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     using T = typename Tr::T;
@@ -64,8 +118,6 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
 
     T *smem = reinterpret_cast<T *>(dynamic_smem());
     T *s_q = smem + Tr::SMEM_Q;
-    T *s_k = smem + Tr::SMEM_K;
-    T *s_v = smem + Tr::SMEM_V;
 
     // This thread's two rows (g and g + 8 of its warp), relative to the block.
     const int my_row[2] = {warp_row0 + (lane >> 2), warp_row0 + (lane >> 2) + 8};
@@ -80,15 +132,30 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     softmax.init();
 
     if (n_tiles > 0) {
-        const T *q = tensor_at<const T>(p.q, p.q_stride, b, varlen, q_start + m0, h);
         const T *k = tensor_at<const T>(p.k, p.k_stride, b, varlen, k_start, kv_head);
         const T *v = tensor_at<const T>(p.v, p.v_stride, b, varlen, k_start, kv_head);
         const int64_t k_row = p.k_stride.row, v_row = p.v_stride.row;
+        // Issue the copy of key tile n of K or V (rows past seqlen_k zero-filled) into a stage's buffer.
+        auto load_k = [&](int n) {
+            cp_async_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_k(n), k + int64_t(n) * BLOCK_N * k_row, k_row,
+                                               seqlen_k - n * BLOCK_N, tid);
+        };
+        auto load_v = [&](int n) {
+            cp_async_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row,
+                                               seqlen_k - n * BLOCK_N, tid);
+        };
+        // The elementwise gate tile replaces Q once Q is no longer needed in shared memory.
+        auto load_gate = [&]() {
+            cp_async_tile<BLOCK_M, D, THREADS>(s_q, tensor_at<const T>(p.g, p.g_stride, b, varlen, q_start + m0, h),
+                                               p.g_stride.row, rows, tid);
+        };
 
-        // Prologue: Q and the last K tile in one group.
+        // Prologue: Q, the last K tile and (double-buffered) the last V tile in one group.
         int n = n_tiles - 1;
-        cp_async_tile<BLOCK_M, D, THREADS>(s_q, q, p.q_stride.row, rows, tid);
-        cp_async_tile<BLOCK_N, D, THREADS>(s_k, k + int64_t(n) * BLOCK_N * k_row, k_row, seqlen_k - n * BLOCK_N, tid);
+        cp_async_tile<BLOCK_M, D, THREADS>(s_q, tensor_at<const T>(p.q, p.q_stride, b, varlen, q_start + m0, h),
+                                           p.q_stride.row, rows, tid);
+        load_k(n);
+        if constexpr (Tr::KV_STAGES == 2) load_v(n);
         cp_async_commit();
 
         uint32_t q_frag[Tr::Q_IN_REGS ? Tr::K_STEPS_QK : 1][4];
@@ -101,36 +168,23 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
 
         for (; n >= 0; --n) {
             cp_async_wait<0>();
-            __syncthreads();  // K(n) visible to all; every warp is done with V(n + 1)
-            cp_async_tile<BLOCK_N, D, THREADS>(s_v, v + int64_t(n) * BLOCK_N * v_row, v_row, seqlen_k - n * BLOCK_N, tid);
-            cp_async_commit();
+            if constexpr (Tr::KV_STAGES == 2) {
+                __syncthreads();  // K(n), V(n) visible to all; every warp is done with tile n + 1's stage
+                if (n > 0) {
+                    load_k(n - 1);
+                    load_v(n - 1);
+                } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
+                    load_gate();  // Q is in registers: its tile is free; the load hides under the last tile
+                }
+                cp_async_commit();
+            } else {
+                __syncthreads();  // K(n) visible to all; every warp is done with V(n + 1)
+                load_v(n);
+                cp_async_commit();
+            }
 
-            // S = Q K(n)^T for this warp's 16 rows x BLOCK_N keys.
             float s[Tr::N_TILES_S][4];
-#pragma unroll
-            for (int nt = 0; nt < Tr::N_TILES_S; ++nt) {
-#pragma unroll
-                for (int i = 0; i < 4; ++i) s[nt][i] = 0.0f;
-            }
-#pragma unroll
-            for (int kk = 0; kk < Tr::K_STEPS_QK; ++kk) {
-                uint32_t a[4];
-                if constexpr (Tr::Q_IN_REGS) {
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) a[i] = q_frag[kk][i];
-                } else {
-                    ldsm_a<D>(a, s_q, warp_row0, kk * 16, lane);
-                }
-#pragma unroll
-                for (int np = 0; np < Tr::N_TILES_S / 2; ++np) {
-                    uint32_t bk[4];
-                    ldsm_b<D>(bk, s_k, np * 16, kk * 16, lane);
-                    const uint32_t b0[2] = {bk[0], bk[1]};
-                    const uint32_t b1[2] = {bk[2], bk[3]};
-                    mma_m16n8k16<T>(s[2 * np], a, b0, s[2 * np]);
-                    mma_m16n8k16<T>(s[2 * np + 1], a, b1, s[2 * np + 1]);
-                }
-            }
+            gemm_qk<Tr>(s, q_frag, s_q, smem + Tr::smem_k(n), warp_row0, lane);
             if (tile_needs_mask<BLOCK_N>(n, m0, seqlen_q, seqlen_k, causal)) {
                 // Key limits of this thread's rows; recomputed here (rarely) rather than kept live.
                 const int limit[2] = {key_limit(m0 + my_row[0], seqlen_q, seqlen_k, causal),
@@ -138,35 +192,19 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
                 mask_scores(s, n * BLOCK_N, limit, lane);
             }
 
-            cp_async_wait<0>();
-            __syncthreads();  // V(n) visible to all; every warp is done with K(n) and (last tile) Q
-            if (n > 0) {
-                cp_async_tile<BLOCK_N, D, THREADS>(s_k, k + int64_t(n - 1) * BLOCK_N * k_row, k_row,
-                                                   seqlen_k - (n - 1) * BLOCK_N, tid);
-            } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
-                // The gate tile replaces Q; its latency hides under the last O += P V.
-                cp_async_tile<BLOCK_M, D, THREADS>(
-                    s_q, tensor_at<const T>(p.g, p.g_stride, b, varlen, q_start + m0, h), p.g_stride.row, rows, tid);
+            if constexpr (Tr::KV_STAGES == 1) {
+                cp_async_wait<0>();
+                __syncthreads();  // V(n) visible to all; every warp is done with K(n) and (last tile) Q
+                if (n > 0) {
+                    load_k(n - 1);
+                } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
+                    load_gate();  // hides under the last O += P V
+                }
+                cp_async_commit();
             }
-            cp_async_commit();
 
             softmax.update(s, acc_o, p.scale_log2);
-
-            // O += P V(n): P from the score registers (C fragments -> A fragments), V through ldmatrix.trans.
-#pragma unroll
-            for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) {
-                uint32_t a[4];
-                pack_c_to_a<T>(a, s[2 * kk], s[2 * kk + 1]);
-#pragma unroll
-                for (int dp = 0; dp < Tr::N_TILES_O / 2; ++dp) {
-                    uint32_t bv[4];
-                    ldsm_b_trans<D>(bv, s_v, kk * 16, dp * 16, lane);
-                    const uint32_t b0[2] = {bv[0], bv[1]};
-                    const uint32_t b1[2] = {bv[2], bv[3]};
-                    mma_m16n8k16<T>(acc_o[2 * dp], a, b0, acc_o[2 * dp]);
-                    mma_m16n8k16<T>(acc_o[2 * dp + 1], a, b1, acc_o[2 * dp + 1]);
-                }
-            }
+            gemm_pv<Tr>(acc_o, s, smem + Tr::smem_v(n), lane);
         }
     }
     cp_async_wait<0>();

@@ -1,0 +1,94 @@
+//! `gsdpa bench [--json] [--shape NAME]`: forward throughput on the GPU (see `gated_sdpa::bench`).
+
+use gated_sdpa::bench;
+use gated_sdpa::cuda::CudaBackend;
+
+use crate::args::Flags;
+use crate::info::json_string;
+use crate::CliError;
+
+pub fn run(args: &[String]) -> Result<(), CliError> {
+    let flags = Flags::parse(args, &["shape", "iters", "reps"], &["json"])?;
+    let iters = flags.parsed::<usize>("iters")?.unwrap_or(20).max(1);
+    let reps = flags.parsed::<usize>("reps")?.unwrap_or(11).max(1);
+    let backend =
+        CudaBackend::new(0).map_err(|e| CliError::usage(format!("bench needs a GPU: {e}")))?;
+    let device = backend.device_name().unwrap_or_else(|_| "unknown".into());
+    let shapes: Vec<_> = bench::standard_shapes()
+        .into_iter()
+        .filter(|s| {
+            flags
+                .value("shape")
+                .is_none_or(|wanted| s.name.contains(wanted))
+        })
+        .collect();
+    if shapes.is_empty() {
+        return Err(CliError::usage("--shape matches no benchmark shape"));
+    }
+    let json = flags.switch("json");
+    if !json {
+        println!("device: {device}; bf16 forward, elementwise sigmoid gate; median of {reps} x {iters} calls");
+        println!(
+            "{:<26} {:>3} {:>4} {:>4} {:>6} {:>4} {:>10} {:>10} {:>10} {:>9} {:>8}",
+            "shape",
+            "B",
+            "Hq",
+            "Hkv",
+            "S",
+            "D",
+            "gated ms",
+            "TFLOP/s",
+            "ungated",
+            "gate ovh",
+            "fused x"
+        );
+    }
+    let mut entries = Vec::new();
+    for shape in &shapes {
+        let r = bench::forward(&backend, shape, iters, reps)?;
+        if json {
+            entries.push(format!(
+                "{{\"name\": {}, \"batch\": {}, \"heads_q\": {}, \"heads_kv\": {}, \"seqlen\": {}, \"head_dim\": {}, \
+                 \"causal\": {}, \"gated_ms\": {:.6}, \"ungated_ms\": {:.6}, \"unfused_ms\": {:.6}, \
+                 \"gated_tflops\": {:.3}, \"ungated_tflops\": {:.3}, \"gate_overhead_pct\": {:.3}, \"fused_speedup\": {:.4}}}",
+                json_string(&shape.name),
+                shape.batch,
+                shape.heads_q,
+                shape.heads_kv,
+                shape.seqlen,
+                shape.head_dim,
+                shape.causal,
+                r.gated_ms,
+                r.ungated_ms,
+                r.unfused_ms,
+                r.gated_tflops(),
+                r.ungated_tflops(),
+                r.gate_overhead_pct(),
+                r.fused_speedup()
+            ));
+        } else {
+            println!(
+                "{:<26} {:>3} {:>4} {:>4} {:>6} {:>4} {:>10.4} {:>10.1} {:>10.1} {:>8.2}% {:>8.3}",
+                shape.name,
+                shape.batch,
+                shape.heads_q,
+                shape.heads_kv,
+                shape.seqlen,
+                shape.head_dim,
+                r.gated_ms,
+                r.gated_tflops(),
+                r.ungated_tflops(),
+                r.gate_overhead_pct(),
+                r.fused_speedup()
+            );
+        }
+    }
+    if json {
+        println!(
+            "{{\"device\": {}, \"dtype\": \"bf16\", \"results\": [{}]}}",
+            json_string(&device),
+            entries.join(", ")
+        );
+    }
+    Ok(())
+}

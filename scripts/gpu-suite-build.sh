@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Builds everything the GPU suite needs, here (no GPU needed), into gpu-bundle/ (git-ignored, < 64 MiB):
+# the release test binaries, the gsdpa CLI (with its bench) and scripts/gpu-suite-run.sh.
+# Then, on a machine with an NVIDIA GPU and no Rust toolchain: copy gpu-bundle/ there and run
+#   bash gpu-bundle/gpu-suite-run.sh OUTDIR
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+# nvcc from the pinned PyPI wheels (shared with .ci/run), unless CUDA_HOME already points at a toolkit.
+if [[ -z "${CUDA_HOME:-}" ]]; then
+    source scripts/nvcc-env.sh
+fi
+export GSDPA_REQUIRE_NVCC=1
+
+BUNDLE=$ROOT/gpu-bundle
+rm -rf "$BUNDLE"
+mkdir -p "$BUNDLE/bin"
+
+echo "== building release test binaries and the CLI"
+# --message-format=json names the test executables (their file names carry a hash).
+cargo test --release --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try: m = json.loads(line)
+    except ValueError: continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])
+' > "$BUNDLE/tests.txt"
+cargo build --release --example gsdpa
+
+while read -r name exe; do
+    cp "$exe" "$BUNDLE/bin/test-$name"
+done < "$BUNDLE/tests.txt"
+cp target/release/examples/gsdpa "$BUNDLE/bin/gsdpa"
+strip "$BUNDLE"/bin/* 2>/dev/null || true
+cp scripts/gpu-suite-run.sh "$BUNDLE/"
+rm "$BUNDLE/tests.txt"
+du -sh "$BUNDLE"
+ls -la "$BUNDLE/bin"

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The GPU suite, run on a machine with an NVIDIA GPU from the bundle scripts/gpu-suite-build.sh made:
+#   bash gpu-bundle/gpu-suite-run.sh OUTDIR
+# Needs no Rust toolchain and no network. Writes logs and results under OUTDIR and prints a summary.
+#   1. device facts (nvidia-smi)
+#   2. the GPU tests (GSDPA_REQUIRE_GPU=1, so a missing GPU fails): conformance GPU vs emulator, forward and
+#      backward grids vs the f64 reference
+#   3. the emulator-side tests that also cover the kernels (forward, backward, conformance)
+#   4. compute-sanitizer memcheck and racecheck on a small case, where compute-sanitizer exists
+#   5. the forward bench (gsdpa bench --json), unless GSDPA_SKIP_BENCH=1
+set -uo pipefail
+BUNDLE=$(cd "$(dirname "$0")" && pwd)
+OUT=${1:-$BUNDLE/out}
+mkdir -p "$OUT"
+BIN=$BUNDLE/bin
+export GSDPA_REQUIRE_GPU=1
+status=0
+summary=()
+run() {  # run NAME CMD...: logs to OUT/NAME.log, records pass/fail
+    local name=$1; shift
+    local start=$SECONDS
+    if "$@" >"$OUT/$name.log" 2>&1; then
+        summary+=("PASS $name ($((SECONDS - start)) s)")
+    else
+        summary+=("FAIL $name ($((SECONDS - start)) s): see $name.log")
+        status=1
+    fi
+    tail -n 3 "$OUT/$name.log"
+}
+
+date -u +%Y-%m-%dT%H:%M:%SZ | tee "$OUT/date.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/device.csv"
+"$BIN/gsdpa" info --json >"$OUT/info.json" 2>&1
+
+run gpu-tests "$BIN/test-gpu" --test-threads=1
+for t in conformance forward backward; do
+    [ -x "$BIN/test-$t" ] && run "emulator-$t" "$BIN/test-$t"
+done
+
+if command -v compute-sanitizer >/dev/null; then
+    run memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN/test-gpu" conformance_gpu_matches_emulator
+    run racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$BIN/gsdpa" demo --small
+else
+    summary+=("SKIP compute-sanitizer: not installed")
+fi
+
+if [ "${GSDPA_SKIP_BENCH:-0}" != 1 ]; then
+    run bench "$BIN/gsdpa" bench --json --out "$OUT/bench.json"
+fi
+
+printf '\n== GPU suite summary (%s)\n' "$(head -1 "$OUT/device.csv" >/dev/null; sed -n 2p "$OUT/device.csv")"
+printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
+[ -f "$OUT/bench.json" ] && "$BIN/gsdpa" bench --table "$OUT/bench.json" 2>/dev/null | tee "$OUT/bench.txt"
+exit $status

@@ -1,0 +1,345 @@
+//! GPU benchmarks of the fused kernels, shared by `benches/forward.rs` (criterion) and `gsdpa bench`.
+//!
+//! Method: CUDA events around the launches on one stream, warm-up first, the median of many timed
+//! repetitions, and inputs rotated over several copies so that shapes which fit in L2 are not flattered.
+//! FLOPs: `4 * B * Hq * Sq * Sk * D` forward, halved when causal (FlashAttention's convention).
+//!
+//! Three forward variants per shape:
+//! - `gated`: our fused kernel with an elementwise sigmoid gate (what the layer needs);
+//! - `ungated`: the same kernel with gate = none: our flash-attention baseline, so `gated / ungated - 1`
+//!   is what the gate costs;
+//! - `unfused`: gate = none forward followed by the standalone gate kernel, the path every engine runs
+//!   today; `unfused / gated` is the fused kernel's speedup.
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::{CudaSlice, CudaStream};
+
+use crate::cuda::CudaBackend;
+use crate::error::{GsdpaError, Result};
+use crate::problem::{Activation, AttentionProblem, DType, GateMode};
+use crate::tensor::{Layout, Tensor};
+use crate::ForwardArgs;
+
+/// One benchmark shape: `Hq` query heads over `Hkv` kv heads, self-attention of length `seqlen`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchShape {
+    /// A short label, e.g. `d128-s8192` or `qwen3-next-s4096`.
+    pub name: String,
+    pub batch: usize,
+    pub heads_q: usize,
+    pub heads_kv: usize,
+    pub seqlen: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+}
+
+impl BenchShape {
+    /// Forward FLOPs (matmuls only), halved when causal.
+    pub fn forward_flops(&self) -> f64 {
+        let full = 4.0
+            * (self.batch * self.heads_q) as f64
+            * (self.seqlen as f64).powi(2)
+            * self.head_dim as f64;
+        if self.causal {
+            full / 2.0
+        } else {
+            full
+        }
+    }
+
+    fn problem(&self, gate: GateMode) -> AttentionProblem {
+        AttentionProblem::new(
+            self.batch,
+            self.seqlen,
+            self.seqlen,
+            self.heads_q,
+            self.heads_kv,
+            self.head_dim,
+        )
+        .dtype(DType::BF16)
+        .causal(self.causal)
+        .gate(gate)
+        .activation(Activation::Sigmoid)
+    }
+}
+
+/// The standard grid: head dims 64/128/256, sequence lengths 512 to 16k, causal and not, with
+/// `heads * D = 2048` and `batch * seqlen = 16k` tokens (FlashAttention's benchmark setting, enough
+/// work to fill an H100/H200), plus the Qwen3-Next shape (d256, 16 query heads, 2 kv heads).
+pub fn standard_shapes() -> Vec<BenchShape> {
+    let mut shapes = Vec::new();
+    for head_dim in [64, 128, 256] {
+        for seqlen in [512, 1024, 2048, 4096, 8192, 16384] {
+            for causal in [false, true] {
+                let heads = 2048 / head_dim;
+                shapes.push(BenchShape {
+                    name: format!(
+                        "d{head_dim}-s{seqlen}{}",
+                        if causal { "-causal" } else { "" }
+                    ),
+                    batch: (16384 / seqlen).max(1),
+                    heads_q: heads,
+                    heads_kv: heads,
+                    seqlen,
+                    head_dim,
+                    causal,
+                });
+            }
+        }
+    }
+    for seqlen in [2048, 8192] {
+        shapes.push(BenchShape {
+            name: format!("qwen3-next-s{seqlen}-causal"),
+            batch: (16384 / seqlen).max(1),
+            heads_q: 16,
+            heads_kv: 2,
+            seqlen,
+            head_dim: 256,
+            causal: true,
+        });
+    }
+    shapes
+}
+
+/// Timings of one shape, in milliseconds per forward (medians).
+#[derive(Debug, Clone)]
+pub struct ForwardBench {
+    pub shape: BenchShape,
+    pub gated_ms: f64,
+    pub ungated_ms: f64,
+    pub unfused_ms: f64,
+}
+
+impl ForwardBench {
+    /// Throughput of the fused gated kernel.
+    pub fn gated_tflops(&self) -> f64 {
+        self.shape.forward_flops() / (self.gated_ms * 1e-3) / 1e12
+    }
+    /// Throughput of the gate = none kernel.
+    pub fn ungated_tflops(&self) -> f64 {
+        self.shape.forward_flops() / (self.ungated_ms * 1e-3) / 1e12
+    }
+    /// What the fused gate costs, in percent of the ungated kernel's time.
+    pub fn gate_overhead_pct(&self) -> f64 {
+        (self.gated_ms / self.ungated_ms - 1.0) * 100.0
+    }
+    /// How much faster fused is than attention + separate gate kernel.
+    pub fn fused_speedup(&self) -> f64 {
+        self.unfused_ms / self.gated_ms
+    }
+}
+
+fn cuda(what: &str, e: cudarc::driver::DriverError) -> GsdpaError {
+    GsdpaError::Cuda(format!("{what}: {e:?}"))
+}
+
+/// Device buffers for one copy of a shape's inputs and outputs.
+struct Buffers {
+    q: CudaSlice<half::bf16>,
+    k: CudaSlice<half::bf16>,
+    v: CudaSlice<half::bf16>,
+    g: CudaSlice<half::bf16>,
+    y: CudaSlice<half::bf16>,
+    o: CudaSlice<half::bf16>,
+    lse: CudaSlice<f32>,
+}
+
+fn random_bf16(
+    stream: &std::sync::Arc<CudaStream>,
+    len: usize,
+    seed: u64,
+) -> Result<CudaSlice<half::bf16>> {
+    // A cheap deterministic generator: uniform values in [-1, 1). Random data, never zeros: zeros run
+    // faster than real data on tensor cores.
+    let mut state = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    let host: Vec<half::bf16> = (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            half::bf16::from_f32((state >> 40) as f32 / (1u64 << 23) as f32 - 1.0)
+        })
+        .collect();
+    stream.clone_htod(&host).map_err(|e| cuda("upload", e))
+}
+
+impl Buffers {
+    fn new(stream: &std::sync::Arc<CudaStream>, shape: &BenchShape, seed: u64) -> Result<Self> {
+        let q_len = shape.batch * shape.seqlen * shape.heads_q * shape.head_dim;
+        let kv_len = shape.batch * shape.seqlen * shape.heads_kv * shape.head_dim;
+        Ok(Buffers {
+            q: random_bf16(stream, q_len, seed)?,
+            k: random_bf16(stream, kv_len, seed + 1)?,
+            v: random_bf16(stream, kv_len, seed + 2)?,
+            g: random_bf16(stream, q_len, seed + 3)?,
+            y: stream.alloc_zeros(q_len).map_err(|e| cuda("alloc", e))?,
+            o: stream.alloc_zeros(q_len).map_err(|e| cuda("alloc", e))?,
+            lse: stream
+                .alloc_zeros(shape.batch * shape.heads_q * shape.seqlen)
+                .map_err(|e| cuda("alloc", e))?,
+        })
+    }
+}
+
+/// What is timed for a shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// Fused kernel, elementwise sigmoid gate.
+    Gated,
+    /// Same kernel, gate = none.
+    Ungated,
+    /// Gate = none kernel, then the standalone gate kernel.
+    Unfused,
+}
+
+impl Variant {
+    /// All variants, in report order.
+    pub const ALL: [Variant; 3] = [Variant::Gated, Variant::Ungated, Variant::Unfused];
+
+    /// Lower-case label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::Gated => "gated",
+            Variant::Ungated => "ungated",
+            Variant::Unfused => "unfused",
+        }
+    }
+}
+
+fn run_variant(
+    backend: &CudaBackend,
+    stream: &CudaStream,
+    shape: &BenchShape,
+    b: &mut Buffers,
+    variant: Variant,
+) -> Result<()> {
+    let q_shape = [shape.batch, shape.seqlen, shape.heads_q, shape.head_dim];
+    let kv_shape = [shape.batch, shape.seqlen, shape.heads_kv, shape.head_dim];
+    let gate = if variant == Variant::Gated {
+        GateMode::Elementwise
+    } else {
+        GateMode::None
+    };
+    let problem = shape.problem(gate);
+    let mut args = ForwardArgs {
+        q: Tensor::new(b.q.as_view(), Layout::contiguous(&q_shape)),
+        k: Tensor::new(b.k.as_view(), Layout::contiguous(&kv_shape)),
+        v: Tensor::new(b.v.as_view(), Layout::contiguous(&kv_shape)),
+        g: (variant == Variant::Gated)
+            .then(|| Tensor::new(b.g.as_view(), Layout::contiguous(&q_shape))),
+        y: Tensor::new(
+            if variant == Variant::Unfused {
+                b.o.as_view_mut()
+            } else {
+                b.y.as_view_mut()
+            },
+            Layout::contiguous(&q_shape),
+        ),
+        o: None,
+        lse: Tensor::new(
+            b.lse.as_view_mut(),
+            Layout::contiguous(&[shape.batch, shape.heads_q, shape.seqlen]),
+        ),
+    };
+    backend.forward(stream, &problem, &mut args, None)?;
+    drop(args);
+    if variant == Variant::Unfused {
+        let rows = shape.batch * shape.seqlen;
+        let flat = [rows, shape.heads_q, shape.head_dim];
+        let o = Tensor::new(b.o.as_view(), Layout::contiguous(&flat));
+        let g = Tensor::new(b.g.as_view(), Layout::contiguous(&flat));
+        let mut y = Tensor::new(b.y.as_view_mut(), Layout::contiguous(&flat));
+        backend.gate(
+            stream,
+            GateMode::Elementwise,
+            Activation::Sigmoid,
+            &o,
+            &g,
+            &mut y,
+        )?;
+    }
+    Ok(())
+}
+
+/// A shape's device buffers, allocated once (several rotated copies), ready to be timed.
+pub struct ForwardSetup {
+    shape: BenchShape,
+    stream: std::sync::Arc<CudaStream>,
+    copies: Vec<Buffers>,
+    next: usize,
+}
+
+impl ForwardSetup {
+    /// Allocates and fills enough input copies that one rotation exceeds ~2x a 50 MB L2.
+    pub fn new(backend: &CudaBackend, shape: &BenchShape) -> Result<Self> {
+        let stream = backend.context().default_stream();
+        let bytes_per_copy = 2
+            * shape.batch
+            * shape.seqlen
+            * (2 * shape.heads_q + 2 * shape.heads_kv)
+            * shape.head_dim;
+        let copies_needed = (100_000_000 / bytes_per_copy.max(1)).clamp(1, 8);
+        let copies = (0..copies_needed)
+            .map(|i| Buffers::new(&stream, shape, 17 * i as u64 + 1))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ForwardSetup {
+            shape: shape.clone(),
+            stream,
+            copies,
+            next: 0,
+        })
+    }
+
+    /// Runs `variant` `iters` times (rotating inputs) between two CUDA events; returns the elapsed
+    /// milliseconds of all of them.
+    pub fn time(&mut self, backend: &CudaBackend, variant: Variant, iters: usize) -> Result<f64> {
+        let start = self
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| cuda("event", e))?;
+        for _ in 0..iters {
+            let n = self.copies.len();
+            let copy = &mut self.copies[self.next % n];
+            self.next += 1;
+            run_variant(backend, &self.stream, &self.shape, copy, variant)?;
+        }
+        let end = self
+            .stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| cuda("event", e))?;
+        end.synchronize().map_err(|e| cuda("event sync", e))?;
+        Ok(start.elapsed_ms(&end).map_err(|e| cuda("elapsed", e))? as f64)
+    }
+
+    /// Median milliseconds per call over `reps` batches of `iters` calls, after a warm-up.
+    pub fn median_ms(
+        &mut self,
+        backend: &CudaBackend,
+        variant: Variant,
+        iters: usize,
+        reps: usize,
+    ) -> Result<f64> {
+        self.time(backend, variant, 3)?;
+        let mut samples = (0..reps)
+            .map(|_| Ok(self.time(backend, variant, iters)? / iters as f64))
+            .collect::<Result<Vec<f64>>>()?;
+        samples.sort_by(|a, b| a.total_cmp(b));
+        Ok(samples[samples.len() / 2])
+    }
+}
+
+/// Benchmarks one shape: median of `reps` batches of `iters` forwards for each variant.
+pub fn forward(
+    backend: &CudaBackend,
+    shape: &BenchShape,
+    iters: usize,
+    reps: usize,
+) -> Result<ForwardBench> {
+    let mut setup = ForwardSetup::new(backend, shape)?;
+    Ok(ForwardBench {
+        shape: shape.clone(),
+        gated_ms: setup.median_ms(backend, Variant::Gated, iters, reps)?,
+        ungated_ms: setup.median_ms(backend, Variant::Ungated, iters, reps)?,
+        unfused_ms: setup.median_ms(backend, Variant::Unfused, iters, reps)?,
+    })
+}

@@ -1,0 +1,381 @@
+//! The standalone gate kernel (`kernels/gate.cu`, `Y = O * act(G)`) run on the emulator against an f64
+//! reference: both dtypes, elementwise / headwise / no gate, sigmoid and silu, strided views (the gate as
+//! the second half of a Qwen3-Next `q_proj` row, padded output rows), head dims whose row does not
+//! split evenly over a block, and grids smaller than the problem (the grid-stride loop).
+//!
+//! The kernel is launched through the emulator's C API directly, with every buffer against a guard page,
+//! so an out-of-bounds access fails the launch.
+#![cfg(feature = "emulator")]
+
+use std::ffi::{c_char, c_void, CString};
+
+use gated_sdpa::ffi::{
+    GsdpaGateParams, GsdpaStrides, GSDPA_ACT_SIGMOID, GSDPA_ACT_SILU, GSDPA_GATE_ELEMENTWISE,
+    GSDPA_GATE_HEADWISE, GSDPA_GATE_NONE,
+};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
+
+extern "C" {
+    fn gsdpa_emu_launch(
+        kernel: *const c_char,
+        grid: *const u32,
+        block: *const u32,
+        dynamic_smem_bytes: usize,
+        params: *const c_void,
+        params_size: usize,
+        seed: u64,
+        worker_threads: u32,
+        err: *mut c_char,
+        err_len: usize,
+    ) -> i32;
+    fn gsdpa_emu_alloc_guarded(bytes: usize) -> *mut c_void;
+    fn gsdpa_emu_free_guarded(ptr: *mut c_void);
+    fn gsdpa_emu_has_kernel(kernel: *const c_char) -> i32;
+}
+
+/// A 16-bit buffer whose last element touches an inaccessible page.
+struct Guarded {
+    ptr: *mut u16,
+    len: usize,
+}
+
+impl Guarded {
+    fn from_bits(bits: &[u16]) -> Guarded {
+        // SAFETY: plain allocation, checked for null; the copy stays inside the `len` elements mapped.
+        unsafe {
+            let ptr = gsdpa_emu_alloc_guarded(bits.len().max(1) * 2).cast::<u16>();
+            assert!(!ptr.is_null(), "guarded allocation failed");
+            std::ptr::copy_nonoverlapping(bits.as_ptr(), ptr, bits.len());
+            Guarded {
+                ptr,
+                len: bits.len(),
+            }
+        }
+    }
+
+    fn to_vec(&self) -> Vec<u16> {
+        // SAFETY: `ptr` holds `len` initialised elements.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len).to_vec() }
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        // SAFETY: allocated by gsdpa_emu_alloc_guarded, freed once.
+        unsafe { gsdpa_emu_free_guarded(self.ptr.cast()) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DType {
+    BF16,
+    F16,
+}
+
+impl DType {
+    fn to_bits(self, x: f32) -> u16 {
+        match self {
+            DType::BF16 => half::bf16::from_f32(x).to_bits(),
+            DType::F16 => half::f16::from_f32(x).to_bits(),
+        }
+    }
+    fn to_f64(self, bits: u16) -> f64 {
+        match self {
+            DType::BF16 => half::bf16::from_bits(bits).to_f64(),
+            DType::F16 => half::f16::from_bits(bits).to_f64(),
+        }
+    }
+    /// One unit in the last place, relative: the kernel computes in f32 and rounds once.
+    fn ulp(self) -> f64 {
+        match self {
+            DType::BF16 => 2f64.powi(-7),
+            DType::F16 => 2f64.powi(-10),
+        }
+    }
+    fn kernel(self) -> &'static str {
+        match self {
+            DType::BF16 => "gsdpa_gate_bf16",
+            DType::F16 => "gsdpa_gate_f16",
+        }
+    }
+}
+
+/// NaN in both 16-bit formats: what an element the kernel did not write still holds.
+const POISON: u16 = 0xffff;
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    dtype: DType,
+    batch: usize,
+    seqlen: usize,
+    heads: usize,
+    head_dim: usize,
+    gate_mode: u32,
+    activation: u32,
+    /// Q-proj layout for the gate and padded rows for O and Y, instead of dense tensors.
+    strided: bool,
+    block: u32,
+    /// None: one thread per 16-byte vector, as the launcher does; Some(n): n blocks (grid-stride loop).
+    grid: Option<u32>,
+}
+
+/// Element strides of a [B, S, H, D] view: (batch, row, head).
+fn strides(seqlen: usize, row: usize, head: usize) -> GsdpaStrides {
+    GsdpaStrides {
+        batch: (seqlen * row) as i64,
+        row: row as i64,
+        head: head as i64,
+    }
+}
+
+fn offset(s: &GsdpaStrides, b: usize, i: usize, h: usize) -> usize {
+    (b as i64 * s.batch + i as i64 * s.row + h as i64 * s.head) as usize
+}
+
+fn activation(g: f64, act: u32) -> f64 {
+    let s = 1.0 / (1.0 + (-g).exp());
+    if act == GSDPA_ACT_SILU {
+        g * s
+    } else {
+        s
+    }
+}
+
+/// Runs the case with the given emulator seed; returns the whole Y buffer.
+fn run(case: &Case, seed: u64) -> Vec<u16> {
+    let Case {
+        dtype,
+        batch,
+        seqlen,
+        heads,
+        head_dim: d,
+        ..
+    } = *case;
+    let mut rng = StdRng::seed_from_u64(0x6a7e + d as u64);
+    // Dense, or: O rows padded by 8 elements, Y rows by 16, the gate inside a [B, S, H, 2D] buffer.
+    let pad = |n: usize| if case.strided { n } else { 0 };
+    let o_stride = strides(seqlen, heads * d + pad(8), d);
+    let y_stride = strides(seqlen, heads * d + pad(16), d);
+    let headwise = case.gate_mode == GSDPA_GATE_HEADWISE;
+    let (g_stride, g_base, g_len) = match (headwise, case.strided) {
+        (false, false) => (strides(seqlen, heads * d, d), 0, batch * seqlen * heads * d),
+        (false, true) => (
+            strides(seqlen, heads * 2 * d, 2 * d),
+            d,
+            batch * seqlen * heads * 2 * d,
+        ),
+        (true, false) => (strides(seqlen, heads, 1), 0, batch * seqlen * heads),
+        (true, true) => (strides(seqlen, heads * 3, 3), 1, batch * seqlen * heads * 3),
+    };
+    let o_len = batch * seqlen * o_stride.row as usize;
+    let y_len = batch * seqlen * y_stride.row as usize;
+
+    let o: Vec<u16> = (0..o_len)
+        .map(|_| dtype.to_bits(rng.random_range(-3.0..3.0)))
+        .collect();
+    let g: Vec<u16> = (0..g_len)
+        .map(|_| dtype.to_bits(rng.random_range(-6.0..6.0)))
+        .collect();
+    let (o_buf, g_buf, y_buf) = (
+        Guarded::from_bits(&o),
+        Guarded::from_bits(&g),
+        Guarded::from_bits(&vec![POISON; y_len]),
+    );
+
+    let params = GsdpaGateParams {
+        o: o_buf.ptr.cast_const().cast(),
+        // A view starting `g_base` elements into the buffer (the gate half of each q_proj head).
+        g: if case.gate_mode == GSDPA_GATE_NONE {
+            std::ptr::null()
+        } else {
+            // SAFETY: g_base < g_len, inside the allocation.
+            unsafe { g_buf.ptr.add(g_base).cast_const().cast() }
+        },
+        y: y_buf.ptr.cast(),
+        o_stride,
+        g_stride,
+        y_stride,
+        batch: batch as i32,
+        seqlen: seqlen as i32,
+        heads: heads as i32,
+        head_dim: d as i32,
+        gate_mode: case.gate_mode as i32,
+        activation: case.activation as i32,
+    };
+    let vectors = (batch * seqlen * heads * d / 8) as u32;
+    let grid = [
+        case.grid.unwrap_or(vectors.div_ceil(case.block).max(1)),
+        1,
+        1,
+    ];
+    let block = [case.block, 1, 1];
+    let name = CString::new(dtype.kernel()).unwrap();
+    let mut err = vec![0 as c_char; 1024];
+    // SAFETY: every pointer in params covers every element the views address; buffers outlive the call.
+    let rc = unsafe {
+        gsdpa_emu_launch(
+            name.as_ptr(),
+            grid.as_ptr(),
+            block.as_ptr(),
+            0,
+            (&params as *const GsdpaGateParams).cast(),
+            std::mem::size_of::<GsdpaGateParams>(),
+            seed,
+            2,
+            err.as_mut_ptr(),
+            err.len(),
+        )
+    };
+    let message: Vec<u8> = err
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    assert_eq!(
+        rc,
+        0,
+        "{case:?}: launch failed: {}",
+        String::from_utf8_lossy(&message)
+    );
+    let y = y_buf.to_vec();
+
+    // Check against the f64 reference, and that the padding between rows was left alone.
+    let mut written = vec![false; y_len];
+    for b in 0..batch {
+        for i in 0..seqlen {
+            for h in 0..heads {
+                for e in 0..d {
+                    let yo = offset(&y_stride, b, i, h) + e;
+                    written[yo] = true;
+                    let ov = dtype.to_f64(o[offset(&o_stride, b, i, h) + e]);
+                    let gate = match case.gate_mode {
+                        GSDPA_GATE_NONE => 1.0,
+                        GSDPA_GATE_HEADWISE => activation(
+                            dtype.to_f64(g[g_base + offset(&g_stride, b, i, h)]),
+                            case.activation,
+                        ),
+                        _ => activation(
+                            dtype.to_f64(g[g_base + offset(&g_stride, b, i, h) + e]),
+                            case.activation,
+                        ),
+                    };
+                    let expected = ov * gate;
+                    let got = dtype.to_f64(y[yo]);
+                    // One ulp for the final rounding; the f32 sigmoid adds a few f32 ulps at most.
+                    let tolerance = dtype.ulp() * expected.abs() + 1e-7;
+                    assert!(
+                        (got - expected).abs() <= tolerance,
+                        "{case:?}: y[{b},{i},{h},{e}] = {got}, expected {expected} (o {ov}, act {gate})"
+                    );
+                }
+            }
+        }
+    }
+    for (index, &bits) in y.iter().enumerate() {
+        if !written[index] {
+            assert_eq!(
+                bits, POISON,
+                "{case:?}: padding element {index} of Y was overwritten"
+            );
+        }
+    }
+    y
+}
+
+fn base(dtype: DType, head_dim: usize) -> Case {
+    Case {
+        dtype,
+        batch: 2,
+        seqlen: 5,
+        heads: 3,
+        head_dim,
+        gate_mode: GSDPA_GATE_ELEMENTWISE,
+        activation: GSDPA_ACT_SIGMOID,
+        strided: false,
+        block: 256,
+        grid: None,
+    }
+}
+
+#[test]
+fn gate_kernels_are_registered_with_the_emulator() {
+    for dtype in [DType::BF16, DType::F16] {
+        let name = CString::new(dtype.kernel()).unwrap();
+        // SAFETY: NUL-terminated name.
+        assert_eq!(
+            unsafe { gsdpa_emu_has_kernel(name.as_ptr()) },
+            1,
+            "{} not registered",
+            dtype.kernel()
+        );
+    }
+}
+
+#[test]
+fn every_mode_activation_and_layout_matches_the_reference() {
+    for dtype in [DType::BF16, DType::F16] {
+        for gate_mode in [GSDPA_GATE_ELEMENTWISE, GSDPA_GATE_HEADWISE, GSDPA_GATE_NONE] {
+            for activation in [GSDPA_ACT_SIGMOID, GSDPA_ACT_SILU] {
+                for strided in [false, true] {
+                    run(
+                        &Case {
+                            gate_mode,
+                            activation,
+                            strided,
+                            ..base(dtype, 64)
+                        },
+                        0,
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn head_dims_that_do_not_split_evenly_over_the_block() {
+    for dtype in [DType::BF16, DType::F16] {
+        // 8: 256 rows per block; 136: 17 threads per row, 15 rows per block, one idle thread;
+        // 264 with a 32-thread block: 33 vectors per row, one thread loops twice.
+        for (head_dim, block) in [(8, 256), (136, 256), (256, 256), (264, 32)] {
+            for strided in [false, true] {
+                run(
+                    &Case {
+                        strided,
+                        block,
+                        ..base(dtype, head_dim)
+                    },
+                    0,
+                );
+                run(
+                    &Case {
+                        strided,
+                        block,
+                        gate_mode: GSDPA_GATE_HEADWISE,
+                        ..base(dtype, head_dim)
+                    },
+                    0,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn small_grids_cover_every_row_and_results_do_not_depend_on_thread_order() {
+    for grid in [1, 3] {
+        let case = Case {
+            grid: Some(grid),
+            strided: true,
+            ..base(DType::BF16, 128)
+        };
+        let reference = run(&case, 0);
+        for seed in [1, 0x9e37_79b9] {
+            assert_eq!(
+                run(&case, seed),
+                reference,
+                "grid {grid}: seed {seed} changed the result"
+            );
+        }
+    }
+}

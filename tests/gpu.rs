@@ -1,0 +1,301 @@
+//! The GPU suite: the kernels on a real device against the f64 reference, and the emulator against the
+//! hardware. Every test skips with a printed reason when there is no usable GPU (no driver, no device,
+//! or a build without nvcc) and fails instead when `GSDPA_REQUIRE_GPU=1`.
+//!
+//! Run on a GPU machine: `GSDPA_REQUIRE_GPU=1 cargo test --release --test gpu`.
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
+use gated_sdpa::cuda::{CudaBackend, CudaSeqlens};
+use gated_sdpa::reference;
+use gated_sdpa::{
+    Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType, Element, ForwardArgs, GateMode, Layout, Tensor,
+    Varlen,
+};
+use rand::{rngs::StdRng, RngExt, SeedableRng};
+
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(backend) => Some(backend),
+        Err(e) => {
+            if std::env::var("GSDPA_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("GSDPA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
+            }
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+fn random(len: usize, rng: &mut StdRng, scale: f64) -> Vec<f64> {
+    (0..len).map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale).collect()
+}
+
+/// Rounds to T and back, so the reference sees exactly the kernel's inputs.
+fn round<T: Element>(x: &[f64]) -> (Vec<T>, Vec<f64>) {
+    let t: Vec<T> = x.iter().map(|&v| T::from_f64(v)).collect();
+    let back = t.iter().map(|v| v.to_f64()).collect();
+    (t, back)
+}
+
+fn rel_error(got: &[f64], want: &[f64]) -> f64 {
+    let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
+    let den: f64 = want.iter().map(|w| w * w).sum();
+    if got.iter().any(|g| g.is_nan()) {
+        return f64::INFINITY;
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+fn tolerance(dtype: DType) -> f64 {
+    match dtype {
+        DType::BF16 => 1e-2,
+        DType::F16 => 2e-3,
+    }
+}
+
+fn upload<T: DeviceRepr>(stream: &std::sync::Arc<CudaStream>, x: &[T]) -> CudaSlice<T> {
+    stream.clone_htod(x).expect("upload")
+}
+
+fn download<T: DeviceRepr + Element>(stream: &std::sync::Arc<CudaStream>, x: &CudaSlice<T>) -> Vec<f64> {
+    stream.clone_dtoh(x).expect("download").iter().map(|v| v.to_f64()).collect()
+}
+
+/// Runs one forward problem on the GPU and checks Y, O and LSE against the f64 reference.
+fn check_forward<T: Element + DeviceRepr>(backend: &CudaBackend, problem: &AttentionProblem, seed: u64) {
+    let stream = backend.context().default_stream();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let q_shape = problem.q_shape();
+    let kv_shape = problem.kv_shape();
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    let (q, qf) = round::<T>(&random(numel(&q_shape), &mut rng, 1.0));
+    let (k, kf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
+    let (v, vf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
+    let g_shape = problem.gate_shape();
+    let (g, gf) = match &g_shape {
+        Some(s) => {
+            let (g, gf) = round::<T>(&random(numel(s), &mut rng, 3.0));
+            (Some(g), Some(gf))
+        }
+        None => (None, None),
+    };
+    let want = reference::forward_f64(problem, &qf, &kf, &vf, gf.as_deref()).expect("reference");
+
+    let (dq, dk, dv) = (upload(&stream, &q), upload(&stream, &k), upload(&stream, &v));
+    let dg = g.as_ref().map(|g| upload(&stream, g));
+    let poison = vec![T::from_f64(f64::NAN); numel(&q_shape)];
+    let mut dy = upload(&stream, &poison);
+    let mut d_o = upload(&stream, &poison);
+    let lse_shape = problem.lse_shape();
+    let mut dlse = upload(&stream, &vec![f32::NAN; numel(&lse_shape)]);
+    let seqlens_host = problem.varlen.clone();
+    let cu = seqlens_host.as_ref().map(|v| (upload(&stream, &v.cu_seqlens_q), upload(&stream, &v.cu_seqlens_k)));
+    let seqlens = cu.as_ref().map(|(q, k)| CudaSeqlens { q: q.as_view(), k: k.as_view() });
+    let mut args = ForwardArgs {
+        q: Tensor::new(dq.as_view(), Layout::contiguous(&q_shape)),
+        k: Tensor::new(dk.as_view(), Layout::contiguous(&kv_shape)),
+        v: Tensor::new(dv.as_view(), Layout::contiguous(&kv_shape)),
+        g: dg.as_ref().map(|g| Tensor::new(g.as_view(), Layout::contiguous(g_shape.as_ref().unwrap()))),
+        y: Tensor::new(dy.as_view_mut(), Layout::contiguous(&q_shape)),
+        o: Some(Tensor::new(d_o.as_view_mut(), Layout::contiguous(&q_shape))),
+        lse: Tensor::new(dlse.as_view_mut(), Layout::contiguous(&lse_shape)),
+    };
+    backend.forward(&stream, problem, &mut args, seqlens.as_ref()).expect("forward launches");
+    drop(args);
+    stream.synchronize().expect("forward completes");
+    let y = download(&stream, &dy);
+    let o = download(&stream, &d_o);
+    let lse: Vec<f64> = stream.clone_dtoh(&dlse).unwrap().iter().map(|&x| x as f64).collect();
+    let tol = tolerance(problem.dtype);
+    let label = format!("{problem:?}");
+    assert!(rel_error(&y, &want.y) <= tol, "Y error {} > {tol}: {label}", rel_error(&y, &want.y));
+    assert!(rel_error(&o, &want.o) <= tol, "O error {} > {tol}: {label}", rel_error(&o, &want.o));
+    for (i, (&got, &w)) in lse.iter().zip(&want.lse).enumerate() {
+        if w == f64::NEG_INFINITY {
+            assert_eq!(got, f64::NEG_INFINITY, "lse[{i}] must be -inf: {label}");
+        } else {
+            assert!((got - w).abs() <= 1e-4 * w.abs().max(1.0), "lse[{i}] {got} vs {w}: {label}");
+        }
+    }
+}
+
+#[test]
+fn conformance_gpu_matches_emulator() {
+    let Some(backend) = gpu() else { return };
+    let on_gpu = backend.run_conformance().expect("conformance kernel on the GPU");
+    #[cfg(feature = "emulator")]
+    {
+        let emulated = gated_sdpa::emulator::run_conformance(&gated_sdpa::emulator::Emulator::new()).unwrap();
+        let slots = gated_sdpa::ffi::GSDPA_CONFORMANCE_SLOTS as usize;
+        let mut mismatches = Vec::new();
+        for (i, (&g, &e)) in on_gpu.iter().zip(&emulated).enumerate() {
+            let (lane, slot) = (i / slots, i % slots);
+            let nan_pair = |w: u32, f16: bool| {
+                [w as u16, (w >> 16) as u16].map(|h| {
+                    if f16 {
+                        half::f16::from_bits(h).is_nan()
+                    } else {
+                        half::bf16::from_bits(h).is_nan()
+                    }
+                })
+            };
+            let same = match slot {
+                39 | 40 => {
+                    let f16 = slot == 40;
+                    let (gn, en) = (nan_pair(g, f16), nan_pair(e, f16));
+                    (0..2).all(|h| {
+                        let (gh, eh) = ((g >> (16 * h)) as u16, (e >> (16 * h)) as u16);
+                        gh == eh || (gn[h] && en[h])
+                    })
+                }
+                _ => g == e,
+            };
+            if !same {
+                mismatches.push(format!("lane {lane} slot {slot}: gpu {g:#010x} emulator {e:#010x}"));
+            }
+        }
+        assert!(mismatches.is_empty(), "GPU and emulator differ:\n{}", mismatches.join("\n"));
+        eprintln!("conformance: the GPU ({}) matches the emulator in all {} words", backend.device_name().unwrap_or_default(), on_gpu.len());
+    }
+}
+
+#[test]
+fn forward_grid_matches_reference() {
+    let Some(backend) = gpu() else { return };
+    let mut seed = 0;
+    for dtype in [DType::BF16, DType::F16] {
+        for head_dim in [64, 128, 256] {
+            for causal in [false, true] {
+                for gate in [GateMode::None, GateMode::Elementwise, GateMode::Headwise] {
+                    for activation in [Activation::Sigmoid, Activation::Silu] {
+                        for &(sq, sk, hq, hkv) in &[(129, 129, 4, 4), (100, 300, 8, 2), (300, 17, 8, 1), (1, 1, 4, 4)] {
+                            seed += 1;
+                            let p = AttentionProblem::new(2, sq, sk, hq, hkv, head_dim)
+                                .dtype(dtype)
+                                .causal(causal)
+                                .gate(gate)
+                                .activation(activation);
+                            match dtype {
+                                DType::BF16 => check_forward::<half::bf16>(&backend, &p, seed),
+                                DType::F16 => check_forward::<half::f16>(&backend, &p, seed),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn forward_varlen_and_long_sequences() {
+    let Some(backend) = gpu() else { return };
+    let varlen = Varlen::new(vec![0, 5, 5, 300, 1300], vec![0, 17, 40, 40, 1100]).unwrap();
+    for causal in [false, true] {
+        let p = AttentionProblem::new_varlen(varlen.clone(), 8, 2, 128).causal(causal).gate(GateMode::Elementwise);
+        check_forward::<half::bf16>(&backend, &p, 99);
+    }
+    let p = AttentionProblem::new(1, 4096, 4096, 16, 2, 256).causal(true).gate(GateMode::Elementwise);
+    check_forward::<half::bf16>(&backend, &p, 100);
+}
+
+#[test]
+fn backward_matches_reference() {
+    let Some(backend) = gpu() else { return };
+    let stream = backend.context().default_stream();
+    for head_dim in [64, 128, 256] {
+        for (gate, activation) in [
+            (GateMode::Elementwise, Activation::Sigmoid),
+            (GateMode::Headwise, Activation::Sigmoid),
+            (GateMode::Elementwise, Activation::Silu),
+            (GateMode::None, Activation::Sigmoid),
+        ] {
+            for deterministic in [false, true] {
+                let p = AttentionProblem::new(2, 129, 100, 8, 2, head_dim)
+                    .causal(true)
+                    .gate(gate)
+                    .activation(activation);
+                check_backward::<half::bf16>(&backend, &stream, &p, deterministic, head_dim as u64);
+            }
+        }
+    }
+}
+
+/// Runs the backward on the GPU with inputs from the emulator-independent reference forward and compares
+/// the gradients with the f64 reference.
+fn check_backward<T: Element + DeviceRepr>(
+    backend: &CudaBackend,
+    stream: &std::sync::Arc<CudaStream>,
+    problem: &AttentionProblem,
+    deterministic: bool,
+    seed: u64,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let numel = |s: &[usize]| s.iter().product::<usize>();
+    let (q_shape, kv_shape, lse_shape) = (problem.q_shape(), problem.kv_shape(), problem.lse_shape());
+    let (q, qf) = round::<T>(&random(numel(&q_shape), &mut rng, 1.0));
+    let (k, kf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
+    let (v, vf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
+    let g_shape = problem.gate_shape();
+    let (g, gf) = match &g_shape {
+        Some(s) => {
+            let (g, gf) = round::<T>(&random(numel(s), &mut rng, 3.0));
+            (Some(g), Some(gf))
+        }
+        None => (None, None),
+    };
+    let (dy, dyf) = round::<T>(&random(numel(&q_shape), &mut rng, 1.0));
+    let fwd = reference::forward_f64(problem, &qf, &kf, &vf, gf.as_deref()).unwrap();
+    let want = reference::backward_f64(problem, &qf, &kf, &vf, gf.as_deref(), &dyf).unwrap();
+    let (y, _) = round::<T>(&fwd.y);
+    let (o, _) = round::<T>(&fwd.o);
+    let lse: Vec<f32> = fwd.lse.iter().map(|&x| x as f32).collect();
+
+    let up = |x: &[T]| upload(stream, x);
+    let (dq_in, dk_in, dv_in, dy_in, y_in, o_in) = (up(&q), up(&k), up(&v), up(&dy), up(&y), up(&o));
+    let g_in = g.as_ref().map(|g| up(g));
+    let lse_in = upload(stream, &lse);
+    let nan = |n: usize| vec![T::from_f64(f64::NAN); n];
+    let mut grad_q = up(&nan(numel(&q_shape)));
+    let mut grad_k = up(&nan(numel(&kv_shape)));
+    let mut grad_v = up(&nan(numel(&kv_shape)));
+    let mut grad_g = g_shape.as_ref().map(|s| up(&nan(numel(s))));
+    let ws_bytes = gated_sdpa::backward_workspace_bytes(problem).unwrap();
+    let mut workspace = stream.alloc_zeros::<u8>(ws_bytes.max(1)).unwrap();
+    let mut args = BackwardArgs {
+        q: Tensor::new(dq_in.as_view(), Layout::contiguous(&q_shape)),
+        k: Tensor::new(dk_in.as_view(), Layout::contiguous(&kv_shape)),
+        v: Tensor::new(dv_in.as_view(), Layout::contiguous(&kv_shape)),
+        g: g_in.as_ref().map(|g| Tensor::new(g.as_view(), Layout::contiguous(g_shape.as_ref().unwrap()))),
+        y: Tensor::new(y_in.as_view(), Layout::contiguous(&q_shape)),
+        o: (problem.gate != GateMode::None && problem.activation == Activation::Silu)
+            .then(|| Tensor::new(o_in.as_view(), Layout::contiguous(&q_shape))),
+        dy: Tensor::new(dy_in.as_view(), Layout::contiguous(&q_shape)),
+        lse: Tensor::new(lse_in.as_view(), Layout::contiguous(&lse_shape)),
+        dq: Tensor::new(grad_q.as_view_mut(), Layout::contiguous(&q_shape)),
+        dk: Tensor::new(grad_k.as_view_mut(), Layout::contiguous(&kv_shape)),
+        dv: Tensor::new(grad_v.as_view_mut(), Layout::contiguous(&kv_shape)),
+        dg: grad_g.as_mut().map(|dg| Tensor::new(dg.as_view_mut(), Layout::contiguous(g_shape.as_ref().unwrap()))),
+    };
+    let mut ws_view = workspace.as_view_mut();
+    backend
+        .backward(stream, problem, &mut args, &mut ws_view, None, BackwardOptions { deterministic })
+        .expect("backward launches");
+    drop(args);
+    stream.synchronize().unwrap();
+    // Gradients carry the rounding of Y, O and LSE (as FlashAttention's do): twice the forward bound.
+    let tol = 2.0 * tolerance(problem.dtype);
+    let label = format!("{problem:?} deterministic={deterministic}");
+    for (name, got, want) in [
+        ("dq", download(stream, &grad_q), &want.dq),
+        ("dk", download(stream, &grad_k), &want.dk),
+        ("dv", download(stream, &grad_v), &want.dv),
+    ] {
+        let e = rel_error(&got, want);
+        assert!(e <= tol, "{name} error {e} > {tol}: {label}");
+    }
+    if let (Some(dg), Some(want_dg)) = (&grad_g, &want.dg) {
+        let e = rel_error(&download(stream, dg), want_dg);
+        assert!(e <= tol, "dg error {e} > {tol}: {label}");
+    }
+}
