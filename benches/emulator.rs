@@ -11,15 +11,21 @@ use gated_sdpa::{AttentionProblem, DType, ForwardArgs, GateMode, HostBackend, La
 
 fn emulated_forward(c: &mut Criterion) {
     let (b, h, s, d) = (1, 2, 256, 128);
-    let problem = AttentionProblem::new(b, s, s, h, h, d).dtype(DType::BF16).gate(GateMode::Elementwise);
+    let problem = AttentionProblem::new(b, s, s, h, h, d)
+        .dtype(DType::BF16)
+        .gate(GateMode::Elementwise);
     let shape = [b, s, h, d];
     let n = b * s * h * d;
-    let input: Vec<half::bf16> = (0..n).map(|i| half::bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 50.0)).collect();
+    let input: Vec<half::bf16> = (0..n)
+        .map(|i| half::bf16::from_f32(((i * 37 % 101) as f32 - 50.0) / 50.0))
+        .collect();
     let mut y = vec![half::bf16::ZERO; n];
     let mut lse = vec![0f32; b * h * s];
     let emulator = Emulator::new();
     let mut group = c.benchmark_group("emulator");
-    group.sample_size(10).measurement_time(Duration::from_secs(10));
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(10));
     group.bench_function("forward_bf16_b1_h2_s256_d128_gated", |bench| {
         bench.iter(|| {
             let mut args = ForwardArgs {
@@ -31,7 +37,9 @@ fn emulated_forward(c: &mut Criterion) {
                 o: None,
                 lse: Tensor::new(&mut lse[..], Layout::contiguous(&[b, h, s])),
             };
-            emulator.forward(black_box(&problem), &mut args).expect("emulated forward");
+            emulator
+                .forward(black_box(&problem), &mut args)
+                .expect("emulated forward");
         })
     });
     group.finish();

@@ -20,7 +20,10 @@ fn forward(c: &mut Criterion) {
         }
     };
     let filter = std::env::var("GSDPA_BENCH_FILTER").unwrap_or_default();
-    for shape in standard_shapes().into_iter().filter(|s| s.name.contains(&filter)) {
+    for shape in standard_shapes()
+        .into_iter()
+        .filter(|s| s.name.contains(&filter))
+    {
         let mut setup = match ForwardSetup::new(&backend, &shape) {
             Ok(s) => s,
             Err(e) => {
@@ -30,11 +33,16 @@ fn forward(c: &mut Criterion) {
         };
         let mut group = c.benchmark_group(format!("forward/{}", shape.name));
         group.throughput(Throughput::Elements(shape.forward_flops() as u64));
-        group.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+        group
+            .sample_size(20)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(2));
         for variant in Variant::ALL {
             group.bench_function(variant.name(), |b| {
                 b.iter_custom(|iters| {
-                    let ms = setup.time(&backend, black_box(variant), iters as usize).expect("timed forward");
+                    let ms = setup
+                        .time(&backend, black_box(variant), iters as usize)
+                        .expect("timed forward");
                     Duration::from_secs_f64(ms / 1e3)
                 })
             });

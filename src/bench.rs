@@ -343,3 +343,126 @@ pub fn forward(
         unfused_ms: setup.median_ms(backend, Variant::Unfused, iters, reps)?,
     })
 }
+
+/// Backward timings of one shape, in milliseconds (medians). FLOPs: 2.5x the forward's.
+#[derive(Debug, Clone)]
+pub struct BackwardBench {
+    pub shape: BenchShape,
+    /// Backward with the elementwise sigmoid gate (dG included).
+    pub gated_ms: f64,
+    /// Backward with gate = none.
+    pub ungated_ms: f64,
+}
+
+impl BackwardBench {
+    /// Backward FLOPs: 2.5x the forward's (FlashAttention's convention).
+    pub fn flops(&self) -> f64 {
+        2.5 * self.shape.forward_flops()
+    }
+    /// Throughput of the gated backward.
+    pub fn gated_tflops(&self) -> f64 {
+        self.flops() / (self.gated_ms * 1e-3) / 1e12
+    }
+    /// Throughput of the gate = none backward.
+    pub fn ungated_tflops(&self) -> f64 {
+        self.flops() / (self.ungated_ms * 1e-3) / 1e12
+    }
+    /// What the fused gate costs in the backward, in percent.
+    pub fn gate_overhead_pct(&self) -> f64 {
+        (self.gated_ms / self.ungated_ms - 1.0) * 100.0
+    }
+}
+
+/// Benchmarks the backward (fast mode) of one shape, gated and ungated. The forward runs first so that
+/// Y and LSE are real.
+pub fn backward(
+    backend: &CudaBackend,
+    shape: &BenchShape,
+    iters: usize,
+    reps: usize,
+) -> Result<BackwardBench> {
+    let stream = backend.context().default_stream();
+    let mut b = Buffers::new(&stream, shape, 1)?;
+    let q_len = shape.batch * shape.seqlen * shape.heads_q * shape.head_dim;
+    let kv_len = shape.batch * shape.seqlen * shape.heads_kv * shape.head_dim;
+    let dy = random_bf16(&stream, q_len, 99)?;
+    let alloc = |n: usize| {
+        stream
+            .alloc_zeros::<half::bf16>(n)
+            .map_err(|e| cuda("alloc", e))
+    };
+    let (mut dq, mut dk, mut dv, mut dg) =
+        (alloc(q_len)?, alloc(kv_len)?, alloc(kv_len)?, alloc(q_len)?);
+    let mut timings = [0.0f64; 2];
+    for (slot, gate) in [GateMode::Elementwise, GateMode::None]
+        .into_iter()
+        .enumerate()
+    {
+        let problem = shape.problem(gate);
+        let variant = if gate == GateMode::None {
+            Variant::Ungated
+        } else {
+            Variant::Gated
+        };
+        run_variant(backend, &stream, shape, &mut b, variant)?;
+        let mut workspace = stream
+            .alloc_zeros::<u8>(crate::validate::backward_workspace_bytes(&problem)?.max(1))
+            .map_err(|e| cuda("alloc", e))?;
+        let q_shape = [shape.batch, shape.seqlen, shape.heads_q, shape.head_dim];
+        let kv_shape = [shape.batch, shape.seqlen, shape.heads_kv, shape.head_dim];
+        let lse_shape = [shape.batch, shape.heads_q, shape.seqlen];
+        let mut once = || -> Result<()> {
+            let mut args = crate::BackwardArgs {
+                q: Tensor::new(b.q.as_view(), Layout::contiguous(&q_shape)),
+                k: Tensor::new(b.k.as_view(), Layout::contiguous(&kv_shape)),
+                v: Tensor::new(b.v.as_view(), Layout::contiguous(&kv_shape)),
+                g: (gate != GateMode::None)
+                    .then(|| Tensor::new(b.g.as_view(), Layout::contiguous(&q_shape))),
+                y: Tensor::new(b.y.as_view(), Layout::contiguous(&q_shape)),
+                o: None,
+                dy: Tensor::new(dy.as_view(), Layout::contiguous(&q_shape)),
+                lse: Tensor::new(b.lse.as_view(), Layout::contiguous(&lse_shape)),
+                dq: Tensor::new(dq.as_view_mut(), Layout::contiguous(&q_shape)),
+                dk: Tensor::new(dk.as_view_mut(), Layout::contiguous(&kv_shape)),
+                dv: Tensor::new(dv.as_view_mut(), Layout::contiguous(&kv_shape)),
+                dg: (gate != GateMode::None)
+                    .then(|| Tensor::new(dg.as_view_mut(), Layout::contiguous(&q_shape))),
+            };
+            let mut ws = workspace.as_view_mut();
+            backend.backward(
+                &stream,
+                &problem,
+                &mut args,
+                &mut ws,
+                None,
+                crate::BackwardOptions::default(),
+            )
+        };
+        for _ in 0..3 {
+            once()?; // warm-up
+        }
+        let mut samples = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let start = stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| cuda("event", e))?;
+            for _ in 0..iters {
+                once()?;
+            }
+            let end = stream
+                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(|e| cuda("event", e))?;
+            end.synchronize().map_err(|e| cuda("event sync", e))?;
+            samples.push(
+                start.elapsed_ms(&end).map_err(|e| cuda("elapsed", e))? as f64 / iters as f64,
+            );
+        }
+        samples.sort_by(|a, b| a.total_cmp(b));
+        timings[slot] = samples[samples.len() / 2];
+    }
+    Ok(BackwardBench {
+        shape: shape.clone(),
+        gated_ms: timings[0],
+        ungated_ms: timings[1],
+    })
+}

@@ -322,7 +322,12 @@ impl HostBackend for Emulator {
         params.dg = ptr_or_null(&dg);
         params.cu_seqlens_q = ptr_or_null(&cu_q).cast();
         params.cu_seqlens_k = ptr_or_null(&cu_k).cast();
-        validate::set_backward_workspace(&mut params, problem, workspace.ptr() as usize, workspace_bytes)?;
+        validate::set_backward_workspace(
+            &mut params,
+            problem,
+            workspace.ptr() as usize,
+            workspace_bytes,
+        )?;
         for config in &launches {
             // SAFETY: every pointer in params refers to a guarded buffer (or the workspace) alive until the
             // end of this function, sized like the validated tensor it copies.

@@ -23,7 +23,7 @@ pub struct LaunchConfig {
 impl LaunchConfig {
     /// True when the grid has no blocks (nothing to launch).
     pub fn is_empty(&self) -> bool {
-        self.grid.iter().any(|&d| d == 0)
+        self.grid.contains(&0)
     }
 }
 
@@ -140,7 +140,11 @@ pub fn backward(problem: &AttentionProblem, deterministic: bool) -> Result<Vec<L
         },
         LaunchConfig {
             kernel: format!("gsdpa_bwd_dkdv_{dt}_d{d}"),
-            grid: [grid_dim(problem.seqlen_k.div_ceil(dkdv_n as usize), "key tiles")?, heads_kv, batch],
+            grid: [
+                grid_dim(problem.seqlen_k.div_ceil(dkdv_n as usize), "key tiles")?,
+                heads_kv,
+                batch,
+            ],
             block: [dkdv_threads, 1, 1],
             shared_bytes: dkdv_smem,
         },

@@ -98,6 +98,9 @@ pub mod validate;
 pub use backend::{
     BackwardArgs, BackwardOptions, ForwardArgs, HostBackend, HostBackwardArgs, HostForwardArgs,
 };
+pub use cuda::CudaBackend;
+#[cfg(feature = "emulator")]
+pub use emulator::Emulator;
 pub use error::{GsdpaError, Result};
 pub use problem::{Activation, AttentionProblem, DType, GateMode, Varlen, SUPPORTED_HEAD_DIMS};
 pub use reference::Reference;

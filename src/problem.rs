@@ -374,18 +374,22 @@ impl AttentionProblem {
         self.heads_q == 0 || self.total_q() == 0
     }
 
-    /// Range of packed query tokens and key tokens of sequence `b` (`b < batch`).
-    pub fn sequence(&self, b: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-        match &self.varlen {
+    /// Ranges of the packed query tokens and key tokens of sequence `b`; `None` when `b >= batch`.
+    pub fn sequence(&self, b: usize) -> Option<(std::ops::Range<usize>, std::ops::Range<usize>)> {
+        if b >= self.batch {
+            return None;
+        }
+        let to_index = |x: i32| x.max(0) as usize;
+        Some(match &self.varlen {
             Some(v) => (
-                v.cu_seqlens_q[b] as usize..v.cu_seqlens_q[b + 1] as usize,
-                v.cu_seqlens_k[b] as usize..v.cu_seqlens_k[b + 1] as usize,
+                to_index(*v.cu_seqlens_q.get(b)?)..to_index(*v.cu_seqlens_q.get(b + 1)?),
+                to_index(*v.cu_seqlens_k.get(b)?)..to_index(*v.cu_seqlens_k.get(b + 1)?),
             ),
             None => (
                 b * self.seqlen_q..(b + 1) * self.seqlen_q,
                 b * self.seqlen_k..(b + 1) * self.seqlen_k,
             ),
-        }
+        })
     }
 
     /// Shape of q, y, o, dy, dq (and an elementwise g/dg): `[B, Sq, Hq, D]`, varlen `[Tq, Hq, D]`.

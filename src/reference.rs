@@ -154,8 +154,9 @@ fn run(problem: &AttentionProblem, x: &Inputs<'_>, dy: Option<&[f64]>) -> Output
     let mut probs = Vec::new();
     let mut act_row = vec![1.0; d];
     let mut d_o = vec![0.0; d];
-    for b in 0..problem.batch {
-        let (q_tokens, k_tokens) = problem.sequence(b);
+    // `problem` was validated, so every sequence exists.
+    let sequences = (0..problem.batch).filter_map(|b| Some((b, problem.sequence(b)?)));
+    for (b, (q_tokens, k_tokens)) in sequences {
         let (sq, sk) = (q_tokens.len(), k_tokens.len());
         for h in 0..hq {
             let hk = h / group;

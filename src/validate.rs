@@ -45,9 +45,11 @@ pub fn validate_problem(problem: &AttentionProblem) -> Result<()> {
         });
     }
     if let Some(scale) = problem.scale {
-        if !scale.is_finite() {
+        // The kernels fold the scale into the exponent after taking the row maximum of the unscaled
+        // scores (as FlashAttention does), which is only right for a positive scale.
+        if !scale.is_finite() || scale <= 0.0 {
             return Err(GsdpaError::InvalidArgument(format!(
-                "scale must be finite, got {scale}"
+                "scale must be finite and positive, got {scale}"
             )));
         }
     }

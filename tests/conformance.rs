@@ -167,7 +167,9 @@ fn compare(got: &[u32], want: &[u32]) -> Vec<String> {
                 _ => g == w,
             };
             if !ok {
-                problems.push(format!("lane {lane} slot {slot}: got {g:#010x}, want {w:#010x}"));
+                problems.push(format!(
+                    "lane {lane} slot {slot}: got {g:#010x}, want {w:#010x}"
+                ));
             }
         }
     }
@@ -178,7 +180,12 @@ fn compare(got: &[u32], want: &[u32]) -> Vec<String> {
 fn emulator_matches_the_ptx_layouts() {
     let got = run_conformance(&Emulator::new()).expect("conformance kernel runs on the emulator");
     let problems = compare(&got, &expected_dump());
-    assert!(problems.is_empty(), "{} mismatches:\n{}", problems.len(), problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "{} mismatches:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -190,7 +197,14 @@ fn ldmatrix_feeds_mma_fragments_exactly() {
     for lane in 0..32 {
         let (g, t) = (lane / 4, lane % 4);
         for reg in 0..4 {
-            let element = |i: usize| x_bits(&input, 0, g + 8 * ((i >> 1) & 1), 2 * t + (i & 1) + 8 * (i >> 2)) as u32;
+            let element = |i: usize| {
+                x_bits(
+                    &input,
+                    0,
+                    g + 8 * ((i >> 1) & 1),
+                    2 * t + (i & 1) + 8 * (i >> 2),
+                ) as u32
+            };
             let want = element(2 * reg) | (element(2 * reg + 1) << 16);
             assert_eq!(got[lane * SLOTS + reg], want, "lane {lane} reg {reg}");
         }
@@ -201,6 +215,10 @@ fn ldmatrix_feeds_mma_fragments_exactly() {
 fn dump_is_the_same_for_every_thread_order() {
     let natural = run_conformance(&Emulator::new().with_seed(0)).unwrap();
     for seed in [1, 7, 12345] {
-        assert_eq!(run_conformance(&Emulator::new().with_seed(seed)).unwrap(), natural, "seed {seed}");
+        assert_eq!(
+            run_conformance(&Emulator::new().with_seed(seed)).unwrap(),
+            natural,
+            "seed {seed}"
+        );
     }
 }

@@ -18,8 +18,8 @@
 use gated_sdpa::emulator::Emulator;
 use gated_sdpa::reference::{forward_f64, ForwardResultF64};
 use gated_sdpa::{
-    split_q_proj, Activation, AttentionProblem, DType, Element, ForwardArgs, GateMode, HostBackend, HostBuffer,
-    Layout, Tensor, Varlen,
+    split_q_proj, Activation, AttentionProblem, DType, Element, ForwardArgs, GateMode, HostBackend,
+    HostBuffer, Layout, Tensor, Varlen,
 };
 use half::{bf16, f16};
 use rand::{rngs::StdRng, RngExt, SeedableRng};
@@ -68,7 +68,12 @@ impl KernelOutputs {
     /// Bit patterns of every output, for exact comparisons across runs.
     fn bits(&self) -> Vec<u64> {
         let o = self.o.iter().flatten();
-        self.y.iter().chain(o).chain(&self.lse).map(|x| x.to_bits()).collect()
+        self.y
+            .iter()
+            .chain(o)
+            .chain(&self.lse)
+            .map(|x| x.to_bits())
+            .collect()
     }
 }
 
@@ -88,7 +93,9 @@ impl Inputs {
                 DType::BF16 => bf16::from_f64(x).to_f64(),
                 DType::F16 => f16::from_f64(x).to_f64(),
             };
-            (0..n).map(|_| round(rng.random_range(-amplitude..amplitude))).collect()
+            (0..n)
+                .map(|_| round(rng.random_range(-amplitude..amplitude)))
+                .collect()
         };
         // Amplitude 2 for q and k makes the softmax far from uniform at scale 1/sqrt(D).
         Inputs {
@@ -111,7 +118,8 @@ fn interleave_heads(a: &[f64], b: Option<&[f64]>, head_dim: usize) -> Vec<f64> {
     for (i, chunk) in a.chunks(head_dim).enumerate() {
         out[2 * i * head_dim..(2 * i + 1) * head_dim].copy_from_slice(chunk);
         if let Some(b) = b {
-            out[(2 * i + 1) * head_dim..(2 * i + 2) * head_dim].copy_from_slice(&b[i * head_dim..(i + 1) * head_dim]);
+            out[(2 * i + 1) * head_dim..(2 * i + 2) * head_dim]
+                .copy_from_slice(&b[i * head_dim..(i + 1) * head_dim]);
         }
     }
     out
@@ -125,7 +133,12 @@ fn gather<T: Element>(data: &[T], layout: &Layout) -> Vec<f64> {
 }
 
 /// Runs the forward kernel on the emulator with thread-order seed `emu_seed`.
-fn run_kernel<T: Element>(p: &AttentionProblem, x: &Inputs, options: LayoutOptions, emu_seed: u64) -> KernelOutputs {
+fn run_kernel<T: Element>(
+    p: &AttentionProblem,
+    x: &Inputs,
+    options: LayoutOptions,
+    emu_seed: u64,
+) -> KernelOutputs {
     let q_shape = p.q_shape();
     let kv_shape = p.kv_shape();
     let lse_shape = p.lse_shape();
@@ -141,7 +154,11 @@ fn run_kernel<T: Element>(p: &AttentionProblem, x: &Inputs, options: LayoutOptio
     let v = to_elements::<T>(&x.v);
     let (q_tensor, g_tensor) = match &q_proj {
         Some(buffer) => {
-            assert_eq!(p.gate, GateMode::Elementwise, "the q_proj layout carries an elementwise gate");
+            assert_eq!(
+                p.gate,
+                GateMode::Elementwise,
+                "the q_proj layout carries an elementwise gate"
+            );
             let views = split_q_proj(buffer.as_slice(), &q_shape).unwrap();
             (views.q, Some(views.g))
         }
@@ -162,7 +179,8 @@ fn run_kernel<T: Element>(p: &AttentionProblem, x: &Inputs, options: LayoutOptio
     };
     let fill_output = || {
         let mut buffer = HostBuffer::filled(out_len, sentinel);
-        out_layout.for_each_offset(|_, offset| buffer.as_mut_slice()[offset] = T::from_f64(f64::NAN));
+        out_layout
+            .for_each_offset(|_, offset| buffer.as_mut_slice()[offset] = T::from_f64(f64::NAN));
         buffer
     };
     let mut y = fill_output();
@@ -189,7 +207,8 @@ fn run_kernel<T: Element>(p: &AttentionProblem, x: &Inputs, options: LayoutOptio
         v: Tensor::contiguous(v.as_slice(), &kv_shape),
         g: g_tensor,
         y: Tensor::new(y.as_mut_slice(), out_layout.clone()),
-        o: o.as_mut().map(|o| Tensor::new(o.as_mut_slice(), out_layout.clone())),
+        o: o.as_mut()
+            .map(|o| Tensor::new(o.as_mut_slice(), out_layout.clone())),
         lse: Tensor::new(lse.as_mut_slice(), lse_layout.clone()),
     };
     Emulator::new()
@@ -204,7 +223,11 @@ fn run_kernel<T: Element>(p: &AttentionProblem, x: &Inputs, options: LayoutOptio
             out_layout.for_each_offset(|_, offset| inside[offset] = true);
             for (i, value) in buffer.as_slice().iter().enumerate() {
                 if !inside[i] {
-                    assert_eq!(value.to_f64(), -7.0, "{name}: element {i} outside the view was written");
+                    assert_eq!(
+                        value.to_f64(),
+                        -7.0,
+                        "{name}: element {i} outside the view was written"
+                    );
                 }
             }
         };
@@ -230,7 +253,13 @@ fn rel_frobenius(got: &[f64], want: &[f64]) -> f64 {
 
 /// Checks one output tensor (Y or O) against the reference; rows with an infinite reference LSE must
 /// be exactly zero.
-fn check_output(what: &str, p: &AttentionProblem, got: &[f64], want: &[f64], reference: &ForwardResultF64) {
+fn check_output(
+    what: &str,
+    p: &AttentionProblem,
+    got: &[f64],
+    want: &[f64],
+    reference: &ForwardResultF64,
+) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     if let Some(i) = got.iter().position(|x| x.is_nan()) {
         panic!("{what}: element {i} is NaN (never written?) for {p:?}");
@@ -249,12 +278,18 @@ fn check_output(what: &str, p: &AttentionProblem, got: &[f64], want: &[f64], ref
     }
     let all_zero = want.iter().all(|&w| w == 0.0);
     if all_zero {
-        assert!(got.iter().all(|&x| x == 0.0), "{what}: expected all zeros for {p:?}");
+        assert!(
+            got.iter().all(|&x| x == 0.0),
+            "{what}: expected all zeros for {p:?}"
+        );
         return;
     }
     let err = rel_frobenius(got, want);
     let tol = tolerance(p.dtype);
-    assert!(err <= tol, "{what}: relative error {err:.3e} > {tol:e} for {p:?}");
+    assert!(
+        err <= tol,
+        "{what}: relative error {err:.3e} > {tol:e} for {p:?}"
+    );
 }
 
 /// Index in the dense LSE of packed token `token` and head `head`.
@@ -272,10 +307,16 @@ fn check_lse(p: &AttentionProblem, got: &[f64], want: &[f64]) {
     assert_eq!(got.len(), want.len());
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         if w == f64::NEG_INFINITY {
-            assert!(g == f64::NEG_INFINITY, "lse[{i}] = {g}, expected -inf for {p:?}");
+            assert!(
+                g == f64::NEG_INFINITY,
+                "lse[{i}] = {g}, expected -inf for {p:?}"
+            );
         } else {
             let bound = 1e-4 * w.abs().max(1.0);
-            assert!((g - w).abs() <= bound, "lse[{i}] = {g}, expected {w} (bound {bound:e}) for {p:?}");
+            assert!(
+                (g - w).abs() <= bound,
+                "lse[{i}] = {g}, expected {w} (bound {bound:e}) for {p:?}"
+            );
         }
     }
 }
@@ -337,7 +378,11 @@ fn odd_lengths_both_ways() {
             for sk in LENGTHS {
                 for causal in [false, true] {
                     case += 1;
-                    let dtype = if case % 2 == 0 { DType::BF16 } else { DType::F16 };
+                    let dtype = if case % 2 == 0 {
+                        DType::BF16
+                    } else {
+                        DType::F16
+                    };
                     let (gate, activation) = GATES[case % GATES.len()];
                     let p = AttentionProblem::new(1, sq, sk, 1, 1, d)
                         .dtype(dtype)
@@ -401,8 +446,14 @@ fn causal_rows_before_the_first_key_see_nothing() {
                 .gate(GateMode::Elementwise)
                 .activation(Activation::Silu);
             let out = check_case(&p, with_o(), 4000 + sq as u64);
-            let empty_rows = (0..2 * sq).filter(|&r| out.lse[r] == f64::NEG_INFINITY).count();
-            assert_eq!(empty_rows, 2 * (sq - sk), "rows with LSE -inf for Sq = {sq}, Sk = {sk}");
+            let empty_rows = (0..2 * sq)
+                .filter(|&r| out.lse[r] == f64::NEG_INFINITY)
+                .count();
+            assert_eq!(
+                empty_rows,
+                2 * (sq - sk),
+                "rows with LSE -inf for Sq = {sq}, Sk = {sk}"
+            );
         }
     }
 }
@@ -492,7 +543,10 @@ fn ungated_output_is_optional() {
         let with = check_case(&p, with_o(), 8000);
         assert!(without.o.is_none());
         // The gated output does not depend on whether O is also written.
-        assert_eq!(without.y.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), with.y.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        assert_eq!(
+            without.y.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+            with.y.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+        );
     }
 }
 
@@ -521,7 +575,10 @@ fn bit_identical_across_emulator_seeds() {
         };
         let first = run(1).bits();
         for seed in [2, 0xdead_beef] {
-            assert!(run(seed).bits() == first, "seed {seed} changed the outputs of {p:?}");
+            assert!(
+                run(seed).bits() == first,
+                "seed {seed} changed the outputs of {p:?}"
+            );
         }
     }
 }

@@ -8,8 +8,8 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use gated_sdpa::cuda::{CudaBackend, CudaSeqlens};
 use gated_sdpa::reference;
 use gated_sdpa::{
-    Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType, Element, ForwardArgs, GateMode, Layout, Tensor,
-    Varlen,
+    Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType, Element, ForwardArgs,
+    GateMode, Layout, Tensor, Varlen,
 };
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
@@ -27,7 +27,9 @@ fn gpu() -> Option<CudaBackend> {
 }
 
 fn random(len: usize, rng: &mut StdRng, scale: f64) -> Vec<f64> {
-    (0..len).map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale).collect()
+    (0..len)
+        .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale)
+        .collect()
 }
 
 /// Rounds to T and back, so the reference sees exactly the kernel's inputs.
@@ -57,12 +59,24 @@ fn upload<T: DeviceRepr>(stream: &std::sync::Arc<CudaStream>, x: &[T]) -> CudaSl
     stream.clone_htod(x).expect("upload")
 }
 
-fn download<T: DeviceRepr + Element>(stream: &std::sync::Arc<CudaStream>, x: &CudaSlice<T>) -> Vec<f64> {
-    stream.clone_dtoh(x).expect("download").iter().map(|v| v.to_f64()).collect()
+fn download<T: DeviceRepr + Element>(
+    stream: &std::sync::Arc<CudaStream>,
+    x: &CudaSlice<T>,
+) -> Vec<f64> {
+    stream
+        .clone_dtoh(x)
+        .expect("download")
+        .iter()
+        .map(|v| v.to_f64())
+        .collect()
 }
 
 /// Runs one forward problem on the GPU and checks Y, O and LSE against the f64 reference.
-fn check_forward<T: Element + DeviceRepr>(backend: &CudaBackend, problem: &AttentionProblem, seed: u64) {
+fn check_forward<T: Element + DeviceRepr>(
+    backend: &CudaBackend,
+    problem: &AttentionProblem,
+    seed: u64,
+) {
     let stream = backend.context().default_stream();
     let mut rng = StdRng::seed_from_u64(seed);
     let q_shape = problem.q_shape();
@@ -81,7 +95,11 @@ fn check_forward<T: Element + DeviceRepr>(backend: &CudaBackend, problem: &Atten
     };
     let want = reference::forward_f64(problem, &qf, &kf, &vf, gf.as_deref()).expect("reference");
 
-    let (dq, dk, dv) = (upload(&stream, &q), upload(&stream, &k), upload(&stream, &v));
+    let (dq, dk, dv) = (
+        upload(&stream, &q),
+        upload(&stream, &k),
+        upload(&stream, &v),
+    );
     let dg = g.as_ref().map(|g| upload(&stream, g));
     let poison = vec![T::from_f64(f64::NAN); numel(&q_shape)];
     let mut dy = upload(&stream, &poison);
@@ -89,32 +107,60 @@ fn check_forward<T: Element + DeviceRepr>(backend: &CudaBackend, problem: &Atten
     let lse_shape = problem.lse_shape();
     let mut dlse = upload(&stream, &vec![f32::NAN; numel(&lse_shape)]);
     let seqlens_host = problem.varlen.clone();
-    let cu = seqlens_host.as_ref().map(|v| (upload(&stream, &v.cu_seqlens_q), upload(&stream, &v.cu_seqlens_k)));
-    let seqlens = cu.as_ref().map(|(q, k)| CudaSeqlens { q: q.as_view(), k: k.as_view() });
+    let cu = seqlens_host.as_ref().map(|v| {
+        (
+            upload(&stream, &v.cu_seqlens_q),
+            upload(&stream, &v.cu_seqlens_k),
+        )
+    });
+    let seqlens = cu.as_ref().map(|(q, k)| CudaSeqlens {
+        q: q.as_view(),
+        k: k.as_view(),
+    });
     let mut args = ForwardArgs {
         q: Tensor::new(dq.as_view(), Layout::contiguous(&q_shape)),
         k: Tensor::new(dk.as_view(), Layout::contiguous(&kv_shape)),
         v: Tensor::new(dv.as_view(), Layout::contiguous(&kv_shape)),
-        g: dg.as_ref().map(|g| Tensor::new(g.as_view(), Layout::contiguous(g_shape.as_ref().unwrap()))),
+        g: dg
+            .as_ref()
+            .map(|g| Tensor::new(g.as_view(), Layout::contiguous(g_shape.as_ref().unwrap()))),
         y: Tensor::new(dy.as_view_mut(), Layout::contiguous(&q_shape)),
         o: Some(Tensor::new(d_o.as_view_mut(), Layout::contiguous(&q_shape))),
         lse: Tensor::new(dlse.as_view_mut(), Layout::contiguous(&lse_shape)),
     };
-    backend.forward(&stream, problem, &mut args, seqlens.as_ref()).expect("forward launches");
+    backend
+        .forward(&stream, problem, &mut args, seqlens.as_ref())
+        .expect("forward launches");
     drop(args);
     stream.synchronize().expect("forward completes");
     let y = download(&stream, &dy);
     let o = download(&stream, &d_o);
-    let lse: Vec<f64> = stream.clone_dtoh(&dlse).unwrap().iter().map(|&x| x as f64).collect();
+    let lse: Vec<f64> = stream
+        .clone_dtoh(&dlse)
+        .unwrap()
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
     let tol = tolerance(problem.dtype);
     let label = format!("{problem:?}");
-    assert!(rel_error(&y, &want.y) <= tol, "Y error {} > {tol}: {label}", rel_error(&y, &want.y));
-    assert!(rel_error(&o, &want.o) <= tol, "O error {} > {tol}: {label}", rel_error(&o, &want.o));
+    assert!(
+        rel_error(&y, &want.y) <= tol,
+        "Y error {} > {tol}: {label}",
+        rel_error(&y, &want.y)
+    );
+    assert!(
+        rel_error(&o, &want.o) <= tol,
+        "O error {} > {tol}: {label}",
+        rel_error(&o, &want.o)
+    );
     for (i, (&got, &w)) in lse.iter().zip(&want.lse).enumerate() {
         if w == f64::NEG_INFINITY {
             assert_eq!(got, f64::NEG_INFINITY, "lse[{i}] must be -inf: {label}");
         } else {
-            assert!((got - w).abs() <= 1e-4 * w.abs().max(1.0), "lse[{i}] {got} vs {w}: {label}");
+            assert!(
+                (got - w).abs() <= 1e-4 * w.abs().max(1.0),
+                "lse[{i}] {got} vs {w}: {label}"
+            );
         }
     }
 }
@@ -122,10 +168,13 @@ fn check_forward<T: Element + DeviceRepr>(backend: &CudaBackend, problem: &Atten
 #[test]
 fn conformance_gpu_matches_emulator() {
     let Some(backend) = gpu() else { return };
-    let on_gpu = backend.run_conformance().expect("conformance kernel on the GPU");
+    let on_gpu = backend
+        .run_conformance()
+        .expect("conformance kernel on the GPU");
     #[cfg(feature = "emulator")]
     {
-        let emulated = gated_sdpa::emulator::run_conformance(&gated_sdpa::emulator::Emulator::new()).unwrap();
+        let emulated =
+            gated_sdpa::emulator::run_conformance(&gated_sdpa::emulator::Emulator::new()).unwrap();
         let slots = gated_sdpa::ffi::GSDPA_CONFORMANCE_SLOTS as usize;
         let mut mismatches = Vec::new();
         for (i, (&g, &e)) in on_gpu.iter().zip(&emulated).enumerate() {
@@ -151,11 +200,21 @@ fn conformance_gpu_matches_emulator() {
                 _ => g == e,
             };
             if !same {
-                mismatches.push(format!("lane {lane} slot {slot}: gpu {g:#010x} emulator {e:#010x}"));
+                mismatches.push(format!(
+                    "lane {lane} slot {slot}: gpu {g:#010x} emulator {e:#010x}"
+                ));
             }
         }
-        assert!(mismatches.is_empty(), "GPU and emulator differ:\n{}", mismatches.join("\n"));
-        eprintln!("conformance: the GPU ({}) matches the emulator in all {} words", backend.device_name().unwrap_or_default(), on_gpu.len());
+        assert!(
+            mismatches.is_empty(),
+            "GPU and emulator differ:\n{}",
+            mismatches.join("\n")
+        );
+        eprintln!(
+            "conformance: the GPU ({}) matches the emulator in all {} words",
+            backend.device_name().unwrap_or_default(),
+            on_gpu.len()
+        );
     }
 }
 
@@ -168,7 +227,12 @@ fn forward_grid_matches_reference() {
             for causal in [false, true] {
                 for gate in [GateMode::None, GateMode::Elementwise, GateMode::Headwise] {
                     for activation in [Activation::Sigmoid, Activation::Silu] {
-                        for &(sq, sk, hq, hkv) in &[(129, 129, 4, 4), (100, 300, 8, 2), (300, 17, 8, 1), (1, 1, 4, 4)] {
+                        for &(sq, sk, hq, hkv) in &[
+                            (129, 129, 4, 4),
+                            (100, 300, 8, 2),
+                            (300, 17, 8, 1),
+                            (1, 1, 4, 4),
+                        ] {
                             seed += 1;
                             let p = AttentionProblem::new(2, sq, sk, hq, hkv, head_dim)
                                 .dtype(dtype)
@@ -192,10 +256,14 @@ fn forward_varlen_and_long_sequences() {
     let Some(backend) = gpu() else { return };
     let varlen = Varlen::new(vec![0, 5, 5, 300, 1300], vec![0, 17, 40, 40, 1100]).unwrap();
     for causal in [false, true] {
-        let p = AttentionProblem::new_varlen(varlen.clone(), 8, 2, 128).causal(causal).gate(GateMode::Elementwise);
+        let p = AttentionProblem::new_varlen(varlen.clone(), 8, 2, 128)
+            .causal(causal)
+            .gate(GateMode::Elementwise);
         check_forward::<half::bf16>(&backend, &p, 99);
     }
-    let p = AttentionProblem::new(1, 4096, 4096, 16, 2, 256).causal(true).gate(GateMode::Elementwise);
+    let p = AttentionProblem::new(1, 4096, 4096, 16, 2, 256)
+        .causal(true)
+        .gate(GateMode::Elementwise);
     check_forward::<half::bf16>(&backend, &p, 100);
 }
 
@@ -232,7 +300,8 @@ fn check_backward<T: Element + DeviceRepr>(
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
     let numel = |s: &[usize]| s.iter().product::<usize>();
-    let (q_shape, kv_shape, lse_shape) = (problem.q_shape(), problem.kv_shape(), problem.lse_shape());
+    let (q_shape, kv_shape, lse_shape) =
+        (problem.q_shape(), problem.kv_shape(), problem.lse_shape());
     let (q, qf) = round::<T>(&random(numel(&q_shape), &mut rng, 1.0));
     let (k, kf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
     let (v, vf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
@@ -252,7 +321,8 @@ fn check_backward<T: Element + DeviceRepr>(
     let lse: Vec<f32> = fwd.lse.iter().map(|&x| x as f32).collect();
 
     let up = |x: &[T]| upload(stream, x);
-    let (dq_in, dk_in, dv_in, dy_in, y_in, o_in) = (up(&q), up(&k), up(&v), up(&dy), up(&y), up(&o));
+    let (dq_in, dk_in, dv_in, dy_in, y_in, o_in) =
+        (up(&q), up(&k), up(&v), up(&dy), up(&y), up(&o));
     let g_in = g.as_ref().map(|g| up(g));
     let lse_in = upload(stream, &lse);
     let nan = |n: usize| vec![T::from_f64(f64::NAN); n];
@@ -266,7 +336,9 @@ fn check_backward<T: Element + DeviceRepr>(
         q: Tensor::new(dq_in.as_view(), Layout::contiguous(&q_shape)),
         k: Tensor::new(dk_in.as_view(), Layout::contiguous(&kv_shape)),
         v: Tensor::new(dv_in.as_view(), Layout::contiguous(&kv_shape)),
-        g: g_in.as_ref().map(|g| Tensor::new(g.as_view(), Layout::contiguous(g_shape.as_ref().unwrap()))),
+        g: g_in
+            .as_ref()
+            .map(|g| Tensor::new(g.as_view(), Layout::contiguous(g_shape.as_ref().unwrap()))),
         y: Tensor::new(y_in.as_view(), Layout::contiguous(&q_shape)),
         o: (problem.gate != GateMode::None && problem.activation == Activation::Silu)
             .then(|| Tensor::new(o_in.as_view(), Layout::contiguous(&q_shape))),
@@ -275,11 +347,23 @@ fn check_backward<T: Element + DeviceRepr>(
         dq: Tensor::new(grad_q.as_view_mut(), Layout::contiguous(&q_shape)),
         dk: Tensor::new(grad_k.as_view_mut(), Layout::contiguous(&kv_shape)),
         dv: Tensor::new(grad_v.as_view_mut(), Layout::contiguous(&kv_shape)),
-        dg: grad_g.as_mut().map(|dg| Tensor::new(dg.as_view_mut(), Layout::contiguous(g_shape.as_ref().unwrap()))),
+        dg: grad_g.as_mut().map(|dg| {
+            Tensor::new(
+                dg.as_view_mut(),
+                Layout::contiguous(g_shape.as_ref().unwrap()),
+            )
+        }),
     };
     let mut ws_view = workspace.as_view_mut();
     backend
-        .backward(stream, problem, &mut args, &mut ws_view, None, BackwardOptions { deterministic })
+        .backward(
+            stream,
+            problem,
+            &mut args,
+            &mut ws_view,
+            None,
+            BackwardOptions { deterministic },
+        )
         .expect("backward launches");
     drop(args);
     stream.synchronize().unwrap();

@@ -682,7 +682,7 @@ fn silu_backward_needs_the_ungated_output() {
 
 #[test]
 fn invalid_scale() {
-    for scale in [f32::NAN, f32::INFINITY] {
+    for scale in [f32::NAN, f32::INFINITY, 0.0, -0.5] {
         let p = gated().scale(scale);
         let err = forward_error(&p, &mut Buffers::new(&p), |_| {});
         assert!(matches!(err, GsdpaError::InvalidArgument(_)), "{err}");

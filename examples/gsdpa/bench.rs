@@ -1,4 +1,5 @@
-//! `gsdpa bench [--json] [--shape NAME]`: forward throughput on the GPU (see `gated_sdpa::bench`).
+//! `gsdpa bench [--json] [--shape NAME] [--backward]`: forward (and with `--backward`, backward)
+//! throughput on the GPU (see `gated_sdpa::bench`).
 
 use gated_sdpa::bench;
 use gated_sdpa::cuda::CudaBackend;
@@ -8,7 +9,8 @@ use crate::info::json_string;
 use crate::CliError;
 
 pub fn run(args: &[String]) -> Result<(), CliError> {
-    let flags = Flags::parse(args, &["shape", "iters", "reps"], &["json"])?;
+    let flags = Flags::parse(args, &["shape", "iters", "reps"], &["json", "backward"])?;
+    let with_backward = flags.switch("backward");
     let iters = flags.parsed::<usize>("iters")?.unwrap_or(20).max(1);
     let reps = flags.parsed::<usize>("reps")?.unwrap_or(11).max(1);
     let backend =
@@ -46,11 +48,16 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
     let mut entries = Vec::new();
     for shape in &shapes {
         let r = bench::forward(&backend, shape, iters, reps)?;
+        let bwd = if with_backward {
+            Some(bench::backward(&backend, shape, iters, reps)?)
+        } else {
+            None
+        };
         if json {
             entries.push(format!(
                 "{{\"name\": {}, \"batch\": {}, \"heads_q\": {}, \"heads_kv\": {}, \"seqlen\": {}, \"head_dim\": {}, \
                  \"causal\": {}, \"gated_ms\": {:.6}, \"ungated_ms\": {:.6}, \"unfused_ms\": {:.6}, \
-                 \"gated_tflops\": {:.3}, \"ungated_tflops\": {:.3}, \"gate_overhead_pct\": {:.3}, \"fused_speedup\": {:.4}}}",
+                 \"gated_tflops\": {:.3}, \"ungated_tflops\": {:.3}, \"gate_overhead_pct\": {:.3}, \"fused_speedup\": {:.4}{}}}",
                 json_string(&shape.name),
                 shape.batch,
                 shape.heads_q,
@@ -64,7 +71,15 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
                 r.gated_tflops(),
                 r.ungated_tflops(),
                 r.gate_overhead_pct(),
-                r.fused_speedup()
+                r.fused_speedup(),
+                bwd.as_ref().map_or(String::new(), |b| format!(
+                    ", \"backward_gated_ms\": {:.6}, \"backward_ungated_ms\": {:.6}, \"backward_gated_tflops\": {:.3}, \
+                     \"backward_gate_overhead_pct\": {:.3}",
+                    b.gated_ms,
+                    b.ungated_ms,
+                    b.gated_tflops(),
+                    b.gate_overhead_pct()
+                ))
             ));
         } else {
             println!(
@@ -81,6 +96,16 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
                 r.gate_overhead_pct(),
                 r.fused_speedup()
             );
+            if let Some(b) = &bwd {
+                println!(
+                    "{:<26} backward: {:.4} ms, {:.1} TFLOP/s gated, {:.1} ungated, gate overhead {:.2}%",
+                    "",
+                    b.gated_ms,
+                    b.gated_tflops(),
+                    b.ungated_tflops(),
+                    b.gate_overhead_pct()
+                );
+            }
         }
     }
     if json {

@@ -339,22 +339,38 @@ static void run_block(BlockRunner &runner, uint64_t block_linear) {
     runner.in_block = true;
     std::vector<int> order(n);
     std::iota(order.begin(), order.end(), 0);
+    // With a seed, warps also run at different speeds: each warp gets a per-block speed of 1, 1/2 or 1/4
+    // (the chance that it runs in a given pass), so warps drift apart between barriers as they can on
+    // hardware. A missing __syncthreads lets a fast warp read or overwrite shared memory a slow warp has
+    // not finished with, and the result changes with the seed.
+    const int warps = (n + kWarpSize - 1) / kWarpSize;
+    std::vector<uint64_t> warp_speed(warps, 4);
+    if (launch.seed != 0) {
+        for (uint64_t &speed : warp_speed) speed = uint64_t(1) << (splitmix64(runner.rng_state) % 3);
+    }
+    std::vector<char> warp_runs(warps, 1);
     for (;;) {
         if (launch.seed != 0) {
             for (int i = n - 1; i > 0; --i) {
                 std::swap(order[i], order[splitmix64(runner.rng_state) % uint64_t(i + 1)]);
             }
+            for (int w = 0; w < warps; ++w) warp_runs[w] = splitmix64(runner.rng_state) % 4 < warp_speed[w];
         }
-        for (int i : order) {
-            Fiber &f = runner.fibers[i];
-            if (f.state != FiberState::Runnable) continue;
-            runner.current = &f;
-            fiber_switch(runner.scheduler, f.context);
+        bool ran = false;
+        for (int attempt = 0; attempt < 2 && !ran; ++attempt) {
+            for (int i : order) {
+                Fiber &f = runner.fibers[i];
+                if (f.state != FiberState::Runnable) continue;
+                if (attempt == 0 && !warp_runs[i / kWarpSize]) continue;  // held back this pass
+                runner.current = &f;
+                fiber_switch(runner.scheduler, f.context);
+                ran = true;
+            }
         }
         runner.current = nullptr;
-        bool progressed = false;
+        bool progressed = ran;
         for (int w = 0; w * kWarpSize < n; ++w) progressed |= resolve_warp(runner, w);
-        if (!progressed) progressed = resolve_barrier(runner);
+        progressed |= resolve_barrier(runner);
         bool all_done = std::all_of(runner.fibers.begin(), runner.fibers.end(),
                                     [](const Fiber &f) { return f.state == FiberState::Done; });
         if (all_done) break;

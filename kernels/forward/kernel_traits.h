@@ -2,29 +2,34 @@
 //
 // Tile sizes (the values live in gsdpa_params.h, GsdpaFwdGeometry, so Rust launches with the same ones).
 // Every warp owns 16 query rows (one m16 mma tile), so BLOCK_M = 16 * warps. Shared memory holds one
-// Q tile [BLOCK_M][D], one K tile and one V tile [BLOCK_N][D], all 16-bit and swizzled (common/swizzle.h),
-// and stays <= 99 KiB so the same binary runs on sm_86 / sm_89 (99 KiB per block there):
+// Q tile [BLOCK_M][D] and KV_STAGES K and V tiles [BLOCK_N][D], all 16-bit and swizzled
+// (common/swizzle.h), and stays <= 99 KiB so the same binary runs on sm_86 / sm_89 (99 KiB per block):
 //
-//   D    BLOCK_M x BLOCK_N  warps  smem    why
-//   64   128 x 128          8      48 KiB  FA2's tile. Per thread 64 f32 scores + 32 f32 O + 16 Q registers.
-//   128  128 x 64           8      64 KiB  FA2's tile. 64 f32 O + 32 f32 scores; Q is kept in registers too
-//                                          (32 regs): re-reading it from shared memory for every key tile
-//                                          would add half again to the S = Q K^T shared-memory traffic.
-//   256  64 x 64            4      96 KiB  FA2's sm_86 choice: 128 f32 O registers per thread leave no room
-//                                          for Q in registers (it is re-read with ldmatrix per k-step), and
-//                                          a 128-row Q tile (64 KiB) would not fit beside K and V in 99 KiB.
-// ptxas (sm_80 .. sm_90a, CUDA 13.0): about 170 / 228 / 255 registers for D = 64 / 128 / 256, no spills.
-// Forcing two 256-thread blocks per SM (128 registers) spills at D = 64 and 128, so D = 64 and 128 run
-// one block (8 warps) per SM and D = 256 two (8 warps) where shared memory allows (sm_90: 228 KiB).
-// Tuning these on a GPU is open (e.g. 64-row blocks at D = 64 for more resident warps).
+//   D    BLOCK_M x BLOCK_N  warps  K/V stages  smem    why
+//   64   128 x 128          8      2           80 KiB  FA2's tile; Q (16 regs) kept in registers.
+//   128  128 x 64           8      2           96 KiB  FA2's tile; Q (32 regs) kept in registers: re-reading
+//                                                      it for every key tile would add a quarter to the
+//                                                      S = Q K^T shared-memory traffic.
+//   256  64 x 32            4      1           64 KiB  128 f32 O registers per thread leave no room for Q in
+//                                                      registers (re-read with ldmatrix per k-step) nor for
+//                                                      a 64-key score tile (64 x 64 spills at 255 registers);
+//                                                      64 KiB also fits two blocks per SM on A100 (164 KiB).
 //
-// Pipeline (FlashAttention-2's single-buffer scheme rather than double buffering): K and V have one buffer
-// each, and their loads alternate so that each overlaps one GEMM: V(j) is fetched while S = Q K(j)^T is
-// computed, K(j-1) while the softmax and O += P V(j) run. Double-buffering both would cost another
-// 2 * BLOCK_N * D * 2 bytes (+32 KiB at D = 128: 96 KiB, one block per SM on A100; +64 KiB at D = 256,
-// over the 99 KiB limit) for little gain, since every load already has a full GEMM to hide under.
+// ptxas (CUDA 13.0, no spills, no stack): 176 / 213 / 241 registers for D = 64 / 128 / 256 on sm_80
+// (179 / 210 / 255 on sm_90a). So D = 64 and 128 run one 8-warp block per SM (forcing two, i.e. 128
+// registers, spills), and D = 256 two 4-warp blocks. With one block per SM the shared memory beyond a
+// single K/V buffer is free, hence double buffering there.
+//
+// Pipeline. Double-buffered (D <= 128): at the top of iteration n (one barrier) K(n-1) and V(n-1) are
+// issued into the other stage, so each load has a whole iteration (both GEMMs and the softmax) to land.
+// Single-buffered (D = 256, FlashAttention-2's scheme): K and V have one buffer each and their loads
+// alternate, each overlapping one GEMM: V(n) is fetched while S = Q K(n)^T is computed, K(n-1) while the
+// softmax and O += P V(n) run (two barriers per iteration). Double buffering at D = 256 (96 KiB) would
+// leave A100 one block per SM instead of two.
 // Key tiles are visited from the last to the first, so the tiles that need masking (the partial last
 // tile, the causal diagonal) come first and the loop bound skips tiles above the diagonal.
+// The elementwise gate tile is fetched into the Q region during the last key tile (double-buffered: at
+// its start, Q being in registers; single-buffered: after its S = Q K^T), hiding under O += P V.
 #pragma once
 
 #include "../common/fragments.h"
