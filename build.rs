@@ -1,6 +1,6 @@
 //! Build script for gated-sdpa. Four independent steps, each in its own function:
 //!
-//! 1. `build_device`: compile every top-level `kernels/*.cu` with nvcc into one fatbin (SASS per target
+//! 1. `start_device_build`: compile every top-level `kernels/*.cu` with nvcc into one fatbin (SASS per target
 //!    arch plus PTX for the lowest), embedded into the crate. Without nvcc the crate still builds and the
 //!    CUDA backend reports why there are no kernels; `GSDPA_REQUIRE_NVCC=1` makes that an error.
 //! 2. `parse_ptxas_report`: the `-Xptxas -v` output of that compile, per kernel and arch (registers, shared
@@ -11,13 +11,16 @@
 //!    use the committed `src/ffi/params.rs`; CI regenerates it and diffs.
 //!
 //! Files under `kernels/wip/` are work in progress: they are never compiled here, and editing them does not
-//! recompile anything (build steps are skipped when a content hash of their real inputs is unchanged).
+//! recompile anything: each compile is skipped when a hash of its real inputs (sources, headers, compiler
+//! and flags) matches the one stored with its output. The fatbin does not depend on the cargo profile, so
+//! it is cached once per target directory (`target/gsdpa-cache`) and shared by dev, test and release
+//! builds (`cargo clippy` and `cargo test --release` in CI run nvcc once).
 
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command};
 use std::time::Instant;
 
 /// SASS targets when `GSDPA_CUDA_ARCHS` is not set: Ampere (A100), Ampere consumer, Ada, Hopper (with the
@@ -45,10 +48,18 @@ fn run() -> Result<()> {
     let sources = KernelSources::scan(&paths.kernels)?;
 
     let require_nvcc = env_flag("GSDPA_REQUIRE_NVCC");
-    let device = build_device(&paths, &sources, require_nvcc)?;
+    // nvcc runs in the background while the emulator compiles: the two take similar time.
+    let device = start_device_build(&paths, &sources, require_nvcc)?;
+    let emulator_built = match build_emulator(&paths, &sources) {
+        Ok(built) => built,
+        Err(message) => {
+            device.abort();
+            return Err(message);
+        }
+    };
+    let device = device.finish(&paths)?;
     warn_about_spills(&device.kernels);
 
-    let emulator_built = build_emulator(&paths, &sources)?;
     regenerate_bindings(&paths)?;
     write_build_info(&paths, &device, emulator_built, require_nvcc)
 }
@@ -60,6 +71,9 @@ fn run() -> Result<()> {
 struct Paths {
     kernels: PathBuf,
     out: PathBuf,
+    /// Outputs shared by every profile: `<target dir>/gsdpa-cache` when OUT_DIR has cargo's usual
+    /// `<target dir>/<profile>/build/<package>/out` shape, else OUT_DIR itself.
+    shared_cache: PathBuf,
 }
 
 impl Paths {
@@ -68,9 +82,18 @@ impl Paths {
             env::var("CARGO_MANIFEST_DIR").map_err(|e| format!("CARGO_MANIFEST_DIR: {e}"))?,
         );
         let out = PathBuf::from(env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
+        let profile_dir = out
+            .ancestors()
+            .nth(3)
+            .filter(|_| out.ancestors().nth(2).and_then(Path::file_name) == Some("build".as_ref()));
+        let shared_cache = match profile_dir.and_then(Path::parent) {
+            Some(target) => target.join("gsdpa-cache"),
+            None => out.join("cache"),
+        };
         Ok(Paths {
             kernels: manifest.join("kernels"),
             out,
+            shared_cache,
         })
     }
 }
@@ -192,19 +215,43 @@ impl DeviceBuild {
     }
 }
 
-fn build_device(paths: &Paths, sources: &KernelSources, require_nvcc: bool) -> Result<DeviceBuild> {
+/// The device build in flight: nvcc runs as a child process while the emulator compiles.
+enum DeviceJob {
+    Done(DeviceBuild),
+    Running(Box<RunningNvcc>),
+}
+
+struct RunningNvcc {
+    child: Child,
+    started: Instant,
+    command: String,
+    nvcc_version: String,
+    archs: Vec<String>,
+    fatbin: PathBuf,
+    log_path: PathBuf,
+    cache: CacheEntry,
+}
+
+/// Starts nvcc on every kernel (or finds its output in the cache, or explains why there are no kernels).
+fn start_device_build(
+    paths: &Paths,
+    sources: &KernelSources,
+    require_nvcc: bool,
+) -> Result<DeviceJob> {
     let nvcc = match find_nvcc() {
         Ok(nvcc) => nvcc,
         Err(looked) => {
             let reason = format!(
-                "the CUDA kernels were not built: nvcc not found ({looked}). Install the CUDA toolkit (12.x or \
-                 13.x) or the nvidia-cuda-nvcc wheel, set CUDA_HOME or NVCC, and rebuild"
+                "the CUDA kernels were not built: nvcc not found ({looked}). Install the CUDA toolkit \
+                 (12.x or 13.x) or the nvidia-cuda-nvcc wheel, set CUDA_HOME or NVCC, and rebuild"
             );
             if require_nvcc {
                 return Err(format!("GSDPA_REQUIRE_NVCC=1 but {reason}"));
             }
-            println!("cargo:warning=gated-sdpa: {reason}; the CUDA backend will report kernels-not-built");
-            return Ok(DeviceBuild::not_built(reason));
+            println!(
+                "cargo:warning=gated-sdpa: {reason}; the CUDA backend will report kernels-not-built"
+            );
+            return Ok(DeviceJob::Done(DeviceBuild::not_built(reason)));
         }
     };
     if sources.kernel_units.is_empty() {
@@ -212,7 +259,7 @@ fn build_device(paths: &Paths, sources: &KernelSources, require_nvcc: bool) -> R
         if require_nvcc {
             return Err(format!("GSDPA_REQUIRE_NVCC=1 but {reason}"));
         }
-        return Ok(DeviceBuild::not_built(reason));
+        return Ok(DeviceJob::Done(DeviceBuild::not_built(reason)));
     }
     let nvcc_version = nvcc_version(&nvcc)?;
     let archs = cuda_archs()?;
@@ -226,42 +273,31 @@ fn build_device(paths: &Paths, sources: &KernelSources, require_nvcc: bool) -> R
         "// Generated by build.rs: every top-level kernels/*.cu, compiled as one unit.\n",
     );
     for cu in &sources.kernel_units {
-        writeln!(
-            text,
-            "#include \"{}\"",
-            c_string_escape(&cu.display().to_string())
-        )
-        .unwrap();
+        let path = c_string_escape(&cu.display().to_string());
+        writeln!(text, "#include \"{path}\"").unwrap();
     }
     write_if_changed(&unit, text.as_bytes())?;
 
-    let fatbin = paths.out.join("gsdpa_kernels.fatbin");
-    let log_path = paths.out.join("ptxas.log");
-    let mut args: Vec<String> = [
-        "-fatbin",
-        "-std=c++17",
-        "-O3",
-        "-Xptxas",
-        "-v",
-        "--threads",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
-    args.push("-I".into());
-    args.push(paths.kernels.display().to_string());
+    let mut args: Vec<String> = ["-fatbin", "-std=c++17", "-O3", "-Xptxas", "-v"]
+        .map(String::from)
+        .to_vec();
+    // Archs are compiled in parallel (CUDA 11.2+).
+    args.extend(["--threads".into(), "0".into()]);
+    args.extend(["-I".into(), paths.kernels.display().to_string()]);
     for arch in &archs {
-        args.push("-gencode".into());
-        args.push(format!("arch=compute_{arch},code=sm_{arch}"));
+        args.extend([
+            "-gencode".into(),
+            format!("arch=compute_{arch},code=sm_{arch}"),
+        ]);
     }
     let ptx_arch = lowest_arch(&archs);
-    args.push("-gencode".into());
-    args.push(format!("arch=compute_{ptx_arch},code=compute_{ptx_arch}"));
-    args.push("-o".into());
-    args.push(fatbin.display().to_string());
-    args.push(unit.display().to_string());
+    args.extend([
+        "-gencode".into(),
+        format!("arch=compute_{ptx_arch},code=compute_{ptx_arch}"),
+    ]);
 
-    // nvcc itself reads these; they change the output, so they are part of the cache key.
+    // The key covers everything that determines the fatbin. It does not depend on the cargo profile, so
+    // `cargo clippy` (dev) and `cargo test --release` share one nvcc run through the cache.
     let nvcc_env: Vec<String> = ["NVCC_CCBIN", "NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS"]
         .iter()
         .map(|name| format!("{name}={}", env_var(name).unwrap_or_default()))
@@ -271,64 +307,114 @@ fn build_device(paths: &Paths, sources: &KernelSources, require_nvcc: bool) -> R
         .add_str(&nvcc_version)
         .add_strs(&args)
         .add_strs(&nvcc_env);
-    for file in sources
-        .kernel_units
-        .iter()
-        .map(PathBuf::as_path)
-        .chain(sources.device_headers(&paths.kernels))
-    {
+    for file in sources.kernel_units.iter().map(PathBuf::as_path) {
         key.add_file(file)?;
     }
-    let key_path = paths.out.join("gsdpa_kernels.key");
+    for file in sources.device_headers(&paths.kernels) {
+        key.add_file(file)?;
+    }
+    let cache = CacheEntry::new(&paths.shared_cache, "nvcc", &key);
 
-    let log = if key.matches(&key_path) && fatbin.is_file() && log_path.is_file() {
-        read_to_string(&log_path)?
-    } else {
-        let _ = fs::remove_file(&key_path);
-        let started = Instant::now();
-        let output = Command::new(&nvcc)
-            .args(&args)
-            .output()
-            .map_err(|e| format!("running {}: {e}", nvcc.display()))?;
+    let fatbin = paths.out.join("gsdpa_kernels.fatbin");
+    let log_path = paths.out.join("ptxas.log");
+    if cache.fetch(&[(&fatbin, "fatbin"), (&log_path, "log")]) {
+        return finish_device_build(&fatbin, &log_path, nvcc_version, &archs).map(DeviceJob::Done);
+    }
+
+    args.extend([
+        "-o".into(),
+        fatbin.display().to_string(),
+        unit.display().to_string(),
+    ]);
+    // Output goes to a file, not a pipe: nothing has to drain it while the emulator compiles.
+    let log =
+        fs::File::create(&log_path).map_err(|e| format!("creating {}: {e}", log_path.display()))?;
+    let log_err = log
+        .try_clone()
+        .map_err(|e| format!("{}: {e}", log_path.display()))?;
+    let command = format!("{} {}", nvcc.display(), args.join(" "));
+    let child = Command::new(&nvcc)
+        .args(&args)
+        .stdout(log)
+        .stderr(log_err)
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", nvcc.display()))?;
+    Ok(DeviceJob::Running(Box::new(RunningNvcc {
+        child,
+        started: Instant::now(),
+        command,
+        nvcc_version,
+        archs,
+        fatbin,
+        log_path,
+        cache,
+    })))
+}
+
+impl DeviceJob {
+    /// Stops a running nvcc (when the build fails elsewhere).
+    fn abort(self) {
+        if let DeviceJob::Running(mut job) = self {
+            let _ = job.child.kill();
+            let _ = job.child.wait();
+        }
+    }
+
+    /// Waits for nvcc; a failure is a build error that shows nvcc's output.
+    fn finish(self, paths: &Paths) -> Result<DeviceBuild> {
+        let job = match self {
+            DeviceJob::Done(build) => return Ok(build),
+            DeviceJob::Running(job) => job,
+        };
+        let RunningNvcc {
+            mut child,
+            started,
+            command,
+            nvcc_version,
+            archs,
+            fatbin,
+            log_path,
+            cache,
+        } = *job;
+        let status = child.wait().map_err(|e| format!("waiting for nvcc: {e}"))?;
         let seconds = started.elapsed().as_secs_f64();
-        let log = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        if !output.status.success() {
+        if !status.success() {
+            let log = read_to_string(&log_path).unwrap_or_default();
             let hint = if nvcc_major(&nvcc_version).is_some_and(|m| m < 12) {
-                " (nvcc older than 12.0 cannot target sm_90a: use CUDA 12 or 13, or narrow GSDPA_CUDA_ARCHS)"
+                " (nvcc older than 12.0 cannot target sm_90a: use CUDA 12 or 13, or narrow \
+                 GSDPA_CUDA_ARCHS)"
             } else {
                 ""
             };
             return Err(format!(
-                "nvcc failed ({}){hint}\ncommand: {} {}\n{log}",
-                output.status,
-                nvcc.display(),
-                args.join(" ")
+                "nvcc failed ({status}){hint}\ncommand: {command}\n{log}"
             ));
         }
-        fs::write(&log_path, &log).map_err(|e| format!("writing {}: {e}", log_path.display()))?;
-        fs::write(
-            paths.out.join("nvcc-time.txt"),
-            format!("{seconds:.1} s for {}\n", archs.join(",")),
-        )
-        .map_err(|e| format!("writing nvcc-time.txt: {e}"))?;
-        key.store(&key_path)?;
-        log
-    };
+        let timing = format!("{seconds:.1} s for {}\n", archs.join(","));
+        fs::write(paths.out.join("nvcc-time.txt"), timing)
+            .map_err(|e| format!("writing nvcc-time.txt: {e}"))?;
+        cache.store(&[(&fatbin, "fatbin"), (&log_path, "log")])?;
+        finish_device_build(&fatbin, &log_path, nvcc_version, &archs)
+    }
+}
 
+/// The device build's result from nvcc's output files.
+fn finish_device_build(
+    fatbin: &Path,
+    log_path: &Path,
+    nvcc_version: String,
+    archs: &[String],
+) -> Result<DeviceBuild> {
+    let log = read_to_string(log_path)?;
     // nvcc and ptxas warnings would otherwise vanish into a log nobody reads.
     for line in log.lines().filter(|l| l.contains("warning")) {
         println!("cargo:warning=nvcc: {}", line.trim());
     }
     let kernels = parse_ptxas_report(&log)?;
-
     let mut arch_names: Vec<String> = archs.iter().map(|a| format!("sm_{a}")).collect();
-    arch_names.push(format!("compute_{ptx_arch}"));
+    arch_names.push(format!("compute_{}", lowest_arch(archs)));
     Ok(DeviceBuild {
-        fatbin: Some(fatbin),
+        fatbin: Some(fatbin.to_path_buf()),
         nvcc_version: Some(nvcc_version),
         archs: arch_names,
         kernels,
@@ -587,8 +673,12 @@ fn build_emulator(paths: &Paths, sources: &KernelSources) -> Result<bool> {
         .flag("-fno-strict-aliasing")
         // `#pragma unroll` is CUDA's; the host compiler unrolls on its own judgement.
         .flag("-Wno-unknown-pragmas");
-    // Hook for an AddressSanitizer build (GSDPA_EMU_SANITIZE=address). The fiber runtime must tell ASan
-    // about its stack switches (__sanitizer_start_switch_fiber) for this to be usable.
+    // Hook for an AddressSanitizer build (GSDPA_EMU_SANITIZE=address). The C++ side is instrumented and
+    // gcc's libasan linked; rustc links with -nodefaultlibs, so the runtime is named explicitly, and as it
+    // is then not first in the library list, run with ASAN_OPTIONS=verify_asan_link_order=0 (or
+    // LD_PRELOAD it): `GSDPA_EMU_SANITIZE=address ASAN_OPTIONS=verify_asan_link_order=0 cargo test`.
+    // Unless the fiber runtime annotates its stack switches (__sanitizer_start_switch_fiber), ASan may
+    // report false positives around fiber stacks.
     if let Some(sanitizer) = env_var("GSDPA_EMU_SANITIZE").filter(|s| !s.is_empty()) {
         if sanitizer != "address" {
             return Err(format!(
@@ -598,8 +688,7 @@ fn build_emulator(paths: &Paths, sources: &KernelSources) -> Result<bool> {
         build
             .flag("-fsanitize=address")
             .flag("-fno-omit-frame-pointer");
-        // Linking through the C compiler driver with the flag pulls in libasan first, as it must be.
-        println!("cargo:rustc-link-arg=-fsanitize=address");
+        println!("cargo:rustc-link-lib=dylib=asan");
     }
 
     // Without the runtime the kernels' objects have undefined references (and +whole-archive would force
@@ -853,13 +942,94 @@ impl ContentKey {
         Ok(self.add_bytes(&bytes))
     }
 
+    // The emulator's per-object keys live next to its objects (they differ between profiles).
+    #[cfg_attr(not(feature = "emulator"), allow(dead_code))]
     fn matches(&self, stored: &Path) -> bool {
         fs::read_to_string(stored).is_ok_and(|s| s.trim() == format!("{:016x}", self.0))
     }
 
+    #[cfg_attr(not(feature = "emulator"), allow(dead_code))]
     fn store(&self, path: &Path) -> Result<()> {
         fs::write(path, format!("{:016x}\n", self.0))
             .map_err(|e| format!("writing {}: {e}", path.display()))
+    }
+}
+
+/// Build outputs stored under their content key in the shared cache directory. Entries are written to a
+/// temporary name and renamed, so a reader never sees half a file; the newest few per kind are kept.
+struct CacheEntry {
+    dir: PathBuf,
+    kind: String,
+    stem: String,
+}
+
+impl CacheEntry {
+    /// How many keys per kind stay cached (e.g. several GSDPA_CUDA_ARCHS settings, or a branch switch).
+    const KEEP: usize = 4;
+
+    fn new(dir: &Path, kind: &str, key: &ContentKey) -> CacheEntry {
+        CacheEntry {
+            dir: dir.to_path_buf(),
+            kind: kind.to_string(),
+            stem: format!("{kind}-{:016x}", key.0),
+        }
+    }
+
+    fn path(&self, ext: &str) -> PathBuf {
+        self.dir.join(format!("{}.{ext}", self.stem))
+    }
+
+    /// Copies the cached files (by extension) to their destinations; false when the entry is incomplete.
+    fn fetch(&self, files: &[(&Path, &str)]) -> bool {
+        files.iter().all(|(_, ext)| self.path(ext).is_file())
+            && files
+                .iter()
+                .all(|(dest, ext)| fs::copy(self.path(ext), dest).is_ok())
+    }
+
+    fn store(&self, files: &[(&Path, &str)]) -> Result<()> {
+        fs::create_dir_all(&self.dir)
+            .map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        for (source, ext) in files {
+            let tmp = self.path(&format!("{ext}.tmp{}", std::process::id()));
+            fs::copy(source, &tmp).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+            fs::rename(&tmp, self.path(ext))
+                .map_err(|e| format!("writing {}: {e}", self.path(ext).display()))?;
+        }
+        self.evict_old();
+        Ok(())
+    }
+
+    /// Removes all but the KEEP most recently written keys of this kind (best effort).
+    fn evict_old(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let prefix = format!("{}-", self.kind);
+        let mut stems: Vec<(std::time::SystemTime, String)> = Vec::new();
+        let mut files: Vec<(String, PathBuf)> = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(stem) = name.strip_prefix(&prefix).and_then(|r| r.split('.').next()) else {
+                continue;
+            };
+            let stem = format!("{prefix}{stem}");
+            let modified = entry.metadata().and_then(|m| m.modified());
+            if let Ok(modified) = modified {
+                match stems.iter_mut().find(|(_, s)| *s == stem) {
+                    Some((newest, _)) => *newest = (*newest).max(modified),
+                    None => stems.push((modified, stem.clone())),
+                }
+            }
+            files.push((stem, entry.path()));
+        }
+        stems.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
+        let keep: Vec<&String> = stems.iter().take(Self::KEEP).map(|(_, s)| s).collect();
+        for (stem, path) in files {
+            if !keep.contains(&&stem) && stem != self.stem {
+                let _ = fs::remove_file(path);
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 //
 // Launch contract (the host launcher checks these; the kernel does not re-check them):
 //  - head_dim is a positive multiple of 8 and every row of o, g (elementwise) and y starts 16-byte aligned;
+//  - batch * seqlen * heads < 2^32 (the row index is 32-bit; beyond that the kernel writes nothing);
 //  - any blockDim.x from 32 up to GSDPA_GATE_MAX_THREADS and any gridDim.x >= 1: the kernel walks the
 //    rows with a grid-stride loop, so the host can cap the grid at a few waves of blocks.
 #include "common/activation.h"
@@ -21,33 +22,36 @@
 namespace gsdpa {
 namespace gate {
 
-// 8 elements of a 16-bit type, moved as one 16-byte load or store.
-struct alignas(16) Vec8 {
-    uint32_t w[4];
-};
-
+// 8 elements of a 16-bit type travel as one uint4: a single 16-byte load or store (ld/st.global.v4.u32).
+// Rows are addressed as uint4 arrays (row_base + vec) rather than as element pointers cast per access:
+// with `reinterpret_cast<uint4 *>(y + offset)` nvcc 13 split the stores into four 4-byte ones.
 template <class T>
-GSDPA_DEVICE void unpack8(const Vec8 &v, float (&f)[8]) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const float2 p = unpack_float2<T>(v.w[i]);
-        f[2 * i] = p.x;
-        f[2 * i + 1] = p.y;
-    }
+GSDPA_DEVICE void unpack8(const uint4 v, float (&f)[8]) {
+    const float2 p0 = unpack_float2<T>(v.x), p1 = unpack_float2<T>(v.y);
+    const float2 p2 = unpack_float2<T>(v.z), p3 = unpack_float2<T>(v.w);
+    f[0] = p0.x, f[1] = p0.y, f[2] = p1.x, f[3] = p1.y;
+    f[4] = p2.x, f[5] = p2.y, f[6] = p3.x, f[7] = p3.y;
 }
 
 template <class T>
-GSDPA_DEVICE Vec8 pack8(const float (&f)[8]) {
-    Vec8 v;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) v.w[i] = pack_float2<T>(f[2 * i], f[2 * i + 1]);
+GSDPA_DEVICE uint4 pack8(const float (&f)[8]) {
+    uint4 v;
+    v.x = pack_float2<T>(f[0], f[1]);
+    v.y = pack_float2<T>(f[2], f[3]);
+    v.z = pack_float2<T>(f[4], f[5]);
+    v.w = pack_float2<T>(f[6], f[7]);
     return v;
 }
 
-// Rows (b, s, h) are numbered row = (b * seqlen + s) * heads + h. Index is uint32_t when the row count
-// fits, which keeps the two divisions per row cheap; uint64_t otherwise.
-template <class T, class Index>
-GSDPA_DEVICE void gate_rows(const GsdpaGateParams &p, Index num_rows) {
+// Element offset of row (b, s, h), in 64 bits.
+GSDPA_DEVICE int64_t row_offset(const GsdpaStrides &stride, uint32_t b, uint32_t s, uint32_t h) {
+    return int64_t(b) * stride.batch + int64_t(s) * stride.row + int64_t(h) * stride.head;
+}
+
+// Rows (b, s, h) are numbered row = (b * seqlen + s) * heads + h, in 32 bits: the two divisions per row
+// stay cheap, and a 64-bit division would be a subroutine call with a stack frame in the SASS.
+template <class T>
+GSDPA_DEVICE void gate_rows(const GsdpaGateParams &p, uint32_t num_rows) {
     const int vecs_per_row = p.head_dim / 8;
     // A row is covered by up to blockDim.x threads; a block handles rows_per_block rows at once (e.g.
     // D = 128: 16 threads per row, 16 rows per block of 256). Threads beyond the last full row idle.
@@ -58,42 +62,49 @@ GSDPA_DEVICE void gate_rows(const GsdpaGateParams &p, Index num_rows) {
     if (row_in_block >= rows_per_block) return;
 
     const bool headwise = p.gate_mode == GSDPA_GATE_HEADWISE;
-    const bool no_gate = p.gate_mode == GSDPA_GATE_NONE;
+    const bool elementwise = p.gate_mode != GSDPA_GATE_HEADWISE && p.gate_mode != GSDPA_GATE_NONE;
     const T *o = static_cast<const T *>(p.o);
     const T *g = static_cast<const T *>(p.g);
     T *y = static_cast<T *>(p.y);
-    const Index heads = Index(p.heads);
-    const Index seqlen = Index(p.seqlen);
+    const uint32_t heads = uint32_t(p.heads);
+    const uint32_t seqlen = uint32_t(p.seqlen);
 
-    const Index row_step = Index(gridDim.x) * Index(rows_per_block);
-    for (Index row = Index(blockIdx.x) * Index(rows_per_block) + Index(row_in_block); row < num_rows;
-         row += row_step) {
-        const Index h = row % heads;
-        const Index bs = row / heads;
-        const Index s = bs % seqlen;
-        const Index b = bs / seqlen;
-        const int64_t o_row = int64_t(b) * p.o_stride.batch + int64_t(s) * p.o_stride.row + int64_t(h) * p.o_stride.head;
-        const int64_t g_row = int64_t(b) * p.g_stride.batch + int64_t(s) * p.g_stride.row + int64_t(h) * p.g_stride.head;
-        const int64_t y_row = int64_t(b) * p.y_stride.batch + int64_t(s) * p.y_stride.row + int64_t(h) * p.y_stride.head;
+    // The loop counter is 64-bit so that it cannot wrap around for huge grids; inside, row < num_rows fits
+    // in 32 bits.
+    const uint64_t row_step = uint64_t(gridDim.x) * uint64_t(rows_per_block);
+    for (uint64_t row64 = uint64_t(blockIdx.x) * rows_per_block + row_in_block; row64 < num_rows;
+         row64 += row_step) {
+        const uint32_t row = uint32_t(row64);
+        const uint32_t h = row % heads;
+        const uint32_t bs = row / heads;
+        const uint32_t s = bs % seqlen;
+        const uint32_t b = bs / seqlen;
+        const int64_t o_row = row_offset(p.o_stride, b, s, h);
+        const int64_t g_row = row_offset(p.g_stride, b, s, h);
+        const int64_t y_row = row_offset(p.y_stride, b, s, h);
 
         // Headwise: one activation per row, computed once and broadcast over D.
         float row_gate = 1.0f;
         if (headwise) row_gate = gate_activation(to_float<T>(g[g_row]), p.activation);
 
+        // Row starts are 16-byte aligned (launch contract), so each row is an array of uint4.
+        const uint4 *o_vecs = reinterpret_cast<const uint4 *>(o + o_row);
+        // g is null without a gate: no pointer arithmetic on it then.
+        const uint4 *g_vecs = elementwise ? reinterpret_cast<const uint4 *>(g + g_row) : nullptr;
+        uint4 *y_vecs = reinterpret_cast<uint4 *>(y + y_row);
         for (int vec = vec_in_row; vec < vecs_per_row; vec += threads_per_row) {
-            const int64_t d = int64_t(vec) * 8;
             float out[8];
-            unpack8<T>(*reinterpret_cast<const Vec8 *>(o + o_row + d), out);
-            if (headwise || no_gate) {
+            unpack8<T>(o_vecs[vec], out);
+            if (!elementwise) {
 #pragma unroll
                 for (int i = 0; i < 8; ++i) out[i] *= row_gate;
             } else {
                 float logits[8];
-                unpack8<T>(*reinterpret_cast<const Vec8 *>(g + g_row + d), logits);
+                unpack8<T>(g_vecs[vec], logits);
 #pragma unroll
                 for (int i = 0; i < 8; ++i) out[i] *= gate_activation(logits[i], p.activation);
             }
-            *reinterpret_cast<Vec8 *>(y + y_row + d) = pack8<T>(out);
+            y_vecs[vec] = pack8<T>(out);
         }
     }
 }
@@ -101,12 +112,9 @@ GSDPA_DEVICE void gate_rows(const GsdpaGateParams &p, Index num_rows) {
 template <class T>
 GSDPA_DEVICE void gate_kernel(const GsdpaGateParams &p) {
     const int64_t num_rows = int64_t(p.batch) * p.seqlen * p.heads;
-    if (num_rows <= 0 || p.head_dim < 8) return;
-    if (num_rows <= int64_t(0xffffffffu)) {
-        gate_rows<T, uint32_t>(p, uint32_t(num_rows));
-    } else {
-        gate_rows<T, uint64_t>(p, uint64_t(num_rows));
-    }
+    // Over 2^32 - 1 rows (tensors of more than 34G elements) is outside the launch contract.
+    if (num_rows <= 0 || num_rows > int64_t(0xffffffffu) || p.head_dim < 8) return;
+    gate_rows<T>(p, uint32_t(num_rows));
 }
 
 }  // namespace gate

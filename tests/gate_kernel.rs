@@ -28,12 +28,13 @@ extern "C" {
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
-    fn gsdpa_emu_alloc_guarded(bytes: usize) -> *mut c_void;
+    fn gsdpa_emu_alloc_guarded(bytes: usize, alignment: usize) -> *mut c_void;
     fn gsdpa_emu_free_guarded(ptr: *mut c_void);
     fn gsdpa_emu_has_kernel(kernel: *const c_char) -> i32;
 }
 
-/// A 16-bit buffer whose last element touches an inaccessible page.
+/// A 16-bit buffer whose last element touches an inaccessible page. (Every buffer here that the kernel
+/// reads in 16-byte vectors is a multiple of 16 bytes long, so its start is 16-byte aligned too.)
 struct Guarded {
     ptr: *mut u16,
     len: usize,
@@ -43,7 +44,7 @@ impl Guarded {
     fn from_bits(bits: &[u16]) -> Guarded {
         // SAFETY: plain allocation, checked for null; the copy stays inside the `len` elements mapped.
         unsafe {
-            let ptr = gsdpa_emu_alloc_guarded(bits.len().max(1) * 2).cast::<u16>();
+            let ptr = gsdpa_emu_alloc_guarded(bits.len().max(1) * 2, 2).cast::<u16>();
             assert!(!ptr.is_null(), "guarded allocation failed");
             std::ptr::copy_nonoverlapping(bits.as_ptr(), ptr, bits.len());
             Guarded {
