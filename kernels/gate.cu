@@ -12,12 +12,10 @@
 // Launch contract (the host launcher checks these; the kernel does not re-check them):
 //  - head_dim is a positive multiple of 8 and every row of o, g (elementwise) and y starts 16-byte aligned;
 //  - batch * seqlen * heads < 2^32 (the row index is 32-bit; beyond that the kernel writes nothing);
-//  - any blockDim.x from 32 up to GSDPA_GATE_MAX_THREADS and any gridDim.x >= 1: the kernel walks the
+//  - any blockDim.x from 32 up to GSDPA_GATE_THREADS and any gridDim.x >= 1: the kernel walks the
 //    rows with a grid-stride loop, so the host can cap the grid at a few waves of blocks.
 #include "common/activation.h"
 
-// The block size the kernel is compiled for (__launch_bounds__): the launcher uses it as the block size.
-#define GSDPA_GATE_MAX_THREADS 256
 
 namespace gsdpa {
 namespace gate {
@@ -120,12 +118,12 @@ GSDPA_DEVICE void gate_kernel(const GsdpaGateParams &p) {
 }  // namespace gate
 }  // namespace gsdpa
 
-extern "C" __global__ void __launch_bounds__(GSDPA_GATE_MAX_THREADS) gsdpa_gate_bf16(const GsdpaGateParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_GATE_THREADS) gsdpa_gate_bf16(const GsdpaGateParams p) {
     gsdpa::gate::gate_kernel<gsdpa::bf16>(p);
 }
 GSDPA_REGISTER_KERNEL(gsdpa_gate_bf16, GsdpaGateParams)
 
-extern "C" __global__ void __launch_bounds__(GSDPA_GATE_MAX_THREADS) gsdpa_gate_f16(const GsdpaGateParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_GATE_THREADS) gsdpa_gate_f16(const GsdpaGateParams p) {
     gsdpa::gate::gate_kernel<gsdpa::f16>(p);
 }
 GSDPA_REGISTER_KERNEL(gsdpa_gate_f16, GsdpaGateParams)

@@ -85,6 +85,14 @@ typedef struct GsdpaGateParams {
     int32_t activation;
 } GsdpaGateParams;
 
+/*
+ * Standalone gate launch: blocks of GSDPA_GATE_THREADS (the kernel's __launch_bounds__), a grid-stride
+ * loop over rows, so any grid size works. Rows are counted in 32 bits: batch * seqlen * heads < 2^32.
+ */
+enum GsdpaGateGeometry {
+    GSDPA_GATE_THREADS = 256
+};
+
 /* Backward: dQ, dK, dV, dG from dY, Y, G, LSE (and the ungated O for silu gates). */
 typedef struct GsdpaBwdParams {
     const void *q;
@@ -141,6 +149,21 @@ typedef struct GsdpaConformanceParams {
 enum GsdpaConformanceLayout {
     GSDPA_CONFORMANCE_SLOTS = 48,
     GSDPA_CONFORMANCE_SMEM = 2048
+};
+
+/*
+ * Emulator self-test kernels (kernels/emu_selftest.cu): one correct kernel and several with a deliberate
+ * bug each (a missing barrier, a divergent collective, an out-of-bounds store, ...), which the emulator
+ * must report. Two warps, GSDPA_SELFTEST_THREADS threads, GSDPA_SELFTEST_SMEM bytes of shared memory.
+ */
+typedef struct GsdpaSelftestParams {
+    const float *input;            /* [GSDPA_SELFTEST_THREADS] */
+    float *output;                 /* [GSDPA_SELFTEST_THREADS] */
+} GsdpaSelftestParams;
+
+enum GsdpaSelftestLayout {
+    GSDPA_SELFTEST_THREADS = 64,
+    GSDPA_SELFTEST_SMEM = 1024
 };
 
 /*

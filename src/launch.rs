@@ -168,17 +168,26 @@ pub fn backward(problem: &AttentionProblem, deterministic: bool) -> Result<Vec<L
     Ok(launches)
 }
 
-/// The standalone gate kernel `Y = O * act(G)` over `rows` rows of `heads` heads.
+/// The standalone gate kernel `Y = O * act(G)` over `rows` rows of `heads` heads: blocks of
+/// `GSDPA_GATE_THREADS`, one thread per 8 elements (16 bytes), the grid capped at a few waves (the kernel
+/// walks the rest with a grid-stride loop).
 pub fn gate(dtype: DType, rows: usize, heads: usize, head_dim: usize) -> Result<LaunchConfig> {
-    // One thread per 8 elements (16 bytes); 256 threads a block.
-    let vectors = rows
+    let row_heads = rows
         .checked_mul(heads)
-        .and_then(|n| n.checked_mul(head_dim.div_ceil(8)))
+        .filter(|&n| n < (1usize << 32))
+        .ok_or_else(|| GsdpaError::SizeOverflow("gate: rows * heads must be below 2^32".into()))?;
+    let threads = ffi::GSDPA_GATE_THREADS as usize;
+    let vectors = row_heads
+        .checked_mul(head_dim.div_ceil(8))
         .ok_or_else(|| GsdpaError::SizeOverflow("gate elements".into()))?;
     Ok(LaunchConfig {
         kernel: format!("gsdpa_gate_{}", dtype_name(dtype)),
-        grid: [grid_dim(vectors.div_ceil(256).max(1), "gate blocks")?, 1, 1],
-        block: [256, 1, 1],
+        grid: [
+            grid_dim(vectors.div_ceil(threads).clamp(1, 65536), "gate blocks")?,
+            1,
+            1,
+        ],
+        block: [ffi::GSDPA_GATE_THREADS, 1, 1],
         shared_bytes: 0,
     })
 }

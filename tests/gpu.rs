@@ -171,6 +171,11 @@ fn conformance_gpu_matches_emulator() {
     let on_gpu = backend
         .run_conformance()
         .expect("conformance kernel on the GPU");
+    #[cfg(not(feature = "emulator"))]
+    eprintln!(
+        "conformance ran on the GPU ({} words); build with the emulator feature to compare",
+        on_gpu.len()
+    );
     #[cfg(feature = "emulator")]
     {
         let emulated =

@@ -172,6 +172,8 @@ impl Default for GsdpaGateParams {
         }
     }
 }
+pub const GSDPA_GATE_THREADS: GsdpaGateGeometry = 256;
+pub type GsdpaGateGeometry = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct GsdpaBwdParams {
@@ -338,6 +340,33 @@ impl Default for GsdpaConformanceParams {
 pub const GSDPA_CONFORMANCE_SLOTS: GsdpaConformanceLayout = 48;
 pub const GSDPA_CONFORMANCE_SMEM: GsdpaConformanceLayout = 2048;
 pub type GsdpaConformanceLayout = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaSelftestParams {
+    pub input: *const f32,
+    pub output: *mut f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaSelftestParams"][::std::mem::size_of::<GsdpaSelftestParams>() - 16usize];
+    ["Alignment of GsdpaSelftestParams"][::std::mem::align_of::<GsdpaSelftestParams>() - 8usize];
+    ["Offset of field: GsdpaSelftestParams::input"]
+        [::std::mem::offset_of!(GsdpaSelftestParams, input) - 0usize];
+    ["Offset of field: GsdpaSelftestParams::output"]
+        [::std::mem::offset_of!(GsdpaSelftestParams, output) - 8usize];
+};
+impl Default for GsdpaSelftestParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub const GSDPA_SELFTEST_THREADS: GsdpaSelftestLayout = 64;
+pub const GSDPA_SELFTEST_SMEM: GsdpaSelftestLayout = 1024;
+pub type GsdpaSelftestLayout = ::std::os::raw::c_uint;
 pub const GSDPA_FWD_BLOCK_M_D64: GsdpaFwdGeometry = 128;
 pub const GSDPA_FWD_BLOCK_N_D64: GsdpaFwdGeometry = 128;
 pub const GSDPA_FWD_THREADS_D64: GsdpaFwdGeometry = 256;

@@ -1,0 +1,106 @@
+// emu_selftest.cu: kernels with one deliberate bug each, for tests/emulator.rs. The emulator exists to
+// catch what a GPU would hide; these check that it does. Each runs as 2 warps (GSDPA_SELFTEST_THREADS)
+// with GSDPA_SELFTEST_SMEM bytes of dynamic shared memory. They are compiled for the GPU too (the build
+// takes every kernels/*.cu) but only ever launched on the emulator.
+//
+// The correct pattern all of them vary: every thread stores its input to shared memory, the block
+// synchronises, and each thread outputs twice the value the thread 32 places away stored.
+#include "common/primitives.h"
+
+namespace gsdpa {
+namespace selftest {
+
+constexpr int kThreads = GSDPA_SELFTEST_THREADS;
+
+GSDPA_DEVICE float partner_value(const float *s, int tid) { return 2.0f * s[(tid + 32) % kThreads]; }
+
+}  // namespace selftest
+}  // namespace gsdpa
+
+
+// Correct: store, barrier, read.
+extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_correct(const GsdpaSelftestParams p) {
+    float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
+    const int tid = threadIdx.x;
+    s[tid] = p.input[tid];
+    __syncthreads();
+    p.output[tid] = gsdpa::selftest::partner_value(s, tid);
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_correct, GsdpaSelftestParams)
+
+// Bug: no __syncthreads between the store and the other warp's read. A __syncwarp orders each warp's
+// lanes but not the two warps; when one warp runs ahead, it reads shared memory the other has not
+// written yet (poisoned: NaN).
+extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_missing_barrier(const GsdpaSelftestParams p) {
+    float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
+    const int tid = threadIdx.x;
+    __syncwarp();
+    s[tid] = p.input[tid];
+    __syncwarp();
+    p.output[tid] = gsdpa::selftest::partner_value(s, tid);
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_missing_barrier, GsdpaSelftestParams)
+
+// Bug: a cp.async whose data is read before cp.async.wait_group.
+extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_missing_wait(const GsdpaSelftestParams p) {
+    float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
+    const int tid = threadIdx.x;
+    if (tid < gsdpa::selftest::kThreads / 4) gsdpa::cp_async_16(s + 4 * tid, p.input + 4 * tid, true);
+    gsdpa::cp_async_commit();
+    __syncthreads();
+    p.output[tid] = gsdpa::selftest::partner_value(s, tid);
+    gsdpa::cp_async_wait<0>();
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_missing_wait, GsdpaSelftestParams)
+
+// Bug: half of a warp shuffles while the other half waits at __syncwarp (undefined on hardware).
+extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_divergent_shuffle(const GsdpaSelftestParams p) {
+    const int tid = threadIdx.x;
+    float v = p.input[tid];
+    if ((tid & 31) < 16) {
+        v = __shfl_xor_sync(0xffffffffu, v, 1);
+    } else {
+        __syncwarp();
+    }
+    p.output[tid] = v;
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_divergent_shuffle, GsdpaSelftestParams)
+
+// Bug: lanes that returned early leave the rest of the warp waiting at a full-mask shuffle.
+extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_exited_lanes(const GsdpaSelftestParams p) {
+    const int tid = threadIdx.x;
+    if ((tid & 31) >= 24) return;
+    p.output[tid] = __shfl_xor_sync(0xffffffffu, p.input[tid], 1);
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_exited_lanes, GsdpaSelftestParams)
+
+// Bug: the two warps wait at different __syncthreads.
+extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_barrier_mismatch(const GsdpaSelftestParams p) {
+    float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
+    const int tid = threadIdx.x;
+    s[tid] = p.input[tid];
+    if (tid < 32) {
+        __syncthreads();
+    } else {
+        __syncthreads();
+    }
+    p.output[tid] = gsdpa::selftest::partner_value(s, tid);
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_barrier_mismatch, GsdpaSelftestParams)
+
+// Bug: an ldmatrix row address that is not 16-byte aligned.
+extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_misaligned_ldmatrix(const GsdpaSelftestParams p) {
+    char *s = gsdpa::dynamic_smem();
+    const int tid = threadIdx.x;
+    uint32_t r[1];
+    gsdpa::ldmatrix_x1(r, s + 16 * (tid & 7) + 8);
+    p.output[tid] = gsdpa::u32_as_float(r[0]);
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_misaligned_ldmatrix, GsdpaSelftestParams)
+
+// Bug: a store one element past the end of the output (an off-by-one bound).
+extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_out_of_bounds(const GsdpaSelftestParams p) {
+    const int tid = threadIdx.x;
+    p.output[tid + (tid == 63 ? 1 : 0)] = p.input[tid];
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_out_of_bounds, GsdpaSelftestParams)
