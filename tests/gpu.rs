@@ -71,6 +71,45 @@ fn download<T: DeviceRepr + Element>(
         .collect()
 }
 
+/// Random inputs rounded to T (`q`, ...) and the same values in f64 (`qf`, ...) for the reference.
+struct Inputs<T> {
+    q: Vec<T>,
+    qf: Vec<f64>,
+    k: Vec<T>,
+    kf: Vec<f64>,
+    v: Vec<T>,
+    vf: Vec<f64>,
+    g: Option<Vec<T>>,
+    gf: Option<Vec<f64>>,
+}
+
+impl<T: Element> Inputs<T> {
+    fn random(problem: &AttentionProblem, rng: &mut StdRng) -> Self {
+        let numel = |s: &[usize]| s.iter().product::<usize>();
+        let (q, qf) = round::<T>(&random(numel(&problem.q_shape()), rng, 1.0));
+        let (k, kf) = round::<T>(&random(numel(&problem.kv_shape()), rng, 1.0));
+        let (v, vf) = round::<T>(&random(numel(&problem.kv_shape()), rng, 1.0));
+        // Gate logits over [-3, 3]: the sigmoid's whole useful range.
+        let (g, gf) = match problem.gate_shape() {
+            Some(s) => {
+                let (g, gf) = round::<T>(&random(numel(&s), rng, 3.0));
+                (Some(g), Some(gf))
+            }
+            None => (None, None),
+        };
+        Inputs {
+            q,
+            qf,
+            k,
+            kf,
+            v,
+            vf,
+            g,
+            gf,
+        }
+    }
+}
+
 /// Runs one forward problem on the GPU and checks Y, O and LSE against the f64 reference.
 fn check_forward<T: Element + DeviceRepr>(
     backend: &CudaBackend,
@@ -82,17 +121,17 @@ fn check_forward<T: Element + DeviceRepr>(
     let q_shape = problem.q_shape();
     let kv_shape = problem.kv_shape();
     let numel = |s: &[usize]| s.iter().product::<usize>();
-    let (q, qf) = round::<T>(&random(numel(&q_shape), &mut rng, 1.0));
-    let (k, kf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
-    let (v, vf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
     let g_shape = problem.gate_shape();
-    let (g, gf) = match &g_shape {
-        Some(s) => {
-            let (g, gf) = round::<T>(&random(numel(s), &mut rng, 3.0));
-            (Some(g), Some(gf))
-        }
-        None => (None, None),
-    };
+    let Inputs {
+        q,
+        qf,
+        k,
+        kf,
+        v,
+        vf,
+        g,
+        gf,
+    } = Inputs::<T>::random(problem, &mut rng);
     let want = reference::forward_f64(problem, &qf, &kf, &vf, gf.as_deref()).expect("reference");
 
     let (dq, dk, dv) = (
@@ -307,17 +346,17 @@ fn check_backward<T: Element + DeviceRepr>(
     let numel = |s: &[usize]| s.iter().product::<usize>();
     let (q_shape, kv_shape, lse_shape) =
         (problem.q_shape(), problem.kv_shape(), problem.lse_shape());
-    let (q, qf) = round::<T>(&random(numel(&q_shape), &mut rng, 1.0));
-    let (k, kf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
-    let (v, vf) = round::<T>(&random(numel(&kv_shape), &mut rng, 1.0));
     let g_shape = problem.gate_shape();
-    let (g, gf) = match &g_shape {
-        Some(s) => {
-            let (g, gf) = round::<T>(&random(numel(s), &mut rng, 3.0));
-            (Some(g), Some(gf))
-        }
-        None => (None, None),
-    };
+    let Inputs {
+        q,
+        qf,
+        k,
+        kf,
+        v,
+        vf,
+        g,
+        gf,
+    } = Inputs::<T>::random(problem, &mut rng);
     let (dy, dyf) = round::<T>(&random(numel(&q_shape), &mut rng, 1.0));
     let fwd = reference::forward_f64(problem, &qf, &kf, &vf, gf.as_deref()).unwrap();
     let want = reference::backward_f64(problem, &qf, &kf, &vf, gf.as_deref(), &dyf).unwrap();
