@@ -86,6 +86,26 @@ typedef struct GsdpaGateParams {
 } GsdpaGateParams;
 
 /*
+ * Standalone gate backward (the unfused baseline's, run before a gate = none attention backward): from
+ * dY, the ungated O and the logits G, dO = dY * act(G) and dG = dY * O * act'(G); headwise (G and dG
+ * [B, S, H]) dG = act'(G) * sum_d dY * O. Same layout and launch geometry as GsdpaGateParams.
+ */
+typedef struct GsdpaGateBackwardParams {
+    const void *o;                 /* ungated attention output [B, S, H, D] */
+    const void *g;                 /* gate logits [B, S, H, D] or [B, S, H] */
+    const void *dy;                /* upstream gradient of Y = O * act(G) */
+    void *d_o;                     /* gradient of O, [B, S, H, D] */
+    void *dg;                      /* gradient of G, same shape as g */
+    GsdpaStrides o_stride, g_stride, dy_stride, d_o_stride, dg_stride;
+    int32_t batch;
+    int32_t seqlen;
+    int32_t heads;
+    int32_t head_dim;
+    int32_t gate_mode;             /* ELEMENTWISE or HEADWISE (NONE: dO = dY, o, g and dg untouched) */
+    int32_t activation;
+} GsdpaGateBackwardParams;
+
+/*
  * Standalone gate launch: blocks of GSDPA_GATE_THREADS (the kernel's __launch_bounds__), a grid-stride
  * loop over rows, so any grid size works. Rows are counted in 32 bits: batch * seqlen * heads < 2^32.
  */

@@ -50,7 +50,7 @@ if [ "${GSDPA_SKIP_BENCH:-0}" != 1 ]; then
     cp "$OUT/bench.log" "$OUT/bench.txt"
 fi
 
-printf '\n== GPU suite summary (%s)\n' "$(head -1 "$OUT/device.csv" >/dev/null; sed -n 2p "$OUT/device.csv")"
+printf '\n== GPU suite summary (%s)\n' "$(sed -n 2p "$OUT/device.csv" 2>/dev/null)"
 printf '%s\n' "${summary[@]}" | tee "$OUT/summary.txt"
 [ -f "$OUT/bench.txt" ] && cat "$OUT/bench.txt"
 exit $status

@@ -10,6 +10,10 @@
 //!   is what the gate costs;
 //! - `unfused`: gate = none forward followed by the standalone gate kernel, the path every engine runs
 //!   today; `unfused / gated` is the fused kernel's speedup.
+//!
+//! The backward ([`backward`]) is timed gated and with gate = none. The whole layer ([`layer`]), forward
+//! plus backward, is timed fused (our gated forward and backward) and unfused (gate = none forward, the
+//! gate kernel, the gate backward kernel, and a gate = none backward fed with its dO).
 
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream};
@@ -373,8 +377,163 @@ impl BackwardBench {
     }
 }
 
+/// Median milliseconds per call of `once`, over `reps` batches of `iters` calls timed with CUDA events on
+/// `stream`, after a warm-up of 3 calls.
+fn median_ms(
+    stream: &CudaStream,
+    iters: usize,
+    reps: usize,
+    mut once: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    for _ in 0..3 {
+        once()?;
+    }
+    let mut samples = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let start = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| cuda("event", e))?;
+        for _ in 0..iters {
+            once()?;
+        }
+        let end = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(|e| cuda("event", e))?;
+        end.synchronize().map_err(|e| cuda("event sync", e))?;
+        samples.push(
+            start.elapsed_ms(&end).map_err(|e| cuda("elapsed", e))? as f64 / iters.max(1) as f64,
+        );
+    }
+    samples.sort_by(|a, b| a.total_cmp(b));
+    Ok(samples[samples.len() / 2])
+}
+
+/// Device buffers of one shape's backward: the upstream gradient dY, the unfused path's dO, the
+/// gradients and a workspace large enough for the gated and the gate = none problem.
+struct Gradients {
+    dy: CudaSlice<half::bf16>,
+    /// The unfused layer's dO = dY * act(G), written by the gate backward kernel.
+    d_o: CudaSlice<half::bf16>,
+    dq: CudaSlice<half::bf16>,
+    dk: CudaSlice<half::bf16>,
+    dv: CudaSlice<half::bf16>,
+    dg: CudaSlice<half::bf16>,
+    workspace: CudaSlice<u8>,
+}
+
+impl Gradients {
+    fn new(stream: &std::sync::Arc<CudaStream>, shape: &BenchShape) -> Result<Self> {
+        let q_len = shape.batch * shape.seqlen * shape.heads_q * shape.head_dim;
+        let kv_len = shape.batch * shape.seqlen * shape.heads_kv * shape.head_dim;
+        let alloc = |n: usize| {
+            stream
+                .alloc_zeros::<half::bf16>(n)
+                .map_err(|e| cuda("alloc", e))
+        };
+        let workspace_bytes =
+            crate::validate::backward_workspace_bytes(&shape.problem(GateMode::Elementwise))?.max(
+                crate::validate::backward_workspace_bytes(&shape.problem(GateMode::None))?,
+            );
+        Ok(Gradients {
+            dy: random_bf16(stream, q_len, 99)?,
+            d_o: alloc(q_len)?,
+            dq: alloc(q_len)?,
+            dk: alloc(kv_len)?,
+            dv: alloc(kv_len)?,
+            dg: alloc(q_len)?,
+            workspace: stream
+                .alloc_zeros::<u8>(workspace_bytes.max(1))
+                .map_err(|e| cuda("alloc", e))?,
+        })
+    }
+}
+
+/// What a backward reads besides Q, K, V and the gate logits: the forward output it was given as `y`
+/// and the upstream gradient.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BackwardInputs {
+    /// `y` = the forward's Y, upstream gradient dY: the fused gated backward, and the gate = none
+    /// backward of the ungated attention (whose Y is its O).
+    YAndDy,
+    /// `y` = the ungated O, upstream gradient dO from the gate backward kernel: the unfused layer's
+    /// gate = none backward.
+    OAndDo,
+}
+
+/// One backward (fast mode) of `shape`: with the elementwise sigmoid gate (dG included) or gate = none.
+fn attention_backward(
+    backend: &CudaBackend,
+    stream: &CudaStream,
+    shape: &BenchShape,
+    gate: GateMode,
+    b: &Buffers,
+    inputs: BackwardInputs,
+    grads: &mut Gradients,
+) -> Result<()> {
+    let problem = shape.problem(gate);
+    let gated = gate != GateMode::None;
+    let q_shape = [shape.batch, shape.seqlen, shape.heads_q, shape.head_dim];
+    let kv_shape = [shape.batch, shape.seqlen, shape.heads_kv, shape.head_dim];
+    let lse_shape = [shape.batch, shape.heads_q, shape.seqlen];
+    let (y, dy) = match inputs {
+        BackwardInputs::YAndDy => (&b.y, &grads.dy),
+        BackwardInputs::OAndDo => (&b.o, &grads.d_o),
+    };
+    let mut args = crate::BackwardArgs {
+        q: Tensor::new(b.q.as_view(), Layout::contiguous(&q_shape)),
+        k: Tensor::new(b.k.as_view(), Layout::contiguous(&kv_shape)),
+        v: Tensor::new(b.v.as_view(), Layout::contiguous(&kv_shape)),
+        g: gated.then(|| Tensor::new(b.g.as_view(), Layout::contiguous(&q_shape))),
+        y: Tensor::new(y.as_view(), Layout::contiguous(&q_shape)),
+        o: None,
+        dy: Tensor::new(dy.as_view(), Layout::contiguous(&q_shape)),
+        lse: Tensor::new(b.lse.as_view(), Layout::contiguous(&lse_shape)),
+        dq: Tensor::new(grads.dq.as_view_mut(), Layout::contiguous(&q_shape)),
+        dk: Tensor::new(grads.dk.as_view_mut(), Layout::contiguous(&kv_shape)),
+        dv: Tensor::new(grads.dv.as_view_mut(), Layout::contiguous(&kv_shape)),
+        dg: gated.then(|| Tensor::new(grads.dg.as_view_mut(), Layout::contiguous(&q_shape))),
+    };
+    let mut ws = grads.workspace.as_view_mut();
+    backend.backward(
+        stream,
+        &problem,
+        &mut args,
+        &mut ws,
+        None,
+        crate::BackwardOptions::default(),
+    )
+}
+
+/// The unfused layer's gate backward: dO = dY * sigmoid(G) and dG = dY * O * sigmoid'(G) from the
+/// ungated O (the gate = none forward's output), by the standalone kernel.
+fn separate_gate_backward(
+    backend: &CudaBackend,
+    stream: &CudaStream,
+    shape: &BenchShape,
+    b: &Buffers,
+    grads: &mut Gradients,
+) -> Result<()> {
+    let flat = [shape.batch * shape.seqlen, shape.heads_q, shape.head_dim];
+    let o = Tensor::new(b.o.as_view(), Layout::contiguous(&flat));
+    let g = Tensor::new(b.g.as_view(), Layout::contiguous(&flat));
+    let dy = Tensor::new(grads.dy.as_view(), Layout::contiguous(&flat));
+    let mut d_o = Tensor::new(grads.d_o.as_view_mut(), Layout::contiguous(&flat));
+    let mut dg = Tensor::new(grads.dg.as_view_mut(), Layout::contiguous(&flat));
+    backend.gate_backward(
+        stream,
+        GateMode::Elementwise,
+        Activation::Sigmoid,
+        &o,
+        &g,
+        &dy,
+        &mut d_o,
+        &mut dg,
+    )
+}
+
 /// Benchmarks the backward (fast mode) of one shape, gated and ungated. The forward runs first so that
-/// Y and LSE are real.
+/// Y and LSE are real. One copy of the buffers (no rotation: a backward reads and writes several
+/// `[B, S, H, D]` tensors, more than an L2 holds at the sizes where that matters).
 pub fn backward(
     backend: &CudaBackend,
     shape: &BenchShape,
@@ -383,86 +542,104 @@ pub fn backward(
 ) -> Result<BackwardBench> {
     let stream = backend.context().default_stream();
     let mut b = Buffers::new(&stream, shape, 1)?;
-    let q_len = shape.batch * shape.seqlen * shape.heads_q * shape.head_dim;
-    let kv_len = shape.batch * shape.seqlen * shape.heads_kv * shape.head_dim;
-    let dy = random_bf16(&stream, q_len, 99)?;
-    let alloc = |n: usize| {
-        stream
-            .alloc_zeros::<half::bf16>(n)
-            .map_err(|e| cuda("alloc", e))
-    };
-    let (mut dq, mut dk, mut dv, mut dg) =
-        (alloc(q_len)?, alloc(kv_len)?, alloc(kv_len)?, alloc(q_len)?);
+    let mut grads = Gradients::new(&stream, shape)?;
     let mut timings = [0.0f64; 2];
-    for (slot, gate) in [GateMode::Elementwise, GateMode::None]
-        .into_iter()
-        .enumerate()
+    for (slot, (gate, variant)) in [
+        (GateMode::Elementwise, Variant::Gated),
+        (GateMode::None, Variant::Ungated),
+    ]
+    .into_iter()
+    .enumerate()
     {
-        let problem = shape.problem(gate);
-        let variant = if gate == GateMode::None {
-            Variant::Ungated
-        } else {
-            Variant::Gated
-        };
         run_variant(backend, &stream, shape, &mut b, variant)?;
-        let mut workspace = stream
-            .alloc_zeros::<u8>(crate::validate::backward_workspace_bytes(&problem)?.max(1))
-            .map_err(|e| cuda("alloc", e))?;
-        let q_shape = [shape.batch, shape.seqlen, shape.heads_q, shape.head_dim];
-        let kv_shape = [shape.batch, shape.seqlen, shape.heads_kv, shape.head_dim];
-        let lse_shape = [shape.batch, shape.heads_q, shape.seqlen];
-        let mut once = || -> Result<()> {
-            let mut args = crate::BackwardArgs {
-                q: Tensor::new(b.q.as_view(), Layout::contiguous(&q_shape)),
-                k: Tensor::new(b.k.as_view(), Layout::contiguous(&kv_shape)),
-                v: Tensor::new(b.v.as_view(), Layout::contiguous(&kv_shape)),
-                g: (gate != GateMode::None)
-                    .then(|| Tensor::new(b.g.as_view(), Layout::contiguous(&q_shape))),
-                y: Tensor::new(b.y.as_view(), Layout::contiguous(&q_shape)),
-                o: None,
-                dy: Tensor::new(dy.as_view(), Layout::contiguous(&q_shape)),
-                lse: Tensor::new(b.lse.as_view(), Layout::contiguous(&lse_shape)),
-                dq: Tensor::new(dq.as_view_mut(), Layout::contiguous(&q_shape)),
-                dk: Tensor::new(dk.as_view_mut(), Layout::contiguous(&kv_shape)),
-                dv: Tensor::new(dv.as_view_mut(), Layout::contiguous(&kv_shape)),
-                dg: (gate != GateMode::None)
-                    .then(|| Tensor::new(dg.as_view_mut(), Layout::contiguous(&q_shape))),
-            };
-            let mut ws = workspace.as_view_mut();
-            backend.backward(
+        timings[slot] = median_ms(&stream, iters, reps, || {
+            attention_backward(
+                backend,
                 &stream,
-                &problem,
-                &mut args,
-                &mut ws,
-                None,
-                crate::BackwardOptions::default(),
+                shape,
+                gate,
+                &b,
+                BackwardInputs::YAndDy,
+                &mut grads,
             )
-        };
-        for _ in 0..3 {
-            once()?; // warm-up
-        }
-        let mut samples = Vec::with_capacity(reps);
-        for _ in 0..reps {
-            let start = stream
-                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(|e| cuda("event", e))?;
-            for _ in 0..iters {
-                once()?;
-            }
-            let end = stream
-                .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-                .map_err(|e| cuda("event", e))?;
-            end.synchronize().map_err(|e| cuda("event sync", e))?;
-            samples.push(
-                start.elapsed_ms(&end).map_err(|e| cuda("elapsed", e))? as f64 / iters as f64,
-            );
-        }
-        samples.sort_by(|a, b| a.total_cmp(b));
-        timings[slot] = samples[samples.len() / 2];
+        })?;
     }
     Ok(BackwardBench {
         shape: shape.clone(),
         gated_ms: timings[0],
         ungated_ms: timings[1],
+    })
+}
+
+/// Whole-layer timings (forward + backward, elementwise sigmoid gate) of one shape, in milliseconds
+/// (medians).
+#[derive(Debug, Clone)]
+pub struct LayerBench {
+    pub shape: BenchShape,
+    /// Fused: our gated forward (Y, LSE), then our gated backward (dQ, dK, dV, dG; fast mode).
+    pub fused_ms: f64,
+    /// Unfused, as engines run it today: forward with gate = none (O, LSE), the gate kernel (Y); then the
+    /// gate backward kernel (dO, dG) and a gate = none backward fed with dO (dQ, dK, dV).
+    pub unfused_ms: f64,
+}
+
+impl LayerBench {
+    /// Layer FLOPs: the forward's plus the backward's (2.5x), so 3.5x the forward's.
+    pub fn flops(&self) -> f64 {
+        3.5 * self.shape.forward_flops()
+    }
+    /// Throughput of the fused layer.
+    pub fn fused_tflops(&self) -> f64 {
+        self.flops() / (self.fused_ms * 1e-3) / 1e12
+    }
+    /// How much faster the fused layer is than attention + separate gate kernels, forward and backward.
+    pub fn fused_speedup(&self) -> f64 {
+        self.unfused_ms / self.fused_ms
+    }
+}
+
+/// Benchmarks the whole gated layer, forward + backward, fused against unfused (see [`LayerBench`]).
+/// One copy of the buffers, as [`backward`].
+pub fn layer(
+    backend: &CudaBackend,
+    shape: &BenchShape,
+    iters: usize,
+    reps: usize,
+) -> Result<LayerBench> {
+    let stream = backend.context().default_stream();
+    let mut b = Buffers::new(&stream, shape, 1)?;
+    let mut grads = Gradients::new(&stream, shape)?;
+    let fused_ms = median_ms(&stream, iters, reps, || {
+        run_variant(backend, &stream, shape, &mut b, Variant::Gated)?;
+        attention_backward(
+            backend,
+            &stream,
+            shape,
+            GateMode::Elementwise,
+            &b,
+            BackwardInputs::YAndDy,
+            &mut grads,
+        )
+    })?;
+    let unfused_ms = median_ms(&stream, iters, reps, || {
+        // Forward: gate = none into O, then the gate kernel O -> Y.
+        run_variant(backend, &stream, shape, &mut b, Variant::Unfused)?;
+        separate_gate_backward(backend, &stream, shape, &b, &mut grads)?;
+        // The gate = none backward sees the ungated O as its forward output and dO as its upstream
+        // gradient.
+        attention_backward(
+            backend,
+            &stream,
+            shape,
+            GateMode::None,
+            &b,
+            BackwardInputs::OAndDo,
+            &mut grads,
+        )
+    })?;
+    Ok(LayerBench {
+        shape: shape.clone(),
+        fused_ms,
+        unfused_ms,
     })
 }

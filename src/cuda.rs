@@ -276,18 +276,66 @@ impl CudaBackend {
     ) -> Result<()> {
         let (o_ptr, _o_guard) = o.data.device_ptr(stream);
         let (g_ptr, _g_guard) = g.data.device_ptr(stream);
+        let y_len = y.data.len();
         let (y_ptr, _y_guard) = y.data.device_ptr_mut(stream);
         let params = gate_params(
             gate,
             activation,
-            (o_ptr, &o.layout),
-            (g_ptr, &g.layout),
-            (y_ptr, &y.layout),
+            std::mem::size_of::<T>(),
+            [
+                GateView::input("o", o_ptr, o.data.len(), &o.layout),
+                GateView::input("g", g_ptr, g.data.len(), &g.layout).gate_tensor(),
+                GateView::output("y", y_ptr, y_len, &y.layout),
+            ],
         )?;
         let shape = o.layout.shape();
         self.launch(
             stream,
             &launch::gate(T::DTYPE, shape[0], shape[1], shape[2])?,
+            &params,
+        )
+    }
+
+    /// The standalone gate backward, the unfused path's first backward step: from the upstream gradient
+    /// `dy` of `Y = O * act(G)`, the ungated `o` and the logits `g`, writes `d_o = dY * act(G)` and
+    /// `dg = dY * O * act'(G)` (headwise: `dg = act'(G) * sum_d dY * O`). Engines then run a gate = none
+    /// backward fed with `d_o` (and with the ungated O as its forward output). `o`, `dy` and `d_o` are
+    /// `[rows, heads, D]` views (row stride first); `g` and `dg` are `[rows, heads, D]`, or
+    /// `[rows, heads]` for a headwise gate. The outputs must not overlap each other or any input.
+    #[allow(clippy::too_many_arguments)]
+    pub fn gate_backward<T: Element + DeviceRepr>(
+        &self,
+        stream: &CudaStream,
+        gate: GateMode,
+        activation: crate::problem::Activation,
+        o: &Tensor<CudaView<'_, T>>,
+        g: &Tensor<CudaView<'_, T>>,
+        dy: &Tensor<CudaView<'_, T>>,
+        d_o: &mut Tensor<CudaViewMut<'_, T>>,
+        dg: &mut Tensor<CudaViewMut<'_, T>>,
+    ) -> Result<()> {
+        let (o_ptr, _o_guard) = o.data.device_ptr(stream);
+        let (g_ptr, _g_guard) = g.data.device_ptr(stream);
+        let (dy_ptr, _dy_guard) = dy.data.device_ptr(stream);
+        let (d_o_len, dg_len) = (d_o.data.len(), dg.data.len());
+        let (d_o_ptr, _d_o_guard) = d_o.data.device_ptr_mut(stream);
+        let (dg_ptr, _dg_guard) = dg.data.device_ptr_mut(stream);
+        let params = gate_backward_params(
+            gate,
+            activation,
+            std::mem::size_of::<T>(),
+            [
+                GateView::input("o", o_ptr, o.data.len(), &o.layout),
+                GateView::input("g", g_ptr, g.data.len(), &g.layout).gate_tensor(),
+                GateView::input("dy", dy_ptr, dy.data.len(), &dy.layout),
+                GateView::output("d_o", d_o_ptr, d_o_len, &d_o.layout),
+                GateView::output("dg", dg_ptr, dg_len, &dg.layout).gate_tensor(),
+            ],
+        )?;
+        let shape = o.layout.shape();
+        self.launch(
+            stream,
+            &launch::gate_backward(T::DTYPE, shape[0], shape[1], shape[2])?,
             &params,
         )
     }
@@ -408,73 +456,244 @@ fn device_seqlens<'a>(
     }
 }
 
-/// Params of the standalone gate over `[rows, heads, D]` views given as (device address, layout).
-fn gate_params(
-    gate: GateMode,
-    activation: crate::problem::Activation,
-    o: (u64, &Layout),
-    g: (u64, &Layout),
-    y: (u64, &Layout),
-) -> Result<ffi::GsdpaGateParams> {
-    let shape = o.1.shape().to_vec();
-    if shape.len() != 3 || y.1.shape() != shape.as_slice() {
-        return Err(GsdpaError::InvalidArgument(
-            "gate: o and y must be [rows, heads, D] views of one shape".into(),
-        ));
+/// One device view handed to a standalone gate kernel (forward or backward), as its checks see it.
+#[derive(Debug, Clone, Copy)]
+struct GateView<'l> {
+    name: &'static str,
+    addr: u64,
+    /// Elements in the view the layout indexes into.
+    len: usize,
+    layout: &'l Layout,
+    output: bool,
+    /// The gate logits or their gradient (g, dg): `[rows, heads, D]` for an elementwise gate and
+    /// `[rows, heads]` for a headwise one. Every other view is a `[rows, heads, D]` activation.
+    gate: bool,
+}
+
+impl<'l> GateView<'l> {
+    fn input(name: &'static str, addr: u64, len: usize, layout: &'l Layout) -> Self {
+        GateView {
+            name,
+            addr,
+            len,
+            layout,
+            output: false,
+            gate: false,
+        }
     }
-    let expected_g: Vec<usize> = match gate {
-        GateMode::Elementwise => shape.clone(),
-        GateMode::Headwise => shape[..2].to_vec(),
+
+    fn output(name: &'static str, addr: u64, len: usize, layout: &'l Layout) -> Self {
+        GateView {
+            output: true,
+            ..GateView::input(name, addr, len, layout)
+        }
+    }
+
+    /// Marks the view as the gate logits or their gradient, shaped by the gate mode.
+    fn gate_tensor(self) -> Self {
+        GateView { gate: true, ..self }
+    }
+}
+
+/// The gate kernels' view of a checked call: `[rows, heads, D]` as (seqlen, heads, head_dim) with
+/// batch 1, and each view's kernel strides, in the order the views were given.
+struct GateGeometry<const N: usize> {
+    seqlen: i32,
+    heads: i32,
+    head_dim: i32,
+    strides: [ffi::GsdpaStrides; N],
+}
+
+/// Checks the views of a standalone gate kernel and returns what its params need. `views[0]` (O) sets
+/// the `[rows, heads, D]` shape that every activation view must have; `g` and `dg` are that shape for an
+/// elementwise gate and `[rows, heads]` for a headwise one. The checks are the ones the kernels rely
+/// on: every element inside its view, the last dimension contiguous, rows of the views read or written
+/// in 16-byte vectors starting 16-byte aligned, and outputs that neither map two elements to one address
+/// nor overlap any other view.
+fn check_gate_views<const N: usize>(
+    gate: GateMode,
+    elem_bytes: usize,
+    views: &[GateView<'_>; N],
+) -> Result<GateGeometry<N>> {
+    let shape = views[0].layout.shape();
+    if shape.len() != 3 {
+        return Err(GsdpaError::InvalidArgument(format!(
+            "gate: {} must be a [rows, heads, D] view, got shape {shape:?}",
+            views[0].name
+        )));
+    }
+    let gate_shape = match gate {
+        GateMode::Elementwise => shape,
+        GateMode::Headwise => &shape[..2],
         GateMode::None => {
             return Err(GsdpaError::InvalidArgument(
                 "gate: gate mode none has nothing to apply".into(),
             ))
         }
     };
-    if g.1.shape() != expected_g.as_slice() {
-        return Err(GsdpaError::InvalidArgument(format!(
-            "gate: g must have shape {expected_g:?}"
-        )));
-    }
     if shape[2] % 8 != 0 {
         return Err(GsdpaError::UnsupportedHeadDim { head_dim: shape[2] });
     }
-    for (name, (addr, layout)) in [("o", o), ("y", y)] {
-        if addr % 16 != 0 || layout.strides()[..2].iter().any(|s| s % 8 != 0) {
-            return Err(GsdpaError::Misaligned {
-                tensor: name_static(name),
-                reason: "rows must start 16-byte aligned".into(),
+    let mut strides = [ffi::GsdpaStrides::default(); N];
+    let mut spans: [Option<(u64, u64)>; N] = [None; N];
+    for (i, view) in views.iter().enumerate() {
+        let (name, layout) = (view.name, view.layout);
+        let expected = if view.gate { gate_shape } else { shape };
+        if layout.shape() != expected {
+            return Err(GsdpaError::ShapeMismatch {
+                tensor: name,
+                expected: expected.to_vec(),
+                actual: layout.shape().to_vec(),
             });
         }
+        // A headwise g or dg holds one scalar per (row, head); everything else moves in 16-byte vectors.
+        let vectorised = !view.gate || gate == GateMode::Elementwise;
+        let bad_strides = |reason: String| GsdpaError::BadStrides {
+            tensor: name,
+            reason,
+        };
+        let misaligned = |reason: String| GsdpaError::Misaligned {
+            tensor: name,
+            reason,
+        };
+        let extents = layout.shape();
+        if vectorised && extents[2] > 1 && layout.strides()[2] != 1 {
+            return Err(bad_strides(
+                "the last dimension must be contiguous (stride 1)".into(),
+            ));
+        }
+        // Strides of extent-1 dimensions never multiply a non-zero index.
+        let kernel_stride = |dim: usize| -> Result<i64> {
+            if extents[dim] <= 1 {
+                return Ok(0);
+            }
+            i64::try_from(layout.strides()[dim]).map_err(|_| {
+                GsdpaError::SizeOverflow(format!("{name}: stride does not fit in i64"))
+            })
+        };
+        strides[i] = ffi::GsdpaStrides {
+            batch: 0,
+            row: kernel_stride(0)?,
+            head: kernel_stride(1)?,
+        };
+        let max_offset = match layout.max_offset() {
+            Err(_) => {
+                return Err(GsdpaError::SizeOverflow(format!(
+                    "{name}: the largest element offset overflows"
+                )))
+            }
+            Ok(None) => continue, // empty: nothing is read or written
+            Ok(Some(m)) => m,
+        };
+        if max_offset >= view.len {
+            return Err(bad_strides(format!(
+                "the largest element offset {max_offset} is beyond the buffer of {} elements",
+                view.len
+            )));
+        }
+        let alignment = if vectorised { 16 } else { elem_bytes as u64 };
+        if view.addr % alignment != 0 {
+            return Err(misaligned(format!(
+                "base address {:#x} is not {alignment}-byte aligned",
+                view.addr
+            )));
+        }
+        if vectorised && [strides[i].row, strides[i].head].iter().any(|s| s % 8 != 0) {
+            return Err(misaligned(
+                "row and head strides must be multiples of 8 elements (16 bytes)".into(),
+            ));
+        }
+        if view.output && !layout.is_non_overlapping() {
+            return Err(bad_strides(
+                "the strides map different elements of this output to the same memory".into(),
+            ));
+        }
+        let end = (max_offset as u64 + 1)
+            .checked_mul(elem_bytes as u64)
+            .and_then(|bytes| bytes.checked_add(view.addr))
+            .ok_or_else(|| GsdpaError::SizeOverflow(format!("{name}: byte span overflows")))?;
+        spans[i] = Some((view.addr, end));
     }
-    let strides = |l: &Layout| ffi::GsdpaStrides {
-        batch: 0,
-        row: l.strides()[0] as i64,
-        head: l.strides()[1] as i64,
+    for (i, view) in views.iter().enumerate().filter(|(_, v)| v.output) {
+        let Some((start, end)) = spans[i] else {
+            continue;
+        };
+        for (j, other) in views.iter().enumerate() {
+            if let (true, Some((other_start, other_end))) = (i != j, spans[j]) {
+                if start < other_end && other_start < end {
+                    return Err(GsdpaError::Overlap {
+                        output: view.name,
+                        other: other.name,
+                    });
+                }
+            }
+        }
+    }
+    let dim = |value: usize, what: &str| {
+        i32::try_from(value).map_err(|_| GsdpaError::SizeOverflow(format!("gate {what}")))
     };
+    Ok(GateGeometry {
+        seqlen: dim(shape[0], "rows")?,
+        heads: dim(shape[1], "heads")?,
+        head_dim: dim(shape[2], "head dim")?,
+        strides,
+    })
+}
+
+/// Params of the standalone gate; `views` are o, g and y.
+fn gate_params(
+    gate: GateMode,
+    activation: crate::problem::Activation,
+    elem_bytes: usize,
+    views: [GateView<'_>; 3],
+) -> Result<ffi::GsdpaGateParams> {
+    let geometry = check_gate_views(gate, elem_bytes, &views)?;
+    let [o, g, y] = views;
+    let [o_stride, g_stride, y_stride] = geometry.strides;
     Ok(ffi::GsdpaGateParams {
-        o: o.0 as *const _,
-        g: g.0 as *const _,
-        y: y.0 as *mut _,
-        o_stride: strides(o.1),
-        g_stride: strides(g.1),
-        y_stride: strides(y.1),
+        o: o.addr as *const _,
+        g: g.addr as *const _,
+        y: y.addr as *mut _,
+        o_stride,
+        g_stride,
+        y_stride,
         batch: 1,
-        seqlen: i32::try_from(shape[0])
-            .map_err(|_| GsdpaError::SizeOverflow("gate rows".into()))?,
-        heads: i32::try_from(shape[1])
-            .map_err(|_| GsdpaError::SizeOverflow("gate heads".into()))?,
-        head_dim: shape[2] as i32,
+        seqlen: geometry.seqlen,
+        heads: geometry.heads,
+        head_dim: geometry.head_dim,
         gate_mode: gate.to_ffi(),
         activation: activation.to_ffi(),
     })
 }
 
-fn name_static(name: &str) -> &'static str {
-    match name {
-        "o" => "o",
-        _ => "y",
-    }
+/// Params of the standalone gate backward; `views` are o, g, dy, d_o and dg.
+fn gate_backward_params(
+    gate: GateMode,
+    activation: crate::problem::Activation,
+    elem_bytes: usize,
+    views: [GateView<'_>; 5],
+) -> Result<ffi::GsdpaGateBackwardParams> {
+    let geometry = check_gate_views(gate, elem_bytes, &views)?;
+    let [o, g, dy, d_o, dg] = views;
+    let [o_stride, g_stride, dy_stride, d_o_stride, dg_stride] = geometry.strides;
+    Ok(ffi::GsdpaGateBackwardParams {
+        o: o.addr as *const _,
+        g: g.addr as *const _,
+        dy: dy.addr as *const _,
+        d_o: d_o.addr as *mut _,
+        dg: dg.addr as *mut _,
+        o_stride,
+        g_stride,
+        dy_stride,
+        d_o_stride,
+        dg_stride,
+        batch: 1,
+        seqlen: geometry.seqlen,
+        heads: geometry.heads,
+        head_dim: geometry.head_dim,
+        gate_mode: gate.to_ffi(),
+        activation: activation.to_ffi(),
+    })
 }
 
 /// The dtype's name in kernel names.
@@ -482,5 +701,133 @@ pub fn dtype_suffix(dtype: DType) -> &'static str {
     match dtype {
         DType::BF16 => "bf16",
         DType::F16 => "f16",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::Activation;
+
+    const ROWS: usize = 6;
+    const HEADS: usize = 3;
+    const D: usize = 64;
+    const N: usize = ROWS * HEADS * D;
+
+    /// Views of a gate backward at made-up, well-separated, 16-byte aligned device addresses:
+    /// o, g, dy, d_o, dg, each `len` elements long.
+    fn backward_views<'l>(layouts: &'l [Layout; 5], lens: [usize; 5]) -> [GateView<'l>; 5] {
+        let addr = |i: u64| 0x10_0000 * (i + 1);
+        [
+            GateView::input("o", addr(0), lens[0], &layouts[0]),
+            GateView::input("g", addr(1), lens[1], &layouts[1]).gate_tensor(),
+            GateView::input("dy", addr(2), lens[2], &layouts[2]),
+            GateView::output("d_o", addr(3), lens[3], &layouts[3]),
+            GateView::output("dg", addr(4), lens[4], &layouts[4]).gate_tensor(),
+        ]
+    }
+
+    fn dense() -> Layout {
+        Layout::contiguous(&[ROWS, HEADS, D])
+    }
+
+    fn params(gate: GateMode, views: [GateView<'_>; 5]) -> Result<ffi::GsdpaGateBackwardParams> {
+        gate_backward_params(gate, Activation::Silu, 2, views)
+    }
+
+    #[test]
+    fn gate_backward_params_carry_the_views() {
+        // g is the gate half of a q_proj buffer [rows, heads, 2D]: head stride 2D, row stride 2HD.
+        let q_proj = Layout::q_proj_view(&[ROWS, HEADS, D]);
+        let layouts = [dense(), q_proj, dense(), dense(), dense()];
+        let mut views = backward_views(&layouts, [N, 2 * N, N, N, N]);
+        views[1].addr += 2 * D as u64;
+        let p = params(GateMode::Elementwise, views).unwrap();
+        assert_eq!((p.batch, p.seqlen, p.heads, p.head_dim), (1, 6, 3, 64));
+        assert_eq!(
+            (p.g_stride.row, p.g_stride.head),
+            (2 * (HEADS * D) as i64, 2 * D as i64)
+        );
+        assert_eq!(
+            (p.dy_stride.row, p.dy_stride.head),
+            ((HEADS * D) as i64, D as i64)
+        );
+        assert_eq!(p.g as u64, 0x20_0000 + 2 * D as u64);
+        assert_eq!(p.dg as u64, 0x50_0000);
+        assert_eq!(p.gate_mode, GateMode::Elementwise.to_ffi());
+        assert_eq!(p.activation, Activation::Silu.to_ffi());
+
+        // Headwise: g and dg are [rows, heads], any alignment of a 16-bit scalar.
+        let scalar = Layout::contiguous(&[ROWS, HEADS]);
+        let layouts = [dense(), scalar.clone(), dense(), dense(), scalar];
+        let mut views = backward_views(&layouts, [N, ROWS * HEADS, N, N, ROWS * HEADS]);
+        views[4].addr += 2;
+        let p = params(GateMode::Headwise, views).unwrap();
+        assert_eq!((p.dg_stride.row, p.dg_stride.head), (HEADS as i64, 1));
+    }
+
+    #[test]
+    fn gate_backward_rejects_what_the_kernel_cannot_take() {
+        let scalar = Layout::contiguous(&[ROWS, HEADS]);
+        let ok = [dense(), dense(), dense(), dense(), dense()];
+        let lens = [N; 5];
+        let err = |gate, views| params(gate, views).unwrap_err();
+
+        assert!(matches!(
+            err(GateMode::None, backward_views(&ok, lens)),
+            GsdpaError::InvalidArgument(_)
+        ));
+        // A headwise gradient for an elementwise gate.
+        let layouts = [dense(), dense(), dense(), dense(), scalar.clone()];
+        assert!(matches!(
+            err(GateMode::Elementwise, backward_views(&layouts, lens)),
+            GsdpaError::ShapeMismatch { tensor: "dg", .. }
+        ));
+        // An elementwise g is read in 16-byte vectors: it must be 16-byte aligned.
+        let mut views = backward_views(&ok, lens);
+        views[1].addr += 2;
+        assert!(matches!(
+            err(GateMode::Elementwise, views),
+            GsdpaError::Misaligned { tensor: "g", .. }
+        ));
+        // dY's view is one element short.
+        assert!(matches!(
+            err(
+                GateMode::Elementwise,
+                backward_views(&ok, [N, N, N - 1, N, N])
+            ),
+            GsdpaError::BadStrides { tensor: "dy", .. }
+        ));
+        // d_o written over dY.
+        let mut views = backward_views(&ok, lens);
+        views[3].addr = views[2].addr + 16;
+        assert!(matches!(
+            err(GateMode::Elementwise, views),
+            GsdpaError::Overlap {
+                output: "d_o",
+                other: "dy"
+            }
+        ));
+        // A head dim that does not split into 16-byte vectors.
+        let odd = Layout::contiguous(&[ROWS, HEADS, 12]);
+        let layouts = [odd.clone(), scalar.clone(), odd.clone(), odd, scalar];
+        assert!(matches!(
+            err(GateMode::Headwise, backward_views(&layouts, lens)),
+            GsdpaError::UnsupportedHeadDim { head_dim: 12 }
+        ));
+    }
+
+    #[test]
+    fn gate_forward_checks_g_alignment_too() {
+        let layouts = [dense(), dense(), dense()];
+        let views = [
+            GateView::input("o", 0x10_0000, N, &layouts[0]),
+            GateView::input("g", 0x20_0008, N, &layouts[1]).gate_tensor(),
+            GateView::output("y", 0x30_0000, N, &layouts[2]),
+        ];
+        assert!(matches!(
+            gate_params(GateMode::Elementwise, Activation::Sigmoid, 2, views),
+            Err(GsdpaError::Misaligned { tensor: "g", .. })
+        ));
     }
 }

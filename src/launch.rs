@@ -192,6 +192,44 @@ pub fn gate(dtype: DType, rows: usize, heads: usize, head_dim: usize) -> Result<
     })
 }
 
+/// Lanes of a warp that share one row in the gate backward kernel: the row's 16-byte vectors rounded up
+/// to a power of two, at most 32 (mirrors `backward_lanes_per_row` in `kernels/gate.cu`).
+fn gate_backward_lanes_per_row(head_dim: usize) -> usize {
+    (head_dim / 8).clamp(1, 32).next_power_of_two()
+}
+
+/// The standalone gate backward kernel (`dO = dY * act(G)`, `dG = dY * O * act'(G)`) over `rows` rows
+/// of `heads` heads: blocks of `GSDPA_GATE_THREADS`, each row handled by a group of lanes of one warp
+/// (8 elements each), the grid capped at a few waves (the kernel walks the rest with a grid-stride loop).
+pub fn gate_backward(
+    dtype: DType,
+    rows: usize,
+    heads: usize,
+    head_dim: usize,
+) -> Result<LaunchConfig> {
+    let row_heads = rows
+        .checked_mul(heads)
+        .filter(|&n| n < (1usize << 32))
+        .ok_or_else(|| {
+            GsdpaError::SizeOverflow("gate backward: rows * heads must be below 2^32".into())
+        })?;
+    let threads = ffi::GSDPA_GATE_THREADS as usize;
+    let rows_per_block = threads / gate_backward_lanes_per_row(head_dim);
+    Ok(LaunchConfig {
+        kernel: format!("gsdpa_gate_backward_{}", dtype_name(dtype)),
+        grid: [
+            grid_dim(
+                row_heads.div_ceil(rows_per_block).clamp(1, 65536),
+                "gate backward blocks",
+            )?,
+            1,
+            1,
+        ],
+        block: [ffi::GSDPA_GATE_THREADS, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
 /// The conformance kernel: one warp.
 pub fn conformance() -> LaunchConfig {
     LaunchConfig {

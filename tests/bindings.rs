@@ -30,6 +30,8 @@ fn default_params_are_null_and_zero() {
     let gate = ffi::GsdpaGateParams::default();
     assert!(gate.o.is_null() && gate.g.is_null() && gate.y.is_null());
     assert_eq!(gate.o_stride.row, 0);
+    let gate_bwd = ffi::GsdpaGateBackwardParams::default();
+    assert!(gate_bwd.dy.is_null() && gate_bwd.d_o.is_null() && gate_bwd.dg.is_null());
 }
 
 #[test]
@@ -42,5 +44,6 @@ fn params_are_passed_by_value_as_plain_c_structs() {
     assert_launchable::<ffi::GsdpaFwdParams>();
     assert_launchable::<ffi::GsdpaBwdParams>();
     assert_launchable::<ffi::GsdpaGateParams>();
+    assert_launchable::<ffi::GsdpaGateBackwardParams>();
     assert_launchable::<ffi::GsdpaConformanceParams>();
 }

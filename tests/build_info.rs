@@ -76,10 +76,26 @@ fn report_covers_every_kernel_on_every_sass_arch() {
     let kernels = build_info::kernels();
     let mut names: Vec<&str> = kernels.iter().map(|k| k.name).collect();
     names.dedup();
-    // The standalone gate kernel is the one every build has; it proves the pipeline end to end.
-    for required in ["gsdpa_gate_bf16", "gsdpa_gate_f16"] {
+    // Every kernel the launchers (src/launch.rs) can name must be in the fatbin.
+    let mut required = vec!["gsdpa_conformance".to_string()];
+    for dt in ["bf16", "f16"] {
+        for prefix in [
+            "gsdpa_gate",
+            "gsdpa_gate_backward",
+            "gsdpa_bwd_preprocess",
+            "gsdpa_bwd_dq_convert",
+        ] {
+            required.push(format!("{prefix}_{dt}"));
+        }
+        for d in [64, 128, 256] {
+            for prefix in ["gsdpa_fwd", "gsdpa_bwd_dkdv", "gsdpa_bwd_dq"] {
+                required.push(format!("{prefix}_{dt}_d{d}"));
+            }
+        }
+    }
+    for required in &required {
         assert!(
-            names.contains(&required),
+            names.contains(&required.as_str()),
             "{required} missing from the ptxas report: {names:?}"
         );
     }

@@ -1,5 +1,5 @@
-//! `gsdpa bench [--json] [--shape NAME] [--backward]`: forward (and with `--backward`, backward)
-//! throughput on the GPU (see `gated_sdpa::bench`).
+//! `gsdpa bench [--json] [--shape NAME] [--backward]`: forward (and with `--backward`, backward and
+//! whole-layer fused vs unfused) throughput on the GPU (see `gated_sdpa::bench`).
 
 use gated_sdpa::bench;
 use gated_sdpa::cuda::CudaBackend;
@@ -49,7 +49,10 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
     for shape in &shapes {
         let r = bench::forward(&backend, shape, iters, reps)?;
         let bwd = if with_backward {
-            Some(bench::backward(&backend, shape, iters, reps)?)
+            Some((
+                bench::backward(&backend, shape, iters, reps)?,
+                bench::layer(&backend, shape, iters, reps)?,
+            ))
         } else {
             None
         };
@@ -72,13 +75,18 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
                 r.ungated_tflops(),
                 r.gate_overhead_pct(),
                 r.fused_speedup(),
-                bwd.as_ref().map_or(String::new(), |b| format!(
+                bwd.as_ref().map_or(String::new(), |(b, l)| format!(
                     ", \"backward_gated_ms\": {:.6}, \"backward_ungated_ms\": {:.6}, \"backward_gated_tflops\": {:.3}, \
-                     \"backward_gate_overhead_pct\": {:.3}",
+                     \"backward_gate_overhead_pct\": {:.3}, \"layer_fused_ms\": {:.6}, \"layer_unfused_ms\": {:.6}, \
+                     \"layer_fused_tflops\": {:.3}, \"layer_fused_speedup\": {:.4}",
                     b.gated_ms,
                     b.ungated_ms,
                     b.gated_tflops(),
-                    b.gate_overhead_pct()
+                    b.gate_overhead_pct(),
+                    l.fused_ms,
+                    l.unfused_ms,
+                    l.fused_tflops(),
+                    l.fused_speedup()
                 ))
             ));
         } else {
@@ -96,7 +104,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
                 r.gate_overhead_pct(),
                 r.fused_speedup()
             );
-            if let Some(b) = &bwd {
+            if let Some((b, l)) = &bwd {
                 println!(
                     "{:<26} backward: {:.4} ms, {:.1} TFLOP/s gated, {:.1} ungated, gate overhead {:.2}%",
                     "",
@@ -104,6 +112,14 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
                     b.gated_tflops(),
                     b.ungated_tflops(),
                     b.gate_overhead_pct()
+                );
+                println!(
+                    "{:<26} layer fwd+bwd: fused {:.4} ms ({:.1} TFLOP/s), unfused {:.4} ms, fused x {:.3}",
+                    "",
+                    l.fused_ms,
+                    l.fused_tflops(),
+                    l.unfused_ms,
+                    l.fused_speedup()
                 );
             }
         }

@@ -3,7 +3,8 @@
 // Execution model (runtime.cpp): every CUDA thread of a block is a fiber; a block's fibers run
 // cooperatively on one OS thread and switch only at synchronisation points (__syncthreads, warp
 // collectives), so code between two such points runs without interruption, in an order that
-// GSDPA_EMU_SEED permutes. Blocks are spread over worker threads.
+// GSDPA_EMU_SEED permutes (a seed also makes warps run at different speeds between barriers). Blocks are
+// spread over worker threads.
 //
 // Warp collectives (shuffles, mma.sync, ldmatrix, __syncwarp) are rendezvous: each lane deposits its
 // operands and yields; when all 32 lanes of the warp wait at the same call site, the collective runs for

@@ -1,7 +1,9 @@
 // scheduler.cpp: launches a grid on worker threads and runs each block's CUDA threads as fibers.
 //
-// A block runs in passes. In a pass every runnable fiber runs, in an order GSDPA_EMU_SEED permutes,
-// until it parks at a synchronisation point (a warp collective or __syncthreads) or returns. Between
+// A block runs in passes. In a pass every runnable fiber runs until it parks at a synchronisation point
+// (a warp collective or __syncthreads) or returns. With a seed (GSDPA_EMU_SEED), the order within a pass
+// is permuted and each warp is given a speed, so that warps drift apart between barriers as they do on
+// hardware: races between warps then change the result from seed to seed. Between
 // passes the scheduler releases what can proceed: a warp whose 32 lanes all wait at the same collective
 // (which it then executes for them), or a block whose live threads all wait at __syncthreads. When
 // nothing can proceed and threads remain, the kernel has diverged or deadlocked: the launch fails with

@@ -21,4 +21,5 @@ pub use params::*;
 unsafe impl cudarc::driver::DeviceRepr for GsdpaFwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for GsdpaBwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for GsdpaGateParams {}
+unsafe impl cudarc::driver::DeviceRepr for GsdpaGateBackwardParams {}
 unsafe impl cudarc::driver::DeviceRepr for GsdpaConformanceParams {}

@@ -172,6 +172,74 @@ impl Default for GsdpaGateParams {
         }
     }
 }
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaGateBackwardParams {
+    pub o: *const ::std::os::raw::c_void,
+    pub g: *const ::std::os::raw::c_void,
+    pub dy: *const ::std::os::raw::c_void,
+    pub d_o: *mut ::std::os::raw::c_void,
+    pub dg: *mut ::std::os::raw::c_void,
+    pub o_stride: GsdpaStrides,
+    pub g_stride: GsdpaStrides,
+    pub dy_stride: GsdpaStrides,
+    pub d_o_stride: GsdpaStrides,
+    pub dg_stride: GsdpaStrides,
+    pub batch: i32,
+    pub seqlen: i32,
+    pub heads: i32,
+    pub head_dim: i32,
+    pub gate_mode: i32,
+    pub activation: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaGateBackwardParams"]
+        [::std::mem::size_of::<GsdpaGateBackwardParams>() - 184usize];
+    ["Alignment of GsdpaGateBackwardParams"]
+        [::std::mem::align_of::<GsdpaGateBackwardParams>() - 8usize];
+    ["Offset of field: GsdpaGateBackwardParams::o"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, o) - 0usize];
+    ["Offset of field: GsdpaGateBackwardParams::g"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, g) - 8usize];
+    ["Offset of field: GsdpaGateBackwardParams::dy"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, dy) - 16usize];
+    ["Offset of field: GsdpaGateBackwardParams::d_o"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, d_o) - 24usize];
+    ["Offset of field: GsdpaGateBackwardParams::dg"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, dg) - 32usize];
+    ["Offset of field: GsdpaGateBackwardParams::o_stride"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, o_stride) - 40usize];
+    ["Offset of field: GsdpaGateBackwardParams::g_stride"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, g_stride) - 64usize];
+    ["Offset of field: GsdpaGateBackwardParams::dy_stride"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, dy_stride) - 88usize];
+    ["Offset of field: GsdpaGateBackwardParams::d_o_stride"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, d_o_stride) - 112usize];
+    ["Offset of field: GsdpaGateBackwardParams::dg_stride"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, dg_stride) - 136usize];
+    ["Offset of field: GsdpaGateBackwardParams::batch"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, batch) - 160usize];
+    ["Offset of field: GsdpaGateBackwardParams::seqlen"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, seqlen) - 164usize];
+    ["Offset of field: GsdpaGateBackwardParams::heads"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, heads) - 168usize];
+    ["Offset of field: GsdpaGateBackwardParams::head_dim"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, head_dim) - 172usize];
+    ["Offset of field: GsdpaGateBackwardParams::gate_mode"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, gate_mode) - 176usize];
+    ["Offset of field: GsdpaGateBackwardParams::activation"]
+        [::std::mem::offset_of!(GsdpaGateBackwardParams, activation) - 180usize];
+};
+impl Default for GsdpaGateBackwardParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
 pub const GSDPA_GATE_THREADS: GsdpaGateGeometry = 256;
 pub type GsdpaGateGeometry = ::std::os::raw::c_uint;
 #[repr(C)]
