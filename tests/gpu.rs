@@ -427,3 +427,96 @@ fn check_backward<T: Element + DeviceRepr>(
         assert!(e <= tol, "dg error {e} > {tol}: {label}");
     }
 }
+
+/// The standalone gate kernels (the unfused baseline of the benches) against the formulas in f64:
+/// `Y = O * act(G)`, `dO = dY * act(G)`, `dG = dY * O * act'(G)` (headwise: summed over D).
+#[test]
+fn standalone_gate_kernels_match_the_formulas() {
+    let Some(backend) = gpu() else { return };
+    let stream = backend.context().default_stream();
+    let (rows, heads, dim) = (300, 4, 128);
+    let mut rng = StdRng::seed_from_u64(7);
+    let act = |g: f64, silu: bool| {
+        let s = 1.0 / (1.0 + (-g).exp());
+        if silu {
+            g * s
+        } else {
+            s
+        }
+    };
+    let act_grad = |g: f64, silu: bool| {
+        let s = 1.0 / (1.0 + (-g).exp());
+        if silu {
+            s * (1.0 + g * (1.0 - s))
+        } else {
+            s * (1.0 - s)
+        }
+    };
+    for gate in [GateMode::Elementwise, GateMode::Headwise] {
+        for activation in [Activation::Sigmoid, Activation::Silu] {
+            let silu = activation == Activation::Silu;
+            let full = [rows, heads, dim];
+            let g_shape: Vec<usize> = if gate == GateMode::Headwise {
+                vec![rows, heads]
+            } else {
+                full.to_vec()
+            };
+            let (o, of) = round::<half::bf16>(&random(rows * heads * dim, &mut rng, 1.0));
+            let (dy, dyf) = round::<half::bf16>(&random(rows * heads * dim, &mut rng, 1.0));
+            let (g, gf) = round::<half::bf16>(&random(g_shape.iter().product(), &mut rng, 3.0));
+            let logit = |i: usize| {
+                if gate == GateMode::Headwise {
+                    gf[i / dim]
+                } else {
+                    gf[i]
+                }
+            };
+            let want_y: Vec<f64> = (0..of.len()).map(|i| of[i] * act(logit(i), silu)).collect();
+            let want_do: Vec<f64> = (0..of.len())
+                .map(|i| dyf[i] * act(logit(i), silu))
+                .collect();
+            let per_element: Vec<f64> = (0..of.len())
+                .map(|i| dyf[i] * of[i] * act_grad(logit(i), silu))
+                .collect();
+            let want_dg: Vec<f64> = if gate == GateMode::Headwise {
+                per_element.chunks(dim).map(|c| c.iter().sum()).collect()
+            } else {
+                per_element
+            };
+
+            let (o_dev, g_dev, dy_dev) = (
+                upload(&stream, &o),
+                upload(&stream, &g),
+                upload(&stream, &dy),
+            );
+            let nan = |n: usize| vec![half::bf16::NAN; n];
+            let mut y_dev = upload(&stream, &nan(o.len()));
+            let mut do_dev = upload(&stream, &nan(o.len()));
+            let mut dg_dev = upload(&stream, &nan(g.len()));
+            let o_t = Tensor::new(o_dev.as_view(), Layout::contiguous(&full));
+            let g_t = Tensor::new(g_dev.as_view(), Layout::contiguous(&g_shape));
+            let dy_t = Tensor::new(dy_dev.as_view(), Layout::contiguous(&full));
+            let mut y_t = Tensor::new(y_dev.as_view_mut(), Layout::contiguous(&full));
+            backend
+                .gate(&stream, gate, activation, &o_t, &g_t, &mut y_t)
+                .expect("gate kernel");
+            let mut do_t = Tensor::new(do_dev.as_view_mut(), Layout::contiguous(&full));
+            let mut dg_t = Tensor::new(dg_dev.as_view_mut(), Layout::contiguous(&g_shape));
+            backend
+                .gate_backward(
+                    &stream, gate, activation, &o_t, &g_t, &dy_t, &mut do_t, &mut dg_t,
+                )
+                .expect("gate backward kernel");
+            drop((o_t, g_t, dy_t, y_t, do_t, dg_t));
+            stream.synchronize().unwrap();
+            for (name, got, want) in [
+                ("y", download(&stream, &y_dev), &want_y),
+                ("dO", download(&stream, &do_dev), &want_do),
+                ("dG", download(&stream, &dg_dev), &want_dg),
+            ] {
+                let e = rel_error(&got, want);
+                assert!(e <= 1e-2, "{name} error {e} ({gate:?}, {activation:?})");
+            }
+        }
+    }
+}
