@@ -305,7 +305,7 @@ fn forward_varlen_and_long_sequences() {
             .gate(GateMode::Elementwise);
         check_forward::<half::bf16>(&backend, &p, 99);
     }
-    let p = AttentionProblem::new(1, 4096, 4096, 16, 2, 256)
+    let p = AttentionProblem::new(1, 2048, 2048, 16, 2, 256)
         .causal(true)
         .gate(GateMode::Elementwise);
     check_forward::<half::bf16>(&backend, &p, 100);
