@@ -15,6 +15,8 @@
 //! plus backward, is timed fused (our gated forward and backward) and unfused (gate = none forward, the
 //! gate kernel, the gate backward kernel, and a gate = none backward fed with its dO).
 
+use std::sync::Arc;
+
 use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{CudaSlice, CudaStream};
 
@@ -294,25 +296,19 @@ impl ForwardSetup {
         })
     }
 
+    /// Runs `variant` once on the next copy of the inputs.
+    fn run_next(&mut self, backend: &CudaBackend, variant: Variant) -> Result<()> {
+        let n = self.copies.len();
+        let copy = &mut self.copies[self.next % n];
+        self.next += 1;
+        run_variant(backend, &self.stream, &self.shape, copy, variant)
+    }
+
     /// Runs `variant` `iters` times (rotating inputs) between two CUDA events; returns the elapsed
     /// milliseconds of all of them.
     pub fn time(&mut self, backend: &CudaBackend, variant: Variant, iters: usize) -> Result<f64> {
-        let start = self
-            .stream
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| cuda("event", e))?;
-        for _ in 0..iters {
-            let n = self.copies.len();
-            let copy = &mut self.copies[self.next % n];
-            self.next += 1;
-            run_variant(backend, &self.stream, &self.shape, copy, variant)?;
-        }
-        let end = self
-            .stream
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| cuda("event", e))?;
-        end.synchronize().map_err(|e| cuda("event sync", e))?;
-        Ok(start.elapsed_ms(&end).map_err(|e| cuda("elapsed", e))? as f64)
+        let stream = Arc::clone(&self.stream);
+        elapsed_ms(&stream, iters, || self.run_next(backend, variant))
     }
 
     /// Median milliseconds per call over `reps` batches of `iters` calls, after a warm-up.
@@ -323,12 +319,8 @@ impl ForwardSetup {
         iters: usize,
         reps: usize,
     ) -> Result<f64> {
-        self.time(backend, variant, 3)?;
-        let mut samples = (0..reps)
-            .map(|_| Ok(self.time(backend, variant, iters)? / iters as f64))
-            .collect::<Result<Vec<f64>>>()?;
-        samples.sort_by(|a, b| a.total_cmp(b));
-        Ok(samples[samples.len() / 2])
+        let stream = Arc::clone(&self.stream);
+        median_ms(&stream, iters, reps, || self.run_next(backend, variant))
     }
 }
 
@@ -377,6 +369,25 @@ impl BackwardBench {
     }
 }
 
+/// Milliseconds that `iters` calls of `once` take on `stream`, between two CUDA events.
+fn elapsed_ms(
+    stream: &CudaStream,
+    iters: usize,
+    mut once: impl FnMut() -> Result<()>,
+) -> Result<f64> {
+    let start = stream
+        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(|e| cuda("event", e))?;
+    for _ in 0..iters {
+        once()?;
+    }
+    let end = stream
+        .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(|e| cuda("event", e))?;
+    end.synchronize().map_err(|e| cuda("event sync", e))?;
+    Ok(start.elapsed_ms(&end).map_err(|e| cuda("elapsed", e))? as f64)
+}
+
 /// Median milliseconds per call of `once`, over `reps` batches of `iters` calls timed with CUDA events on
 /// `stream`, after a warm-up of 3 calls.
 fn median_ms(
@@ -388,22 +399,9 @@ fn median_ms(
     for _ in 0..3 {
         once()?;
     }
-    let mut samples = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let start = stream
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| cuda("event", e))?;
-        for _ in 0..iters {
-            once()?;
-        }
-        let end = stream
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| cuda("event", e))?;
-        end.synchronize().map_err(|e| cuda("event sync", e))?;
-        samples.push(
-            start.elapsed_ms(&end).map_err(|e| cuda("elapsed", e))? as f64 / iters.max(1) as f64,
-        );
-    }
+    let mut samples = (0..reps.max(1))
+        .map(|_| Ok(elapsed_ms(stream, iters, &mut once)? / iters.max(1) as f64))
+        .collect::<Result<Vec<f64>>>()?;
     samples.sort_by(|a, b| a.total_cmp(b));
     Ok(samples[samples.len() / 2])
 }
