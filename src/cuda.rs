@@ -27,7 +27,7 @@ use crate::build_info;
 use crate::error::{GsdpaError, Result};
 use crate::ffi;
 use crate::launch::{self, LaunchConfig};
-use crate::problem::{AttentionProblem, DType, GateMode};
+use crate::problem::{AttentionProblem, GateMode};
 use crate::tensor::{Element, Layout, Memory, Tensor};
 use crate::validate;
 
@@ -694,14 +694,6 @@ fn gate_backward_params(
         gate_mode: gate.to_ffi(),
         activation: activation.to_ffi(),
     })
-}
-
-/// The dtype's name in kernel names.
-pub fn dtype_suffix(dtype: DType) -> &'static str {
-    match dtype {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-    }
 }
 
 #[cfg(test)]
