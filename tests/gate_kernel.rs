@@ -538,24 +538,30 @@ fn gate_kernels_are_registered_with_the_emulator() {
     }
 }
 
-#[test]
-fn every_mode_activation_and_layout_matches_the_reference() {
+/// Both dtypes x every gate mode x both activations x dense and strided layouts, at head dim 64.
+fn every_mode_activation_and_layout() -> Vec<Case> {
+    let mut cases = Vec::new();
     for dtype in [DType::BF16, DType::F16] {
         for gate_mode in [GSDPA_GATE_ELEMENTWISE, GSDPA_GATE_HEADWISE, GSDPA_GATE_NONE] {
             for activation in [GSDPA_ACT_SIGMOID, GSDPA_ACT_SILU] {
                 for strided in [false, true] {
-                    run(
-                        &Case {
-                            gate_mode,
-                            activation,
-                            strided,
-                            ..base(dtype, 64)
-                        },
-                        0,
-                    );
+                    cases.push(Case {
+                        gate_mode,
+                        activation,
+                        strided,
+                        ..base(dtype, 64)
+                    });
                 }
             }
         }
+    }
+    cases
+}
+
+#[test]
+fn every_mode_activation_and_layout_matches_the_reference() {
+    for case in every_mode_activation_and_layout() {
+        run(&case, 0);
     }
 }
 
@@ -609,22 +615,8 @@ fn small_grids_cover_every_row_and_results_do_not_depend_on_thread_order() {
 
 #[test]
 fn backward_every_mode_activation_and_layout_matches_the_reference() {
-    for dtype in [DType::BF16, DType::F16] {
-        for gate_mode in [GSDPA_GATE_ELEMENTWISE, GSDPA_GATE_HEADWISE, GSDPA_GATE_NONE] {
-            for activation in [GSDPA_ACT_SIGMOID, GSDPA_ACT_SILU] {
-                for strided in [false, true] {
-                    run_backward(
-                        &Case {
-                            gate_mode,
-                            activation,
-                            strided,
-                            ..base(dtype, 64)
-                        },
-                        0,
-                    );
-                }
-            }
-        }
+    for case in every_mode_activation_and_layout() {
+        run_backward(&case, 0);
     }
 }
 
