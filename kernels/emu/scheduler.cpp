@@ -117,6 +117,17 @@ static void park_current(FiberState state) {
     fiber_switch(fiber.context, runner.scheduler);
 }
 
+// Records what the current lane brings to a warp collective; the caller adds the operands and parks.
+static PendingCollective &begin_collective(const char *what, CollectiveKind kind, unsigned mask, Site site) {
+    PendingCollective &p = runner_or_die(what).current->pending;
+    p.kind = kind;
+    p.site = site;
+    p.mask = mask;
+    return p;
+}
+
+static bool same_site(Site a, Site b) { return a.line == b.line && std::string(a.file) == b.file; }
+
 void syncthreads(Site site) {
     BlockRunner &runner = runner_or_die("__syncthreads");
     runner.current->barrier_site = site;
@@ -124,35 +135,23 @@ void syncthreads(Site site) {
 }
 
 void syncwarp(unsigned mask, Site site) {
-    BlockRunner &runner = runner_or_die("__syncwarp");
-    PendingCollective &p = runner.current->pending;
-    p.kind = CollectiveKind::SyncWarp;
-    p.site = site;
-    p.mask = mask;
+    begin_collective("__syncwarp", CollectiveKind::SyncWarp, mask, site);
     park_current(FiberState::AtCollective);
 }
 
 uint32_t shuffle(ShuffleMode mode, unsigned mask, uint32_t value, int arg, int width, Site site) {
-    BlockRunner &runner = runner_or_die("a warp shuffle");
-    PendingCollective &p = runner.current->pending;
-    p.kind = CollectiveKind::Shuffle;
-    p.site = site;
-    p.mask = mask;
+    PendingCollective &p = begin_collective("a warp shuffle", CollectiveKind::Shuffle, mask, site);
     p.shuffle_mode = mode;
     p.shuffle_value = value;
     p.shuffle_arg = arg;
     p.shuffle_width = width;
     park_current(FiberState::AtCollective);
-    return runner.current->pending.shuffle_result;
+    return p.shuffle_result;
 }
 
 void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4],
                   Site site) {
-    BlockRunner &runner = runner_or_die("mma.sync");
-    PendingCollective &p = runner.current->pending;
-    p.kind = CollectiveKind::Mma;
-    p.site = site;
-    p.mask = 0xffffffffu;
+    PendingCollective &p = begin_collective("mma.sync", CollectiveKind::Mma, 0xffffffffu, site);
     p.mma_type = type;
     p.mma_a = a;
     p.mma_b = b;
@@ -162,11 +161,7 @@ void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uin
 }
 
 void ldmatrix(uint32_t *regs, int num_matrices, bool trans, const void *smem_row, Site site) {
-    BlockRunner &runner = runner_or_die("ldmatrix");
-    PendingCollective &p = runner.current->pending;
-    p.kind = CollectiveKind::Ldmatrix;
-    p.site = site;
-    p.mask = 0xffffffffu;
+    PendingCollective &p = begin_collective("ldmatrix", CollectiveKind::Ldmatrix, 0xffffffffu, site);
     p.ldm_regs = regs;
     p.ldm_num = num_matrices;
     p.ldm_trans = trans;
@@ -235,8 +230,7 @@ static bool resolve_warp(BlockRunner &runner, int warp) {
     for (int i = 0; i < kWarpSize; ++i) {
         lanes[i] = &runner.fibers[first + i];
         const PendingCollective &p = lanes[i]->pending;
-        if (p.kind != lead.pending.kind || p.site.line != lead.pending.site.line ||
-            std::string(p.site.file) != lead.pending.site.file) {
+        if (p.kind != lead.pending.kind || !same_site(p.site, lead.pending.site)) {
             fail_current_block("divergent warp: " + describe_thread(runner, lead, lead.pending.site) + " is at " +
                                collective_name(lead.pending.kind) + ", but lane " + std::to_string(i) + " is at " +
                                collective_name(p.kind) + " (" + format_site(p.site) + ")");
@@ -262,8 +256,7 @@ static bool resolve_barrier(BlockRunner &runner) {
         if (f.state != FiberState::AtBarrier) return false;
         if (first_waiting == nullptr) {
             first_waiting = &f;
-        } else if (f.barrier_site.line != first_waiting->barrier_site.line ||
-                   std::string(f.barrier_site.file) != first_waiting->barrier_site.file) {
+        } else if (!same_site(f.barrier_site, first_waiting->barrier_site)) {
             fail_current_block("threads wait at different __syncthreads: " +
                                describe_thread(runner, *first_waiting, first_waiting->barrier_site) + " and " +
                                describe_thread(runner, f, f.barrier_site));
