@@ -80,3 +80,35 @@ pub trait HostBackend {
         options: BackwardOptions,
     ) -> Result<()>;
 }
+
+/// Tensors of a standalone gate call, `Y = O * act(G)`: the unfused path (an attention with gate = none,
+/// then this pass), which engines run today and the benches compare the fused forward against.
+/// `o` and `y` are `[rows, heads, D]` (rows: batch and sequence flattened, row stride first); `g` is
+/// `[rows, heads, D]` for an elementwise gate and `[rows, heads]` for a headwise one. Without a gate
+/// (gate mode none) `g` must be `None` and the call copies O to Y.
+#[derive(Debug)]
+pub struct GateArgs<I, O> {
+    pub o: Tensor<I>,
+    pub g: Option<Tensor<I>>,
+    pub y: Tensor<O>,
+}
+
+/// Tensors of a standalone gate backward, the unfused path's first backward step: from the upstream
+/// gradient `dy` of `Y = O * act(G)`, the ungated `o` and the logits `g`, it writes `d_o = dY * act(G)`
+/// and `dg = dY * O * act'(G)` (headwise: `dg = act'(G) * sum_d dY * O`). Shapes as in [`GateArgs`]:
+/// `o`, `dy`, `d_o` `[rows, heads, D]`; `g`, `dg` the gate's shape. Without a gate, `g` and `dg` must be
+/// `None`, the call copies dY to dO and `o` is not read.
+#[derive(Debug)]
+pub struct GateBackwardArgs<I, O> {
+    pub o: Tensor<I>,
+    pub g: Option<Tensor<I>>,
+    pub dy: Tensor<I>,
+    pub d_o: Tensor<O>,
+    pub dg: Option<Tensor<O>>,
+}
+
+/// Gate arguments over host slices.
+pub type HostGateArgs<'a, T> = GateArgs<&'a [T], &'a mut [T]>;
+
+/// Gate backward arguments over host slices.
+pub type HostGateBackwardArgs<'a, T> = GateBackwardArgs<&'a [T], &'a mut [T]>;

@@ -252,16 +252,16 @@ fn run_variant(
     if variant == Variant::Unfused {
         let rows = shape.batch * shape.seqlen;
         let flat = [rows, shape.heads_q, shape.head_dim];
-        let o = Tensor::new(b.o.as_view(), Layout::contiguous(&flat));
-        let g = Tensor::new(b.g.as_view(), Layout::contiguous(&flat));
-        let mut y = Tensor::new(b.y.as_view_mut(), Layout::contiguous(&flat));
+        let mut args = crate::GateArgs {
+            o: Tensor::new(b.o.as_view(), Layout::contiguous(&flat)),
+            g: Some(Tensor::new(b.g.as_view(), Layout::contiguous(&flat))),
+            y: Tensor::new(b.y.as_view_mut(), Layout::contiguous(&flat)),
+        };
         backend.gate(
             stream,
             GateMode::Elementwise,
             Activation::Sigmoid,
-            &o,
-            &g,
-            &mut y,
+            &mut args,
         )?;
     }
     Ok(())
@@ -512,20 +512,21 @@ fn separate_gate_backward(
     grads: &mut Gradients,
 ) -> Result<()> {
     let flat = [shape.batch * shape.seqlen, shape.heads_q, shape.head_dim];
-    let o = Tensor::new(b.o.as_view(), Layout::contiguous(&flat));
-    let g = Tensor::new(b.g.as_view(), Layout::contiguous(&flat));
-    let dy = Tensor::new(grads.dy.as_view(), Layout::contiguous(&flat));
-    let mut d_o = Tensor::new(grads.d_o.as_view_mut(), Layout::contiguous(&flat));
-    let mut dg = Tensor::new(grads.dg.as_view_mut(), Layout::contiguous(&flat));
+    let mut args = crate::GateBackwardArgs {
+        o: Tensor::new(b.o.as_view(), Layout::contiguous(&flat)),
+        g: Some(Tensor::new(b.g.as_view(), Layout::contiguous(&flat))),
+        dy: Tensor::new(grads.dy.as_view(), Layout::contiguous(&flat)),
+        d_o: Tensor::new(grads.d_o.as_view_mut(), Layout::contiguous(&flat)),
+        dg: Some(Tensor::new(
+            grads.dg.as_view_mut(),
+            Layout::contiguous(&flat),
+        )),
+    };
     backend.gate_backward(
         stream,
         GateMode::Elementwise,
         Activation::Sigmoid,
-        &o,
-        &g,
-        &dy,
-        &mut d_o,
-        &mut dg,
+        &mut args,
     )
 }
 

@@ -9,30 +9,169 @@
 //!   your streams yourself, as you would for any captured kernel.
 //!
 //! The kernels come from the fatbin `build.rs` embedded (SASS for sm_80, sm_86, sm_89, sm_90a and PTX for
-//! compute_80). Creating a backend never panics: no libcuda, no device or no kernels in this build are
-//! typed errors.
+//! compute_80), which the driver loads in place. Creating a backend never panics: no libcuda, no usable
+//! device or no kernels in this build are typed errors, and a fatbin the driver rejects is an error that
+//! names the driver, the device and the fatbin's archs.
 
 use std::collections::HashMap;
+use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::sys::{self, CUfunction_attribute, CUresult};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DevicePtr,
-    DevicePtrMut, DeviceRepr, DriverError, LaunchConfig as CudarcLaunchConfig, PushKernelArg,
+    CudaContext, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr,
+    DriverError,
 };
 
-use crate::backend::{BackwardArgs, BackwardOptions, ForwardArgs};
+use crate::backend::{BackwardArgs, BackwardOptions, ForwardArgs, GateArgs, GateBackwardArgs};
 use crate::build_info;
 use crate::error::{GsdpaError, Result};
 use crate::ffi;
 use crate::launch::{self, LaunchConfig};
-use crate::problem::{AttentionProblem, GateMode};
+use crate::problem::{Activation, AttentionProblem, GateMode};
 use crate::tensor::{Element, Layout, Memory, Tensor};
 use crate::validate;
 
 fn cuda_error(what: &str, e: DriverError) -> GsdpaError {
     GsdpaError::Cuda(format!("{what}: {e:?}"))
+}
+
+/// Maps a failed driver call to the crate's error by its result code alone (no driver call, so it is
+/// unit-tested without a GPU). The codes by which `cuInit` or a device query says that no device can be
+/// used (none visible, as in a container without `/dev/nvidia*`, a bad ordinal, a device the driver
+/// will not run) become [`GsdpaError::NoDevice`]; those saying the driver library itself is unusable (a
+/// stub, or a kernel module of another version) become [`GsdpaError::NoDriver`]; anything else is
+/// [`GsdpaError::Cuda`]. Every message names the code.
+pub(crate) fn driver_error(what: &str, code: CUresult) -> GsdpaError {
+    use CUresult::*;
+    let message = format!("{what}: {code:?}");
+    match code {
+        CUDA_ERROR_NO_DEVICE
+        | CUDA_ERROR_INVALID_DEVICE
+        | CUDA_ERROR_NOT_INITIALIZED
+        | CUDA_ERROR_DEINITIALIZED
+        | CUDA_ERROR_DEVICE_NOT_LICENSED
+        | CUDA_ERROR_SYSTEM_NOT_READY
+        | CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE => GsdpaError::NoDevice { reason: message },
+        CUDA_ERROR_STUB_LIBRARY | CUDA_ERROR_SYSTEM_DRIVER_MISMATCH => {
+            GsdpaError::NoDriver(message)
+        }
+        _ => GsdpaError::Cuda(message),
+    }
+}
+
+/// The message of a failed kernel module load: the driver's error, the driver's CUDA version, the
+/// device's compute capability and what the fatbin holds, with the two usual causes spelled out. A GPU
+/// with no SASS of its arch in the fatbin JIT-compiles the PTX, which only a driver at least as new as
+/// the nvcc that wrote it accepts (CUDA 13 PTX needs a 580 or newer driver).
+fn module_load_message(
+    code: CUresult,
+    driver_version: Option<i32>,
+    compute_capability: Option<(i32, i32)>,
+    archs: &[&str],
+    nvcc_version: Option<&str>,
+) -> String {
+    let driver = driver_version.map_or("unknown".to_string(), |v| {
+        format!("CUDA {}.{}", v / 1000, v % 1000 / 10)
+    });
+    let device = compute_capability.map_or("unknown".to_string(), |(major, minor)| {
+        format!("sm_{major}{minor}")
+    });
+    let nvcc = nvcc_version.unwrap_or("unknown");
+    let mut message = format!(
+        "loading the kernels failed ({code:?}): driver {driver}, device {device}, fatbin built by \
+         nvcc {nvcc} for [{}]",
+        archs.join(", ")
+    );
+    if compute_capability.is_some_and(|(major, _)| major < 8) {
+        message.push_str("; the kernels need sm_80 or newer");
+    } else {
+        message.push_str(
+            "; a device without SASS of its arch in the fatbin JIT-compiles the PTX, which needs a \
+             driver at least as new as that nvcc (CUDA 13 PTX: driver 580 or newer): build with a \
+             CUDA 12.x nvcc for older drivers, or add the device's arch to GSDPA_CUDA_ARCHS",
+        );
+    }
+    message
+}
+
+/// The kernels' module, loaded by the driver straight from the fatbin embedded in the binary.
+///
+/// cudarc's `load_module` takes an owned image (`Ptx::from_binary(Vec<u8>)`): a copy of the whole
+/// fatbin, in an allocation that need not keep the static's 64-byte alignment. The driver reads the
+/// image only during `cuModuleLoadData`, so the static serves directly; this owns the handle instead of
+/// a `CudaModule` (which cudarc builds only from its own loads) and unloads it on drop.
+struct KernelModule {
+    ctx: Arc<CudaContext>,
+    handle: sys::CUmodule,
+}
+
+// SAFETY: a module handle is a driver object usable from any thread whose current context is the one
+// it was loaded in; every use binds `ctx` first.
+unsafe impl Send for KernelModule {}
+// SAFETY: as above; the driver's module calls are thread-safe.
+unsafe impl Sync for KernelModule {}
+
+/// A kernel of the [`KernelModule`]; valid while the module is loaded (the backend holds both).
+#[derive(Debug, Clone, Copy)]
+struct KernelFunction(sys::CUfunction);
+
+// SAFETY: a function handle is a driver object, valid on any thread while its module is loaded.
+unsafe impl Send for KernelFunction {}
+// SAFETY: as above; launching it is thread-safe in the driver.
+unsafe impl Sync for KernelFunction {}
+
+impl KernelModule {
+    fn load(ctx: &Arc<CudaContext>, fatbin: &'static [u8]) -> Result<Self> {
+        ctx.bind_to_thread()
+            .map_err(|e| cuda_error("binding the context", e))?;
+        // SAFETY: `fatbin` is the complete fatbin image build.rs embedded, 64-byte aligned and alive for
+        // the whole program; the driver only reads it during this call. The context is current.
+        let handle = unsafe { cudarc::driver::result::module::load_data(fatbin.as_ptr().cast()) }
+            .map_err(|e| {
+            GsdpaError::Cuda(module_load_message(
+                e.0,
+                driver_version(),
+                ctx.compute_capability().ok(),
+                build_info::archs(),
+                build_info::nvcc_version(),
+            ))
+        })?;
+        Ok(KernelModule {
+            ctx: ctx.clone(),
+            handle,
+        })
+    }
+
+    fn function(&self, name: &str) -> std::result::Result<KernelFunction, DriverError> {
+        // A NUL in a kernel name cannot name any kernel of the module.
+        let name = std::ffi::CString::new(name)
+            .map_err(|_| DriverError(CUresult::CUDA_ERROR_NOT_FOUND))?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `handle` is a loaded module of the context bound above.
+        unsafe { cudarc::driver::result::module::get_function(self.handle, name) }
+            .map(KernelFunction)
+    }
+}
+
+impl Drop for KernelModule {
+    fn drop(&mut self) {
+        // Nothing can be reported from a drop; a failure leaves the module to the context's teardown.
+        if self.ctx.bind_to_thread().is_ok() {
+            // SAFETY: `handle` was loaded by `load` and is unloaded once; no function of it is used
+            // after the backend (which owns this) is gone.
+            let _ = unsafe { cudarc::driver::result::module::unload(self.handle) };
+        }
+    }
+}
+
+/// The driver's CUDA version (`cuDriverGetVersion`, e.g. 12040 for 12.4), `None` if the call fails.
+fn driver_version() -> Option<i32> {
+    let mut version = 0;
+    // SAFETY: writes one int; only called once the driver library is loaded.
+    let rc = unsafe { sys::cuDriverGetVersion(&mut version) };
+    (rc == CUresult::CUDA_SUCCESS).then_some(version)
 }
 
 /// Device memory as the validation layer sees it: an address and a length, borrowed for `'a`.
@@ -68,18 +207,16 @@ pub type CudaForwardArgs<'a, T> =
 /// Backward arguments on the device.
 pub type CudaBackwardArgs<'a, T> =
     BackwardArgs<CudaView<'a, T>, CudaView<'a, f32>, CudaViewMut<'a, T>>;
-
-/// Why the CUDA backend cannot run here, or `None` when it can (checks libcuda, a device and the kernels;
-/// creates a context on device 0 if they are present).
-pub fn unavailable_reason() -> Option<String> {
-    CudaBackend::new(0).err().map(|e| e.to_string())
-}
+/// Standalone gate arguments on the device.
+pub type CudaGateArgs<'a, T> = GateArgs<CudaView<'a, T>, CudaViewMut<'a, T>>;
+/// Standalone gate backward arguments on the device.
+pub type CudaGateBackwardArgs<'a, T> = GateBackwardArgs<CudaView<'a, T>, CudaViewMut<'a, T>>;
 
 /// The fused gated attention kernels on one CUDA device.
 pub struct CudaBackend {
     ctx: Arc<CudaContext>,
-    module: Arc<CudaModule>,
-    functions: Mutex<HashMap<String, CudaFunction>>,
+    module: KernelModule,
+    functions: Mutex<HashMap<String, KernelFunction>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -91,7 +228,9 @@ impl std::fmt::Debug for CudaBackend {
 }
 
 impl CudaBackend {
-    /// Opens device `ordinal` (its primary context) and loads the kernels.
+    /// Opens device `ordinal` (its primary context) and loads the kernels. No driver library is
+    /// [`GsdpaError::NoDriver`]; a driver that cannot initialise (e.g. a container without
+    /// `/dev/nvidia*`), no device or no device `ordinal` is [`GsdpaError::NoDevice`].
     pub fn new(ordinal: usize) -> Result<Self> {
         // cudarc panics when libcuda is missing: check first.
         // SAFETY: only probes whether the driver library can be loaded.
@@ -100,12 +239,19 @@ impl CudaBackend {
                 "libcuda (the NVIDIA driver library) was not found".into(),
             ));
         }
-        let count = CudaContext::device_count().map_err(|e| cuda_error("cuDeviceGetCount", e))?;
+        // device_count runs cuInit first: that is where a host without usable devices fails.
+        let count = CudaContext::device_count()
+            .map_err(|e| driver_error("initialising the driver (cuInit, cuDeviceGetCount)", e.0))?;
         if count <= 0 || ordinal >= count as usize {
-            return Err(GsdpaError::NoDevice);
+            return Err(GsdpaError::NoDevice {
+                reason: format!(
+                    "device {ordinal} was asked for, the driver reports {} device(s)",
+                    count.max(0)
+                ),
+            });
         }
-        let ctx =
-            CudaContext::new(ordinal).map_err(|e| cuda_error("creating the CUDA context", e))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| driver_error(&format!("opening device {ordinal}"), e.0))?;
         Self::from_context(ctx)
     }
 
@@ -116,9 +262,7 @@ impl CudaBackend {
                 .unwrap_or("nvcc was not found at build time");
             return Err(GsdpaError::KernelsNotBuilt(why.to_string()));
         };
-        let module = ctx
-            .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
-            .map_err(|e| cuda_error("loading the kernels (is the GPU older than sm_80?)", e))?;
+        let module = KernelModule::load(&ctx, fatbin)?;
         Ok(CudaBackend {
             ctx,
             module,
@@ -139,22 +283,26 @@ impl CudaBackend {
     }
 
     /// Looks a kernel up once and raises its dynamic shared memory limit to what it needs.
-    fn function(&self, config: &LaunchConfig) -> Result<CudaFunction> {
+    fn function(&self, config: &LaunchConfig) -> Result<KernelFunction> {
         let mut functions = self
             .functions
             .lock()
             .map_err(|_| GsdpaError::Cuda("kernel cache poisoned".into()))?;
-        if let Some(f) = functions.get(&config.kernel) {
-            return Ok(f.clone());
+        if let Some(&f) = functions.get(&config.kernel) {
+            return Ok(f);
         }
-        let f = self.module.load_function(&config.kernel).map_err(|e| {
+        let f = self.module.function(&config.kernel).map_err(|e| {
             cuda_error(&format!("kernel {} is not in the fatbin", config.kernel), e)
         })?;
         if config.shared_bytes > 48 * 1024 {
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                config.shared_bytes as i32,
-            )
+            // SAFETY: `f` is a function of the live module.
+            unsafe {
+                cudarc::driver::result::function::set_function_attribute(
+                    f.0,
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    config.shared_bytes as i32,
+                )
+            }
             .map_err(|e| {
                 cuda_error(
                     &format!("raising {}'s shared memory limit", config.kernel),
@@ -162,7 +310,7 @@ impl CudaBackend {
                 )
             })?;
         }
-        functions.insert(config.kernel.clone(), f.clone());
+        functions.insert(config.kernel.clone(), f);
         Ok(f)
     }
 
@@ -177,17 +325,24 @@ impl CudaBackend {
             return Ok(());
         }
         let f = self.function(config)?;
-        let cfg = CudarcLaunchConfig {
-            grid_dim: (config.grid[0], config.grid[1], config.grid[2]),
-            block_dim: (config.block[0], config.block[1], config.block[2]),
-            shared_mem_bytes: config.shared_bytes,
-        };
-        let mut builder = stream.launch_builder(&f);
-        builder.arg(params);
-        // SAFETY: `params` was produced by validation from live device buffers of the sizes the kernel
-        // indexes; the launch config is the one the kernel is written for.
-        unsafe { builder.launch(cfg) }
-            .map_err(|e| cuda_error(&format!("launching {}", config.kernel), e))?;
+        let launching = |e| cuda_error(&format!("launching {}", config.kernel), e);
+        self.ctx.bind_to_thread().map_err(launching)?;
+        // The kernels take one argument, the params struct by value: the driver copies it at launch.
+        let mut kernel_args = [(params as *const P).cast_mut().cast::<c_void>()];
+        // SAFETY: `f` is a function of the live module, on this context (bound above), and `stream` is
+        // the caller's stream; `params` was produced by validation from live device buffers of the sizes
+        // the kernel indexes; the launch config is the one the kernel is written for.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.0,
+                (config.grid[0], config.grid[1], config.grid[2]),
+                (config.block[0], config.block[1], config.block[2]),
+                config.shared_bytes,
+                stream.cu_stream(),
+                &mut kernel_args,
+            )
+        }
+        .map_err(launching)?;
         Ok(())
     }
 
@@ -262,82 +417,58 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// The standalone gate `Y = O * act(G)` (the unfused path engines use today; the benches compare the
-    /// fused forward against our gate = none forward followed by this). `o`, `g` and `y` are
-    /// `[rows, heads, D]` views (row stride first); a headwise `g` is `[rows, heads]`.
+    /// The standalone gate `Y = O * act(G)` ([`GateArgs`]: the unfused path engines use today; the
+    /// benches compare the fused forward against our gate = none forward followed by this). Validated
+    /// like the forward; enqueued on `stream`.
     pub fn gate<T: Element + DeviceRepr>(
         &self,
         stream: &CudaStream,
         gate: GateMode,
-        activation: crate::problem::Activation,
-        o: &Tensor<CudaView<'_, T>>,
-        g: &Tensor<CudaView<'_, T>>,
-        y: &mut Tensor<CudaViewMut<'_, T>>,
+        activation: Activation,
+        args: &mut CudaGateArgs<'_, T>,
     ) -> Result<()> {
-        let (o_ptr, _o_guard) = o.data.device_ptr(stream);
-        let (g_ptr, _g_guard) = g.data.device_ptr(stream);
-        let y_len = y.data.len();
-        let (y_ptr, _y_guard) = y.data.device_ptr_mut(stream);
-        let params = gate_params(
-            gate,
-            activation,
-            std::mem::size_of::<T>(),
-            [
-                GateView::input("o", o_ptr, o.data.len(), &o.layout),
-                GateView::input("g", g_ptr, g.data.len(), &g.layout).gate_tensor(),
-                GateView::output("y", y_ptr, y_len, &y.layout),
-            ],
-        )?;
-        let shape = o.layout.shape();
-        self.launch(
-            stream,
-            &launch::gate(T::DTYPE, shape[0], shape[1], shape[2])?,
-            &params,
-        )
+        let mut guards = Vec::new();
+        let dev = GateArgs {
+            o: input(&args.o, stream, &mut guards),
+            g: args.g.as_ref().map(|g| input(g, stream, &mut guards)),
+            y: output(&mut args.y, stream, &mut guards),
+        };
+        let params = validate::validate_gate(gate, activation, &dev)?;
+        let (rows, heads, head_dim) = (params.seqlen, params.heads, params.head_dim);
+        if rows == 0 || heads == 0 || head_dim == 0 {
+            return Ok(());
+        }
+        let config = launch::gate(T::DTYPE, rows as usize, heads as usize, head_dim as usize)?;
+        self.launch(stream, &config, &params)
     }
 
-    /// The standalone gate backward, the unfused path's first backward step: from the upstream gradient
-    /// `dy` of `Y = O * act(G)`, the ungated `o` and the logits `g`, writes `d_o = dY * act(G)` and
-    /// `dg = dY * O * act'(G)` (headwise: `dg = act'(G) * sum_d dY * O`). Engines then run a gate = none
-    /// backward fed with `d_o` (and with the ungated O as its forward output). `o`, `dy` and `d_o` are
-    /// `[rows, heads, D]` views (row stride first); `g` and `dg` are `[rows, heads, D]`, or
-    /// `[rows, heads]` for a headwise gate. The outputs must not overlap each other or any input.
-    #[allow(clippy::too_many_arguments)]
+    /// The standalone gate backward ([`GateBackwardArgs`]), the unfused path's first backward step:
+    /// `d_o = dY * act(G)` and `dg = dY * O * act'(G)` (headwise: `dg = act'(G) * sum_d dY * O`).
+    /// Engines then run a gate = none backward fed with `d_o` (and with the ungated O as its forward
+    /// output). Validated like the backward; enqueued on `stream`.
     pub fn gate_backward<T: Element + DeviceRepr>(
         &self,
         stream: &CudaStream,
         gate: GateMode,
-        activation: crate::problem::Activation,
-        o: &Tensor<CudaView<'_, T>>,
-        g: &Tensor<CudaView<'_, T>>,
-        dy: &Tensor<CudaView<'_, T>>,
-        d_o: &mut Tensor<CudaViewMut<'_, T>>,
-        dg: &mut Tensor<CudaViewMut<'_, T>>,
+        activation: Activation,
+        args: &mut CudaGateBackwardArgs<'_, T>,
     ) -> Result<()> {
-        let (o_ptr, _o_guard) = o.data.device_ptr(stream);
-        let (g_ptr, _g_guard) = g.data.device_ptr(stream);
-        let (dy_ptr, _dy_guard) = dy.data.device_ptr(stream);
-        let (d_o_len, dg_len) = (d_o.data.len(), dg.data.len());
-        let (d_o_ptr, _d_o_guard) = d_o.data.device_ptr_mut(stream);
-        let (dg_ptr, _dg_guard) = dg.data.device_ptr_mut(stream);
-        let params = gate_backward_params(
-            gate,
-            activation,
-            std::mem::size_of::<T>(),
-            [
-                GateView::input("o", o_ptr, o.data.len(), &o.layout),
-                GateView::input("g", g_ptr, g.data.len(), &g.layout).gate_tensor(),
-                GateView::input("dy", dy_ptr, dy.data.len(), &dy.layout),
-                GateView::output("d_o", d_o_ptr, d_o_len, &d_o.layout),
-                GateView::output("dg", dg_ptr, dg_len, &dg.layout).gate_tensor(),
-            ],
-        )?;
-        let shape = o.layout.shape();
-        self.launch(
-            stream,
-            &launch::gate_backward(T::DTYPE, shape[0], shape[1], shape[2])?,
-            &params,
-        )
+        let mut guards = Vec::new();
+        let dev = GateBackwardArgs {
+            o: input(&args.o, stream, &mut guards),
+            g: args.g.as_ref().map(|g| input(g, stream, &mut guards)),
+            dy: input(&args.dy, stream, &mut guards),
+            d_o: output(&mut args.d_o, stream, &mut guards),
+            dg: args.dg.as_mut().map(|dg| output(dg, stream, &mut guards)),
+        };
+        let params = validate::validate_gate_backward(gate, activation, &dev)?;
+        let (rows, heads, head_dim) = (params.seqlen, params.heads, params.head_dim);
+        if rows == 0 || heads == 0 || head_dim == 0 {
+            return Ok(());
+        }
+        let config =
+            launch::gate_backward(T::DTYPE, rows as usize, heads as usize, head_dim as usize)?;
+        self.launch(stream, &config, &params)
     }
 
     /// Runs the conformance kernel and returns its dump (allocates and synchronizes: a test helper).
@@ -456,370 +587,80 @@ fn device_seqlens<'a>(
     }
 }
 
-/// One device view handed to a standalone gate kernel (forward or backward), as its checks see it.
-#[derive(Debug, Clone, Copy)]
-struct GateView<'l> {
-    name: &'static str,
-    addr: u64,
-    /// Elements in the view the layout indexes into.
-    len: usize,
-    layout: &'l Layout,
-    output: bool,
-    /// The gate logits or their gradient (g, dg): `[rows, heads, D]` for an elementwise gate and
-    /// `[rows, heads]` for a headwise one. Every other view is a `[rows, heads, D]` activation.
-    gate: bool,
-}
-
-impl<'l> GateView<'l> {
-    fn input(name: &'static str, addr: u64, len: usize, layout: &'l Layout) -> Self {
-        GateView {
-            name,
-            addr,
-            len,
-            layout,
-            output: false,
-            gate: false,
-        }
-    }
-
-    fn output(name: &'static str, addr: u64, len: usize, layout: &'l Layout) -> Self {
-        GateView {
-            output: true,
-            ..GateView::input(name, addr, len, layout)
-        }
-    }
-
-    /// Marks the view as the gate logits or their gradient, shaped by the gate mode.
-    fn gate_tensor(self) -> Self {
-        GateView { gate: true, ..self }
-    }
-}
-
-/// The gate kernels' view of a checked call: `[rows, heads, D]` as (seqlen, heads, head_dim) with
-/// batch 1, and each view's kernel strides, in the order the views were given.
-struct GateGeometry<const N: usize> {
-    seqlen: i32,
-    heads: i32,
-    head_dim: i32,
-    strides: [ffi::GsdpaStrides; N],
-}
-
-/// Checks the views of a standalone gate kernel and returns what its params need. `views[0]` (O) sets
-/// the `[rows, heads, D]` shape that every activation view must have; `g` and `dg` are that shape for an
-/// elementwise gate and `[rows, heads]` for a headwise one. The checks are the ones the kernels rely
-/// on: every element inside its view, the last dimension contiguous, rows of the views read or written
-/// in 16-byte vectors starting 16-byte aligned, and outputs that neither map two elements to one address
-/// nor overlap any other view.
-fn check_gate_views<const N: usize>(
-    gate: GateMode,
-    elem_bytes: usize,
-    views: &[GateView<'_>; N],
-) -> Result<GateGeometry<N>> {
-    let shape = views[0].layout.shape();
-    if shape.len() != 3 {
-        return Err(GsdpaError::InvalidArgument(format!(
-            "gate: {} must be a [rows, heads, D] view, got shape {shape:?}",
-            views[0].name
-        )));
-    }
-    let gate_shape = match gate {
-        GateMode::Elementwise => shape,
-        GateMode::Headwise => &shape[..2],
-        GateMode::None => {
-            return Err(GsdpaError::InvalidArgument(
-                "gate: gate mode none has nothing to apply".into(),
-            ))
-        }
-    };
-    if shape[2] % 8 != 0 {
-        return Err(GsdpaError::UnsupportedHeadDim { head_dim: shape[2] });
-    }
-    let mut strides = [ffi::GsdpaStrides::default(); N];
-    let mut spans: [Option<(u64, u64)>; N] = [None; N];
-    for (i, view) in views.iter().enumerate() {
-        let (name, layout) = (view.name, view.layout);
-        let expected = if view.gate { gate_shape } else { shape };
-        if layout.shape() != expected {
-            return Err(GsdpaError::ShapeMismatch {
-                tensor: name,
-                expected: expected.to_vec(),
-                actual: layout.shape().to_vec(),
-            });
-        }
-        // A headwise g or dg holds one scalar per (row, head); everything else moves in 16-byte vectors.
-        let vectorised = !view.gate || gate == GateMode::Elementwise;
-        let bad_strides = |reason: String| GsdpaError::BadStrides {
-            tensor: name,
-            reason,
-        };
-        let misaligned = |reason: String| GsdpaError::Misaligned {
-            tensor: name,
-            reason,
-        };
-        let extents = layout.shape();
-        if vectorised && extents[2] > 1 && layout.strides()[2] != 1 {
-            return Err(bad_strides(
-                "the last dimension must be contiguous (stride 1)".into(),
-            ));
-        }
-        // Strides of extent-1 dimensions never multiply a non-zero index.
-        let kernel_stride = |dim: usize| -> Result<i64> {
-            if extents[dim] <= 1 {
-                return Ok(0);
-            }
-            i64::try_from(layout.strides()[dim]).map_err(|_| {
-                GsdpaError::SizeOverflow(format!("{name}: stride does not fit in i64"))
-            })
-        };
-        strides[i] = ffi::GsdpaStrides {
-            batch: 0,
-            row: kernel_stride(0)?,
-            head: kernel_stride(1)?,
-        };
-        let max_offset = match layout.max_offset() {
-            Err(_) => {
-                return Err(GsdpaError::SizeOverflow(format!(
-                    "{name}: the largest element offset overflows"
-                )))
-            }
-            Ok(None) => continue, // empty: nothing is read or written
-            Ok(Some(m)) => m,
-        };
-        if max_offset >= view.len {
-            return Err(bad_strides(format!(
-                "the largest element offset {max_offset} is beyond the buffer of {} elements",
-                view.len
-            )));
-        }
-        let alignment = if vectorised { 16 } else { elem_bytes as u64 };
-        if view.addr % alignment != 0 {
-            return Err(misaligned(format!(
-                "base address {:#x} is not {alignment}-byte aligned",
-                view.addr
-            )));
-        }
-        if vectorised && [strides[i].row, strides[i].head].iter().any(|s| s % 8 != 0) {
-            return Err(misaligned(
-                "row and head strides must be multiples of 8 elements (16 bytes)".into(),
-            ));
-        }
-        if view.output && !layout.is_non_overlapping() {
-            return Err(bad_strides(
-                "the strides map different elements of this output to the same memory".into(),
-            ));
-        }
-        let end = (max_offset as u64 + 1)
-            .checked_mul(elem_bytes as u64)
-            .and_then(|bytes| bytes.checked_add(view.addr))
-            .ok_or_else(|| GsdpaError::SizeOverflow(format!("{name}: byte span overflows")))?;
-        spans[i] = Some((view.addr, end));
-    }
-    for (i, view) in views.iter().enumerate().filter(|(_, v)| v.output) {
-        let Some((start, end)) = spans[i] else {
-            continue;
-        };
-        for (j, other) in views.iter().enumerate() {
-            if let (true, Some((other_start, other_end))) = (i != j, spans[j]) {
-                if start < other_end && other_start < end {
-                    return Err(GsdpaError::Overlap {
-                        output: view.name,
-                        other: other.name,
-                    });
-                }
-            }
-        }
-    }
-    let dim = |value: usize, what: &str| {
-        i32::try_from(value).map_err(|_| GsdpaError::SizeOverflow(format!("gate {what}")))
-    };
-    Ok(GateGeometry {
-        seqlen: dim(shape[0], "rows")?,
-        heads: dim(shape[1], "heads")?,
-        head_dim: dim(shape[2], "head dim")?,
-        strides,
-    })
-}
-
-/// Params of the standalone gate; `views` are o, g and y.
-fn gate_params(
-    gate: GateMode,
-    activation: crate::problem::Activation,
-    elem_bytes: usize,
-    views: [GateView<'_>; 3],
-) -> Result<ffi::GsdpaGateParams> {
-    let geometry = check_gate_views(gate, elem_bytes, &views)?;
-    let [o, g, y] = views;
-    let [o_stride, g_stride, y_stride] = geometry.strides;
-    Ok(ffi::GsdpaGateParams {
-        o: o.addr as *const _,
-        g: g.addr as *const _,
-        y: y.addr as *mut _,
-        o_stride,
-        g_stride,
-        y_stride,
-        batch: 1,
-        seqlen: geometry.seqlen,
-        heads: geometry.heads,
-        head_dim: geometry.head_dim,
-        gate_mode: gate.to_ffi(),
-        activation: activation.to_ffi(),
-    })
-}
-
-/// Params of the standalone gate backward; `views` are o, g, dy, d_o and dg.
-fn gate_backward_params(
-    gate: GateMode,
-    activation: crate::problem::Activation,
-    elem_bytes: usize,
-    views: [GateView<'_>; 5],
-) -> Result<ffi::GsdpaGateBackwardParams> {
-    let geometry = check_gate_views(gate, elem_bytes, &views)?;
-    let [o, g, dy, d_o, dg] = views;
-    let [o_stride, g_stride, dy_stride, d_o_stride, dg_stride] = geometry.strides;
-    Ok(ffi::GsdpaGateBackwardParams {
-        o: o.addr as *const _,
-        g: g.addr as *const _,
-        dy: dy.addr as *const _,
-        d_o: d_o.addr as *mut _,
-        dg: dg.addr as *mut _,
-        o_stride,
-        g_stride,
-        dy_stride,
-        d_o_stride,
-        dg_stride,
-        batch: 1,
-        seqlen: geometry.seqlen,
-        heads: geometry.heads,
-        head_dim: geometry.head_dim,
-        gate_mode: gate.to_ffi(),
-        activation: activation.to_ffi(),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::problem::Activation;
-
-    const ROWS: usize = 6;
-    const HEADS: usize = 3;
-    const D: usize = 64;
-    const N: usize = ROWS * HEADS * D;
-
-    /// Views of a gate backward at made-up, well-separated, 16-byte aligned device addresses:
-    /// o, g, dy, d_o, dg, each `len` elements long.
-    fn backward_views<'l>(layouts: &'l [Layout; 5], lens: [usize; 5]) -> [GateView<'l>; 5] {
-        let addr = |i: u64| 0x10_0000 * (i + 1);
-        [
-            GateView::input("o", addr(0), lens[0], &layouts[0]),
-            GateView::input("g", addr(1), lens[1], &layouts[1]).gate_tensor(),
-            GateView::input("dy", addr(2), lens[2], &layouts[2]),
-            GateView::output("d_o", addr(3), lens[3], &layouts[3]),
-            GateView::output("dg", addr(4), lens[4], &layouts[4]).gate_tensor(),
-        ]
-    }
-
-    fn dense() -> Layout {
-        Layout::contiguous(&[ROWS, HEADS, D])
-    }
-
-    fn params(gate: GateMode, views: [GateView<'_>; 5]) -> Result<ffi::GsdpaGateBackwardParams> {
-        gate_backward_params(gate, Activation::Silu, 2, views)
-    }
 
     #[test]
-    fn gate_backward_params_carry_the_views() {
-        // g is the gate half of a q_proj buffer [rows, heads, 2D]: head stride 2D, row stride 2HD.
-        let q_proj = Layout::q_proj_view(&[ROWS, HEADS, D]);
-        let layouts = [dense(), q_proj, dense(), dense(), dense()];
-        let mut views = backward_views(&layouts, [N, 2 * N, N, N, N]);
-        views[1].addr += 2 * D as u64;
-        let p = params(GateMode::Elementwise, views).unwrap();
-        assert_eq!((p.batch, p.seqlen, p.heads, p.head_dim), (1, 6, 3, 64));
-        assert_eq!(
-            (p.g_stride.row, p.g_stride.head),
-            (2 * (HEADS * D) as i64, 2 * D as i64)
-        );
-        assert_eq!(
-            (p.dy_stride.row, p.dy_stride.head),
-            ((HEADS * D) as i64, D as i64)
-        );
-        assert_eq!(p.g as u64, 0x20_0000 + 2 * D as u64);
-        assert_eq!(p.dg as u64, 0x50_0000);
-        assert_eq!(p.gate_mode, GateMode::Elementwise.to_ffi());
-        assert_eq!(p.activation, Activation::Silu.to_ffi());
-
-        // Headwise: g and dg are [rows, heads], any alignment of a 16-bit scalar.
-        let scalar = Layout::contiguous(&[ROWS, HEADS]);
-        let layouts = [dense(), scalar.clone(), dense(), dense(), scalar];
-        let mut views = backward_views(&layouts, [N, ROWS * HEADS, N, N, ROWS * HEADS]);
-        views[4].addr += 2;
-        let p = params(GateMode::Headwise, views).unwrap();
-        assert_eq!((p.dg_stride.row, p.dg_stride.head), (HEADS as i64, 1));
-    }
-
-    #[test]
-    fn gate_backward_rejects_what_the_kernel_cannot_take() {
-        let scalar = Layout::contiguous(&[ROWS, HEADS]);
-        let ok = [dense(), dense(), dense(), dense(), dense()];
-        let lens = [N; 5];
-        let err = |gate, views| params(gate, views).unwrap_err();
-
-        assert!(matches!(
-            err(GateMode::None, backward_views(&ok, lens)),
-            GsdpaError::InvalidArgument(_)
-        ));
-        // A headwise gradient for an elementwise gate.
-        let layouts = [dense(), dense(), dense(), dense(), scalar.clone()];
-        assert!(matches!(
-            err(GateMode::Elementwise, backward_views(&layouts, lens)),
-            GsdpaError::ShapeMismatch { tensor: "dg", .. }
-        ));
-        // An elementwise g is read in 16-byte vectors: it must be 16-byte aligned.
-        let mut views = backward_views(&ok, lens);
-        views[1].addr += 2;
-        assert!(matches!(
-            err(GateMode::Elementwise, views),
-            GsdpaError::Misaligned { tensor: "g", .. }
-        ));
-        // dY's view is one element short.
-        assert!(matches!(
-            err(
-                GateMode::Elementwise,
-                backward_views(&ok, [N, N, N - 1, N, N])
-            ),
-            GsdpaError::BadStrides { tensor: "dy", .. }
-        ));
-        // d_o written over dY.
-        let mut views = backward_views(&ok, lens);
-        views[3].addr = views[2].addr + 16;
-        assert!(matches!(
-            err(GateMode::Elementwise, views),
-            GsdpaError::Overlap {
-                output: "d_o",
-                other: "dy"
+    fn driver_codes_of_an_unusable_host_map_to_no_device_or_no_driver() {
+        use CUresult::*;
+        // cuInit in a container without /dev/nvidia* and its relatives: no device to use.
+        for code in [
+            CUDA_ERROR_NO_DEVICE,
+            CUDA_ERROR_INVALID_DEVICE,
+            CUDA_ERROR_NOT_INITIALIZED,
+            CUDA_ERROR_DEINITIALIZED,
+            CUDA_ERROR_DEVICE_NOT_LICENSED,
+            CUDA_ERROR_SYSTEM_NOT_READY,
+            CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE,
+        ] {
+            match driver_error("cuInit", code) {
+                GsdpaError::NoDevice { reason } => {
+                    assert!(reason.contains(&format!("{code:?}")), "{code:?}: {reason}")
+                }
+                other => panic!("{code:?} mapped to {other:?}"),
             }
-        ));
-        // A head dim that does not split into 16-byte vectors.
-        let odd = Layout::contiguous(&[ROWS, HEADS, 12]);
-        let layouts = [odd.clone(), scalar.clone(), odd.clone(), odd, scalar];
-        assert!(matches!(
-            err(GateMode::Headwise, backward_views(&layouts, lens)),
-            GsdpaError::UnsupportedHeadDim { head_dim: 12 }
-        ));
+        }
+        // A stub libcuda or a kernel module of another version: the driver itself is unusable.
+        for code in [CUDA_ERROR_STUB_LIBRARY, CUDA_ERROR_SYSTEM_DRIVER_MISMATCH] {
+            assert!(
+                matches!(driver_error("cuInit", code), GsdpaError::NoDriver(ref m) if m.contains(&format!("{code:?}"))),
+                "{code:?}"
+            );
+        }
+        // Anything else stays a CUDA error, with the call and the code in the message.
+        for code in [
+            CUDA_ERROR_OUT_OF_MEMORY,
+            CUDA_ERROR_UNKNOWN,
+            CUDA_ERROR_INVALID_VALUE,
+        ] {
+            assert_eq!(
+                driver_error("cuDeviceGetCount", code),
+                GsdpaError::Cuda(format!("cuDeviceGetCount: {code:?}"))
+            );
+        }
     }
 
     #[test]
-    fn gate_forward_checks_g_alignment_too() {
-        let layouts = [dense(), dense(), dense()];
-        let views = [
-            GateView::input("o", 0x10_0000, N, &layouts[0]),
-            GateView::input("g", 0x20_0008, N, &layouts[1]).gate_tensor(),
-            GateView::output("y", 0x30_0000, N, &layouts[2]),
-        ];
-        assert!(matches!(
-            gate_params(GateMode::Elementwise, Activation::Sigmoid, 2, views),
-            Err(GsdpaError::Misaligned { tensor: "g", .. })
-        ));
+    fn module_load_message_names_driver_device_and_fatbin() {
+        let archs = ["sm_80", "sm_90a", "compute_80"];
+        let message = module_load_message(
+            CUresult::CUDA_ERROR_UNSUPPORTED_PTX_VERSION,
+            Some(12040),
+            Some((8, 6)),
+            &archs,
+            Some("13.0.88"),
+        );
+        for part in [
+            "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+            "driver CUDA 12.4",
+            "device sm_86",
+            "nvcc 13.0.88",
+            "[sm_80, sm_90a, compute_80]",
+            "580",
+            "12.x nvcc",
+        ] {
+            assert!(message.contains(part), "{part:?} missing from: {message}");
+        }
+        // Queries that failed still give a message; a pre-Ampere device is told so.
+        let message = module_load_message(
+            CUresult::CUDA_ERROR_NO_BINARY_FOR_GPU,
+            None,
+            Some((7, 5)),
+            &archs,
+            None,
+        );
+        assert!(message.contains("driver unknown"), "{message}");
+        assert!(message.contains("sm_80 or newer"), "{message}");
     }
 }

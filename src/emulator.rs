@@ -17,11 +17,14 @@
 
 use std::ffi::{c_char, c_void, CString};
 
-use crate::backend::{BackwardOptions, HostBackend, HostBackwardArgs, HostForwardArgs};
+use crate::backend::{
+    BackwardOptions, HostBackend, HostBackwardArgs, HostForwardArgs, HostGateArgs,
+    HostGateBackwardArgs,
+};
 use crate::error::{GsdpaError, Result};
 use crate::ffi;
 use crate::launch::{self, LaunchConfig};
-use crate::problem::AttentionProblem;
+use crate::problem::{Activation, AttentionProblem, GateMode};
 use crate::tensor::{Element, Layout, Tensor};
 use crate::validate;
 
@@ -134,6 +137,104 @@ impl Emulator {
         Err(GsdpaError::Emulator(
             String::from_utf8_lossy(&bytes).into_owned(),
         ))
+    }
+
+    /// The standalone gate `Y = O * act(G)` ([`crate::GateArgs`]), validated like every call, with
+    /// guarded copies of the tensors and `y` poisoned before the launch.
+    pub fn gate<T: Element>(
+        &self,
+        gate: GateMode,
+        activation: Activation,
+        args: &mut HostGateArgs<'_, T>,
+    ) -> Result<()> {
+        self.gate_on_grid(gate, activation, args, None)
+    }
+
+    /// The standalone gate backward (`d_o = dY * act(G)`, `dg = dY * O * act'(G)`,
+    /// [`crate::GateBackwardArgs`]), validated like every call, with guarded copies of the tensors and the
+    /// outputs poisoned before the launch.
+    pub fn gate_backward<T: Element>(
+        &self,
+        gate: GateMode,
+        activation: Activation,
+        args: &mut HostGateBackwardArgs<'_, T>,
+    ) -> Result<()> {
+        self.gate_backward_on_grid(gate, activation, args, None)
+    }
+
+    /// Testing knob: [`Emulator::gate`] launched on `grid` instead of the launcher's grid, to exercise
+    /// the kernel's grid-stride loop with fewer blocks than rows, and blocks of other sizes.
+    #[doc(hidden)]
+    pub fn gate_on_grid<T: Element>(
+        &self,
+        gate: GateMode,
+        activation: Activation,
+        args: &mut HostGateArgs<'_, T>,
+        grid: Option<GateGrid>,
+    ) -> Result<()> {
+        let mut params = validate::validate_gate(gate, activation, args)?;
+        let (rows, heads, head_dim) = (params.seqlen, params.heads, params.head_dim);
+        if rows == 0 || heads == 0 || head_dim == 0 {
+            return Ok(());
+        }
+        let config = launch::gate(T::DTYPE, rows as usize, heads as usize, head_dim as usize)?;
+        let config = GateGrid::apply(grid, config)?;
+        let o = input_copy(&args.o)?;
+        let g = optional_input_copy(&args.g)?;
+        let y = output_copy(&args.y)?;
+        params.o = o.ptr();
+        params.g = ptr_or_null(&g);
+        params.y = y.ptr();
+        // SAFETY: every pointer in params refers to a guarded buffer alive until the end of this function,
+        // sized like the validated tensor it copies.
+        unsafe { self.launch::<ffi::GsdpaGateParams>(&config, &params)? };
+        y.copy_to(args.y.data);
+        Ok(())
+    }
+
+    /// Testing knob: [`Emulator::gate_backward`] launched on `grid` instead of the launcher's grid (see
+    /// [`Emulator::gate_on_grid`]). The kernel's contract asks for whole warps; with other block sizes it
+    /// writes nothing, which the poisoned outputs then show.
+    #[doc(hidden)]
+    pub fn gate_backward_on_grid<T: Element>(
+        &self,
+        gate: GateMode,
+        activation: Activation,
+        args: &mut HostGateBackwardArgs<'_, T>,
+        grid: Option<GateGrid>,
+    ) -> Result<()> {
+        let mut params = validate::validate_gate_backward(gate, activation, args)?;
+        let (rows, heads, head_dim) = (params.seqlen, params.heads, params.head_dim);
+        if rows == 0 || heads == 0 || head_dim == 0 {
+            return Ok(());
+        }
+        let config =
+            launch::gate_backward(T::DTYPE, rows as usize, heads as usize, head_dim as usize)?;
+        let config = GateGrid::apply(grid, config)?;
+        // Validation leaves o null when the kernel must not read it (no gate): keep it null.
+        let o = if params.o.is_null() {
+            None
+        } else {
+            Some(input_copy(&args.o)?)
+        };
+        let g = optional_input_copy(&args.g)?;
+        let dy = input_copy(&args.dy)?;
+        let d_o = output_copy(&args.d_o)?;
+        let dg = optional_output_copy(&args.dg)?;
+        params.o = ptr_or_null(&o);
+        params.g = ptr_or_null(&g);
+        params.dy = dy.ptr();
+        params.d_o = d_o.ptr();
+        params.dg = ptr_or_null(&dg);
+        // SAFETY: every pointer in params is null (and unread by the kernel for this gate mode) or refers
+        // to a guarded buffer alive until the end of this function, sized like the validated tensor it
+        // copies.
+        unsafe { self.launch::<ffi::GsdpaGateBackwardParams>(&config, &params)? };
+        d_o.copy_to(args.d_o.data);
+        if let (Some(buffer), Some(tensor)) = (&dg, &mut args.dg) {
+            buffer.copy_to(tensor.data);
+        }
+        Ok(())
     }
 }
 
@@ -440,4 +541,34 @@ pub fn run_selftest(emulator: &Emulator, test: SelfTest, input: &[f32]) -> Resul
     unsafe { emulator.launch(&config, &params)? };
     out.copy_to(&mut output);
     Ok(output)
+}
+
+/// Testing knob of [`Emulator::gate_on_grid`] and [`Emulator::gate_backward_on_grid`]: a launch of
+/// `blocks` blocks of `threads` threads in place of the launcher's grid.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateGrid {
+    pub blocks: u32,
+    /// Threads per block, 1 to `GSDPA_GATE_THREADS`.
+    pub threads: u32,
+}
+
+impl GateGrid {
+    /// `config` with the grid and block replaced by `grid`'s, when given.
+    fn apply(grid: Option<GateGrid>, config: LaunchConfig) -> Result<LaunchConfig> {
+        let Some(GateGrid { blocks, threads }) = grid else {
+            return Ok(config);
+        };
+        if blocks == 0 || threads == 0 || threads > ffi::GSDPA_GATE_THREADS {
+            return Err(GsdpaError::InvalidArgument(format!(
+                "gate grid: {blocks} blocks of {threads} threads (need blocks >= 1 and 1 to {} threads)",
+                ffi::GSDPA_GATE_THREADS
+            )));
+        }
+        Ok(LaunchConfig {
+            grid: [blocks, 1, 1],
+            block: [threads, 1, 1],
+            ..config
+        })
+    }
 }

@@ -85,9 +85,11 @@ pub enum GsdpaError {
     #[error("no CUDA driver: {0}")]
     NoDriver(String),
 
-    /// The driver loaded but reports no device.
-    #[error("no CUDA device")]
-    NoDevice,
+    /// The driver loaded but no device can be used: the driver fails to initialise (e.g. a container
+    /// without `/dev/nvidia*`), reports no device, or not the one asked for. `reason` names the driver's
+    /// error code or the device count.
+    #[error("no usable CUDA device: {reason}")]
+    NoDevice { reason: String },
 
     /// The crate was built without the kernels this backend needs (no nvcc, or the emulator feature off).
     #[error("kernels not built: {0}")]

@@ -98,6 +98,7 @@ pub mod validate;
 pub use backend::{
     BackwardArgs, BackwardOptions, ForwardArgs, HostBackend, HostBackwardArgs, HostForwardArgs,
 };
+pub use backend::{GateArgs, GateBackwardArgs, HostGateArgs, HostGateBackwardArgs};
 pub use cuda::CudaBackend;
 #[cfg(feature = "emulator")]
 pub use emulator::Emulator;
@@ -109,3 +110,4 @@ pub use validate::{
     backward_workspace_bytes, backward_workspace_layout, set_backward_workspace, validate_backward,
     validate_forward, validate_problem, BackwardWorkspaceLayout,
 };
+pub use validate::{validate_gate, validate_gate_backward};

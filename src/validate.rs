@@ -18,9 +18,11 @@
 
 use std::os::raw::c_void;
 
-use crate::backend::{BackwardArgs, ForwardArgs};
+use crate::backend::{BackwardArgs, ForwardArgs, GateArgs, GateBackwardArgs};
 use crate::error::{GsdpaError, Result};
-use crate::ffi::{GsdpaBwdParams, GsdpaFwdParams, GsdpaStrides};
+use crate::ffi::{
+    GsdpaBwdParams, GsdpaFwdParams, GsdpaGateBackwardParams, GsdpaGateParams, GsdpaStrides,
+};
 use crate::problem::{Activation, AttentionProblem, GateMode, SUPPORTED_HEAD_DIMS};
 use crate::tensor::{Element, Memory, Tensor};
 
@@ -669,4 +671,188 @@ impl AttentionProblem {
             None => self.batch.checked_mul(self.seqlen_q),
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The standalone gate kernels (kernels/gate.cu). Their tensors are `[rows, heads, D]` views (rows:
+// batch and sequence flattened), and their params address them as one batch of `rows` rows; the rules
+// are those of the attention kernels above, plus the gate kernels' own index limits.
+// ---------------------------------------------------------------------------------------------------
+
+/// Checks that a gate tensor (`g` or `dg`) is present exactly when there is a gate.
+fn check_gate_tensor_presence<S>(
+    gate: GateMode,
+    name: &'static str,
+    tensor: &Option<Tensor<S>>,
+) -> Result<()> {
+    match (gate, tensor) {
+        (GateMode::None, Some(_)) => Err(GsdpaError::GateUnexpected { tensor: name }),
+        (GateMode::Elementwise | GateMode::Headwise, None) => Err(GsdpaError::GateMissing {
+            tensor: name,
+            gate: gate.name(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The element type of the outputs must be the inputs' (one kernel instantiation reads and writes both).
+fn check_same_dtype<I: Element, O: Element>(output: &'static str) -> Result<()> {
+    if O::DTYPE != I::DTYPE {
+        return Err(GsdpaError::DTypeMismatch {
+            tensor: output,
+            expected: I::DTYPE,
+            actual: O::DTYPE,
+        });
+    }
+    Ok(())
+}
+
+/// The `[rows, heads, D]` geometry a gate call's activation tensor (`o`) sets for all the others,
+/// checked against the kernels' limits: D a multiple of 8 (rows move as 16-byte vectors), rows, heads
+/// and D fitting i32, and `rows * heads` below 2^32 (the kernels number rows in 32 bits). Returns the
+/// shape and the gate tensors' shape (`[rows, heads]` when headwise).
+fn gate_shapes(gate: GateMode, o_shape: &[usize]) -> Result<(Vec<usize>, Vec<usize>)> {
+    let &[rows, heads, head_dim] = o_shape else {
+        return Err(GsdpaError::InvalidArgument(format!(
+            "gate: o must be a [rows, heads, D] view, got shape {o_shape:?}"
+        )));
+    };
+    if head_dim % 8 != 0 {
+        return Err(GsdpaError::InvalidArgument(format!(
+            "gate: the head dim {head_dim} is not a multiple of 8 (rows move as 16-byte vectors)"
+        )));
+    }
+    for (what, value) in [("rows", rows), ("heads", heads), ("head dim", head_dim)] {
+        if i32::try_from(value).is_err() {
+            return Err(GsdpaError::SizeOverflow(format!(
+                "gate: {what} = {value} does not fit in i32"
+            )));
+        }
+    }
+    if rows
+        .checked_mul(heads)
+        .is_none_or(|n| n > u32::MAX as usize)
+    {
+        return Err(GsdpaError::SizeOverflow(format!(
+            "gate: rows * heads = {rows} * {heads} must be below 2^32 (the kernels' row index)"
+        )));
+    }
+    let gate_shape = match gate {
+        GateMode::Headwise => vec![rows, heads],
+        GateMode::Elementwise | GateMode::None => vec![rows, heads, head_dim],
+    };
+    Ok((o_shape.to_vec(), gate_shape))
+}
+
+fn gate_tensor_kind(gate: GateMode) -> Kind {
+    if gate == GateMode::Headwise {
+        Kind::Scalar16
+    } else {
+        Kind::Vector16
+    }
+}
+
+/// Kernel strides of a checked `[rows, heads(, D)]` gate-kernel tensor (one batch of `rows` rows).
+fn gate_strides(checked: &Checked) -> GsdpaStrides {
+    token_strides(checked, true)
+}
+
+/// Validates a standalone gate call `Y = O * act(G)` and returns the kernel's parameters. With gate
+/// mode none, `g` must be `None` and the kernel copies O to Y.
+pub fn validate_gate<I, O>(
+    gate: GateMode,
+    activation: Activation,
+    args: &GateArgs<I, O>,
+) -> Result<GsdpaGateParams>
+where
+    I: Memory,
+    I::Elem: Element,
+    O: Memory,
+    O::Elem: Element,
+{
+    check_same_dtype::<I::Elem, O::Elem>("y")?;
+    check_gate_tensor_presence(gate, "g", &args.g)?;
+    let (shape, gate_shape) = gate_shapes(gate, args.o.layout.shape())?;
+    let eb = <I::Elem as Element>::DTYPE.size_bytes();
+    let v16 = Kind::Vector16;
+    let o = check_tensor("o", &args.o, &shape, eb, v16, false)?;
+    let g = check_optional("g", &args.g, &gate_shape, eb, gate_tensor_kind(gate), false)?;
+    let y = check_tensor("y", &args.y, &shape, eb, v16, true)?;
+    let mut inputs = vec![&o];
+    inputs.extend(g.as_ref());
+    check_overlaps(&inputs, &[&y])?;
+
+    let zero = GsdpaStrides::default();
+    Ok(GsdpaGateParams {
+        o: o.addr as *const c_void,
+        g: const_ptr(&g),
+        y: y.addr as *mut c_void,
+        o_stride: gate_strides(&o),
+        g_stride: g.as_ref().map_or(zero, gate_strides),
+        y_stride: gate_strides(&y),
+        batch: 1,
+        seqlen: shape[0] as i32,
+        heads: shape[1] as i32,
+        head_dim: shape[2] as i32,
+        gate_mode: gate.to_ffi(),
+        activation: activation.to_ffi(),
+    })
+}
+
+/// Validates a standalone gate backward call (`d_o = dY * act(G)`, `dg = dY * O * act'(G)`) and returns
+/// the kernel's parameters. With gate mode none, `g` and `dg` must be `None`, the kernel copies dY to dO,
+/// and `o` is passed as a null pointer: the kernel does not read it then, and a stray read faults.
+pub fn validate_gate_backward<I, O>(
+    gate: GateMode,
+    activation: Activation,
+    args: &GateBackwardArgs<I, O>,
+) -> Result<GsdpaGateBackwardParams>
+where
+    I: Memory,
+    I::Elem: Element,
+    O: Memory,
+    O::Elem: Element,
+{
+    check_same_dtype::<I::Elem, O::Elem>("d_o")?;
+    check_gate_tensor_presence(gate, "g", &args.g)?;
+    check_gate_tensor_presence(gate, "dg", &args.dg)?;
+    let (shape, gate_shape) = gate_shapes(gate, args.o.layout.shape())?;
+    let eb = <I::Elem as Element>::DTYPE.size_bytes();
+    let (v16, gk) = (Kind::Vector16, gate_tensor_kind(gate));
+    let o = check_tensor("o", &args.o, &shape, eb, v16, false)?;
+    let g = check_optional("g", &args.g, &gate_shape, eb, gk, false)?;
+    let dy = check_tensor("dy", &args.dy, &shape, eb, v16, false)?;
+    let d_o = check_tensor("d_o", &args.d_o, &shape, eb, v16, true)?;
+    let dg = check_optional("dg", &args.dg, &gate_shape, eb, gk, true)?;
+    let mut inputs = vec![&o];
+    inputs.extend(g.as_ref());
+    inputs.push(&dy);
+    let mut outputs = vec![&d_o];
+    outputs.extend(dg.as_ref());
+    check_overlaps(&inputs, &outputs)?;
+
+    let zero = GsdpaStrides::default();
+    let o_ptr = if gate == GateMode::None {
+        std::ptr::null()
+    } else {
+        o.addr as *const c_void
+    };
+    Ok(GsdpaGateBackwardParams {
+        o: o_ptr,
+        g: const_ptr(&g),
+        dy: dy.addr as *const c_void,
+        d_o: d_o.addr as *mut c_void,
+        dg: mut_ptr(&dg),
+        o_stride: gate_strides(&o),
+        g_stride: g.as_ref().map_or(zero, gate_strides),
+        dy_stride: gate_strides(&dy),
+        d_o_stride: gate_strides(&d_o),
+        dg_stride: dg.as_ref().map_or(zero, gate_strides),
+        batch: 1,
+        seqlen: shape[0] as i32,
+        heads: shape[1] as i32,
+        head_dim: shape[2] as i32,
+        gate_mode: gate.to_ffi(),
+        activation: activation.to_ffi(),
+    })
 }

@@ -1,18 +1,24 @@
 //! The GPU suite: the kernels on a real device against the f64 reference, and the emulator against the
-//! hardware. Every test skips with a printed reason when there is no usable GPU (no driver, no device,
-//! or a build without nvcc) and fails instead when `GSDPA_REQUIRE_GPU=1`.
+//! hardware. Every test skips when there is no usable GPU (no driver, no device, or a build without
+//! nvcc), printing `SKIPPED <test>: <reason>` past libtest's output capture so that the skip shows in
+//! `cargo test`'s output, and fails instead when `GSDPA_REQUIRE_GPU=1`.
 //!
 //! Run on a GPU machine: `GSDPA_REQUIRE_GPU=1 cargo test --release --test gpu`.
+
+use std::io::Write;
 
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use gated_sdpa::cuda::{CudaBackend, CudaSeqlens};
 use gated_sdpa::reference;
 use gated_sdpa::{
     Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType, Element, ForwardArgs,
-    GateMode, Layout, Tensor, Varlen,
+    GateArgs, GateBackwardArgs, GateMode, GsdpaError, Layout, Tensor, Varlen,
 };
 use rand::{rngs::StdRng, RngExt, SeedableRng};
 
+/// The backend on device 0, or `None` (the test then returns early) after saying so where the user sees
+/// it: libtest captures what the print macros write, and a test that returns early reads "ok" in the
+/// summary, so the reason goes straight to the process's stderr, one line per skipped test.
 fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
         Ok(backend) => Some(backend),
@@ -20,7 +26,16 @@ fn gpu() -> Option<CudaBackend> {
             if std::env::var("GSDPA_REQUIRE_GPU").as_deref() == Ok("1") {
                 panic!("GSDPA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
             }
-            eprintln!("skipping GPU test: {e}");
+            let thread = std::thread::current();
+            let test = thread.name().unwrap_or("a GPU test");
+            // A write on the handle itself bypasses the capture (only the macros are redirected). One
+            // write, starting on a line of its own: libtest may be midway through "test name ... ".
+            let _ = std::io::stderr().write_all(
+                format!(
+                    "\nSKIPPED {test}: no usable GPU ({e}); GSDPA_REQUIRE_GPU=1 makes this a failure\n"
+                )
+                .as_bytes(),
+            );
             None
         }
     }
@@ -493,21 +508,31 @@ fn standalone_gate_kernels_match_the_formulas() {
             let mut y_dev = upload(&stream, &nan(o.len()));
             let mut do_dev = upload(&stream, &nan(o.len()));
             let mut dg_dev = upload(&stream, &nan(g.len()));
-            let o_t = Tensor::new(o_dev.as_view(), Layout::contiguous(&full));
-            let g_t = Tensor::new(g_dev.as_view(), Layout::contiguous(&g_shape));
-            let dy_t = Tensor::new(dy_dev.as_view(), Layout::contiguous(&full));
-            let mut y_t = Tensor::new(y_dev.as_view_mut(), Layout::contiguous(&full));
+            let o_t = || Tensor::new(o_dev.as_view(), Layout::contiguous(&full));
+            let g_t = || Some(Tensor::new(g_dev.as_view(), Layout::contiguous(&g_shape)));
+            let mut args = GateArgs {
+                o: o_t(),
+                g: g_t(),
+                y: Tensor::new(y_dev.as_view_mut(), Layout::contiguous(&full)),
+            };
             backend
-                .gate(&stream, gate, activation, &o_t, &g_t, &mut y_t)
+                .gate(&stream, gate, activation, &mut args)
                 .expect("gate kernel");
-            let mut do_t = Tensor::new(do_dev.as_view_mut(), Layout::contiguous(&full));
-            let mut dg_t = Tensor::new(dg_dev.as_view_mut(), Layout::contiguous(&g_shape));
+            drop(args);
+            let mut args = GateBackwardArgs {
+                o: o_t(),
+                g: g_t(),
+                dy: Tensor::new(dy_dev.as_view(), Layout::contiguous(&full)),
+                d_o: Tensor::new(do_dev.as_view_mut(), Layout::contiguous(&full)),
+                dg: Some(Tensor::new(
+                    dg_dev.as_view_mut(),
+                    Layout::contiguous(&g_shape),
+                )),
+            };
             backend
-                .gate_backward(
-                    &stream, gate, activation, &o_t, &g_t, &dy_t, &mut do_t, &mut dg_t,
-                )
+                .gate_backward(&stream, gate, activation, &mut args)
                 .expect("gate backward kernel");
-            drop((o_t, g_t, dy_t, y_t, do_t, dg_t));
+            drop(args);
             stream.synchronize().unwrap();
             for (name, got, want) in [
                 ("y", download(&stream, &y_dev), &want_y),
@@ -517,6 +542,31 @@ fn standalone_gate_kernels_match_the_formulas() {
                 let e = rel_error(&got, want);
                 assert!(e <= 1e-2, "{name} error {e} ({gate:?}, {activation:?})");
             }
+        }
+    }
+}
+
+/// Creating the backend never panics: on a host without the driver library (this is what CI without a
+/// GPU sees) it is `NoDriver`, on one whose driver cannot reach a device `NoDevice`, without kernels in
+/// the build `KernelsNotBuilt`. Runs everywhere.
+#[test]
+fn creating_the_backend_without_a_gpu_is_a_typed_error() {
+    // SAFETY: only probes whether the driver library can be loaded.
+    let driver_present = unsafe { cudarc::driver::sys::is_culib_present() };
+    match CudaBackend::new(0) {
+        Ok(_) => assert!(driver_present),
+        Err(GsdpaError::NoDriver(reason)) => {
+            assert!(!driver_present, "NoDriver with libcuda present: {reason}")
+        }
+        Err(GsdpaError::NoDevice { reason }) => assert!(driver_present && !reason.is_empty()),
+        Err(GsdpaError::KernelsNotBuilt(_)) => assert!(gated_sdpa::build_info::fatbin().is_none()),
+        Err(other) => panic!("unexpected error creating the backend: {other:?}"),
+    }
+    // No device 2^20 on any host.
+    if driver_present {
+        match CudaBackend::new(1 << 20) {
+            Err(GsdpaError::NoDevice { .. }) | Err(GsdpaError::KernelsNotBuilt(_)) => {}
+            other => panic!("device 2^20: {other:?}"),
         }
     }
 }
