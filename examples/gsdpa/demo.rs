@@ -320,18 +320,18 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
             if row.ok() { "ok" } else { "FAIL" }
         );
     }
+    if backward.is_some() {
+        println!(
+            "\nrel err (mag) = ||x - x_ref|| / ||x_mag||, x_mag: the gradient's sums with every term in \
+             absolute value (meaningful where x_ref cancels, e.g. to 0 at S=1)"
+        );
+    }
     let failed: Vec<&str> = rows.iter().filter(|r| !r.ok()).map(|r| r.tensor).collect();
     if !failed.is_empty() {
         return Err(CliError {
             code: 1,
             message: format!("demo: {} off the reference", failed.join(", ")),
         });
-    }
-    if backward.is_some() {
-        println!(
-            "\nrel err (mag) = ||x - x_ref|| / ||x_mag||, x_mag: the gradient's sums with every term in \
-             absolute value (meaningful where x_ref cancels, e.g. to 0 at S=1)"
-        );
     }
     println!("\nall checks passed against the f64 CPU reference");
     Ok(())
@@ -397,8 +397,15 @@ mod tests {
                 // A NaN anywhere fails.
                 let mut nan = exact.clone();
                 nan[0] = f64::NAN;
-                assert!(check(&nan).is_nan() || check(&nan) > GRADIENT_BOUND);
-                assert!(!(check(&nan) <= GRADIENT_BOUND));
+                let row = Row {
+                    pass: "",
+                    ms: None,
+                    tensor: name,
+                    error: check(&nan),
+                    metric: "",
+                    bound: GRADIENT_BOUND,
+                };
+                assert!(!row.ok(), "{name}: a NaN passed");
                 if seqlen > 1 {
                     // A gradient that is missing (zero) or of the wrong sign fails.
                     assert!(
@@ -408,6 +415,59 @@ mod tests {
                     let flipped: Vec<f64> = exact.iter().map(|x| -x).collect();
                     assert!(check(&flipped) > GRADIENT_BOUND, "{name} S={seqlen}");
                 }
+            }
+        }
+    }
+
+    /// Every element of a magnitude bounds the exact gradient's (it is the same sum of absolute
+    /// terms), for every gate mode, activation and for varlen; empty sequences give zero magnitudes.
+    #[test]
+    fn magnitudes_bound_the_exact_gradients() {
+        let varlen = gated_sdpa::Varlen::new(vec![0, 3, 3, 7], vec![0, 2, 6, 9]).unwrap();
+        let problems = [
+            AttentionProblem::new(2, 5, 3, 4, 2, 64).gate(GateMode::Headwise),
+            AttentionProblem::new(1, 4, 6, 2, 1, 64)
+                .causal(true)
+                .gate(GateMode::Elementwise)
+                .activation(Activation::Silu),
+            AttentionProblem::new_varlen(varlen, 2, 2, 64)
+                .causal(true)
+                .gate(GateMode::Headwise)
+                .activation(Activation::Silu),
+            AttentionProblem::new(1, 3, 3, 2, 2, 64),
+        ];
+        let mut rng = StdRng::seed_from_u64(9);
+        for problem in problems {
+            let n = |shape: Vec<usize>| shape.iter().product::<usize>();
+            let mut draw = |len: usize| -> Vec<f64> {
+                (0..len).map(|_| rng.random_range(-2.0..2.0)).collect()
+            };
+            let q = draw(n(problem.q_shape()));
+            let k = draw(n(problem.kv_shape()));
+            let v = draw(n(problem.kv_shape()));
+            let g = problem.gate_shape().map(|s| draw(n(s)));
+            let dy = draw(n(problem.q_shape()));
+            let exact = backward_f64(&problem, &q, &k, &v, g.as_deref(), &dy).unwrap();
+            let mag = backward_magnitudes_f64(&problem, &q, &k, &v, g.as_deref(), &dy).unwrap();
+            assert_eq!(exact.dg.is_some(), mag.dg.is_some());
+            let none = Vec::new();
+            for (exact, mag) in [
+                (&exact.dq, &mag.dq),
+                (&exact.dk, &mag.dk),
+                (&exact.dv, &mag.dv),
+                (
+                    exact.dg.as_ref().unwrap_or(&none),
+                    mag.dg.as_ref().unwrap_or(&none),
+                ),
+            ] {
+                assert_eq!(exact.len(), mag.len());
+                for (e, m) in exact.iter().zip(mag) {
+                    assert!(
+                        e.abs() <= m * (1.0 + 1e-12) + 1e-300,
+                        "{e} > {m} ({problem:?})"
+                    );
+                }
+                assert!(mag.is_empty() || norm(mag) > 0.0);
             }
         }
     }

@@ -118,7 +118,8 @@ pub fn read(path: &Path) -> Result<Array, String> {
     read_from(&mut BufReader::new(file), size).map_err(fail)
 }
 
-/// Parses the bytes of a `.npy` file.
+/// Parses the bytes of a `.npy` file (tests use it).
+#[cfg(test)]
 pub fn parse(bytes: &[u8]) -> Result<Array, String> {
     read_from(&mut &bytes[..], Some(bytes.len() as u64))
 }
@@ -350,7 +351,8 @@ pub fn write(
     Ok(())
 }
 
-/// Serializes a float32 array as `.npy` bytes.
+/// Serializes a float32 array as `.npy` bytes (tests use it).
+#[cfg(test)]
 pub fn to_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
     let mut out = Vec::new();
     // Writing to a Vec fails only on a length mismatch, which is the caller's bug.
