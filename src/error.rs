@@ -106,6 +106,11 @@ pub enum GsdpaError {
     /// The caller's backward workspace is smaller than `backward_workspace_bytes` asks for.
     #[error("workspace too small: need {needed} bytes, got {got}")]
     WorkspaceTooSmall { needed: usize, got: usize },
+
+    /// A host allocation of `bytes` bytes failed (the size itself was representable; see
+    /// [`HostBuffer::try_new`](crate::HostBuffer::try_new)).
+    #[error("out of memory: cannot allocate {bytes} bytes on the host")]
+    OutOfMemory { bytes: usize },
 }
 
 /// `Result` with [`GsdpaError`].

@@ -70,6 +70,92 @@ pub fn backward_f64(
     grads.ok_or_else(|| GsdpaError::InvalidArgument("backward produced no gradients".into()))
 }
 
+/// Cancellation-free magnitudes of the gradients: the same sums as [`backward_f64`] with every term
+/// taken in absolute value, so that a gradient whose terms cancel (e.g. dQ and dK of a query that sees
+/// a single key, where `dS = P (dP - Delta) = 0` exactly) still has a scale to measure errors against.
+///
+/// With `P`, `dP = dO v^T`, `Delta = rowsum(dO * O)` and `dO = dy * act(g)` of the exact forward:
+/// - `dq[i] = scale sum_j P_ij (|dP_ij| + |Delta_i|) |k_j|`,
+/// - `dk[j] = scale sum_i P_ij (|dP_ij| + |Delta_i|) |q_i|`,
+/// - `dv[j] = sum_i P_ij |dO_i|`,
+/// - `dg = |dy| |O| |act'(g)|` (headwise: summed over the head's elements).
+///
+/// Rounding errors of any implementation of the backward scale with these, so `||dq - dq_exact||`
+/// divided by `||dq magnitude||` is a relative error that stays meaningful when `dq_exact` cancels to
+/// zero. Layouts are those of [`backward_f64`].
+pub fn backward_magnitudes_f64(
+    problem: &AttentionProblem,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    g: Option<&[f64]>,
+    dy: &[f64],
+) -> Result<BackwardResultF64> {
+    check_dense_inputs(problem, q, k, v, g)?;
+    check_len("dy", &problem.q_shape(), dy.len())?;
+    let forward = forward_f64(problem, q, k, v, g)?;
+    let d = problem.head_dim;
+    let (hq, hkv) = (problem.heads_q, problem.heads_kv);
+    let group = problem.group_size().max(1);
+    let scale = f64::from(problem.softmax_scale());
+    let act = problem.activation;
+    let tq = problem.total_q();
+    let mut mag = BackwardResultF64 {
+        dq: vec![0.0; q.len()],
+        dk: vec![0.0; k.len()],
+        dv: vec![0.0; v.len()],
+        dg: g.map(|g| vec![0.0; g.len()]),
+    };
+    let mut d_o = vec![0.0; d];
+    let sequences = (0..problem.batch).filter_map(|b| Some((b, problem.sequence(b)?)));
+    for (b, (q_tokens, k_tokens)) in sequences {
+        let (sq, sk) = (q_tokens.len(), k_tokens.len());
+        for h in 0..hq {
+            let hk = h / group;
+            for i in 0..sq {
+                let t = q_tokens.start + i;
+                let row = (t * hq + h) * d;
+                let lse = forward.lse[match problem.varlen {
+                    Some(_) => h * tq + t,
+                    None => (b * hq + h) * sq + i,
+                }];
+                let (q_row, o_row, dy_row) = (
+                    &q[row..row + d],
+                    &forward.o[row..row + d],
+                    &dy[row..row + d],
+                );
+                for c in 0..d {
+                    let gate = match (problem.gate, g) {
+                        (GateMode::Elementwise, Some(g)) => Some(g[row + c]),
+                        (GateMode::Headwise, Some(g)) => Some(g[t * hq + h]),
+                        _ => None,
+                    };
+                    d_o[c] = dy_row[c] * gate.map_or(1.0, |x| act.apply(x));
+                    if let (Some(x), Some(dg)) = (gate, mag.dg.as_mut()) {
+                        let term = (dy_row[c] * o_row[c] * act.derivative(x)).abs();
+                        match problem.gate {
+                            GateMode::Headwise => dg[t * hq + h] += term,
+                            _ => dg[row + c] = term,
+                        }
+                    }
+                }
+                let delta = dot(&d_o, o_row).abs();
+                for j in 0..visible_keys(problem.causal, i, sq, sk) {
+                    let kr = ((k_tokens.start + j) * hkv + hk) * d;
+                    let p = (scale * dot(q_row, &k[kr..kr + d]) - lse).exp();
+                    let ds = p * (dot(&d_o, &v[kr..kr + d]).abs() + delta);
+                    for c in 0..d {
+                        mag.dq[row + c] += scale * ds * k[kr + c].abs();
+                        mag.dk[kr + c] += scale * ds * q_row[c].abs();
+                        mag.dv[kr + c] += p * d_o[c].abs();
+                    }
+                }
+            }
+        }
+    }
+    Ok(mag)
+}
+
 fn check_len(tensor: &'static str, shape: &[usize], len: usize) -> Result<()> {
     let expected = shape.iter().try_fold(1usize, |a, &e| a.checked_mul(e));
     if expected != Some(len) {

@@ -344,7 +344,14 @@ pub struct QProjViews<'a, T> {
 /// A host buffer whose first element is 16-byte aligned, as the kernels' vector loads need (a `Vec` of
 /// a 2-byte type only guarantees 2-byte alignment). Implemented without `unsafe`: the storage holds a
 /// few extra elements and the buffer starts at the first aligned one.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// The alignment is guaranteed whenever `align_of::<T>()` is at least `gcd(size_of::<T>(), 16)`,
+/// which holds for every primitive (`bf16`, `f16`, `f32`, `f64`, `i32`, `u8`, ...); for an odd type
+/// such as `[u8; 2]` the buffer starts at element 0 of its storage when no element is aligned.
+///
+/// `Clone`, `PartialEq` and `Debug` go through the aligned slice: a clone is a fresh aligned buffer
+/// (not a copy of the storage, whose padding sits at a different offset in a new allocation), and
+/// the padding is never compared or printed.
 pub struct HostBuffer<T> {
     storage: Vec<T>,
     start: usize,
@@ -354,40 +361,34 @@ pub struct HostBuffer<T> {
 /// Alignment of [`HostBuffer`]'s first element, in bytes.
 pub const HOST_BUFFER_ALIGN: usize = 16;
 
-impl<T: Copy + Default> HostBuffer<T> {
-    /// `len` elements of `T::default()`.
-    pub fn new(len: usize) -> Self {
-        Self::filled(len, T::default())
+/// Greatest common divisor (for the alignment arithmetic of [`HostBuffer`]).
+const fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
     }
+    a
+}
 
-    /// `len` copies of `value`.
-    pub fn filled(len: usize, value: T) -> Self {
+impl<T> HostBuffer<T> {
+    /// Extra elements allocated so that one of the first `slack + 1` lies on a [`HOST_BUFFER_ALIGN`]
+    /// boundary: element offsets `k * size` cover every residue modulo the alignment that is a multiple
+    /// of `gcd(size, align)`, so `align / gcd - 1` extra elements always suffice when the allocation
+    /// itself starts on a multiple of that gcd.
+    fn slack() -> usize {
         let size = std::mem::size_of::<T>();
-        // Types whose size does not divide the alignment cannot be shifted onto it element-wise.
-        let slack = if size == 0 || HOST_BUFFER_ALIGN % size != 0 {
-            0
-        } else {
-            HOST_BUFFER_ALIGN / size - 1
-        };
-        let storage = vec![value; len + slack];
-        let misalignment = storage.as_ptr() as usize % HOST_BUFFER_ALIGN;
-        let start = if slack == 0 || misalignment == 0 {
-            0
-        } else {
-            (HOST_BUFFER_ALIGN - misalignment) / size
-        };
-        HostBuffer {
-            storage,
-            start,
-            len,
+        if size == 0 {
+            return 0;
         }
+        HOST_BUFFER_ALIGN / gcd(size, HOST_BUFFER_ALIGN) - 1
     }
 
-    /// An aligned copy of `data`.
-    pub fn from_slice(data: &[T]) -> Self {
-        let mut buffer = Self::new(data.len());
-        buffer.as_mut_slice().copy_from_slice(data);
-        buffer
+    /// The first element of `storage` at or before `slack` whose address is aligned (0 when none is).
+    fn aligned_start(storage: &[T], slack: usize) -> usize {
+        let size = std::mem::size_of::<T>();
+        let base = storage.as_ptr() as usize;
+        (0..=slack)
+            .find(|&k| (base + k * size) % HOST_BUFFER_ALIGN == 0)
+            .unwrap_or(0)
     }
 
     pub fn as_slice(&self) -> &[T] {
@@ -405,9 +406,101 @@ impl<T: Copy + Default> HostBuffer<T> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+impl<T: Copy + Default> HostBuffer<T> {
+    /// `len` elements of `T::default()`.
+    ///
+    /// # Panics
+    /// Like `Vec`, when the size in bytes overflows `isize::MAX` or the allocation fails; use
+    /// [`HostBuffer::try_new`] to get a typed error instead.
+    pub fn new(len: usize) -> Self {
+        Self::filled(len, T::default())
+    }
+
+    /// `len` elements of `T::default()`, or [`GsdpaError::SizeOverflow`] when the size in bytes
+    /// overflows `isize::MAX`, [`GsdpaError::OutOfMemory`] when the allocation fails.
+    pub fn try_new(len: usize) -> Result<Self> {
+        Self::try_filled(len, T::default())
+    }
+
+    /// `len` copies of `value`.
+    ///
+    /// # Panics
+    /// As [`HostBuffer::new`]; [`HostBuffer::try_filled`] is the fallible form.
+    pub fn filled(len: usize, value: T) -> Self {
+        Self::try_filled(len, value).unwrap_or_else(|e| panic!("HostBuffer of {len} elements: {e}"))
+    }
+
+    /// `len` copies of `value`, failing as [`HostBuffer::try_new`] does.
+    pub fn try_filled(len: usize, value: T) -> Result<Self> {
+        let slack = Self::slack();
+        let elements = len.checked_add(slack);
+        let bytes = elements.and_then(|n| n.checked_mul(std::mem::size_of::<T>()));
+        let (elements, bytes) = match (elements, bytes) {
+            (Some(n), Some(b)) if b <= isize::MAX as usize => (n, b),
+            _ => {
+                return Err(GsdpaError::SizeOverflow(format!(
+                    "a host buffer of {len} elements of {} bytes does not fit in memory's address range",
+                    std::mem::size_of::<T>()
+                )))
+            }
+        };
+        let mut storage = Vec::new();
+        // The byte size was checked above, so the only failure left is the allocator's.
+        storage
+            .try_reserve_exact(elements)
+            .map_err(|_| GsdpaError::OutOfMemory { bytes })?;
+        storage.resize(elements, value);
+        let start = Self::aligned_start(&storage, slack);
+        Ok(HostBuffer {
+            storage,
+            start,
+            len,
+        })
+    }
+
+    /// An aligned copy of `data`.
+    ///
+    /// # Panics
+    /// When the allocation fails; [`HostBuffer::try_from_slice`] is the fallible form.
+    pub fn from_slice(data: &[T]) -> Self {
+        let mut buffer = Self::new(data.len());
+        buffer.as_mut_slice().copy_from_slice(data);
+        buffer
+    }
+
+    /// An aligned copy of `data`, or [`GsdpaError::OutOfMemory`] when the allocation fails.
+    pub fn try_from_slice(data: &[T]) -> Result<Self> {
+        let mut buffer = Self::try_new(data.len())?;
+        buffer.as_mut_slice().copy_from_slice(data);
+        Ok(buffer)
+    }
 
     /// The elements as a `Vec` (a copy).
     pub fn to_vec(&self) -> Vec<T> {
         self.as_slice().to_vec()
+    }
+}
+
+impl<T: Copy + Default> Clone for HostBuffer<T> {
+    /// A fresh aligned buffer holding the same elements.
+    fn clone(&self) -> Self {
+        Self::from_slice(self.as_slice())
+    }
+}
+
+impl<T: PartialEq> PartialEq for HostBuffer<T> {
+    /// Equal when the elements are (the alignment padding is not part of the value).
+    fn eq(&self, other: &Self) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl<T: Eq> Eq for HostBuffer<T> {}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for HostBuffer<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("HostBuffer").field(&self.as_slice()).finish()
     }
 }

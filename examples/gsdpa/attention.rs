@@ -9,7 +9,8 @@ use half::{bf16, f16};
 
 use crate::args::{parse_i32_list, Flags};
 use crate::backends::{AnyElement, Backend, HostInputs};
-use crate::npy::{self, Array, PendingWrites};
+use crate::npy::{self, Array};
+use crate::outputs::{OutputPlan, Transaction};
 use crate::CliError;
 
 const VALUE_FLAGS: [&str; 16] = [
@@ -72,8 +73,10 @@ fn parse_activation(text: &str) -> Result<Activation, String> {
 }
 
 /// Everything a forward or backward command needs, loaded and checked, before any backend runs.
-struct Request {
+pub struct Request {
     problem: AttentionProblem,
+    /// The element type the inputs are rounded to and the kernels run in.
+    dtype: DType,
     /// q, or the q_proj buffer with `qg`.
     q: Array,
     qg: bool,
@@ -81,13 +84,16 @@ struct Request {
     k: Array,
     v: Array,
     dy: Option<Array>,
+    /// Things the user should know that do not stop the run (printed on stderr).
+    pub warnings: Vec<String>,
 }
 
 fn read_npy(flag: &str, path: &str) -> Result<Array, String> {
     npy::read(Path::new(path)).map_err(|e| format!("--{flag} {e}"))
 }
 
-fn load(flags: &Flags, backward: bool) -> Result<Request, CliError> {
+/// Reads and checks the inputs of a forward (`backward` false) or backward command.
+pub fn load(flags: &Flags, backward: bool) -> Result<Request, CliError> {
     let dtype = parse_dtype(flags.value("dtype").unwrap_or("bf16"))?;
     if flags.value("q").is_some() == flags.value("qg").is_some() {
         return Err("give exactly one of --q and --qg".to_string().into());
@@ -217,8 +223,26 @@ fn load(flags: &Flags, backward: bool) -> Result<Request, CliError> {
     if let Some(dy) = &dy {
         expect("dy", dy, &problem.q_shape())?;
     }
+    let mut warnings = Vec::new();
+    let inputs = [
+        (q_name, Some(&q)),
+        ("k", Some(&k)),
+        ("v", Some(&v)),
+        ("g", g.as_ref()),
+        ("dy", dy.as_ref()),
+    ];
+    for (name, array) in inputs {
+        if array.is_some_and(Array::is_f64) {
+            let path = flags.value(name).unwrap_or_default();
+            warnings.push(format!(
+                "--{name} {path} holds float64 values; they are rounded to {dtype}"
+            ));
+        }
+    }
     Ok(Request {
         problem,
+        dtype,
+        warnings,
         q,
         qg,
         g,
@@ -228,24 +252,32 @@ fn load(flags: &Flags, backward: bool) -> Result<Request, CliError> {
     })
 }
 
-fn rounded<T: Element>(array: &Array) -> HostBuffer<T> {
-    let data: Vec<T> = array.data.iter().map(|&x| T::from_f32(x)).collect();
-    HostBuffer::from_slice(&data)
+/// An input rounded to `T`; a finite value that overflows `T` is an error naming the flag and file.
+fn rounded<T: Element>(flags: &Flags, name: &str, array: &Array) -> Result<HostBuffer<T>, String> {
+    array
+        .round_to::<T>()
+        .map_err(|e| format!("--{name} {}: {e}", flags.value(name).unwrap_or_default()))
 }
 
-fn widened<T: Element>(buffer: &HostBuffer<T>) -> Vec<f32> {
-    buffer.as_slice().iter().map(|x| x.to_f32()).collect()
+/// The output values as f32, as they are written.
+fn widened<T: Element>(buffer: &HostBuffer<T>) -> impl ExactSizeIterator<Item = f32> + '_ {
+    buffer.as_slice().iter().map(|x| x.to_f32())
 }
 
-fn host_inputs<T: AnyElement>(request: &Request) -> HostInputs<T> {
-    HostInputs {
+fn host_inputs<T: AnyElement>(flags: &Flags, request: &Request) -> Result<HostInputs<T>, String> {
+    let q_name = if request.qg { "qg" } else { "q" };
+    Ok(HostInputs {
         problem: request.problem.clone(),
-        q: rounded(&request.q),
+        q: rounded(flags, q_name, &request.q)?,
         qg: request.qg,
-        g: request.g.as_ref().map(rounded),
-        k: rounded(&request.k),
-        v: rounded(&request.v),
-    }
+        g: request
+            .g
+            .as_ref()
+            .map(|g| rounded(flags, "g", g))
+            .transpose()?,
+        k: rounded(flags, "k", &request.k)?,
+        v: rounded(flags, "v", &request.v)?,
+    })
 }
 
 fn open_backend(flags: &Flags) -> Result<Backend, CliError> {
@@ -253,46 +285,100 @@ fn open_backend(flags: &Flags) -> Result<Backend, CliError> {
     Backend::open(name).map_err(|e| CliError::usage(format!("backend {name} not available: {e}")))
 }
 
+fn print_warnings(request: &Request) {
+    for warning in &request.warnings {
+        eprintln!("gsdpa: warning: {warning}");
+    }
+}
+
+/// The forward's optional outputs, `(output name, flag)`: the backward writes them too when asked.
+const FORWARD_EXTRA_OUTPUTS: [(&str, &str); 2] = [("lse", "lse"), ("o", "o")];
+
+fn plan_forward_extras(flags: &Flags, plan: &mut OutputPlan) -> Result<(), String> {
+    for (output, flag) in FORWARD_EXTRA_OUTPUTS {
+        if let Some(path) = flags.value(flag) {
+            plan.add(output, flag, Path::new(path))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn forward(args: &[String]) -> Result<(), CliError> {
     let flags = parse_flags(args, false)?;
-    let out = PathBuf::from(flags.required("out")?);
+    // Destinations first: a run whose outputs cannot be written reads and computes nothing.
+    let mut plan = OutputPlan::default();
+    plan.add("y", "out", Path::new(flags.required("out")?))?;
+    plan_forward_extras(&flags, &mut plan)?;
     let request = load(&flags, false)?;
+    print_warnings(&request);
     let backend = open_backend(&flags)?;
-    match request.problem.dtype {
-        DType::BF16 => forward_typed::<bf16>(&flags, &request, &backend, &out),
-        DType::F16 => forward_typed::<f16>(&flags, &request, &backend, &out),
+    match request.dtype {
+        DType::BF16 => forward_typed::<bf16>(&flags, &request, &backend, plan),
+        DType::F16 => forward_typed::<f16>(&flags, &request, &backend, plan),
     }
+}
+
+/// Writes the forward's outputs named in `flags` (y only when `with_y`).
+fn write_forward<T: AnyElement>(
+    flags: &Flags,
+    p: &AttentionProblem,
+    forward: &crate::backends::ForwardOut<T>,
+    with_y: bool,
+    outputs: &mut Transaction,
+) -> Result<(), String> {
+    if with_y {
+        outputs.write("y", &p.q_shape(), widened(&forward.y))?;
+    }
+    if flags.value("lse").is_some() {
+        outputs.write(
+            "lse",
+            &p.lse_shape(),
+            forward.lse.as_slice().iter().copied(),
+        )?;
+    }
+    if let (Some(_), Some(o)) = (flags.value("o"), &forward.o) {
+        outputs.write("o", &p.q_shape(), widened(o))?;
+    }
+    Ok(())
 }
 
 fn forward_typed<T: AnyElement>(
     flags: &Flags,
     request: &Request,
     backend: &Backend,
-    out: &Path,
+    plan: OutputPlan,
 ) -> Result<(), CliError> {
-    let inputs = host_inputs::<T>(request);
-    let p = &inputs.problem;
+    let inputs = host_inputs::<T>(flags, request)?;
+    let mut outputs = plan.reserve()?;
     let result = backend.forward(&inputs, flags.value("o").is_some())?;
-    let mut writes = PendingWrites::default();
-    writes.add(out, &p.q_shape(), &widened(&result.y))?;
-    if let Some(path) = flags.value("lse") {
-        writes.add(Path::new(path), &p.lse_shape(), result.lse.as_slice())?;
-    }
-    if let (Some(path), Some(o)) = (flags.value("o"), &result.o) {
-        writes.add(Path::new(path), &p.q_shape(), &widened(o))?;
-    }
-    writes.commit()?;
+    write_forward(flags, &inputs.problem, &result, true, &mut outputs)?;
+    outputs.commit()?;
     Ok(())
 }
+
+/// The gradient files written into `--out-dir`, (output name, file name); `dg.npy` too with a gate.
+const GRADIENT_FILES: [(&str, &str); 3] = [("dq", "dq.npy"), ("dk", "dk.npy"), ("dv", "dv.npy")];
 
 pub fn backward(args: &[String]) -> Result<(), CliError> {
     let flags = parse_flags(args, true)?;
     let out_dir = PathBuf::from(flags.required("out-dir")?);
+    let mut plan = OutputPlan::default();
+    for (output, file) in GRADIENT_FILES {
+        plan.add_in_dir(output, "out-dir", &out_dir, file)?;
+    }
+    if let Some(path) = flags.value("out") {
+        plan.add("y", "out", Path::new(path))?;
+    }
+    plan_forward_extras(&flags, &mut plan)?;
     let request = load(&flags, true)?;
+    print_warnings(&request);
+    if request.problem.gate != GateMode::None {
+        plan.add_in_dir("dg", "out-dir", &out_dir, "dg.npy")?;
+    }
     let backend = open_backend(&flags)?;
-    match request.problem.dtype {
-        DType::BF16 => backward_typed::<bf16>(&flags, &request, &backend, &out_dir),
-        DType::F16 => backward_typed::<f16>(&flags, &request, &backend, &out_dir),
+    match request.dtype {
+        DType::BF16 => backward_typed::<bf16>(&flags, &request, &backend, plan),
+        DType::F16 => backward_typed::<f16>(&flags, &request, &backend, plan),
     }
 }
 
@@ -300,37 +386,32 @@ fn backward_typed<T: AnyElement>(
     flags: &Flags,
     request: &Request,
     backend: &Backend,
-    out_dir: &Path,
+    plan: OutputPlan,
 ) -> Result<(), CliError> {
-    let inputs = host_inputs::<T>(request);
+    let inputs = host_inputs::<T>(flags, request)?;
     let p = &inputs.problem;
-    let dy = rounded::<T>(request.dy.as_ref().ok_or("--dy is required")?);
+    let dy = rounded::<T>(flags, "dy", request.dy.as_ref().ok_or("--dy is required")?)?;
+    let mut outputs = plan.reserve()?;
     // The backward consumes the forward's Y and LSE (and O for silu): run the forward first.
     let forward = backend.forward(&inputs, true)?;
     let options = BackwardOptions {
         deterministic: flags.switch("deterministic"),
     };
     let grads = backend.backward(&inputs, &forward, &dy, options)?;
-
-    std::fs::create_dir_all(out_dir)
-        .map_err(|e| format!("--out-dir {}: cannot create: {e}", out_dir.display()))?;
-    let mut writes = PendingWrites::default();
-    writes.add(&out_dir.join("dq.npy"), &p.q_shape(), &widened(&grads.dq))?;
-    writes.add(&out_dir.join("dk.npy"), &p.kv_shape(), &widened(&grads.dk))?;
-    writes.add(&out_dir.join("dv.npy"), &p.kv_shape(), &widened(&grads.dv))?;
+    outputs.write("dq", &p.q_shape(), widened(&grads.dq))?;
+    outputs.write("dk", &p.kv_shape(), widened(&grads.dk))?;
+    outputs.write("dv", &p.kv_shape(), widened(&grads.dv))?;
     if let (Some(dg), Some(shape)) = (&grads.dg, p.gate_shape()) {
-        writes.add(&out_dir.join("dg.npy"), &shape, &widened(dg))?;
+        outputs.write("dg", &shape, widened(dg))?;
     }
     // The forward's outputs, when asked for with the forward's flags.
-    if let Some(path) = flags.value("out") {
-        writes.add(Path::new(path), &p.q_shape(), &widened(&forward.y))?;
-    }
-    if let Some(path) = flags.value("lse") {
-        writes.add(Path::new(path), &p.lse_shape(), forward.lse.as_slice())?;
-    }
-    if let (Some(path), Some(o)) = (flags.value("o"), &forward.o) {
-        writes.add(Path::new(path), &p.q_shape(), &widened(o))?;
-    }
-    writes.commit()?;
+    write_forward(
+        flags,
+        p,
+        &forward,
+        flags.value("out").is_some(),
+        &mut outputs,
+    )?;
+    outputs.commit()?;
     Ok(())
 }

@@ -140,8 +140,12 @@ pub struct HostInputs<T: Copy + Default> {
     pub v: HostBuffer<T>,
 }
 
+/// Elements of `shape`, saturating: an overflowing count then fails to allocate as a typed error.
 fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape
+        .iter()
+        .try_fold(1usize, |acc, &e| acc.checked_mul(e))
+        .unwrap_or(usize::MAX)
 }
 
 impl<T: Copy + Default> HostInputs<T> {
@@ -214,9 +218,11 @@ fn host_forward<B: HostBackend, T: AnyElement>(
 ) -> Result<ForwardOut<T>> {
     let p = &inputs.problem;
     let (qs, kvs, ls) = (p.q_shape(), p.kv_shape(), p.lse_shape());
-    let mut y = HostBuffer::<T>::new(numel(&qs));
-    let mut o = want_o.then(|| HostBuffer::<T>::new(numel(&qs)));
-    let mut lse = HostBuffer::<f32>::new(numel(&ls));
+    let mut y = HostBuffer::<T>::try_new(numel(&qs))?;
+    let mut o = want_o
+        .then(|| HostBuffer::<T>::try_new(numel(&qs)))
+        .transpose()?;
+    let mut lse = HostBuffer::<f32>::try_new(numel(&ls))?;
     let mut args = ForwardArgs {
         q: inputs.q_tensor()?,
         k: Tensor::contiguous(inputs.k.as_slice(), &kvs),
@@ -243,10 +249,13 @@ fn host_backward<B: HostBackend, T: AnyElement>(
     let p = &inputs.problem;
     let (qs, kvs, ls) = (p.q_shape(), p.kv_shape(), p.lse_shape());
     let gate_shape = p.gate_shape();
-    let mut dq = HostBuffer::<T>::new(numel(&qs));
-    let mut dk = HostBuffer::<T>::new(numel(&kvs));
-    let mut dv = HostBuffer::<T>::new(numel(&kvs));
-    let mut dg = gate_shape.as_ref().map(|s| HostBuffer::<T>::new(numel(s)));
+    let mut dq = HostBuffer::<T>::try_new(numel(&qs))?;
+    let mut dk = HostBuffer::<T>::try_new(numel(&kvs))?;
+    let mut dv = HostBuffer::<T>::try_new(numel(&kvs))?;
+    let mut dg = gate_shape
+        .as_ref()
+        .map(|s| HostBuffer::<T>::try_new(numel(s)))
+        .transpose()?;
     let mut args = BackwardArgs {
         q: inputs.q_tensor()?,
         k: Tensor::contiguous(inputs.k.as_slice(), &kvs),
@@ -315,7 +324,7 @@ fn download<T: DeviceRepr + Copy + Default>(
     slice: &CudaSlice<T>,
     len: usize,
 ) -> Result<HostBuffer<T>> {
-    let mut host = HostBuffer::<T>::new(len);
+    let mut host = HostBuffer::<T>::try_new(len)?;
     if len > 0 {
         stream
             .memcpy_dtoh(&slice.slice(0..len), host.as_mut_slice())

@@ -10,7 +10,9 @@
 //! gsdpa demo [--backend NAME] [--seqlen N]
 //! gsdpa bench [--json] [--shape NAME]
 //! ```
-//! Bad input: one line on stderr naming the problem, exit code 2, no output file touched.
+//! Bad input: one line on stderr naming the problem, exit code 2, no output file touched. Outputs are
+//! all-or-nothing: every destination is checked before computing and the files appear together at the
+//! end, or not at all (see `outputs.rs` and docs/cli.md).
 
 mod args;
 mod attention;
@@ -19,6 +21,7 @@ mod bench;
 mod demo;
 mod info;
 mod npy;
+mod outputs;
 #[cfg(test)]
 mod tests;
 
@@ -49,9 +52,13 @@ usage:
   gsdpa bench [--json] [--shape NAME]
       forward TFLOP/s, gate overhead and fused-vs-unfused speedup (needs a GPU)
 
-Arrays are float32 .npy: q [B,Sq,Hq,D], k/v [B,Sk,Hkv,D], g [B,Sq,Hq,D] or [B,Sq,Hq], qg [B,Sq,Hq,2D]
-(each head [q_h | g_h], as Qwen3-Next's q_proj output). Outputs are float32 .npy.
-Exit codes: 0 success, 1 a backend failed at run time, 2 bad input or backend unavailable.";
+Arrays are little-endian float32 or float64 .npy in C order: q [B,Sq,Hq,D], k/v [B,Sk,Hkv,D],
+g [B,Sq,Hq,D] or [B,Sq,Hq], qg [B,Sq,Hq,2D] (each head [q_h | g_h], as Qwen3-Next's q_proj output).
+Inputs are rounded to --dtype (float64 with a warning); a finite value beyond its range is an error;
+NaN and inf pass through. Outputs are float32 .npy, written all-or-nothing: no two outputs may name
+the same file, and on any failure no output of the run is left behind.
+Exit codes: 0 success, 1 a backend failed at run time (or demo: a check failed), 2 bad input, too
+large for memory, or backend unavailable.";
 
 /// An error to report: one line, and the process exit code.
 #[derive(Debug)]

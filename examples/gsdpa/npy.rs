@@ -3,54 +3,172 @@
 //! Format (numpy's `format.py`): the magic `\x93NUMPY`, a major and minor version byte, the header
 //! length (u16 little-endian for version 1.0, u32 for 2.0 and 3.0), then a Python dict literal
 //! `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }` padded with spaces and ending in a
-//! newline, then the raw data. Reading accepts `<f4` and `<f8` (converted to f32); writing produces
-//! version 1.0 (2.0 when the header is too long) with `<f4`.
+//! newline, then the raw data. Reading accepts `<f4` and `<f8` in C order (kept as read: a float64
+//! array is rounded once, straight to the command's dtype, not through f32); writing produces version
+//! 1.0 (2.0 when the header is too long) with `<f4`. docs/cli.md lists what the CLI accepts.
+//!
+//! Reading is streamed and its allocations are fallible: a header whose shape the file cannot hold is
+//! an error before anything is allocated, and an array too large for memory is an error, not an abort.
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
+use std::io::{BufReader, Read, Write};
+use std::path::Path;
+
+use gated_sdpa::{DType, Element, HostBuffer};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
-/// A float32 array and its shape.
+/// Longest header accepted (numpy itself refuses headers over 10 000 bytes by default).
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+/// The values of an array, in the file's precision.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Data {
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+}
+
+/// A float array and its shape.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Array {
     pub shape: Vec<usize>,
-    pub data: Vec<f32>,
+    pub data: Data,
+}
+
+impl Array {
+    pub fn len(&self) -> usize {
+        match &self.data {
+            Data::F32(v) => v.len(),
+            Data::F64(v) => v.len(),
+        }
+    }
+
+    /// True when the file held float64 values (they lose precision when rounded to 16 bits).
+    pub fn is_f64(&self) -> bool {
+        matches!(self.data, Data::F64(_))
+    }
+
+    /// The values rounded to `T` (nearest even) in an aligned buffer. A finite value too large for
+    /// `T` is an error naming its index; NaN and infinities pass through unchanged.
+    pub fn round_to<T: Element>(&self) -> Result<HostBuffer<T>, String> {
+        let mut out = HostBuffer::<T>::try_new(self.len()).map_err(|e| e.to_string())?;
+        // (value as read, value with the same 16-bit rounding as f32)
+        let values: Box<dyn Iterator<Item = (f64, f32)> + '_> = match &self.data {
+            Data::F32(v) => Box::new(v.iter().map(|&x| (f64::from(x), x))),
+            Data::F64(v) => Box::new(v.iter().map(|&x| (x, f32_round_to_odd(x)))),
+        };
+        for (i, (slot, (x, x32))) in out.as_mut_slice().iter_mut().zip(values).enumerate() {
+            *slot = T::from_f32(x32);
+            if x.is_finite() && !slot.to_f64().is_finite() {
+                let largest = match T::DTYPE {
+                    DType::BF16 => half::bf16::MAX.to_f64(),
+                    DType::F16 => half::f16::MAX.to_f64(),
+                };
+                return Err(format!(
+                    "element {:?} ({x:e}) overflows {} (largest finite value {largest:e})",
+                    multi_index(&self.shape, i),
+                    T::DTYPE
+                ));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `x` rounded to f32 with round-to-odd: truncated, with the last bit set when inexact. Rounding that
+/// to a 16-bit type (nearest even) is then the correct rounding of `x` itself, because f32 keeps at
+/// least two more bits than bf16 and f16 at every magnitude they represent; plain `x as f32` could
+/// land exactly on a 16-bit midpoint and round the wrong way (`half`'s bf16 `from_f64` does that).
+fn f32_round_to_odd(x: f64) -> f32 {
+    let nearest = x as f32;
+    if !x.is_finite() || nearest.is_infinite() || f64::from(nearest) == x {
+        return nearest;
+    }
+    // The neighbour of `nearest` toward zero when `nearest` rounded away from zero.
+    let truncated = if f64::from(nearest).abs() > x.abs() {
+        f32::from_bits(nearest.to_bits() - 1)
+    } else {
+        nearest
+    };
+    f32::from_bits(truncated.to_bits() | 1)
+}
+
+/// The C-order multi-index of the element at `linear`.
+fn multi_index(shape: &[usize], mut linear: usize) -> Vec<usize> {
+    let mut index = vec![0; shape.len()];
+    for (i, &extent) in index.iter_mut().zip(shape).rev() {
+        if extent > 0 {
+            *i = linear % extent;
+            linear /= extent;
+        }
+    }
+    index
 }
 
 /// Reads a `.npy` file; errors are one-line messages naming the file.
 pub fn read(path: &Path) -> Result<Array, String> {
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+    let fail = |e: String| format!("{}: {e}", path.display());
+    let file = File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    // The size of a regular file bounds what its header may claim (pipes have no size).
+    let size = file
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .map(|m| m.len());
+    read_from(&mut BufReader::new(file), size).map_err(fail)
 }
 
-/// Parses the bytes of a `.npy` file.
+/// Parses the bytes of a `.npy` file (tests use it).
+#[cfg(test)]
 pub fn parse(bytes: &[u8]) -> Result<Array, String> {
-    if bytes.len() < 10 || &bytes[..6] != MAGIC {
+    read_from(&mut &bytes[..], Some(bytes.len() as u64))
+}
+
+/// Fills `buf`, or returns how many bytes were read before the end of the stream.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> Result<usize, String> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(format!("cannot read: {e}")),
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads one array from `reader`; `size`, when known, is the stream's length in bytes.
+fn read_from(reader: &mut impl Read, size: Option<u64>) -> Result<Array, String> {
+    let mut prefix = [0u8; 10];
+    if read_full(reader, &mut prefix)? < 10 || &prefix[..6] != MAGIC {
         return Err("not a .npy file (bad magic)".into());
     }
-    let major = bytes[6];
-    let (header_len, header_start) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
+    let (header_len, header_start) = match prefix[6] {
+        1 => (
+            usize::from(u16::from_le_bytes([prefix[8], prefix[9]])),
+            10usize,
+        ),
         2 | 3 => {
-            if bytes.len() < 12 {
+            let mut high = [0u8; 2];
+            if read_full(reader, &mut high)? < 2 {
                 return Err("truncated .npy header".into());
             }
-            let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
-            (len, 12)
+            let len = u32::from_le_bytes([prefix[8], prefix[9], high[0], high[1]]);
+            (usize::try_from(len).unwrap_or(usize::MAX), 12)
         }
-        v => return Err(format!("unsupported .npy version {v}.{}", bytes[7])),
+        v => return Err(format!("unsupported .npy version {v}.{}", prefix[7])),
     };
-    let data_start = header_start
-        .checked_add(header_len)
-        .filter(|&end| end <= bytes.len())
-        .ok_or("truncated .npy header")?;
-    let header = std::str::from_utf8(&bytes[header_start..data_start])
-        .map_err(|_| "the .npy header is not text")?;
+    if header_len > MAX_HEADER_BYTES {
+        return Err(format!(
+            "the .npy header is {header_len} bytes long (at most {MAX_HEADER_BYTES} accepted)"
+        ));
+    }
+    let mut header = vec![0u8; header_len];
+    if read_full(reader, &mut header)? < header_len {
+        return Err("truncated .npy header".into());
+    }
+    let header = std::str::from_utf8(&header).map_err(|_| "the .npy header is not text")?;
     let descr = dict_value(header, "descr")?;
     let descr = parse_string_literal(descr)?;
     let fortran = dict_value(header, "fortran_order")?;
@@ -67,37 +185,69 @@ pub fn parse(bytes: &[u8]) -> Result<Array, String> {
         "<f8" => 8,
         other => {
             return Err(format!(
-                "dtype '{other}' is not supported (expected little-endian float32 '<f4')"
+                "dtype '{other}' is not supported (expected little-endian float32 '<f4' or float64 '<f8')"
             ))
         }
     };
     let count = shape
         .iter()
         .try_fold(1usize, |acc, &e| acc.checked_mul(e))
-        .ok_or("the shape's element count overflows")?;
-    let payload = &bytes[data_start..];
-    if count.checked_mul(width) != Some(payload.len()) {
-        return Err(format!(
-            "shape {shape:?} needs {} bytes of data, the file holds {}",
-            count.saturating_mul(width),
-            payload.len()
-        ));
+        .ok_or_else(|| format!("the element count of shape {shape:?} overflows"))?;
+    let payload = count
+        .checked_mul(width)
+        .ok_or_else(|| format!("the byte size of shape {shape:?} overflows"))?;
+    let too_short =
+        |held: u64| format!("shape {shape:?} needs {payload} bytes of data, the file holds {held}");
+    if let Some(size) = size {
+        let held = size.saturating_sub((header_start + header_len) as u64);
+        if held != payload as u64 {
+            return Err(too_short(held));
+        }
     }
+    let mut chunk = vec![0u8; 1 << 16];
+    let mut held = 0u64;
     let data = if width == 4 {
-        payload
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+        let mut data = Vec::new();
+        data.try_reserve_exact(count)
+            .map_err(|_| format!("out of memory: shape {shape:?} needs {payload} bytes"))?;
+        while data.len() < count {
+            let want = ((count - data.len()) * 4).min(chunk.len());
+            let got = read_full(reader, &mut chunk[..want])?;
+            held += got as u64;
+            if got < want {
+                return Err(too_short(held));
+            }
+            data.extend(
+                chunk[..got]
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+            );
+        }
+        Data::F32(data)
     } else {
-        payload
-            .chunks_exact(8)
-            .map(|c| {
+        let mut data = Vec::new();
+        data.try_reserve_exact(count)
+            .map_err(|_| format!("out of memory: shape {shape:?} needs {payload} bytes"))?;
+        while data.len() < count {
+            let want = ((count - data.len()) * 8).min(chunk.len());
+            let got = read_full(reader, &mut chunk[..want])?;
+            held += got as u64;
+            if got < want {
+                return Err(too_short(held));
+            }
+            data.extend(chunk[..got].chunks_exact(8).map(|c| {
                 let mut b = [0u8; 8];
                 b.copy_from_slice(c);
-                f64::from_le_bytes(b) as f32
-            })
-            .collect()
+                f64::from_le_bytes(b)
+            }));
+        }
+        Data::F64(data)
     };
+    if read_full(reader, &mut chunk[..1])? > 0 {
+        return Err(format!(
+            "shape {shape:?} needs {payload} bytes of data, the file holds more"
+        ));
+    }
     Ok(Array { shape, data })
 }
 
@@ -146,21 +296,26 @@ fn parse_shape(text: &str) -> Result<Vec<usize>, String> {
         .collect()
 }
 
-/// Serializes a float32 array as `.npy` bytes.
-pub fn to_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
+/// The `.npy` preamble (magic, version, header length, header) of a float32 array of `shape`.
+pub fn header(shape: &[usize]) -> Vec<u8> {
+    header_with_descr("<f4", shape)
+}
+
+/// The preamble of an array of numpy dtype `descr` (e.g. `<f8`).
+pub fn header_with_descr(descr: &str, shape: &[usize]) -> Vec<u8> {
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_text = match dims.len() {
         1 => format!("({},)", dims[0]),
         _ => format!("({})", dims.join(", ")),
     };
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape_text}, }}");
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_text}, }}");
     // Pad so that magic + version + length + header is a multiple of 64, the header ending in '\n'.
     let padded = |prefix: usize| {
         let unpadded = prefix + dict.len() + 1;
         let pad = (64 - unpadded % 64) % 64;
         format!("{dict}{}\n", " ".repeat(pad))
     };
-    let mut out = Vec::with_capacity(128 + data.len() * 4);
+    let mut out = Vec::with_capacity(128);
     out.extend_from_slice(MAGIC);
     let header = padded(10);
     if header.len() <= u16::MAX as usize {
@@ -173,60 +328,36 @@ pub fn to_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
         out.extend_from_slice(&(header.len() as u32).to_le_bytes());
         out.extend_from_slice(header.as_bytes());
     }
-    for x in data {
-        out.extend_from_slice(&x.to_le_bytes());
-    }
     out
 }
 
-/// Output files written all-or-nothing: each goes to a temporary name next to its destination, and
-/// only once every file is complete are they renamed into place. On drop without `commit`, the
-/// temporaries are removed.
-#[derive(Default)]
-pub struct PendingWrites {
-    files: Vec<(PathBuf, PathBuf)>, // (temporary, destination)
+/// Writes a float32 array of `shape` (its values in C order) to `out`.
+pub fn write(
+    out: &mut impl Write,
+    shape: &[usize],
+    values: impl ExactSizeIterator<Item = f32>,
+) -> std::io::Result<()> {
+    let count: Option<usize> = shape.iter().try_fold(1usize, |a, &e| a.checked_mul(e));
+    if count != Some(values.len()) {
+        return Err(std::io::Error::other(format!(
+            "{} values for shape {shape:?}",
+            values.len()
+        )));
+    }
+    out.write_all(&header(shape))?;
+    for x in values {
+        out.write_all(&x.to_le_bytes())?;
+    }
+    Ok(())
 }
 
-impl PendingWrites {
-    pub fn add(&mut self, path: &Path, shape: &[usize], data: &[f32]) -> Result<(), String> {
-        let file_name = path
-            .file_name()
-            .ok_or_else(|| format!("{}: not a file path", path.display()))?;
-        let mut temp_name = std::ffi::OsString::from(".");
-        temp_name.push(file_name);
-        temp_name.push(format!(".tmp-{}", std::process::id()));
-        let temp = path.with_file_name(temp_name);
-        File::create(&temp)
-            .and_then(|mut f| {
-                f.write_all(&to_bytes(shape, data))?;
-                f.sync_all()
-            })
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&temp);
-                format!("{}: cannot write: {e}", path.display())
-            })?;
-        self.files.push((temp, path.to_path_buf()));
-        Ok(())
-    }
-
-    /// Renames every temporary into place.
-    pub fn commit(mut self) -> Result<(), String> {
-        for (temp, dest) in std::mem::take(&mut self.files) {
-            std::fs::rename(&temp, &dest).map_err(|e| {
-                let _ = std::fs::remove_file(&temp);
-                format!("{}: cannot write: {e}", dest.display())
-            })?;
-        }
-        Ok(())
-    }
-}
-
-impl Drop for PendingWrites {
-    fn drop(&mut self) {
-        for (temp, _) in &self.files {
-            let _ = std::fs::remove_file(temp);
-        }
-    }
+/// Serializes a float32 array as `.npy` bytes (tests use it).
+#[cfg(test)]
+pub fn to_bytes(shape: &[usize], data: &[f32]) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing to a Vec fails only on a length mismatch, which is the caller's bug.
+    write(&mut out, shape, data.iter().copied()).expect("data matches the shape");
+    out
 }
 
 #[cfg(test)]
@@ -241,7 +372,13 @@ mod tests {
             let bytes = to_bytes(&shape, &data);
             assert_eq!(bytes.len() % 64, (n * 4) % 64);
             let back = parse(&bytes).unwrap();
-            assert_eq!(back, Array { shape, data });
+            assert_eq!(
+                back,
+                Array {
+                    shape,
+                    data: Data::F32(data)
+                }
+            );
         }
     }
 
@@ -254,7 +391,9 @@ mod tests {
         bytes.extend_from_slice(header.as_bytes());
         bytes.extend_from_slice(&1.5f64.to_le_bytes());
         bytes.extend_from_slice(&(-2.0f64).to_le_bytes());
-        assert_eq!(parse(&bytes).unwrap().data, vec![1.5, -2.0]);
+        let array = parse(&bytes).unwrap();
+        assert_eq!(array.data, Data::F64(vec![1.5, -2.0]));
+        assert!(array.is_f64());
     }
 
     #[test]
@@ -283,5 +422,46 @@ mod tests {
         assert!(parse(&replace(b"(2, 2)", b"(2, 3)"))
             .unwrap_err()
             .contains("bytes"));
+        // Without a known length (a pipe), short and long payloads are still caught.
+        let mut short = &good[..good.len() - 1];
+        assert!(read_from(&mut short, None)
+            .unwrap_err()
+            .contains("holds 15"));
+        let mut long = good.clone();
+        long.push(0);
+        assert!(read_from(&mut &long[..], None)
+            .unwrap_err()
+            .contains("holds more"));
+        assert_eq!(
+            read_from(&mut &good[..], None).unwrap(),
+            parse(&good).unwrap()
+        );
+        // A header claiming more than it could hold is refused before its bytes are read.
+        let mut bytes = b"\x93NUMPY\x02\x00".to_vec();
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse(&bytes).unwrap_err().contains("header is"));
+    }
+
+    #[test]
+    fn rounding_names_the_first_overflowing_element() {
+        let array = Array {
+            shape: vec![2, 3],
+            data: Data::F32(vec![1.0, 65504.0, f32::INFINITY, f32::NAN, 65520.0, 1e6]),
+        };
+        // f16: 65504 is its largest value, 65520 rounds past it; inf and NaN pass through.
+        let err = array.round_to::<half::f16>().unwrap_err();
+        assert!(
+            err.contains("element [1, 1]") && err.contains("f16"),
+            "{err}"
+        );
+        let bf = array.round_to::<half::bf16>().unwrap();
+        assert!(bf.as_slice()[2].is_infinite() && bf.as_slice()[3].is_nan());
+        assert_eq!(bf.as_slice()[1].to_f32(), 65536.0);
+        let wide = Array {
+            shape: vec![2],
+            data: Data::F64(vec![1.0, 1e39]),
+        };
+        let err = wide.round_to::<half::bf16>().unwrap_err();
+        assert!(err.contains("element [1]") && err.contains("bf16"), "{err}");
     }
 }

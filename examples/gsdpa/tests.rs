@@ -10,10 +10,11 @@ use rand::{rngs::StdRng, RngExt, SeedableRng};
 
 use crate::npy;
 
-struct TempDir(PathBuf);
+/// A fresh directory under the system's temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> TempDir {
+    pub fn new(name: &str) -> TempDir {
         let dir = std::env::temp_dir().join(format!("gsdpa-cli-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -30,9 +31,45 @@ impl TempDir {
         path
     }
 
-    fn read(&self, file: &str) -> npy::Array {
-        npy::read(Path::new(&self.path(file))).unwrap()
+    /// Reads an output (the CLI writes float32).
+    fn read(&self, file: &str) -> Output {
+        let array = npy::read(Path::new(&self.path(file))).unwrap();
+        match array.data {
+            npy::Data::F32(data) => Output {
+                shape: array.shape,
+                data,
+            },
+            npy::Data::F64(_) => panic!("{file}: the CLI wrote float64"),
+        }
     }
+
+    /// Writes a float64 `.npy`.
+    fn write_f64(&self, file: &str, shape: &[usize], data: &[f64]) -> String {
+        let path = self.path(file);
+        let mut bytes = npy::header_with_descr("<f8", shape);
+        for x in data {
+            bytes.extend_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// The names in the directory, sorted.
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+/// A float32 output file.
+#[derive(Debug, PartialEq)]
+struct Output {
+    shape: Vec<usize>,
+    data: Vec<f32>,
 }
 
 impl Drop for TempDir {
@@ -320,4 +357,291 @@ fn bad_input_exits_2_and_writes_nothing() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert!(names.iter().all(|n| !n.contains(".tmp-")), "{names:?}");
+}
+
+/// Small forward inputs in `dir`: q, k, v [1, 4, 2, 64] and a headwise g, returning their paths.
+fn small_inputs(dir: &TempDir) -> [String; 4] {
+    let (b, s, h, d) = (1, 4, 2, 64);
+    let mut rng = StdRng::seed_from_u64(7);
+    [
+        dir.write(
+            "q.npy",
+            &[b, s, h, d],
+            &random(&mut rng, b * s * h * d, 2.0),
+        ),
+        dir.write(
+            "k.npy",
+            &[b, s, h, d],
+            &random(&mut rng, b * s * h * d, 2.0),
+        ),
+        dir.write(
+            "v.npy",
+            &[b, s, h, d],
+            &random(&mut rng, b * s * h * d, 1.0),
+        ),
+        dir.write("g.npy", &[b, s, h], &random(&mut rng, b * s * h, 3.0)),
+    ]
+}
+
+fn expect_usage_error(args: &[&str]) -> String {
+    let err = run(args).expect_err("should fail");
+    assert_eq!(err.code, 2, "{args:?}: {}", err.message);
+    assert!(!err.message.contains('\n'), "{}", err.message);
+    err.message
+}
+
+#[test]
+fn two_outputs_naming_one_file_are_rejected_up_front() {
+    let dir = TempDir::new("dup");
+    let [q, k, v, g] = small_inputs(&dir);
+    let a = dir.path("a.npy");
+    let a_again = dir.path("./a.npy");
+    let forward = ["forward", "--q", &q, "--k", &k, "--v", &v, "--g", &g];
+    // Given twice, literally or through another spelling: rejected, and nothing is written.
+    for lse in [&a, &a_again] {
+        let mut args = forward.to_vec();
+        args.extend(["--out", &a, "--lse", lse]);
+        assert!(expect_usage_error(&args).contains("same file"));
+        assert!(!Path::new(&a).exists());
+    }
+    // A file the user had stays as it was.
+    std::fs::write(&a, b"mine").unwrap();
+    let mut args = forward.to_vec();
+    args.extend(["--out", &a, "--o", &a_again]);
+    assert!(expect_usage_error(&args).contains("same file"));
+    assert_eq!(std::fs::read(&a).unwrap(), b"mine");
+    // The backward's --out-dir files collide with --out / --lse / --o as well.
+    let dy = dir.write("dy.npy", &[1, 4, 2, 64], &[0.5; 512]);
+    let grads = dir.path("grads");
+    let dq = dir.path("grads/dq.npy");
+    for flag in ["--out", "--lse", "--o"] {
+        let mut args = vec!["backward", "--q", &q, "--k", &k, "--v", &v, "--g", &g];
+        args.extend(["--dy", &dy, "--out-dir", &grads, flag, &dq]);
+        assert!(expect_usage_error(&args).contains("same file"), "{flag}");
+        assert!(!Path::new(&grads).exists(), "{flag}");
+    }
+    assert_eq!(
+        dir.names(),
+        ["a.npy", "dy.npy", "g.npy", "k.npy", "q.npy", "v.npy"]
+    );
+}
+
+#[test]
+fn an_unusable_destination_fails_before_computing_and_leaves_nothing() {
+    let dir = TempDir::new("unusable");
+    let [q, k, v, g] = small_inputs(&dir);
+    let dy = dir.write("dy.npy", &[1, 4, 2, 64], &[0.5; 512]);
+    let grads = dir.path("grads");
+    std::fs::create_dir_all(dir.path("grads/dk.npy")).unwrap();
+    let y = dir.path("y.npy");
+    let backward = [
+        "backward",
+        "--q",
+        &q,
+        "--k",
+        &k,
+        "--v",
+        &v,
+        "--g",
+        &g,
+        "--dy",
+        &dy,
+        "--out-dir",
+        &grads,
+        "--out",
+        &y,
+    ];
+    assert!(expect_usage_error(&backward).contains("dk.npy: is a directory"));
+    // Neither dq.npy nor y.npy nor a temporary was written.
+    assert_eq!(
+        std::fs::read_dir(&grads).unwrap().count(),
+        1,
+        "only dk.npy/ is in grads"
+    );
+    assert!(!Path::new(&y).exists());
+    assert!(dir.names().iter().all(|n| !n.contains(".tmp-")));
+    // An --out whose directory is missing, and an --out that is a directory.
+    let missing = dir.path("nowhere/y.npy");
+    for out in [&missing, &grads] {
+        expect_usage_error(&[
+            "forward", "--q", &q, "--k", &k, "--v", &v, "--g", &g, "--out", out,
+        ]);
+    }
+    assert!(!Path::new(&dir.path("nowhere")).exists());
+    // A fresh --out-dir is created (with its parents); the gate's dg.npy is among its files.
+    let fresh = dir.path("fresh/deep");
+    run(&[
+        "backward",
+        "--q",
+        &q,
+        "--k",
+        &k,
+        "--v",
+        &v,
+        "--g",
+        &g,
+        "--dy",
+        &dy,
+        "--out-dir",
+        &fresh,
+    ])
+    .unwrap();
+    let mut written: Vec<_> = std::fs::read_dir(&fresh)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    assert_eq!(written, ["dg.npy", "dk.npy", "dq.npy", "dv.npy"]);
+}
+
+#[test]
+fn float64_inputs_warn_and_round_once() {
+    let dir = TempDir::new("f64");
+    let [q, k, v, g] = small_inputs(&dir);
+    let q32 = npy::read(Path::new(&q)).unwrap();
+    let npy::Data::F32(values) = &q32.data else {
+        unreachable!()
+    };
+    let wide: Vec<f64> = values.iter().map(|&x| f64::from(x)).collect();
+    let q64 = dir.write_f64("q64.npy", &q32.shape, &wide);
+    let strings = |a: &[&str]| -> Vec<String> { a.iter().map(|s| s.to_string()).collect() };
+    let flags = |q: &str| {
+        crate::args::Flags::parse(
+            &strings(&["--q", q, "--k", &k, "--v", &v, "--g", &g]),
+            &["q", "k", "v", "g"],
+            &[],
+        )
+        .unwrap()
+    };
+    let request = crate::attention::load(&flags(&q64), false).unwrap();
+    assert_eq!(request.warnings.len(), 1, "{:?}", request.warnings);
+    assert!(request.warnings[0].contains(&q64) && request.warnings[0].contains("float64"));
+    assert!(crate::attention::load(&flags(&q), false)
+        .unwrap()
+        .warnings
+        .is_empty());
+    // The same values as float32 or float64 give the same output.
+    let (y32, y64) = (dir.path("y32.npy"), dir.path("y64.npy"));
+    for (q, y) in [(&q, &y32), (&q64, &y64)] {
+        run(&[
+            "forward", "--q", q, "--k", &k, "--v", &v, "--g", &g, "--out", y,
+        ])
+        .unwrap();
+    }
+    assert_eq!(dir.read("y32.npy"), dir.read("y64.npy"));
+    // Rounded once: 1 + 2^-8 + 2^-30 is above the bf16 midpoint 1 + 2^-8 (so it rounds up to
+    // 1 + 2^-7), but rounding through f32 first lands on the midpoint, which rounds to even (1).
+    let x = 1.0 + 2f64.powi(-8) + 2f64.powi(-30);
+    let array = npy::parse(&{
+        let mut bytes = npy::header_with_descr("<f8", &[1]);
+        bytes.extend_from_slice(&x.to_le_bytes());
+        bytes
+    })
+    .unwrap();
+    assert_eq!(
+        array.round_to::<bf16>().unwrap().as_slice()[0].to_f64(),
+        1.0 + 2f64.powi(-7)
+    );
+}
+
+#[test]
+fn values_beyond_the_dtype_are_errors_and_non_finite_values_pass() {
+    let dir = TempDir::new("range");
+    let [_, k, v, g] = small_inputs(&dir);
+    let mut q = vec![0.25f32; 512];
+    q[64 + 3] = 70000.0; // element [0, 0, 1, 3]: fine in bf16, beyond f16's 65504
+    let qp = dir.write("q.npy", &[1, 4, 2, 64], &q);
+    let y = dir.path("y.npy");
+    let forward = |dtype: &'static str| {
+        vec![
+            "forward", "--q", &qp, "--k", &k, "--v", &v, "--g", &g, "--out", &y, "--dtype", dtype,
+        ]
+    };
+    let message = expect_usage_error(&forward("f16"));
+    assert!(
+        message.contains(&qp) && message.contains("[0, 0, 1, 3]") && message.contains("f16"),
+        "{message}"
+    );
+    assert!(!Path::new(&y).exists());
+    run(&forward("bf16")).unwrap();
+    // f16's largest finite value rounds to itself; NaN and inf in the inputs pass through.
+    q[64 + 3] = 65504.0;
+    q[5] = f32::NAN;
+    dir.write("q.npy", &[1, 4, 2, 64], &q);
+    run(&forward("f16")).unwrap();
+    let out = dir.read("y.npy");
+    assert!(
+        out.data[..64].iter().all(|x| x.is_nan()),
+        "query row 0 saw the NaN"
+    );
+    assert!(out.data[64..].iter().all(|x| x.is_finite()));
+    let mut vv = vec![0.5f32; 512];
+    vv[0] = f32::INFINITY;
+    let vp = dir.write("v.npy", &[1, 4, 2, 64], &vv);
+    let q = dir.write("q.npy", &[1, 4, 2, 64], &[0.25; 512]);
+    run(&[
+        "forward", "--q", &q, "--k", &k, "--v", &vp, "--out", &y, "--dtype", "f16",
+    ])
+    .unwrap();
+    assert!(dir
+        .read("y.npy")
+        .data
+        .iter()
+        .any(|x| x.is_infinite() || x.is_nan()));
+}
+
+#[test]
+fn shapes_too_large_for_memory_are_errors_without_allocating() {
+    let dir = TempDir::new("huge");
+    let [_, k, v, _] = small_inputs(&dir);
+    let y = dir.path("y.npy");
+    // A header that claims ~400 TB of data the file does not hold, and one whose count overflows.
+    let huge = dir.path("huge.npy");
+    std::fs::write(&huge, npy::header(&[100_000_000, 16, 256, 256])).unwrap();
+    let overflow = dir.path("overflow.npy");
+    std::fs::write(&overflow, npy::header(&[1 << 40, 1 << 40])).unwrap();
+    for q in [&huge, &overflow] {
+        let message = expect_usage_error(&["forward", "--q", q, "--k", &k, "--v", &v, "--out", &y]);
+        assert!(message.contains(q.as_str()), "{message}");
+        let dy = &k;
+        let grads = dir.path("grads");
+        let args = [
+            "backward",
+            "--q",
+            q,
+            "--k",
+            &k,
+            "--v",
+            &v,
+            "--dy",
+            dy,
+            "--out-dir",
+            &grads,
+        ];
+        expect_usage_error(&args);
+        assert!(!Path::new(&grads).exists());
+    }
+    assert!(!Path::new(&y).exists());
+    // The demo checks its sizes before allocating (it would need terabytes here).
+    let message = expect_usage_error(&["demo", "--backend", "reference", "--seqlen", "100000000"]);
+    assert!(message.contains("memory"), "{message}");
+    let message = expect_usage_error(&[
+        "demo",
+        "--backend",
+        "reference",
+        "--seqlen",
+        &usize::MAX.to_string(),
+    ]);
+    assert!(message.contains("overflow"), "{message}");
+}
+
+/// `demo --seqlen 1` and `2`: each query sees one or two keys, so the exact dq and dk are (nearly) 0
+/// and only a metric relative to the cancellation-free magnitude can judge them.
+#[cfg(feature = "emulator")]
+#[test]
+fn demo_passes_at_tiny_sequence_lengths_on_the_emulator() {
+    for seqlen in ["1", "2"] {
+        run(&["demo", "--backend", "emulator", "--seqlen", seqlen])
+            .unwrap_or_else(|e| panic!("--seqlen {seqlen}: {}", e.message));
+    }
 }
