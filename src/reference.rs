@@ -303,7 +303,9 @@ impl HostBackend for Reference {
         if let Some(o) = args.o.as_mut() {
             scatter(o.data, &o.layout, &result.o, T::from_f64);
         }
-        scatter(args.lse.data, &args.lse.layout, &result.lse, |x| x as f32);
+        if let Some(lse) = args.lse.as_mut() {
+            scatter(lse.data, &lse.layout, &result.lse, |x| x as f32);
+        }
         Ok(())
     }
 

@@ -165,7 +165,10 @@ fn check_forward<T: Element + DeviceRepr>(
             .map(|g| Tensor::new(g.as_view(), Layout::contiguous(g_shape.as_ref().unwrap()))),
         y: Tensor::new(dy.as_view_mut(), Layout::contiguous(&q_shape)),
         o: Some(Tensor::new(d_o.as_view_mut(), Layout::contiguous(&q_shape))),
-        lse: Tensor::new(dlse.as_view_mut(), Layout::contiguous(&lse_shape)),
+        lse: Some(Tensor::new(
+            dlse.as_view_mut(),
+            Layout::contiguous(&lse_shape),
+        )),
     };
     backend
         .forward(&stream, problem, &mut args, seqlens.as_ref())
@@ -180,7 +183,7 @@ fn check_forward<T: Element + DeviceRepr>(
         .iter()
         .map(|&x| x as f64)
         .collect();
-    let tol = tolerance(problem.dtype);
+    let tol = tolerance(T::DTYPE);
     let label = format!("{problem:?}");
     assert!(
         rel_error(&y, &want.y) <= tol,
@@ -207,8 +210,7 @@ fn check_forward<T: Element + DeviceRepr>(
 #[test]
 fn conformance_gpu_matches_emulator() {
     let Some(backend) = gpu() else { return };
-    let on_gpu = backend
-        .run_conformance()
+    let on_gpu = gated_sdpa::testing::conformance::run_on_gpu(&backend)
         .expect("conformance kernel on the GPU");
     #[cfg(not(feature = "emulator"))]
     eprintln!(
@@ -217,8 +219,10 @@ fn conformance_gpu_matches_emulator() {
     );
     #[cfg(feature = "emulator")]
     {
-        let emulated =
-            gated_sdpa::emulator::run_conformance(&gated_sdpa::emulator::Emulator::new()).unwrap();
+        let emulated = gated_sdpa::testing::conformance::run_on_emulator(
+            &gated_sdpa::emulator::Emulator::new(),
+        )
+        .unwrap();
         let slots = gated_sdpa::ffi::GSDPA_CONFORMANCE_SLOTS as usize;
         let mut mismatches = Vec::new();
         for (i, (&g, &e)) in on_gpu.iter().zip(&emulated).enumerate() {
@@ -279,7 +283,6 @@ fn forward_grid_matches_reference() {
                         ] {
                             seed += 1;
                             let p = AttentionProblem::new(2, sq, sk, hq, hkv, head_dim)
-                                .dtype(dtype)
                                 .causal(causal)
                                 .gate(gate)
                                 .activation(activation);
@@ -412,7 +415,7 @@ fn check_backward<T: Element + DeviceRepr>(
     drop(args);
     stream.synchronize().unwrap();
     // Gradients carry the rounding of Y, O and LSE (as FlashAttention's do): twice the forward bound.
-    let tol = 2.0 * tolerance(problem.dtype);
+    let tol = 2.0 * tolerance(T::DTYPE);
     let label = format!("{problem:?} deterministic={deterministic}");
     for (name, got, want) in [
         ("dq", download(stream, &grad_q), &want.dq),

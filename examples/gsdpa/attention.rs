@@ -74,6 +74,8 @@ fn parse_activation(text: &str) -> Result<Activation, String> {
 /// Everything a forward or backward command needs, loaded and checked, before any backend runs.
 struct Request {
     problem: AttentionProblem,
+    /// The element type the inputs are rounded to (`--dtype`).
+    dtype: DType,
     /// q, or the q_proj buffer with `qg`.
     q: Array,
     qg: bool,
@@ -178,12 +180,11 @@ fn load(flags: &Flags, backward: bool) -> Result<Request, CliError> {
         return Err(format!("--gate {} needs the gate logits (--g or --qg)", gate.name()).into());
     }
     let mut problem = problem
-        .dtype(dtype)
         .causal(flags.switch("causal"))
         .gate(gate)
         .activation(parse_activation(flags.value("act").unwrap_or("sigmoid"))?);
     if let Some(scale) = flags.parsed::<f32>("scale")? {
-        problem = problem.scale(scale);
+        problem.softmax_scale = Some(scale);
     }
     gated_sdpa::validate_problem(&problem)?;
 
@@ -219,6 +220,7 @@ fn load(flags: &Flags, backward: bool) -> Result<Request, CliError> {
     }
     Ok(Request {
         problem,
+        dtype,
         q,
         qg,
         g,
@@ -258,7 +260,7 @@ pub fn forward(args: &[String]) -> Result<(), CliError> {
     let out = PathBuf::from(flags.required("out")?);
     let request = load(&flags, false)?;
     let backend = open_backend(&flags)?;
-    match request.problem.dtype {
+    match request.dtype {
         DType::BF16 => forward_typed::<bf16>(&flags, &request, &backend, &out),
         DType::F16 => forward_typed::<f16>(&flags, &request, &backend, &out),
     }
@@ -290,7 +292,7 @@ pub fn backward(args: &[String]) -> Result<(), CliError> {
     let out_dir = PathBuf::from(flags.required("out-dir")?);
     let request = load(&flags, true)?;
     let backend = open_backend(&flags)?;
-    match request.problem.dtype {
+    match request.dtype {
         DType::BF16 => backward_typed::<bf16>(&flags, &request, &backend, &out_dir),
         DType::F16 => backward_typed::<f16>(&flags, &request, &backend, &out_dir),
     }
