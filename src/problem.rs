@@ -12,7 +12,8 @@ use crate::ffi;
 /// Head dims the kernels are instantiated for.
 pub const SUPPORTED_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 
-/// Element type of Q, K, V, G and of every output except LSE (always f32).
+/// Element type of Q, K, V, G and of every output except LSE (always f32): the [`crate::Element`]
+/// type of the tensors (`T::DTYPE`), never a separate setting that could disagree with them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     BF16,
@@ -20,11 +21,6 @@ pub enum DType {
 }
 
 impl DType {
-    /// Bytes per element.
-    pub const fn size_bytes(self) -> usize {
-        2
-    }
-
     /// Lower-case name as the CLI spells it (`bf16`, `f16`).
     pub const fn name(self) -> &'static str {
         match self {

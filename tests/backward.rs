@@ -21,16 +21,10 @@ use gated_sdpa::{
     GateMode, HostBackend, HostBuffer, Layout, Reference, Tensor, Varlen,
 };
 use half::{bf16, f16};
-use rand::{rngs::StdRng, RngExt, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 
-/// The five gate configurations the kernels distinguish.
-const GATES: [(GateMode, Activation); 5] = [
-    (GateMode::None, Activation::Sigmoid),
-    (GateMode::Elementwise, Activation::Sigmoid),
-    (GateMode::Elementwise, Activation::Silu),
-    (GateMode::Headwise, Activation::Sigmoid),
-    (GateMode::Headwise, Activation::Silu),
-];
+mod common;
+use common::{gather, norm, numel, random_buffer, GATES, HEAD_DIMS};
 
 fn tolerance(dtype: DType) -> f64 {
     match dtype {
@@ -76,25 +70,6 @@ impl<T: Element> Inputs<T> {
     fn g_tensor(&self) -> Option<Tensor<&[T]>> {
         Some(Tensor::new(self.g_data()?, self.g_layout.clone()?))
     }
-}
-
-fn random_buffer<T: Element>(rng: &mut StdRng, len: usize, amplitude: f32) -> HostBuffer<T> {
-    let mut buffer = HostBuffer::new(len);
-    for x in buffer.as_mut_slice() {
-        *x = T::from_f32(rng.random_range(-amplitude..amplitude));
-    }
-    buffer
-}
-
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
-
-/// A strided tensor as a dense f64 array in the C order of its shape.
-fn gather<T: Element>(data: &[T], layout: &Layout) -> Vec<f64> {
-    let mut out = vec![0.0; layout.num_elements().expect("small test tensors")];
-    layout.for_each_offset(|linear, offset| out[linear] = data[offset].to_f64());
-    out
 }
 
 fn make_inputs<T: Element>(problem: &AttentionProblem, qg: bool, seed: u64) -> Inputs<T> {
@@ -272,10 +247,6 @@ fn describe(p: &AttentionProblem) -> String {
     )
 }
 
-fn norm(x: impl Iterator<Item = f64>) -> f64 {
-    x.map(|v| v * v).sum::<f64>().sqrt()
-}
-
 /// Relative Frobenius error of one gradient; an all-zero reference demands an all-zero result.
 fn check_relative(what: &str, got: &[f64], want: &[f64], tol: f64, context: &str) -> f64 {
     assert_eq!(got.len(), want.len(), "{what}: length ({context})");
@@ -383,7 +354,7 @@ const BOTH_MODES: [bool; 2] = [false, true];
 fn every_dtype_head_dim_causal_gate_and_activation() {
     let mut seed = 1;
     for dtype in [DType::BF16, DType::F16] {
-        for head_dim in [64, 128, 256] {
+        for head_dim in HEAD_DIMS {
             for causal in [false, true] {
                 for (gate, activation) in GATES {
                     // Sq != Sk, neither a tile multiple; GQA 2; two batch entries.
@@ -402,7 +373,7 @@ fn every_dtype_head_dim_causal_gate_and_activation() {
 #[test]
 fn gqa_ratios_1_4_8() {
     let mut seed = 100;
-    for head_dim in [64, 128, 256] {
+    for head_dim in HEAD_DIMS {
         for (heads_q, heads_kv) in [(2, 2), (4, 1), (8, 1), (8, 2)] {
             let dtype = if heads_q == 8 {
                 DType::F16
@@ -431,7 +402,7 @@ fn odd_lengths_both_ways() {
         (100, 17),
     ];
     let mut seed = 200;
-    for head_dim in [64, 128, 256] {
+    for head_dim in HEAD_DIMS {
         for (i, &(sq, sk)) in lengths.iter().enumerate() {
             for causal in [false, true] {
                 let (dtype, gate, activation) = if i % 2 == 0 {
@@ -458,7 +429,7 @@ fn varlen_with_empty_sequences() {
     let varlen =
         Varlen::new(vec![0, 5, 5, 80, 147], vec![0, 33, 40, 40, 170]).expect("valid cu_seqlens");
     let mut seed = 300;
-    for head_dim in [64, 128, 256] {
+    for head_dim in HEAD_DIMS {
         for causal in [false, true] {
             let dtype = if causal { DType::F16 } else { DType::BF16 };
             let (gate, activation) = GATES[(head_dim / 64 + usize::from(causal)) % GATES.len()];
@@ -510,7 +481,7 @@ fn no_queries_gives_zero_key_gradients() {
 
 #[test]
 fn deterministic_mode_is_bit_identical_across_seeds() {
-    for head_dim in [64, 128, 256] {
+    for head_dim in HEAD_DIMS {
         let problem = AttentionProblem::new(1, 100, 77, 4, 2, head_dim)
             .causal(true)
             .gate(GateMode::Elementwise)

@@ -1,8 +1,8 @@
 //! The primitives' per-lane results, checked against the PTX ISA's formulas.
 //!
 //! `kernels/conformance.cu` runs each primitive once on structured inputs and dumps every lane's
-//! registers. The expected dump is computed here, directly from the PTX layouts (shared/notes/
-//! ptx-primitives.md), without using the emulator's code. The emulator must match it exactly; on a GPU
+//! registers. The expected dump is computed here, directly from the PTX layouts
+//! (`docs/ptx-primitives.md`), without using the emulator's code. The emulator must match it exactly; on a GPU
 //! (tests/gpu.rs) the hardware's dump must match the emulator's, which ties the emulator to real silicon.
 #![cfg(feature = "emulator")]
 

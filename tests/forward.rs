@@ -22,27 +22,13 @@ use gated_sdpa::{
     HostBackend, HostBuffer, Layout, Reference, Tensor, Varlen, MAX_SOFTMAX_SCALE,
 };
 use half::{bf16, f16};
-use rand::{rngs::StdRng, RngExt, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 
-const HEAD_DIMS: [usize; 3] = [64, 128, 256];
-const GATES: [(GateMode, Activation); 5] = [
-    (GateMode::None, Activation::Sigmoid),
-    (GateMode::Elementwise, Activation::Sigmoid),
-    (GateMode::Elementwise, Activation::Silu),
-    (GateMode::Headwise, Activation::Sigmoid),
-    (GateMode::Headwise, Activation::Silu),
-];
-
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
-
-fn tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::BF16 => 1e-2,
-        DType::F16 => 2e-3,
-    }
-}
+mod common;
+use common::{
+    forward_tolerance, gather, numel, random_values, rel_frobenius, round_to, to_elements, GATES,
+    HEAD_DIMS,
+};
 
 /// How the test lays out the kernel's tensors.
 #[derive(Debug, Clone, Copy, Default)]
@@ -92,13 +78,9 @@ impl Inputs {
     fn new(p: &AttentionProblem, dtype: DType, seed: u64) -> Inputs {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut random = |n: usize, amplitude: f64| -> Vec<f64> {
-            let round = |x: f64| match dtype {
-                DType::BF16 => bf16::from_f64(x).to_f64(),
-                DType::F16 => f16::from_f64(x).to_f64(),
-            };
-            (0..n)
-                .map(|_| round(rng.random_range(-amplitude..amplitude)))
-                .collect()
+            let mut x = random_values(&mut rng, n, amplitude);
+            x.iter_mut().for_each(|v| *v = round_to(dtype, *v));
+            x
         };
         // Amplitude 2 for q and k makes the softmax far from uniform at scale 1/sqrt(D).
         Inputs {
@@ -108,11 +90,6 @@ impl Inputs {
             g: p.gate_shape().map(|s| random(numel(&s), 3.0)),
         }
     }
-}
-
-fn to_elements<T: Element>(x: &[f64]) -> HostBuffer<T> {
-    let data: Vec<T> = x.iter().map(|&v| T::from_f64(v)).collect();
-    HostBuffer::from_slice(&data)
 }
 
 /// The `[.., H, 2D]` buffer whose heads are `[a_h | b_h]` (b = None: zeros).
@@ -125,13 +102,6 @@ fn interleave_heads(a: &[f64], b: Option<&[f64]>, head_dim: usize) -> Vec<f64> {
                 .copy_from_slice(&b[i * head_dim..(i + 1) * head_dim]);
         }
     }
-    out
-}
-
-/// Gathers the view `layout` of `data` into a dense vector (C order of the view's shape).
-fn gather<T: Element>(data: &[T], layout: &Layout) -> Vec<f64> {
-    let mut out = vec![0.0; layout.num_elements().unwrap()];
-    layout.for_each_offset(|linear, offset| out[linear] = data[offset].to_f64());
     out
 }
 
@@ -255,12 +225,6 @@ fn run_kernel<T: Element>(
     }
 }
 
-fn rel_frobenius(got: &[f64], want: &[f64]) -> f64 {
-    let err: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
-    let norm: f64 = want.iter().map(|w| w * w).sum();
-    (err / norm.max(f64::MIN_POSITIVE)).sqrt()
-}
-
 /// Checks one output tensor (Y or O) against the reference; rows with an infinite reference LSE must
 /// be exactly zero.
 fn check_output(
@@ -296,7 +260,7 @@ fn check_output(
         return;
     }
     let err = rel_frobenius(got, want);
-    let tol = tolerance(dtype);
+    let tol = forward_tolerance(dtype);
     assert!(
         err <= tol,
         "{what}: relative error {err:.3e} > {tol:e} for {p:?}"

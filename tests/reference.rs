@@ -6,19 +6,12 @@ use gated_sdpa::{
     GateMode, HostBackend, Layout, Reference, Tensor, Varlen,
 };
 use half::bf16;
-use rand::{rngs::StdRng, RngExt, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
+
+mod common;
+use common::{numel, random_values as random};
 
 const D: usize = 64;
-
-fn random(rng: &mut StdRng, n: usize, amplitude: f64) -> Vec<f64> {
-    (0..n)
-        .map(|_| rng.random_range(-amplitude..amplitude))
-        .collect()
-}
-
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
 
 /// Random inputs for a problem: q, k, v, g (if gated), dy.
 struct Inputs {

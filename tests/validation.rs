@@ -9,9 +9,8 @@ use gated_sdpa::{
 };
 use half::bf16;
 
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
+mod common;
+use common::numel;
 
 /// Aligned, correctly sized buffers for a problem (values irrelevant to validation).
 struct Buffers<T: Copy + Default> {
