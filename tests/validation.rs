@@ -708,6 +708,27 @@ fn unsupported_scales_are_typed_errors() {
     }
 }
 
+#[cfg(feature = "emulator")]
+#[test]
+fn the_emulator_rejects_unsupported_scales_too() {
+    let emulator = gated_sdpa::emulator::Emulator::new();
+    for scale in [3e38, 1e37] {
+        let mut p = gated();
+        p.softmax_scale = Some(scale);
+        let expected = GsdpaError::UnsupportedScale {
+            scale,
+            max: MAX_SOFTMAX_SCALE,
+        };
+        let mut buffers = Buffers::<bf16>::new(&p);
+        let err = emulator.forward(&p, &mut buffers.forward(&p)).unwrap_err();
+        assert_eq!(err, expected);
+        let err = emulator
+            .backward(&p, &mut buffers.backward(&p), BackwardOptions::default())
+            .unwrap_err();
+        assert_eq!(err, expected);
+    }
+}
+
 #[test]
 fn builder_names_every_size() {
     let built = AttentionProblem::builder()
