@@ -7,13 +7,11 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use gated_sdpa::emulator::Emulator;
-use gated_sdpa::{AttentionProblem, DType, ForwardArgs, GateMode, HostBackend, Layout, Tensor};
+use gated_sdpa::{AttentionProblem, ForwardArgs, GateMode, HostBackend, Layout, Tensor};
 
 fn emulated_forward(c: &mut Criterion) {
     let (b, h, s, d) = (1, 2, 256, 128);
-    let problem = AttentionProblem::new(b, s, s, h, h, d)
-        .dtype(DType::BF16)
-        .gate(GateMode::Elementwise);
+    let problem = AttentionProblem::new(b, s, s, h, h, d).gate(GateMode::Elementwise);
     let shape = [b, s, h, d];
     let n = b * s * h * d;
     let input: Vec<half::bf16> = (0..n)
@@ -35,7 +33,7 @@ fn emulated_forward(c: &mut Criterion) {
                 g: Some(Tensor::new(&input[..], Layout::contiguous(&shape))),
                 y: Tensor::new(&mut y[..], Layout::contiguous(&shape)),
                 o: None,
-                lse: Tensor::new(&mut lse[..], Layout::contiguous(&[b, h, s])),
+                lse: Some(Tensor::new(&mut lse[..], Layout::contiguous(&[b, h, s]))),
             };
             emulator
                 .forward(black_box(&problem), &mut args)

@@ -8,8 +8,8 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gated_sdpa::bench::{standard_shapes, ForwardSetup, Variant};
 use gated_sdpa::cuda::CudaBackend;
+use gated_sdpa::testing::bench::{standard_shapes, ForwardSetup, Variant};
 
 fn forward(c: &mut Criterion) {
     let backend = match CudaBackend::new(0) {

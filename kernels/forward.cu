@@ -225,8 +225,9 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     FwdOutputs<T> out;
     out.y = tensor_at<T>(p.y, p.y_stride, b, varlen, q_start + m0, h);
     out.o = p.o != nullptr ? tensor_at<T>(p.o, p.o_stride, b, varlen, q_start + m0, h) : nullptr;
-    out.lse = p.lse + (varlen ? int64_t(0) : int64_t(b) * p.lse_batch_stride) + int64_t(h) * p.lse_head_stride +
-              q_start + m0;
+    out.lse = p.lse != nullptr ? p.lse + (varlen ? int64_t(0) : int64_t(b) * p.lse_batch_stride) +
+                                     int64_t(h) * p.lse_head_stride + q_start + m0
+                               : nullptr;
     out.y_row_stride = p.y_stride.row;
     out.o_row_stride = p.o_stride.row;
     out.rows = rows;

@@ -50,7 +50,7 @@ typedef struct GsdpaFwdParams {
     const void *g;                 /* gate logits [B, Sq, Hq, D] or [B, Sq, Hq]; null when gate_mode == NONE */
     void *y;                       /* gated output, same shape as q */
     void *o;                       /* ungated output (optional, null to skip) */
-    float *lse;                    /* [B, Hq, Sq] (varlen: [Hq, Tq]), natural log; -inf for empty rows */
+    float *lse;                    /* [B, Hq, Sq] (varlen: [Hq, Tq]), natural log, -inf for empty rows; null to skip */
     const int32_t *cu_seqlens_q;   /* [B + 1] prefix sums, or null */
     const int32_t *cu_seqlens_k;   /* [B + 1] prefix sums, or null (both or neither) */
 

@@ -2,7 +2,8 @@
 //!
 //! The argument structs are generic over the storage so that the same structs (and the same validation,
 //! [`crate::validate`]) serve host slices and device buffers: `I` is the storage of the inputs, `O` of
-//! the 16-bit outputs, `F` / `L` of the f32 LSE.
+//! the 16-bit outputs, `F` / `L` of the f32 LSE. Validation requires `O` to hold the same element type
+//! as `I`, so a call cannot mix bf16 and f16.
 
 use crate::error::Result;
 use crate::problem::AttentionProblem;
@@ -22,11 +23,12 @@ pub struct ForwardArgs<I, O, F> {
     pub y: Tensor<O>,
     /// The ungated output O, written only when given (the silu backward needs it).
     pub o: Option<Tensor<O>>,
-    /// Natural-log softmax denominator, `-inf` for rows that see no key.
-    pub lse: Tensor<F>,
+    /// Natural-log softmax denominator, `-inf` for rows that see no key; written only when given
+    /// (the backward needs it, inference does not: FlashAttention's `return_softmax_lse`).
+    pub lse: Option<Tensor<F>>,
 }
 
-/// Tensors of a backward call. `y` and `lse` are the forward's outputs, `o` the forward's ungated output
+/// Tensors of a backward call. `y` and `lse` are the forward's outputs (`lse` is required here), `o` the forward's ungated output
 /// (required for the silu activation), `dy` the upstream gradient of `y`. Gradients have the shapes of
 /// what they differentiate; `dk`, `dv` are summed over the query heads sharing a kv head.
 #[derive(Debug)]
@@ -65,7 +67,7 @@ pub trait HostBackend {
     /// Short name, as the CLI spells it (`reference`, `emulator`).
     fn name(&self) -> &'static str;
 
-    /// Computes Y, LSE and (if requested) O. Validates everything first; writes nothing on error.
+    /// Computes Y and, if requested, LSE and O. Validates everything first; writes nothing on error.
     fn forward<T: Element>(
         &self,
         problem: &AttentionProblem,

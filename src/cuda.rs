@@ -27,13 +27,13 @@ use cudarc::driver::{
 use crate::backend::{BackwardArgs, BackwardOptions, ForwardArgs, GateArgs, GateBackwardArgs};
 use crate::build_info;
 use crate::error::{GsdpaError, Result};
-use crate::ffi;
+
 use crate::launch::{self, LaunchConfig};
 use crate::problem::{Activation, AttentionProblem, GateMode};
 use crate::tensor::{Element, Layout, Memory, Tensor};
 use crate::validate;
 
-fn cuda_error(what: &str, e: DriverError) -> GsdpaError {
+pub(crate) fn cuda_error(what: &str, e: DriverError) -> GsdpaError {
     GsdpaError::Cuda(format!("{what}: {e:?}"))
 }
 
@@ -315,7 +315,7 @@ impl CudaBackend {
     }
 
     /// Launches one kernel with its params struct on `stream`.
-    fn launch<P: DeviceRepr>(
+    pub(crate) fn launch<P: DeviceRepr>(
         &self,
         stream: &CudaStream,
         config: &LaunchConfig,
@@ -346,7 +346,8 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Fused gated forward: `Y = softmax(scale Q K^T + mask) V * act(G)`, LSE and optionally the ungated O.
+    /// Fused gated forward: `Y = softmax(scale Q K^T + mask) V * act(G)`, and optionally LSE and the
+    /// ungated O.
     /// Enqueued on `stream`; returns before the GPU finishes. `seqlens` is required for varlen problems.
     pub fn forward<T: Element + DeviceRepr>(
         &self,
@@ -363,7 +364,10 @@ impl CudaBackend {
             g: args.g.as_ref().map(|g| input(g, stream, &mut guards)),
             y: output(&mut args.y, stream, &mut guards),
             o: args.o.as_mut().map(|o| output(o, stream, &mut guards)),
-            lse: output(&mut args.lse, stream, &mut guards),
+            lse: args
+                .lse
+                .as_mut()
+                .map(|lse| output(lse, stream, &mut guards)),
         };
         let mut params = validate::validate_forward(problem, &dev)?;
         if problem.is_empty() {
@@ -372,7 +376,7 @@ impl CudaBackend {
         let (cu_q, cu_k) = device_seqlens(problem, seqlens, stream, &mut guards)?;
         params.cu_seqlens_q = cu_q as *const i32;
         params.cu_seqlens_k = cu_k as *const i32;
-        self.launch(stream, &launch::forward(problem)?, &params)
+        self.launch(stream, &launch::forward(problem, T::DTYPE)?, &params)
     }
 
     /// The backward: dQ, dK, dV and dG. `workspace` must hold [`crate::backward_workspace_bytes`] bytes
@@ -410,7 +414,7 @@ impl CudaBackend {
         let (cu_q, cu_k) = device_seqlens(problem, seqlens, stream, &mut guards)?;
         params.cu_seqlens_q = cu_q as *const i32;
         params.cu_seqlens_k = cu_k as *const i32;
-        for config in launch::backward(problem, options.deterministic)? {
+        for config in launch::backward(problem, T::DTYPE, options.deterministic)? {
             self.launch(stream, &config, &params)?;
         }
         drop(ws_guard);
@@ -469,39 +473,6 @@ impl CudaBackend {
         let config =
             launch::gate_backward(T::DTYPE, rows as usize, heads as usize, head_dim as usize)?;
         self.launch(stream, &config, &params)
-    }
-
-    /// Runs the conformance kernel and returns its dump (allocates and synchronizes: a test helper).
-    pub fn run_conformance(&self) -> Result<Vec<u32>> {
-        let stream = self.ctx.default_stream();
-        let (input, specials) = crate::conformance::inputs();
-        let input = stream
-            .clone_htod(&input)
-            .map_err(|e| cuda_error("upload", e))?;
-        let specials = stream
-            .clone_htod(&specials)
-            .map_err(|e| cuda_error("upload", e))?;
-        let mut out = stream
-            .alloc_zeros::<u32>(crate::conformance::DUMP_WORDS)
-            .map_err(|e| cuda_error("alloc", e))?;
-        {
-            let (input_ptr, _g1) = input.device_ptr(&stream);
-            let (specials_ptr, _g2) = specials.device_ptr(&stream);
-            let (out_ptr, _g3) = out.device_ptr_mut(&stream);
-            let params = ffi::GsdpaConformanceParams {
-                input: input_ptr as *const u16,
-                specials: specials_ptr as *const f32,
-                out: out_ptr as *mut u32,
-            };
-            self.launch(&stream, &launch::conformance(), &params)?;
-        }
-        let dump = stream
-            .clone_dtoh(&out)
-            .map_err(|e| cuda_error("download", e))?;
-        stream
-            .synchronize()
-            .map_err(|e| cuda_error("synchronize", e))?;
-        Ok(dump)
     }
 }
 

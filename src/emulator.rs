@@ -357,14 +357,14 @@ impl HostBackend for Emulator {
         if problem.is_empty() {
             return Ok(());
         }
-        let config = launch::forward(problem)?;
+        let config = launch::forward(problem, T::DTYPE)?;
         let q = input_copy(&args.q)?;
         let k = input_copy(&args.k)?;
         let v = input_copy(&args.v)?;
         let g = optional_input_copy(&args.g)?;
         let y = output_copy(&args.y)?;
         let o = optional_output_copy(&args.o)?;
-        let lse = output_copy(&args.lse)?;
+        let lse = optional_output_copy(&args.lse)?;
         let (cu_q, cu_k) = cu_seqlens_copies(problem)?;
         params.q = q.ptr();
         params.k = k.ptr();
@@ -372,7 +372,7 @@ impl HostBackend for Emulator {
         params.g = ptr_or_null(&g);
         params.y = y.ptr();
         params.o = ptr_or_null(&o);
-        params.lse = lse.ptr().cast();
+        params.lse = ptr_or_null(&lse).cast();
         params.cu_seqlens_q = ptr_or_null(&cu_q).cast();
         params.cu_seqlens_k = ptr_or_null(&cu_k).cast();
         // SAFETY: every pointer in params refers to a guarded buffer alive until the end of this function,
@@ -382,7 +382,9 @@ impl HostBackend for Emulator {
         if let (Some(buffer), Some(tensor)) = (&o, &mut args.o) {
             buffer.copy_to(tensor.data);
         }
-        lse.copy_to(args.lse.data);
+        if let (Some(buffer), Some(tensor)) = (&lse, &mut args.lse) {
+            buffer.copy_to(tensor.data);
+        }
         Ok(())
     }
 
@@ -393,7 +395,7 @@ impl HostBackend for Emulator {
         options: BackwardOptions,
     ) -> Result<()> {
         let mut params = validate::validate_backward(problem, args, options.deterministic)?;
-        let launches = launch::backward(problem, options.deterministic)?;
+        let launches = launch::backward(problem, T::DTYPE, options.deterministic)?;
         let q = input_copy(&args.q)?;
         let k = input_copy(&args.k)?;
         let v = input_copy(&args.v)?;
@@ -443,106 +445,6 @@ impl HostBackend for Emulator {
         Ok(())
     }
 }
-
-/// Runs the conformance kernel (kernels/conformance.cu) on the emulator and returns its dump,
-/// `[32 lanes][GSDPA_CONFORMANCE_SLOTS]` words. Inputs: [`crate::conformance::inputs`].
-pub fn run_conformance(emulator: &Emulator) -> Result<Vec<u32>> {
-    let (input, specials) = crate::conformance::inputs();
-    let input = GuardedBuffer::copy_of(&input)?;
-    let specials = GuardedBuffer::copy_of(&specials)?;
-    let mut dump = vec![0u32; crate::conformance::DUMP_WORDS];
-    let out = GuardedBuffer::copy_of(&dump)?;
-    let params = ffi::GsdpaConformanceParams {
-        input: input.ptr().cast(),
-        specials: specials.ptr().cast(),
-        out: out.ptr().cast(),
-    };
-    // SAFETY: the buffers are sized as the conformance kernel's layout requires and outlive the launch.
-    unsafe { emulator.launch(&launch::conformance(), &params)? };
-    out.copy_to(&mut dump);
-    Ok(dump)
-}
-
-/// The emulator's self-test kernels (`kernels/emu_selftest.cu`): one correct kernel and one for each kind
-/// of bug the emulator is there to catch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SelfTest {
-    /// Store to shared memory, `__syncthreads`, read another warp's value: always right.
-    Correct,
-    /// The same without the barrier: the result depends on the thread order (the seed).
-    MissingBarrier,
-    /// Shared memory read before `cp.async.wait_group`: poisoned values.
-    MissingWait,
-    /// Half a warp at a shuffle, the other half at `__syncwarp`.
-    DivergentShuffle,
-    /// Lanes that exited while the rest of the warp waits at a shuffle.
-    ExitedLanes,
-    /// The two warps at different `__syncthreads`.
-    BarrierMismatch,
-    /// An `ldmatrix` row that is not 16-byte aligned.
-    MisalignedLdmatrix,
-    /// A store one element past the end of the output.
-    OutOfBounds,
-}
-
-impl SelfTest {
-    /// Every self-test.
-    pub const ALL: [SelfTest; 8] = [
-        SelfTest::Correct,
-        SelfTest::MissingBarrier,
-        SelfTest::MissingWait,
-        SelfTest::DivergentShuffle,
-        SelfTest::ExitedLanes,
-        SelfTest::BarrierMismatch,
-        SelfTest::MisalignedLdmatrix,
-        SelfTest::OutOfBounds,
-    ];
-
-    /// The kernel's name.
-    pub fn kernel(self) -> &'static str {
-        match self {
-            SelfTest::Correct => "gsdpa_selftest_correct",
-            SelfTest::MissingBarrier => "gsdpa_selftest_missing_barrier",
-            SelfTest::MissingWait => "gsdpa_selftest_missing_wait",
-            SelfTest::DivergentShuffle => "gsdpa_selftest_divergent_shuffle",
-            SelfTest::ExitedLanes => "gsdpa_selftest_exited_lanes",
-            SelfTest::BarrierMismatch => "gsdpa_selftest_barrier_mismatch",
-            SelfTest::MisalignedLdmatrix => "gsdpa_selftest_misaligned_ldmatrix",
-            SelfTest::OutOfBounds => "gsdpa_selftest_out_of_bounds",
-        }
-    }
-}
-
-/// Runs a self-test kernel on `input` (`GSDPA_SELFTEST_THREADS` values) and returns its output, or the
-/// error the emulator reported.
-pub fn run_selftest(emulator: &Emulator, test: SelfTest, input: &[f32]) -> Result<Vec<f32>> {
-    let threads = ffi::GSDPA_SELFTEST_THREADS as usize;
-    if input.len() != threads {
-        return Err(GsdpaError::InvalidArgument(format!(
-            "self-tests take {threads} inputs, got {}",
-            input.len()
-        )));
-    }
-    let input = GuardedBuffer::copy_of(input)?;
-    let mut output = vec![f32::NAN; threads];
-    let out = GuardedBuffer::copy_of(&output)?;
-    let params = ffi::GsdpaSelftestParams {
-        input: input.ptr().cast(),
-        output: out.ptr().cast(),
-    };
-    let config = LaunchConfig {
-        kernel: test.kernel().into(),
-        grid: [1, 1, 1],
-        block: [ffi::GSDPA_SELFTEST_THREADS, 1, 1],
-        shared_bytes: ffi::GSDPA_SELFTEST_SMEM,
-    };
-    // SAFETY: both buffers hold GSDPA_SELFTEST_THREADS floats, as the self-test kernels index (except the
-    // out-of-bounds one, whose fault the guard page turns into an error).
-    unsafe { emulator.launch(&config, &params)? };
-    out.copy_to(&mut output);
-    Ok(output)
-}
-
 /// Testing knob of [`Emulator::gate_on_grid`] and [`Emulator::gate_backward_on_grid`]: a launch of
 /// `blocks` blocks of `threads` threads in place of the launcher's grid.
 #[doc(hidden)]

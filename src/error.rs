@@ -3,8 +3,6 @@
 //! Nothing in the public API panics on bad input; it returns one of these instead. Tensor-related
 //! variants name the offending tensor (`"q"`, `"lse"`, `"dg"`, ...) so a message is actionable.
 
-use crate::problem::DType;
-
 /// The error type of every fallible function in this crate.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GsdpaError {
@@ -35,13 +33,10 @@ pub enum GsdpaError {
     #[error("unsupported head dim {head_dim} (supported: 64, 128, 256)")]
     UnsupportedHeadDim { head_dim: usize },
 
-    /// The element type of a tensor differs from the problem's dtype.
-    #[error("{tensor}: dtype mismatch: the problem says {expected}, the tensor holds {actual}")]
-    DTypeMismatch {
-        tensor: &'static str,
-        expected: DType,
-        actual: DType,
-    },
+    /// The softmax scale is not finite, not positive, or above what the kernels' f32 exponent
+    /// arithmetic can take ([`crate::problem::MAX_SOFTMAX_SCALE`]).
+    #[error("unsupported softmax scale {scale}: it must be finite, positive and at most {max}")]
+    UnsupportedScale { scale: f32, max: f32 },
 
     /// An output shares memory with an input or with another output.
     #[error("{output} overlaps {other} in memory")]
@@ -77,7 +72,7 @@ pub enum GsdpaError {
     #[error("the silu backward needs the ungated forward output o (save it in the forward)")]
     MissingUngatedOutput,
 
-    /// Any other inconsistent argument (non-finite scale, varlen fields disagreeing with the problem, ...).
+    /// Any other inconsistent argument (a size missing from the problem builder, varlen fields disagreeing with the problem, ...).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 

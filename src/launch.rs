@@ -27,13 +27,6 @@ impl LaunchConfig {
     }
 }
 
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-    }
-}
-
 fn grid_dim(value: usize, what: &str) -> Result<u32> {
     u32::try_from(value)
         .map_err(|_| GsdpaError::SizeOverflow(format!("{what} ({value}) exceeds the grid limit")))
@@ -62,15 +55,11 @@ fn forward_geometry(head_dim: usize) -> Result<(usize, u32, u32)> {
     Ok((m as usize, threads, smem))
 }
 
-/// The fused forward kernel for `problem` (already validated).
-pub fn forward(problem: &AttentionProblem) -> Result<LaunchConfig> {
+/// The fused forward kernel for `problem` (already validated) on tensors of `dtype`.
+pub fn forward(problem: &AttentionProblem, dtype: DType) -> Result<LaunchConfig> {
     let (block_m, threads, shared_bytes) = forward_geometry(problem.head_dim)?;
     Ok(LaunchConfig {
-        kernel: format!(
-            "gsdpa_fwd_{}_d{}",
-            dtype_name(problem.dtype),
-            problem.head_dim
-        ),
+        kernel: format!("gsdpa_fwd_{}_d{}", dtype.name(), problem.head_dim),
         grid: [
             grid_dim(problem.seqlen_q.div_ceil(block_m), "query tiles")?,
             grid_dim(problem.heads_q, "heads_q")?,
@@ -113,7 +102,8 @@ fn backward_geometry(head_dim: usize) -> Result<[u32; 6]> {
     })
 }
 
-/// The backward's launch sequence, in stream order, all taking the same `GsdpaBwdParams`:
+/// The backward's launch sequence for tensors of `dtype`, in stream order, all taking the same
+/// `GsdpaBwdParams`:
 /// 1. `gsdpa_bwd_preprocess`: Delta = rowsum(dY * Y), dO = dY * act(G), dG; zeroes the dQ accumulator
 ///    in the fast mode;
 /// 2. `gsdpa_bwd_dkdv`: one block per K/V tile and kv head, looping over the query heads of its group
@@ -123,8 +113,12 @@ fn backward_geometry(head_dim: usize) -> Result<[u32; 6]> {
 ///
 /// Launches whose grid is empty are left out. An empty query side with keys still runs step 2, which
 /// writes dK = dV = 0.
-pub fn backward(problem: &AttentionProblem, deterministic: bool) -> Result<Vec<LaunchConfig>> {
-    let dt = dtype_name(problem.dtype);
+pub fn backward(
+    problem: &AttentionProblem,
+    dtype: DType,
+    deterministic: bool,
+) -> Result<Vec<LaunchConfig>> {
+    let dt = dtype.name();
     let d = problem.head_dim;
     let [dkdv_n, dkdv_threads, dkdv_smem, dq_m, dq_threads, dq_smem] = backward_geometry(d)?;
     let heads_q = grid_dim(problem.heads_q, "heads_q")?;
@@ -181,7 +175,7 @@ pub fn gate(dtype: DType, rows: usize, heads: usize, head_dim: usize) -> Result<
         .checked_mul(head_dim.div_ceil(8))
         .ok_or_else(|| GsdpaError::SizeOverflow("gate elements".into()))?;
     Ok(LaunchConfig {
-        kernel: format!("gsdpa_gate_{}", dtype_name(dtype)),
+        kernel: format!("gsdpa_gate_{}", dtype.name()),
         grid: [
             grid_dim(vectors.div_ceil(threads).clamp(1, 65536), "gate blocks")?,
             1,
@@ -216,7 +210,7 @@ pub fn gate_backward(
     let threads = ffi::GSDPA_GATE_THREADS as usize;
     let rows_per_block = threads / gate_backward_lanes_per_row(head_dim);
     Ok(LaunchConfig {
-        kernel: format!("gsdpa_gate_backward_{}", dtype_name(dtype)),
+        kernel: format!("gsdpa_gate_backward_{}", dtype.name()),
         grid: [
             grid_dim(
                 row_heads.div_ceil(rows_per_block).clamp(1, 65536),

@@ -6,7 +6,8 @@
 //! attention kernel's epilogue instead of in two extra passes over the output.
 //!
 //! # Pieces
-//! - [`AttentionProblem`]: sizes, dtype, causal (bottom-right aligned), scale, gate, activation, varlen.
+//! - [`AttentionProblem`]: sizes, causal (bottom-right aligned), softmax scale, gate, activation, varlen;
+//!   built with [`AttentionProblem::builder`]. The element type (bf16 or f16) is the tensors' own.
 //! - [`Tensor`]: storage plus [`Layout`] (shape and strides in elements, last dim contiguous). Storage
 //!   is anything implementing [`Memory`]: host slices here, device buffers in the CUDA backend.
 //!   [`split_q_proj`] takes q and g as strided views of one Qwen3-Next `q_proj` output, without a copy.
@@ -17,17 +18,23 @@
 //!
 //! # Example
 //! ```
+//! use gated_sdpa::half::bf16;
 //! use gated_sdpa::{
-//!     AttentionProblem, BackwardArgs, BackwardOptions, DType, ForwardArgs, GateMode, HostBackend,
+//!     AttentionProblem, BackwardArgs, BackwardOptions, ForwardArgs, GateMode, HostBackend,
 //!     HostBuffer, Reference, Tensor,
 //! };
-//! use half::bf16;
 //!
 //! // Qwen3-Next-like: 16 query heads sharing 2 kv heads, head dim 256, elementwise sigmoid gate.
-//! let p = AttentionProblem::new(1, 8, 8, 16, 2, 256)
-//!     .dtype(DType::BF16)
+//! let p = AttentionProblem::builder()
+//!     .batch(1)
+//!     .seqlen_q(8)
+//!     .seqlen_k(8)
+//!     .heads_q(16)
+//!     .heads_kv(2)
+//!     .head_dim(256)
 //!     .causal(true)
-//!     .gate(GateMode::Elementwise);
+//!     .gate(GateMode::Elementwise)
+//!     .build()?;
 //! let (qs, kvs, ls) = (p.q_shape(), p.kv_shape(), p.lse_shape());
 //! let n = |s: &[usize]| s.iter().product::<usize>();
 //! let fill = |len: usize, f: fn(usize) -> f32| {
@@ -48,7 +55,7 @@
 //!     g: Some(Tensor::contiguous(g.as_slice(), &qs)),
 //!     y: Tensor::contiguous(y.as_mut_slice(), &qs),
 //!     o: None,
-//!     lse: Tensor::contiguous(lse.as_mut_slice(), &ls),
+//!     lse: Some(Tensor::contiguous(lse.as_mut_slice(), &ls)), // None: inference, no LSE
 //! };
 //! Reference.forward(&p, &mut args)?;
 //! // Bad input is a typed error, never a panic.
@@ -81,9 +88,7 @@
 //! # Ok::<(), gated_sdpa::GsdpaError>(())
 //! ```
 pub mod backend;
-pub mod bench;
 pub mod build_info;
-pub mod conformance;
 pub mod cuda;
 #[cfg(feature = "emulator")]
 pub mod emulator;
@@ -93,7 +98,19 @@ pub mod launch;
 pub mod problem;
 pub mod reference;
 pub mod tensor;
+#[doc(hidden)]
+pub mod testing;
 pub mod validate;
+
+/// The CUDA driver bindings the [`cuda`] backend's device buffers, streams and contexts come from.
+pub use cudarc;
+/// The 16-bit float types ([`half::bf16`], [`half::f16`]) the kernels take.
+pub use half;
+
+/// The README's code blocks, compiled and run as doctests so that its example cannot go stale.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
 
 pub use backend::{
     BackwardArgs, BackwardOptions, ForwardArgs, HostBackend, HostBackwardArgs, HostForwardArgs,
@@ -103,7 +120,10 @@ pub use cuda::CudaBackend;
 #[cfg(feature = "emulator")]
 pub use emulator::Emulator;
 pub use error::{GsdpaError, Result};
-pub use problem::{Activation, AttentionProblem, DType, GateMode, Varlen, SUPPORTED_HEAD_DIMS};
+pub use problem::{
+    Activation, AttentionProblem, DType, GateMode, ProblemBuilder, Varlen, MAX_SOFTMAX_SCALE,
+    SUPPORTED_HEAD_DIMS,
+};
 pub use reference::Reference;
 pub use tensor::{split_q_proj, Element, HostBuffer, Layout, Memory, QProjViews, Tensor};
 pub use validate::{

@@ -1,17 +1,19 @@
-//! The description of one attention call: sizes, dtype, masking, gate and varlen packing.
+//! The description of one attention call: sizes, masking, scale, gate and varlen packing.
 //!
-//! Conventions (see `shared/notes/gate-math.md`): `q [B, Sq, Hq, D]`, `k, v [B, Sk, Hkv, D]`, query head
+//! Conventions (see `docs/conventions.md`): `q [B, Sq, Hq, D]`, `k, v [B, Sk, Hkv, D]`, query head
 //! `h` reads kv head `h / (Hq / Hkv)`, causal masking is bottom-right aligned (query `i` sees key `j` iff
 //! `j <= i + Sk - Sq`), `lse [B, Hq, Sq]` in f32 and natural log.
 
 use std::fmt;
 
 use crate::error::{GsdpaError, Result};
+use crate::ffi;
 
 /// Head dims the kernels are instantiated for.
 pub const SUPPORTED_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 
-/// Element type of Q, K, V, G and of every output except LSE (always f32).
+/// Element type of Q, K, V, G and of every output except LSE (always f32): the [`crate::Element`]
+/// type of the tensors (`T::DTYPE`), never a separate setting that could disagree with them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DType {
     BF16,
@@ -19,11 +21,6 @@ pub enum DType {
 }
 
 impl DType {
-    /// Bytes per element.
-    pub const fn size_bytes(self) -> usize {
-        2
-    }
-
     /// Lower-case name as the CLI spells it (`bf16`, `f16`).
     pub const fn name(self) -> &'static str {
         match self {
@@ -63,11 +60,11 @@ impl GateMode {
 
     /// The value of the kernels' `gate_mode` field (`enum GsdpaGateMode`).
     pub const fn to_ffi(self) -> i32 {
-        match self {
-            GateMode::None => 0,
-            GateMode::Elementwise => 1,
-            GateMode::Headwise => 2,
-        }
+        (match self {
+            GateMode::None => ffi::GSDPA_GATE_NONE,
+            GateMode::Elementwise => ffi::GSDPA_GATE_ELEMENTWISE,
+            GateMode::Headwise => ffi::GSDPA_GATE_HEADWISE,
+        }) as i32
     }
 }
 
@@ -96,10 +93,10 @@ impl Activation {
 
     /// The value of the kernels' `activation` field (`enum GsdpaActivation`).
     pub const fn to_ffi(self) -> i32 {
-        match self {
-            Activation::Sigmoid => 0,
-            Activation::Silu => 1,
-        }
+        (match self {
+            Activation::Sigmoid => ffi::GSDPA_ACT_SIGMOID,
+            Activation::Silu => ffi::GSDPA_ACT_SILU,
+        }) as i32
     }
 
     /// `act(g)` in f64.
@@ -237,17 +234,39 @@ fn max_length(which: &'static str, cu: &[i32]) -> Result<usize> {
     Ok(longest)
 }
 
-/// One attention call. Build with [`AttentionProblem::new`] and the builder methods; the public fields
-/// can be read (and written) directly. Every backend validates the problem together with its tensors.
+/// The largest softmax scale validation accepts: `2^16`.
+///
+/// The kernels fold the scale into the exponent: they compute `s * scale * log2(e)` in f32, where `s`
+/// is the raw dot product `q . k`, and subtract the row maximum's product from it. With
+/// `scale <= 2^16` both products and their difference stay finite for every raw score
+/// `|s| < 2^110`, that is for every score a finite dot product of finite 16-bit inputs yields short of
+/// f32 overflow. Larger scales overflow for ordinary scores (`scale = 1e37` at `|s| > 24`, and
+/// `scale * log2(e)` itself is infinite above `2.4e38`), so they are rejected with
+/// [`GsdpaError::UnsupportedScale`]. Scores `scale * q . k` that are not finite in f32 are non-finite
+/// inputs (see `docs/conventions.md`).
+pub const MAX_SOFTMAX_SCALE: f32 = 65536.0;
+
+/// One attention call. Build it with [`AttentionProblem::builder`], where every size is named;
+/// [`AttentionProblem::new`] takes them positionally. The modifiers ([`AttentionProblem::causal`],
+/// [`AttentionProblem::gate`], ...) return a changed copy; the public fields can be read (and written)
+/// directly. The element type is not part of the problem: it is the element type of the tensors the
+/// problem runs on. Every backend validates the problem together with its tensors.
 ///
 /// ```
-/// use gated_sdpa::{Activation, AttentionProblem, DType, GateMode};
-/// let p = AttentionProblem::new(2, 1024, 1024, 16, 2, 256)
-///     .dtype(DType::BF16)
+/// use gated_sdpa::{Activation, AttentionProblem, GateMode};
+/// let p = AttentionProblem::builder()
+///     .batch(2)
+///     .seqlen_q(1024)
+///     .seqlen_k(1024)
+///     .heads_q(16)
+///     .heads_kv(2)
+///     .head_dim(256)
 ///     .causal(true)
 ///     .gate(GateMode::Elementwise)
-///     .activation(Activation::Sigmoid);
+///     .activation(Activation::Sigmoid)
+///     .build()?;
 /// assert_eq!(p.softmax_scale(), 1.0 / 16.0);
+/// # Ok::<(), gated_sdpa::GsdpaError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionProblem {
@@ -260,11 +279,11 @@ pub struct AttentionProblem {
     pub heads_q: usize,
     pub heads_kv: usize,
     pub head_dim: usize,
-    pub dtype: DType,
     /// Bottom-right aligned causal mask.
     pub causal: bool,
-    /// Softmax scale; `None` means `1 / sqrt(head_dim)`.
-    pub scale: Option<f32>,
+    /// The explicit softmax scale; `None` means `1 / sqrt(head_dim)`. Read the scale in effect with
+    /// [`AttentionProblem::softmax_scale`].
+    pub softmax_scale: Option<f32>,
     pub gate: GateMode,
     pub activation: Activation,
     /// Packed variable-length sequences; `None` for the padded `[B, S, H, D]` layout.
@@ -272,7 +291,9 @@ pub struct AttentionProblem {
 }
 
 impl AttentionProblem {
-    /// A bf16, non-causal, ungated problem with the default scale.
+    /// A non-causal, ungated problem with the default scale. The arguments are positional, in this
+    /// order: `new(batch, seqlen_q, seqlen_k, heads_q, heads_kv, head_dim)`; prefer
+    /// [`AttentionProblem::builder`], which names them.
     pub fn new(
         batch: usize,
         seqlen_q: usize,
@@ -288,13 +309,17 @@ impl AttentionProblem {
             heads_q,
             heads_kv,
             head_dim,
-            dtype: DType::BF16,
             causal: false,
-            scale: None,
+            softmax_scale: None,
             gate: GateMode::None,
             activation: Activation::Sigmoid,
             varlen: None,
         }
+    }
+
+    /// A builder that names every size (see [`ProblemBuilder`]).
+    pub fn builder() -> ProblemBuilder {
+        ProblemBuilder::default()
     }
 
     /// A varlen problem: batch and the (maximum) lengths come from `varlen`.
@@ -302,19 +327,8 @@ impl AttentionProblem {
         AttentionProblem::new(0, 0, 0, heads_q, heads_kv, head_dim).varlen(varlen)
     }
 
-    pub fn dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype;
-        self
-    }
-
     pub fn causal(mut self, causal: bool) -> Self {
         self.causal = causal;
-        self
-    }
-
-    /// Sets the softmax scale (default `1 / sqrt(head_dim)`).
-    pub fn scale(mut self, scale: f32) -> Self {
-        self.scale = Some(scale);
         self
     }
 
@@ -340,7 +354,7 @@ impl AttentionProblem {
 
     /// The softmax scale in effect: the explicit one, or `1 / sqrt(head_dim)`.
     pub fn softmax_scale(&self) -> f32 {
-        self.scale
+        self.softmax_scale
             .unwrap_or_else(|| 1.0 / (self.head_dim.max(1) as f32).sqrt())
     }
 
@@ -428,5 +442,151 @@ impl AttentionProblem {
             Some(v) => vec![self.heads_q, v.total_q()],
             None => vec![self.batch, self.heads_q, self.seqlen_q],
         }
+    }
+}
+
+/// Builds an [`AttentionProblem`] with every size named, so that two swapped sizes cannot compile into
+/// a wrong problem silently:
+///
+/// ```
+/// use gated_sdpa::{AttentionProblem, GateMode};
+/// let p = AttentionProblem::builder()
+///     .batch(1)
+///     .seqlen_q(8)
+///     .seqlen_k(8)
+///     .heads_q(16)
+///     .heads_kv(2)
+///     .head_dim(256)
+///     .gate(GateMode::Elementwise)
+///     .build()?;
+/// assert_eq!((p.heads_q, p.heads_kv), (16, 2));
+/// # Ok::<(), gated_sdpa::GsdpaError>(())
+/// ```
+///
+/// `batch`, `seqlen_q`, `seqlen_k`, `heads_q` and `head_dim` are required; `heads_kv` defaults to
+/// `heads_q` (MHA). A varlen problem takes batch and lengths from [`ProblemBuilder::varlen`] instead,
+/// and then must not set them. [`ProblemBuilder::build`] validates the problem
+/// ([`crate::validate_problem`]).
+#[derive(Debug, Clone, Default)]
+pub struct ProblemBuilder {
+    batch: Option<usize>,
+    seqlen_q: Option<usize>,
+    seqlen_k: Option<usize>,
+    heads_q: Option<usize>,
+    heads_kv: Option<usize>,
+    head_dim: Option<usize>,
+    causal: bool,
+    softmax_scale: Option<f32>,
+    gate: GateMode,
+    activation: Activation,
+    varlen: Option<Varlen>,
+}
+
+impl ProblemBuilder {
+    /// Number of sequences.
+    pub fn batch(mut self, batch: usize) -> Self {
+        self.batch = Some(batch);
+        self
+    }
+
+    /// Query length.
+    pub fn seqlen_q(mut self, seqlen_q: usize) -> Self {
+        self.seqlen_q = Some(seqlen_q);
+        self
+    }
+
+    /// Key length.
+    pub fn seqlen_k(mut self, seqlen_k: usize) -> Self {
+        self.seqlen_k = Some(seqlen_k);
+        self
+    }
+
+    /// Number of query heads.
+    pub fn heads_q(mut self, heads_q: usize) -> Self {
+        self.heads_q = Some(heads_q);
+        self
+    }
+
+    /// Number of key/value heads (a divisor of `heads_q`; defaults to `heads_q`).
+    pub fn heads_kv(mut self, heads_kv: usize) -> Self {
+        self.heads_kv = Some(heads_kv);
+        self
+    }
+
+    /// Head dim: 64, 128 or 256.
+    pub fn head_dim(mut self, head_dim: usize) -> Self {
+        self.head_dim = Some(head_dim);
+        self
+    }
+
+    /// Bottom-right aligned causal mask (default off).
+    pub fn causal(mut self, causal: bool) -> Self {
+        self.causal = causal;
+        self
+    }
+
+    /// The softmax scale (default `1 / sqrt(head_dim)`): finite, positive and at most
+    /// [`MAX_SOFTMAX_SCALE`].
+    pub fn softmax_scale(mut self, softmax_scale: f32) -> Self {
+        self.softmax_scale = Some(softmax_scale);
+        self
+    }
+
+    /// The output gate (default none).
+    pub fn gate(mut self, gate: GateMode) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// The gate's activation (default sigmoid).
+    pub fn activation(mut self, activation: Activation) -> Self {
+        self.activation = activation;
+        self
+    }
+
+    /// Packed variable-length sequences; batch and the (maximum) lengths come from `varlen`.
+    pub fn varlen(mut self, varlen: Varlen) -> Self {
+        self.varlen = Some(varlen);
+        self
+    }
+
+    /// The problem, validated by [`crate::validate_problem`]. A required size that was not set is a
+    /// [`GsdpaError::InvalidArgument`] naming it.
+    pub fn build(self) -> Result<AttentionProblem> {
+        let missing = |what: &str| {
+            GsdpaError::InvalidArgument(format!("problem builder: {what} was not set"))
+        };
+        let heads_q = self.heads_q.ok_or_else(|| missing("heads_q"))?;
+        let heads_kv = self.heads_kv.unwrap_or(heads_q);
+        let head_dim = self.head_dim.ok_or_else(|| missing("head_dim"))?;
+        let problem = match self.varlen {
+            Some(varlen) => {
+                if self.batch.is_some() || self.seqlen_q.is_some() || self.seqlen_k.is_some() {
+                    return Err(GsdpaError::InvalidArgument(
+                        "problem builder: a varlen problem takes batch, seqlen_q and seqlen_k from \
+                         its cu_seqlens; do not set them"
+                            .into(),
+                    ));
+                }
+                AttentionProblem::new_varlen(varlen, heads_q, heads_kv, head_dim)
+            }
+            None => AttentionProblem::new(
+                self.batch.ok_or_else(|| missing("batch"))?,
+                self.seqlen_q.ok_or_else(|| missing("seqlen_q"))?,
+                self.seqlen_k.ok_or_else(|| missing("seqlen_k"))?,
+                heads_q,
+                heads_kv,
+                head_dim,
+            ),
+        };
+        let problem = AttentionProblem {
+            causal: self.causal,
+            softmax_scale: self.softmax_scale,
+            gate: self.gate,
+            activation: self.activation,
+            ..problem
+        };
+        crate::validate::validate_problem(&problem)?;
+        Ok(problem)
     }
 }

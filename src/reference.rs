@@ -10,7 +10,7 @@
 //! axis is packed (`[Tq, Hq, D]`, `[Tk, Hkv, D]`, `[Tq, Hq]`, lse `[Hq, Tq]`). Since `[B, S, ..]` in C
 //! order is the packed layout with `cu_seqlens = [0, S, 2 S, ..]`, both are indexed by packed token.
 //!
-//! Maths (shared/notes/gate-math.md): `S = scale q k^T` with bottom-right causal masking, `P = softmax(S)`,
+//! Maths (`docs/gate-math.md`): `S = scale q k^T` with bottom-right causal masking, `P = softmax(S)`,
 //! `O = P v`, `Y = O * act(g)`, `lse = ln sum exp(S)`; a row that sees no key has `O = Y = 0`, `lse = -inf`
 //! and contributes no gradient.
 
@@ -351,7 +351,7 @@ fn scatter<E>(data: &mut [E], layout: &Layout, values: &[f64], convert: impl Fn(
 }
 
 /// The CPU reference as a backend: validates like every backend, reads the strided inputs, computes in
-/// f64 and writes outputs rounded to the problem's dtype (LSE to f32).
+/// f64 and writes outputs rounded to the tensors' element type (LSE to f32).
 ///
 /// The backward recomputes the forward from q, k, v and g in f64; it validates but does not read the
 /// given `y`, `o` and `lse`, so its gradients are the exact ones of the rounded inputs.
@@ -389,7 +389,9 @@ impl HostBackend for Reference {
         if let Some(o) = args.o.as_mut() {
             scatter(o.data, &o.layout, &result.o, T::from_f64);
         }
-        scatter(args.lse.data, &args.lse.layout, &result.lse, |x| x as f32);
+        if let Some(lse) = args.lse.as_mut() {
+            scatter(lse.data, &lse.layout, &result.lse, |x| x as f32);
+        }
         Ok(())
     }
 

@@ -5,8 +5,8 @@
 use crate::error::{GsdpaError, Result};
 use crate::problem::DType;
 
-/// The maximum rank of a tensor (`[B, S, H, D]`).
-pub const MAX_RANK: usize = 4;
+/// Bytes of every [`Element`] type: the kernels move 16-bit values only.
+pub const ELEMENT_BYTES: usize = 2;
 
 /// Shape and strides of a tensor, in elements. The kernels need the last dimension contiguous
 /// (stride 1); that, the rank and the bounds are checked by validation, not here, so building a
@@ -140,12 +140,6 @@ impl Layout {
         true
     }
 
-    /// Element offset of a multi-index (no bounds check beyond debug assertions).
-    pub fn offset(&self, index: &[usize]) -> usize {
-        debug_assert_eq!(index.len(), self.shape.len());
-        index.iter().zip(&self.strides).map(|(&i, &s)| i * s).sum()
-    }
-
     /// Calls `f(linear, offset)` for every element in C order, where `linear` is the index in a dense
     /// copy and `offset` the element offset in this layout.
     pub fn for_each_offset(&self, mut f: impl FnMut(usize, usize)) {
@@ -238,6 +232,10 @@ pub trait Element:
     fn to_f64(self) -> f64;
 }
 
+// ELEMENT_BYTES is what validation and the workspace layout assume of every element type.
+const _: () = assert!(std::mem::size_of::<half::bf16>() == ELEMENT_BYTES);
+const _: () = assert!(std::mem::size_of::<half::f16>() == ELEMENT_BYTES);
+
 impl Element for half::bf16 {
     const DTYPE: DType = DType::BF16;
     fn from_f32(x: f32) -> Self {
@@ -292,17 +290,6 @@ impl<S> Tensor<S> {
 
     pub fn shape(&self) -> &[usize] {
         self.layout.shape()
-    }
-}
-
-impl<S: Memory> Tensor<S> {
-    /// True when every element the layout addresses lies inside the storage.
-    pub fn in_bounds(&self) -> bool {
-        match self.layout.max_offset() {
-            Ok(None) => true,
-            Ok(Some(max)) => max < self.data.len(),
-            Err(OffsetOverflow) => false,
-        }
     }
 }
 

@@ -23,8 +23,10 @@ use crate::error::{GsdpaError, Result};
 use crate::ffi::{
     GsdpaBwdParams, GsdpaFwdParams, GsdpaGateBackwardParams, GsdpaGateParams, GsdpaStrides,
 };
-use crate::problem::{Activation, AttentionProblem, GateMode, SUPPORTED_HEAD_DIMS};
-use crate::tensor::{Element, Memory, Tensor};
+use crate::problem::{
+    Activation, AttentionProblem, GateMode, MAX_SOFTMAX_SCALE, SUPPORTED_HEAD_DIMS,
+};
+use crate::tensor::{Element, Memory, Tensor, ELEMENT_BYTES};
 
 /// Largest grid y / z extent (heads_q and batch).
 pub const MAX_GRID_YZ: usize = 65535;
@@ -46,14 +48,15 @@ pub fn validate_problem(problem: &AttentionProblem) -> Result<()> {
             heads_kv: problem.heads_kv,
         });
     }
-    if let Some(scale) = problem.scale {
-        // The kernels fold the scale into the exponent after taking the row maximum of the unscaled
-        // scores (as FlashAttention does), which is only right for a positive scale.
-        if !scale.is_finite() || scale <= 0.0 {
-            return Err(GsdpaError::InvalidArgument(format!(
-                "scale must be finite and positive, got {scale}"
-            )));
-        }
+    // The kernels fold the scale into the exponent after taking the row maximum of the unscaled
+    // scores (as FlashAttention does), which is only right for a positive scale, and compute that
+    // exponent in f32, which bounds it (see MAX_SOFTMAX_SCALE).
+    let scale = problem.softmax_scale();
+    if !(scale.is_finite() && scale > 0.0 && scale <= MAX_SOFTMAX_SCALE) {
+        return Err(GsdpaError::UnsupportedScale {
+            scale,
+            max: MAX_SOFTMAX_SCALE,
+        });
     }
     if let Some(varlen) = &problem.varlen {
         varlen.validate()?;
@@ -280,17 +283,6 @@ fn lse_strides(checked: &Checked, varlen: bool) -> (i64, i64) {
     }
 }
 
-fn check_dtype<E: Element>(problem: &AttentionProblem, tensor: &'static str) -> Result<()> {
-    if E::DTYPE != problem.dtype {
-        return Err(GsdpaError::DTypeMismatch {
-            tensor,
-            expected: problem.dtype,
-            actual: E::DTYPE,
-        });
-    }
-    Ok(())
-}
-
 /// Checks that the gate tensor is present exactly when the problem has a gate.
 fn check_gate_presence<S>(
     problem: &AttentionProblem,
@@ -350,6 +342,25 @@ fn cu_seqlens_ptrs(problem: &AttentionProblem) -> (*const i32, *const i32) {
 }
 
 /// Validates a forward call and returns the kernels' parameters.
+///
+/// Inputs and 16-bit outputs share one element type, so mixing bf16 and f16 does not compile:
+///
+/// ```compile_fail
+/// use gated_sdpa::{validate_forward, AttentionProblem, ForwardArgs, Tensor};
+/// use half::{bf16, f16};
+/// let p = AttentionProblem::new(1, 8, 8, 1, 1, 64);
+/// let (q, mut y, mut lse) = (vec![bf16::ZERO; 512], vec![f16::ZERO; 512], vec![0f32; 8]);
+/// let args = ForwardArgs {
+///     q: Tensor::contiguous(&q[..], &p.q_shape()),
+///     k: Tensor::contiguous(&q[..], &p.kv_shape()),
+///     v: Tensor::contiguous(&q[..], &p.kv_shape()),
+///     g: None,
+///     y: Tensor::contiguous(&mut y[..], &p.q_shape()), // f16 output for bf16 inputs
+///     o: None,
+///     lse: Some(Tensor::contiguous(&mut lse[..], &p.lse_shape())),
+/// };
+/// let _ = validate_forward(&p, &args);
+/// ```
 pub fn validate_forward<I, O, F>(
     problem: &AttentionProblem,
     args: &ForwardArgs<I, O, F>,
@@ -357,17 +368,14 @@ pub fn validate_forward<I, O, F>(
 where
     I: Memory,
     I::Elem: Element,
-    O: Memory,
-    O::Elem: Element,
+    O: Memory<Elem = I::Elem>,
     F: Memory<Elem = f32>,
 {
     validate_problem(problem)?;
-    check_dtype::<I::Elem>(problem, "q")?;
-    check_dtype::<O::Elem>(problem, "y")?;
     check_gate_presence(problem, "g", &args.g)?;
 
     let varlen = problem.varlen.is_some();
-    let eb = problem.dtype.size_bytes();
+    let eb = std::mem::size_of::<I::Elem>();
     let q_shape = problem.q_shape();
     let kv_shape = problem.kv_shape();
     let gate_shape = problem.gate_shape().unwrap_or_default();
@@ -377,7 +385,7 @@ where
     let g = check_optional("g", &args.g, &gate_shape, eb, gate_kind(problem), false)?;
     let y = check_tensor("y", &args.y, &q_shape, eb, Kind::Vector16, true)?;
     let o = check_optional("o", &args.o, &q_shape, eb, Kind::Vector16, true)?;
-    let lse = check_tensor(
+    let lse = check_optional(
         "lse",
         &args.lse,
         &problem.lse_shape(),
@@ -390,11 +398,12 @@ where
     inputs.extend(g.as_ref());
     let mut outputs = vec![&y];
     outputs.extend(o.as_ref());
-    outputs.push(&lse);
+    outputs.extend(lse.as_ref());
     check_overlaps(&inputs, &outputs)?;
 
     let (cu_q, cu_k) = cu_seqlens_ptrs(problem);
-    let (lse_batch_stride, lse_head_stride) = lse_strides(&lse, varlen);
+    let (lse_batch_stride, lse_head_stride) =
+        lse.as_ref().map_or((0, 0), |lse| lse_strides(lse, varlen));
     let zero = GsdpaStrides::default();
     let scale = problem.softmax_scale();
     Ok(GsdpaFwdParams {
@@ -404,7 +413,7 @@ where
         g: const_ptr(&g),
         y: y.addr as *mut c_void,
         o: mut_ptr(&o),
-        lse: lse.addr as *mut f32,
+        lse: mut_ptr(&lse).cast(),
         cu_seqlens_q: cu_q,
         cu_seqlens_k: cu_k,
         q_stride: token_strides(&q, varlen),
@@ -449,12 +458,9 @@ where
     I: Memory,
     I::Elem: Element,
     L: Memory<Elem = f32>,
-    O: Memory,
-    O::Elem: Element,
+    O: Memory<Elem = I::Elem>,
 {
     validate_problem(problem)?;
-    check_dtype::<I::Elem>(problem, "q")?;
-    check_dtype::<O::Elem>(problem, "dq")?;
     check_gate_presence(problem, "g", &args.g)?;
     check_gate_presence(problem, "dg", &args.dg)?;
     if backward_needs_ungated_output(problem) && args.o.is_none() {
@@ -462,7 +468,7 @@ where
     }
 
     let varlen = problem.varlen.is_some();
-    let eb = problem.dtype.size_bytes();
+    let eb = std::mem::size_of::<I::Elem>();
     let q_shape = problem.q_shape();
     let kv_shape = problem.kv_shape();
     let gate_shape = problem.gate_shape().unwrap_or_default();
@@ -581,7 +587,7 @@ fn workspace_strides(problem: &AttentionProblem) -> GsdpaStrides {
 pub struct BackwardWorkspaceLayout {
     /// `delta = rowsum(dY * Y)`, f32, laid out like a dense lse.
     pub delta_offset: usize,
-    /// `dO = dY * act(G)` in the problem's dtype, dense `[B, Sq, Hq, D]` / `[Tq, Hq, D]`.
+    /// `dO = dY * act(G)` in the tensors' element type, dense `[B, Sq, Hq, D]` / `[Tq, Hq, D]`.
     pub d_o_offset: usize,
     /// f32 dQ accumulator, same layout as `d_o`.
     pub dq_accum_offset: usize,
@@ -605,9 +611,7 @@ pub fn backward_workspace_layout(problem: &AttentionProblem) -> Result<BackwardW
         .ok_or_else(overflow)?;
     let elems = rows.checked_mul(problem.head_dim).ok_or_else(overflow)?;
     let delta_bytes = rows.checked_mul(4).ok_or_else(overflow)?;
-    let d_o_bytes = elems
-        .checked_mul(problem.dtype.size_bytes())
-        .ok_or_else(overflow)?;
+    let d_o_bytes = elems.checked_mul(ELEMENT_BYTES).ok_or_else(overflow)?;
     let dq_accum_bytes = elems.checked_mul(4).ok_or_else(overflow)?;
     let delta_offset = 0;
     let d_o_offset = align_up(delta_bytes).ok_or_else(overflow)?;
@@ -695,18 +699,6 @@ fn check_gate_tensor_presence<S>(
     }
 }
 
-/// The element type of the outputs must be the inputs' (one kernel instantiation reads and writes both).
-fn check_same_dtype<I: Element, O: Element>(output: &'static str) -> Result<()> {
-    if O::DTYPE != I::DTYPE {
-        return Err(GsdpaError::DTypeMismatch {
-            tensor: output,
-            expected: I::DTYPE,
-            actual: O::DTYPE,
-        });
-    }
-    Ok(())
-}
-
 /// The `[rows, heads, D]` geometry a gate call's activation tensor (`o`) sets for all the others,
 /// checked against the kernels' limits: D a multiple of 8 (rows move as 16-byte vectors), rows, heads
 /// and D fitting i32, and `rows * heads` below 2^32 (the kernels number rows in 32 bits). Returns the
@@ -767,13 +759,11 @@ pub fn validate_gate<I, O>(
 where
     I: Memory,
     I::Elem: Element,
-    O: Memory,
-    O::Elem: Element,
+    O: Memory<Elem = I::Elem>,
 {
-    check_same_dtype::<I::Elem, O::Elem>("y")?;
     check_gate_tensor_presence(gate, "g", &args.g)?;
     let (shape, gate_shape) = gate_shapes(gate, args.o.layout.shape())?;
-    let eb = <I::Elem as Element>::DTYPE.size_bytes();
+    let eb = ELEMENT_BYTES;
     let v16 = Kind::Vector16;
     let o = check_tensor("o", &args.o, &shape, eb, v16, false)?;
     let g = check_optional("g", &args.g, &gate_shape, eb, gate_tensor_kind(gate), false)?;
@@ -810,14 +800,12 @@ pub fn validate_gate_backward<I, O>(
 where
     I: Memory,
     I::Elem: Element,
-    O: Memory,
-    O::Elem: Element,
+    O: Memory<Elem = I::Elem>,
 {
-    check_same_dtype::<I::Elem, O::Elem>("d_o")?;
     check_gate_tensor_presence(gate, "g", &args.g)?;
     check_gate_tensor_presence(gate, "dg", &args.dg)?;
     let (shape, gate_shape) = gate_shapes(gate, args.o.layout.shape())?;
-    let eb = <I::Elem as Element>::DTYPE.size_bytes();
+    let eb = ELEMENT_BYTES;
     let (v16, gk) = (Kind::Vector16, gate_tensor_kind(gate));
     let o = check_tensor("o", &args.o, &shape, eb, v16, false)?;
     let g = check_optional("g", &args.g, &gate_shape, eb, gk, false)?;

@@ -21,16 +21,10 @@ use gated_sdpa::{
     GateMode, HostBackend, HostBuffer, Layout, Reference, Tensor, Varlen,
 };
 use half::{bf16, f16};
-use rand::{rngs::StdRng, RngExt, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
 
-/// The five gate configurations the kernels distinguish.
-const GATES: [(GateMode, Activation); 5] = [
-    (GateMode::None, Activation::Sigmoid),
-    (GateMode::Elementwise, Activation::Sigmoid),
-    (GateMode::Elementwise, Activation::Silu),
-    (GateMode::Headwise, Activation::Sigmoid),
-    (GateMode::Headwise, Activation::Silu),
-];
+mod common;
+use common::{gather, norm, numel, random_buffer, GATES, HEAD_DIMS};
 
 fn tolerance(dtype: DType) -> f64 {
     match dtype {
@@ -76,25 +70,6 @@ impl<T: Element> Inputs<T> {
     fn g_tensor(&self) -> Option<Tensor<&[T]>> {
         Some(Tensor::new(self.g_data()?, self.g_layout.clone()?))
     }
-}
-
-fn random_buffer<T: Element>(rng: &mut StdRng, len: usize, amplitude: f32) -> HostBuffer<T> {
-    let mut buffer = HostBuffer::new(len);
-    for x in buffer.as_mut_slice() {
-        *x = T::from_f32(rng.random_range(-amplitude..amplitude));
-    }
-    buffer
-}
-
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
-
-/// A strided tensor as a dense f64 array in the C order of its shape.
-fn gather<T: Element>(data: &[T], layout: &Layout) -> Vec<f64> {
-    let mut out = vec![0.0; layout.num_elements().expect("small test tensors")];
-    layout.for_each_offset(|linear, offset| out[linear] = data[offset].to_f64());
-    out
 }
 
 fn make_inputs<T: Element>(problem: &AttentionProblem, qg: bool, seed: u64) -> Inputs<T> {
@@ -151,7 +126,7 @@ fn make_inputs<T: Element>(problem: &AttentionProblem, qg: bool, seed: u64) -> I
         g: inputs.g_tensor(),
         y: Tensor::contiguous(y.as_mut_slice(), &q_shape),
         o: Some(Tensor::contiguous(o.as_mut_slice(), &q_shape)),
-        lse: Tensor::contiguous(lse.as_mut_slice(), &problem.lse_shape()),
+        lse: Some(Tensor::contiguous(lse.as_mut_slice(), &problem.lse_shape())),
     };
     Reference
         .forward(problem, &mut args)
@@ -262,8 +237,7 @@ fn describe(p: &AttentionProblem) -> String {
         None => format!("B={} Sq={} Sk={}", p.batch, p.seqlen_q, p.seqlen_k),
     };
     format!(
-        "{} {shape} Hq={} Hkv={} D={} causal={} gate={} act={}",
-        p.dtype,
+        "{shape} Hq={} Hkv={} D={} causal={} gate={} act={}",
         p.heads_q,
         p.heads_kv,
         p.head_dim,
@@ -271,10 +245,6 @@ fn describe(p: &AttentionProblem) -> String {
         p.gate.name(),
         p.activation.name()
     )
-}
-
-fn norm(x: impl Iterator<Item = f64>) -> f64 {
-    x.map(|v| v * v).sum::<f64>().sqrt()
 }
 
 /// Relative Frobenius error of one gradient; an all-zero reference demands an all-zero result.
@@ -310,6 +280,7 @@ fn check_single_key_noise(
     what: &str,
     got: &[f64],
     problem: &AttentionProblem,
+    dtype: DType,
     rows_summed: usize,
     context: &str,
 ) {
@@ -318,7 +289,7 @@ fn check_single_key_noise(
     }
     let rms = norm(got.iter().copied()) / (got.len().max(1) as f64).sqrt();
     let per_row = 4.0
-        * unit_roundoff(problem.dtype)
+        * unit_roundoff(dtype)
         * problem.softmax_scale() as f64
         * (problem.head_dim as f64).sqrt();
     let bound = per_row * (rows_summed.max(1) as f64).sqrt();
@@ -335,12 +306,12 @@ fn at_most_one_key(problem: &AttentionProblem) -> bool {
     }
 }
 
-fn compare(problem: &AttentionProblem, got: &Grads, want: &Grads, context: &str) {
-    let tol = tolerance(problem.dtype);
+fn compare(problem: &AttentionProblem, dtype: DType, got: &Grads, want: &Grads, context: &str) {
+    let tol = tolerance(dtype);
     if at_most_one_key(problem) {
         let rows_per_key = problem.seqlen_q * problem.group_size();
-        check_single_key_noise("dq", &got.dq, problem, 1, context);
-        check_single_key_noise("dk", &got.dk, problem, rows_per_key, context);
+        check_single_key_noise("dq", &got.dq, problem, dtype, 1, context);
+        check_single_key_noise("dk", &got.dk, problem, dtype, rows_per_key, context);
     } else {
         check_relative("dq", &got.dq, &want.dq, tol, context);
         check_relative("dk", &got.dk, &want.dk, tol, context);
@@ -362,15 +333,16 @@ fn check_problem_as<T: Element>(problem: &AttentionProblem, qg: bool, modes: &[b
     for &deterministic in modes {
         let got = emulator_backward(problem, &inputs, deterministic, seed);
         let context = format!(
-            "{} qg={qg} deterministic={deterministic}",
+            "{} {} qg={qg} deterministic={deterministic}",
+            T::DTYPE,
             describe(problem)
         );
-        compare(problem, &got, &want, &context);
+        compare(problem, T::DTYPE, &got, &want, &context);
     }
 }
 
-fn check_problem(problem: &AttentionProblem, qg: bool, modes: &[bool], seed: u64) {
-    match problem.dtype {
+fn check_problem(problem: &AttentionProblem, dtype: DType, qg: bool, modes: &[bool], seed: u64) {
+    match dtype {
         DType::BF16 => check_problem_as::<bf16>(problem, qg, modes, seed),
         DType::F16 => check_problem_as::<f16>(problem, qg, modes, seed),
     }
@@ -382,16 +354,15 @@ const BOTH_MODES: [bool; 2] = [false, true];
 fn every_dtype_head_dim_causal_gate_and_activation() {
     let mut seed = 1;
     for dtype in [DType::BF16, DType::F16] {
-        for head_dim in [64, 128, 256] {
+        for head_dim in HEAD_DIMS {
             for causal in [false, true] {
                 for (gate, activation) in GATES {
                     // Sq != Sk, neither a tile multiple; GQA 2; two batch entries.
                     let problem = AttentionProblem::new(2, 45, 37, 4, 2, head_dim)
-                        .dtype(dtype)
                         .causal(causal)
                         .gate(gate)
                         .activation(activation);
-                    check_problem(&problem, false, &BOTH_MODES, seed);
+                    check_problem(&problem, dtype, false, &BOTH_MODES, seed);
                     seed += 1;
                 }
             }
@@ -402,7 +373,7 @@ fn every_dtype_head_dim_causal_gate_and_activation() {
 #[test]
 fn gqa_ratios_1_4_8() {
     let mut seed = 100;
-    for head_dim in [64, 128, 256] {
+    for head_dim in HEAD_DIMS {
         for (heads_q, heads_kv) in [(2, 2), (4, 1), (8, 1), (8, 2)] {
             let dtype = if heads_q == 8 {
                 DType::F16
@@ -410,10 +381,9 @@ fn gqa_ratios_1_4_8() {
                 DType::BF16
             };
             let problem = AttentionProblem::new(1, 70, 70, heads_q, heads_kv, head_dim)
-                .dtype(dtype)
                 .causal(true)
                 .gate(GateMode::Elementwise);
-            check_problem(&problem, false, &BOTH_MODES, seed);
+            check_problem(&problem, dtype, false, &BOTH_MODES, seed);
             seed += 1;
         }
     }
@@ -432,7 +402,7 @@ fn odd_lengths_both_ways() {
         (100, 17),
     ];
     let mut seed = 200;
-    for head_dim in [64, 128, 256] {
+    for head_dim in HEAD_DIMS {
         for (i, &(sq, sk)) in lengths.iter().enumerate() {
             for causal in [false, true] {
                 let (dtype, gate, activation) = if i % 2 == 0 {
@@ -441,13 +411,12 @@ fn odd_lengths_both_ways() {
                     (DType::F16, GateMode::Headwise, Activation::Silu)
                 };
                 let problem = AttentionProblem::new(1, sq, sk, 2, 1, head_dim)
-                    .dtype(dtype)
                     .causal(causal)
                     .gate(gate)
                     .activation(activation);
                 // Alternate the modes to keep the grid cheap; both run on every length elsewhere.
                 let mode = [(i + usize::from(causal)) % 2 == 1];
-                check_problem(&problem, false, &mode, seed);
+                check_problem(&problem, dtype, false, &mode, seed);
                 seed += 1;
             }
         }
@@ -460,16 +429,15 @@ fn varlen_with_empty_sequences() {
     let varlen =
         Varlen::new(vec![0, 5, 5, 80, 147], vec![0, 33, 40, 40, 170]).expect("valid cu_seqlens");
     let mut seed = 300;
-    for head_dim in [64, 128, 256] {
+    for head_dim in HEAD_DIMS {
         for causal in [false, true] {
             let dtype = if causal { DType::F16 } else { DType::BF16 };
             let (gate, activation) = GATES[(head_dim / 64 + usize::from(causal)) % GATES.len()];
             let problem = AttentionProblem::new_varlen(varlen.clone(), 4, 2, head_dim)
-                .dtype(dtype)
                 .causal(causal)
                 .gate(gate)
                 .activation(activation);
-            check_problem(&problem, false, &BOTH_MODES, seed);
+            check_problem(&problem, dtype, false, &BOTH_MODES, seed);
             seed += 1;
         }
     }
@@ -480,11 +448,10 @@ fn qwen3_next_strided_q_and_gate() {
     // q and g are views of one [B, S, Hq, 2D] q_proj buffer (head stride 2D); GQA 8 as in Qwen3-Next.
     for (seed, (head_dim, causal)) in (400..).zip([(256, true), (128, false), (64, true)]) {
         let problem = AttentionProblem::new(1, 40, 40, 16, 2, head_dim)
-            .dtype(DType::BF16)
             .causal(causal)
             .gate(GateMode::Elementwise)
             .activation(Activation::Sigmoid);
-        check_problem(&problem, true, &BOTH_MODES, seed);
+        check_problem(&problem, DType::BF16, true, &BOTH_MODES, seed);
     }
 }
 
@@ -493,10 +460,15 @@ fn no_keys_gives_zero_gradients() {
     // Sk = 0: every row sees nothing (LSE = -inf, Y = 0), so dQ = 0 and dG = 0, never NaN.
     for head_dim in [64, 256] {
         let problem = AttentionProblem::new(2, 17, 0, 4, 2, head_dim)
-            .dtype(DType::BF16)
             .causal(head_dim == 64)
             .gate(GateMode::Elementwise);
-        check_problem(&problem, false, &BOTH_MODES, 500 + head_dim as u64);
+        check_problem(
+            &problem,
+            DType::BF16,
+            false,
+            &BOTH_MODES,
+            500 + head_dim as u64,
+        );
     }
 }
 
@@ -504,14 +476,13 @@ fn no_keys_gives_zero_gradients() {
 fn no_queries_gives_zero_key_gradients() {
     // Sq = 0 with keys: dK and dV exist and must be written as zeros.
     let problem = AttentionProblem::new(1, 0, 33, 4, 2, 128).gate(GateMode::Headwise);
-    check_problem(&problem, false, &BOTH_MODES, 600);
+    check_problem(&problem, DType::BF16, false, &BOTH_MODES, 600);
 }
 
 #[test]
 fn deterministic_mode_is_bit_identical_across_seeds() {
-    for head_dim in [64, 128, 256] {
+    for head_dim in HEAD_DIMS {
         let problem = AttentionProblem::new(1, 100, 77, 4, 2, head_dim)
-            .dtype(DType::BF16)
             .causal(true)
             .gate(GateMode::Elementwise)
             .activation(Activation::Silu);
@@ -526,6 +497,7 @@ fn deterministic_mode_is_bit_identical_across_seeds() {
         // And it is right, not merely reproducible.
         compare(
             &problem,
+            DType::BF16,
             &first,
             &reference_backward(&problem, &inputs),
             &describe(&problem),

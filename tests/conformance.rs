@@ -1,14 +1,14 @@
 //! The primitives' per-lane results, checked against the PTX ISA's formulas.
 //!
 //! `kernels/conformance.cu` runs each primitive once on structured inputs and dumps every lane's
-//! registers. The expected dump is computed here, directly from the PTX layouts (shared/notes/
-//! ptx-primitives.md), without using the emulator's code. The emulator must match it exactly; on a GPU
+//! registers. The expected dump is computed here, directly from the PTX layouts
+//! (`docs/ptx-primitives.md`), without using the emulator's code. The emulator must match it exactly; on a GPU
 //! (tests/gpu.rs) the hardware's dump must match the emulator's, which ties the emulator to real silicon.
 #![cfg(feature = "emulator")]
 
-use gated_sdpa::conformance::{inputs, special_pairs, DUMP_WORDS};
-use gated_sdpa::emulator::{run_conformance, Emulator};
+use gated_sdpa::emulator::Emulator;
 use gated_sdpa::ffi::GSDPA_CONFORMANCE_SLOTS;
+use gated_sdpa::testing::conformance::{inputs, run_on_emulator, special_pairs, DUMP_WORDS};
 
 const SLOTS: usize = GSDPA_CONFORMANCE_SLOTS as usize;
 
@@ -178,7 +178,7 @@ fn compare(got: &[u32], want: &[u32]) -> Vec<String> {
 
 #[test]
 fn emulator_matches_the_ptx_layouts() {
-    let got = run_conformance(&Emulator::new()).expect("conformance kernel runs on the emulator");
+    let got = run_on_emulator(&Emulator::new()).expect("conformance kernel runs on the emulator");
     let problems = compare(&got, &expected_dump());
     assert!(
         problems.is_empty(),
@@ -193,7 +193,7 @@ fn ldmatrix_feeds_mma_fragments_exactly() {
     // The corollary the kernels rely on: ldmatrix_x4 at &A[l % 16][(l / 16) * 8] yields the mma A
     // fragment of a row-major 16x16 A: a_i = A[g + 8((i >> 1) & 1)][2t + (i & 1) + 8(i >> 2)].
     let (input, _) = inputs();
-    let got = run_conformance(&Emulator::new()).unwrap();
+    let got = run_on_emulator(&Emulator::new()).unwrap();
     for lane in 0..32 {
         let (g, t) = (lane / 4, lane % 4);
         for reg in 0..4 {
@@ -213,10 +213,10 @@ fn ldmatrix_feeds_mma_fragments_exactly() {
 
 #[test]
 fn dump_is_the_same_for_every_thread_order() {
-    let natural = run_conformance(&Emulator::new().with_seed(0)).unwrap();
+    let natural = run_on_emulator(&Emulator::new().with_seed(0)).unwrap();
     for seed in [1, 7, 12345] {
         assert_eq!(
-            run_conformance(&Emulator::new().with_seed(seed)).unwrap(),
+            run_on_emulator(&Emulator::new().with_seed(seed)).unwrap(),
             natural,
             "seed {seed}"
         );

@@ -3,7 +3,8 @@
 //! line, or, for a race, as seed-dependent output.
 #![cfg(feature = "emulator")]
 
-use gated_sdpa::emulator::{run_selftest, Emulator, SelfTest};
+use gated_sdpa::emulator::Emulator;
+use gated_sdpa::testing::selftest::{run_selftest, SelfTest};
 use gated_sdpa::GsdpaError;
 
 fn input() -> Vec<f32> {

@@ -14,7 +14,10 @@ use gated_sdpa::{
     Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType, Element, ForwardArgs,
     GateArgs, GateBackwardArgs, GateMode, GsdpaError, Layout, Tensor, Varlen,
 };
-use rand::{rngs::StdRng, RngExt, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
+
+mod common;
+use common::{forward_tolerance, numel, random_values, rel_frobenius};
 
 /// The backend on device 0, or `None` (the test then returns early) after saying so where the user sees
 /// it: libtest captures what the print macros write, and a test that returns early reads "ok" in the
@@ -41,33 +44,11 @@ fn gpu() -> Option<CudaBackend> {
     }
 }
 
-fn random(len: usize, rng: &mut StdRng, scale: f64) -> Vec<f64> {
-    (0..len)
-        .map(|_| (rng.random::<f64>() * 2.0 - 1.0) * scale)
-        .collect()
-}
-
 /// Rounds to T and back, so the reference sees exactly the kernel's inputs.
 fn round<T: Element>(x: &[f64]) -> (Vec<T>, Vec<f64>) {
     let t: Vec<T> = x.iter().map(|&v| T::from_f64(v)).collect();
     let back = t.iter().map(|v| v.to_f64()).collect();
     (t, back)
-}
-
-fn rel_error(got: &[f64], want: &[f64]) -> f64 {
-    let num: f64 = got.iter().zip(want).map(|(g, w)| (g - w) * (g - w)).sum();
-    let den: f64 = want.iter().map(|w| w * w).sum();
-    if got.iter().any(|g| g.is_nan()) {
-        return f64::INFINITY;
-    }
-    (num / den.max(1e-30)).sqrt()
-}
-
-fn tolerance(dtype: DType) -> f64 {
-    match dtype {
-        DType::BF16 => 1e-2,
-        DType::F16 => 2e-3,
-    }
 }
 
 fn upload<T: DeviceRepr>(stream: &std::sync::Arc<CudaStream>, x: &[T]) -> CudaSlice<T> {
@@ -100,14 +81,13 @@ struct Inputs<T> {
 
 impl<T: Element> Inputs<T> {
     fn random(problem: &AttentionProblem, rng: &mut StdRng) -> Self {
-        let numel = |s: &[usize]| s.iter().product::<usize>();
-        let (q, qf) = round::<T>(&random(numel(&problem.q_shape()), rng, 1.0));
-        let (k, kf) = round::<T>(&random(numel(&problem.kv_shape()), rng, 1.0));
-        let (v, vf) = round::<T>(&random(numel(&problem.kv_shape()), rng, 1.0));
+        let (q, qf) = round::<T>(&random_values(rng, numel(&problem.q_shape()), 1.0));
+        let (k, kf) = round::<T>(&random_values(rng, numel(&problem.kv_shape()), 1.0));
+        let (v, vf) = round::<T>(&random_values(rng, numel(&problem.kv_shape()), 1.0));
         // Gate logits over [-3, 3]: the sigmoid's whole useful range.
         let (g, gf) = match problem.gate_shape() {
             Some(s) => {
-                let (g, gf) = round::<T>(&random(numel(&s), rng, 3.0));
+                let (g, gf) = round::<T>(&random_values(rng, numel(&s), 3.0));
                 (Some(g), Some(gf))
             }
             None => (None, None),
@@ -135,7 +115,6 @@ fn check_forward<T: Element + DeviceRepr>(
     let mut rng = StdRng::seed_from_u64(seed);
     let q_shape = problem.q_shape();
     let kv_shape = problem.kv_shape();
-    let numel = |s: &[usize]| s.iter().product::<usize>();
     let g_shape = problem.gate_shape();
     let Inputs {
         q,
@@ -180,7 +159,10 @@ fn check_forward<T: Element + DeviceRepr>(
             .map(|g| Tensor::new(g.as_view(), Layout::contiguous(g_shape.as_ref().unwrap()))),
         y: Tensor::new(dy.as_view_mut(), Layout::contiguous(&q_shape)),
         o: Some(Tensor::new(d_o.as_view_mut(), Layout::contiguous(&q_shape))),
-        lse: Tensor::new(dlse.as_view_mut(), Layout::contiguous(&lse_shape)),
+        lse: Some(Tensor::new(
+            dlse.as_view_mut(),
+            Layout::contiguous(&lse_shape),
+        )),
     };
     backend
         .forward(&stream, problem, &mut args, seqlens.as_ref())
@@ -195,17 +177,17 @@ fn check_forward<T: Element + DeviceRepr>(
         .iter()
         .map(|&x| x as f64)
         .collect();
-    let tol = tolerance(problem.dtype);
+    let tol = forward_tolerance(T::DTYPE);
     let label = format!("{problem:?}");
     assert!(
-        rel_error(&y, &want.y) <= tol,
+        rel_frobenius(&y, &want.y) <= tol,
         "Y error {} > {tol}: {label}",
-        rel_error(&y, &want.y)
+        rel_frobenius(&y, &want.y)
     );
     assert!(
-        rel_error(&o, &want.o) <= tol,
+        rel_frobenius(&o, &want.o) <= tol,
         "O error {} > {tol}: {label}",
-        rel_error(&o, &want.o)
+        rel_frobenius(&o, &want.o)
     );
     for (i, (&got, &w)) in lse.iter().zip(&want.lse).enumerate() {
         if w == f64::NEG_INFINITY {
@@ -222,8 +204,7 @@ fn check_forward<T: Element + DeviceRepr>(
 #[test]
 fn conformance_gpu_matches_emulator() {
     let Some(backend) = gpu() else { return };
-    let on_gpu = backend
-        .run_conformance()
+    let on_gpu = gated_sdpa::testing::conformance::run_on_gpu(&backend)
         .expect("conformance kernel on the GPU");
     #[cfg(not(feature = "emulator"))]
     eprintln!(
@@ -232,8 +213,10 @@ fn conformance_gpu_matches_emulator() {
     );
     #[cfg(feature = "emulator")]
     {
-        let emulated =
-            gated_sdpa::emulator::run_conformance(&gated_sdpa::emulator::Emulator::new()).unwrap();
+        let emulated = gated_sdpa::testing::conformance::run_on_emulator(
+            &gated_sdpa::emulator::Emulator::new(),
+        )
+        .unwrap();
         let slots = gated_sdpa::ffi::GSDPA_CONFORMANCE_SLOTS as usize;
         let mut mismatches = Vec::new();
         for (i, (&g, &e)) in on_gpu.iter().zip(&emulated).enumerate() {
@@ -294,7 +277,6 @@ fn forward_grid_matches_reference() {
                         ] {
                             seed += 1;
                             let p = AttentionProblem::new(2, sq, sk, hq, hkv, head_dim)
-                                .dtype(dtype)
                                 .causal(causal)
                                 .gate(gate)
                                 .activation(activation);
@@ -358,7 +340,6 @@ fn check_backward<T: Element + DeviceRepr>(
     seed: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
-    let numel = |s: &[usize]| s.iter().product::<usize>();
     let (q_shape, kv_shape, lse_shape) =
         (problem.q_shape(), problem.kv_shape(), problem.lse_shape());
     let g_shape = problem.gate_shape();
@@ -372,7 +353,7 @@ fn check_backward<T: Element + DeviceRepr>(
         g,
         gf,
     } = Inputs::<T>::random(problem, &mut rng);
-    let (dy, dyf) = round::<T>(&random(numel(&q_shape), &mut rng, 1.0));
+    let (dy, dyf) = round::<T>(&random_values(&mut rng, numel(&q_shape), 1.0));
     let fwd = reference::forward_f64(problem, &qf, &kf, &vf, gf.as_deref()).unwrap();
     let want = reference::backward_f64(problem, &qf, &kf, &vf, gf.as_deref(), &dyf).unwrap();
     let (y, _) = round::<T>(&fwd.y);
@@ -427,18 +408,18 @@ fn check_backward<T: Element + DeviceRepr>(
     drop(args);
     stream.synchronize().unwrap();
     // Gradients carry the rounding of Y, O and LSE (as FlashAttention's do): twice the forward bound.
-    let tol = 2.0 * tolerance(problem.dtype);
+    let tol = 2.0 * forward_tolerance(T::DTYPE);
     let label = format!("{problem:?} deterministic={deterministic}");
     for (name, got, want) in [
         ("dq", download(stream, &grad_q), &want.dq),
         ("dk", download(stream, &grad_k), &want.dk),
         ("dv", download(stream, &grad_v), &want.dv),
     ] {
-        let e = rel_error(&got, want);
+        let e = rel_frobenius(&got, want);
         assert!(e <= tol, "{name} error {e} > {tol}: {label}");
     }
     if let (Some(dg), Some(want_dg)) = (&grad_g, &want.dg) {
-        let e = rel_error(&download(stream, dg), want_dg);
+        let e = rel_frobenius(&download(stream, dg), want_dg);
         assert!(e <= tol, "dg error {e} > {tol}: {label}");
     }
 }
@@ -476,9 +457,10 @@ fn standalone_gate_kernels_match_the_formulas() {
             } else {
                 full.to_vec()
             };
-            let (o, of) = round::<half::bf16>(&random(rows * heads * dim, &mut rng, 1.0));
-            let (dy, dyf) = round::<half::bf16>(&random(rows * heads * dim, &mut rng, 1.0));
-            let (g, gf) = round::<half::bf16>(&random(g_shape.iter().product(), &mut rng, 3.0));
+            let (o, of) = round::<half::bf16>(&random_values(&mut rng, rows * heads * dim, 1.0));
+            let (dy, dyf) = round::<half::bf16>(&random_values(&mut rng, rows * heads * dim, 1.0));
+            let (g, gf) =
+                round::<half::bf16>(&random_values(&mut rng, g_shape.iter().product(), 3.0));
             let logit = |i: usize| {
                 if gate == GateMode::Headwise {
                     gf[i / dim]
@@ -539,7 +521,7 @@ fn standalone_gate_kernels_match_the_formulas() {
                 ("dO", download(&stream, &do_dev), &want_do),
                 ("dG", download(&stream, &dg_dev), &want_dg),
             ] {
-                let e = rel_error(&got, want);
+                let e = rel_frobenius(&got, want);
                 assert!(e <= 1e-2, "{name} error {e} ({gate:?}, {activation:?})");
             }
         }

@@ -2,23 +2,16 @@
 
 use gated_sdpa::reference::{backward_f64, forward_f64, BackwardResultF64, ForwardResultF64};
 use gated_sdpa::{
-    split_q_proj, Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType, ForwardArgs,
+    split_q_proj, Activation, AttentionProblem, BackwardArgs, BackwardOptions, ForwardArgs,
     GateMode, HostBackend, Layout, Reference, Tensor, Varlen,
 };
 use half::bf16;
-use rand::{rngs::StdRng, RngExt, SeedableRng};
+use rand::{rngs::StdRng, SeedableRng};
+
+mod common;
+use common::{numel, random_values as random};
 
 const D: usize = 64;
-
-fn random(rng: &mut StdRng, n: usize, amplitude: f64) -> Vec<f64> {
-    (0..n)
-        .map(|_| rng.random_range(-amplitude..amplitude))
-        .collect()
-}
-
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
 
 /// Random inputs for a problem: q, k, v, g (if gated), dy.
 struct Inputs {
@@ -177,10 +170,17 @@ fn finite_differences_varlen_and_batch() {
     check_gradients(&p, 100);
     let p = AttentionProblem::new(2, 3, 2, 2, 2, D).gate(GateMode::Headwise);
     check_gradients(&p, 101);
-    let p = AttentionProblem::new(1, 3, 4, 2, 2, D)
-        .scale(0.7)
+    let p = AttentionProblem::builder()
+        .batch(1)
+        .seqlen_q(3)
+        .seqlen_k(4)
+        .heads_q(2)
+        .head_dim(D)
+        .softmax_scale(0.7)
         .gate(GateMode::Elementwise)
-        .activation(Activation::Silu);
+        .activation(Activation::Silu)
+        .build()
+        .unwrap();
     check_gradients(&p, 102);
 }
 
@@ -467,7 +467,6 @@ fn to_f64(x: &[bf16]) -> Vec<f64> {
 #[test]
 fn backend_rounds_the_f64_results() {
     let p = AttentionProblem::new(2, 5, 7, 4, 2, D)
-        .dtype(DType::BF16)
         .causal(true)
         .gate(GateMode::Elementwise)
         .activation(Activation::Silu);
@@ -486,7 +485,7 @@ fn backend_rounds_the_f64_results() {
         g: Some(Tensor::contiguous(&g[..], &qs)),
         y: Tensor::contiguous(&mut y[..], &qs),
         o: Some(Tensor::contiguous(&mut o[..], &qs)),
-        lse: Tensor::contiguous(&mut lse[..], &ls),
+        lse: Some(Tensor::contiguous(&mut lse[..], &ls)),
     };
     Reference.forward(&p, &mut args).unwrap();
     let exact = forward_f64(&p, &to_f64(&q), &to_f64(&k), &to_f64(&v), Some(&to_f64(&g))).unwrap();
@@ -565,7 +564,7 @@ fn qwen3_next_strided_view_equals_dense_copy() {
             g: Some(g),
             y: Tensor::new(&mut y[..], y_layout),
             o: None,
-            lse: Tensor::contiguous(&mut lse[..], &ls),
+            lse: Some(Tensor::contiguous(&mut lse[..], &ls)),
         };
         Reference.forward(&p, &mut args).unwrap();
         (y, lse)

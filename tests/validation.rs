@@ -3,15 +3,14 @@
 use gated_sdpa::validate::{backward_workspace_layout, WORKSPACE_ALIGN};
 use gated_sdpa::{
     backward_workspace_bytes, set_backward_workspace, split_q_proj, validate_backward,
-    validate_forward, Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType,
-    ForwardArgs, GateMode, GsdpaError, HostBackend, HostBackwardArgs, HostBuffer, HostForwardArgs,
-    Layout, Reference, Tensor, Varlen,
+    validate_forward, Activation, AttentionProblem, BackwardArgs, BackwardOptions, ForwardArgs,
+    GateMode, GsdpaError, HostBackend, HostBackwardArgs, HostBuffer, HostForwardArgs, Layout,
+    Reference, Tensor, Varlen, MAX_SOFTMAX_SCALE,
 };
-use half::{bf16, f16};
+use half::bf16;
 
-fn numel(shape: &[usize]) -> usize {
-    shape.iter().product()
-}
+mod common;
+use common::numel;
 
 /// Aligned, correctly sized buffers for a problem (values irrelevant to validation).
 struct Buffers<T: Copy + Default> {
@@ -60,7 +59,7 @@ impl<T: Copy + Default> Buffers<T> {
                 .map(|s| Tensor::contiguous(self.g.as_slice(), &s)),
             y: Tensor::contiguous(self.y.as_mut_slice(), &qs),
             o: Some(Tensor::contiguous(self.o.as_mut_slice(), &qs)),
-            lse: Tensor::contiguous(self.lse.as_mut_slice(), &p.lse_shape()),
+            lse: Some(Tensor::contiguous(self.lse.as_mut_slice(), &p.lse_shape())),
         }
     }
 
@@ -125,13 +124,17 @@ fn backward_error<'a>(
 
 #[test]
 fn valid_arguments_pass_and_fill_the_params() {
-    let p = gated().causal(true).scale(0.25);
+    let mut p = gated().causal(true);
+    p.softmax_scale = Some(0.25);
     let mut buffers = Buffers::<bf16>::new(&p);
     let args = buffers.forward(&p);
     let params = validate_forward(&p, &args).unwrap();
     assert_eq!(params.q as usize, args.q.data.as_ptr() as usize);
     assert_eq!(params.y as usize, args.y.data.as_ptr() as usize);
-    assert_eq!(params.lse as usize, args.lse.data.as_ptr() as usize);
+    assert_eq!(
+        params.lse as usize,
+        args.lse.as_ref().unwrap().data.as_ptr() as usize
+    );
     assert_eq!(
         (
             params.q_stride.batch,
@@ -206,7 +209,7 @@ fn shape_mismatch_names_the_tensor() {
         "{err}"
     );
     let err = forward_error(&p, &mut Buffers::new(&p), |a| {
-        a.lse.layout = Layout::contiguous(&[2, 16, 4])
+        a.lse.as_mut().unwrap().layout = Layout::contiguous(&[2, 16, 4])
     });
     assert!(
         matches!(err, GsdpaError::ShapeMismatch { tensor: "lse", .. }),
@@ -360,37 +363,6 @@ fn unsupported_head_dim() {
     }
 }
 
-#[test]
-fn dtype_mismatch() {
-    let p = gated().dtype(DType::F16);
-    let mut buffers = Buffers::<bf16>::new(&p);
-    let mut args = buffers.forward(&p);
-    let err = Reference.forward(&p, &mut args).unwrap_err();
-    assert!(
-        matches!(
-            err,
-            GsdpaError::DTypeMismatch {
-                expected: DType::F16,
-                actual: DType::BF16,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    // And the other way round, for the backward.
-    let p = gated().dtype(DType::BF16);
-    let mut buffers = Buffers::<f16>::new(&p);
-    let mut args = buffers.backward(&p);
-    let err = Reference
-        .backward(&p, &mut args, BackwardOptions::default())
-        .unwrap_err();
-    assert!(matches!(err, GsdpaError::DTypeMismatch { .. }), "{err}");
-    // A matching dtype passes.
-    let p = gated().dtype(DType::F16);
-    let mut buffers = Buffers::<f16>::new(&p);
-    Reference.forward(&p, &mut buffers.forward(&p)).unwrap();
-}
-
 /// Device-like storage: an address and a length, as the CUDA backend's buffers are.
 #[derive(Debug, Clone, Copy)]
 struct RawMemory<T> {
@@ -434,7 +406,7 @@ fn overlap_between_outputs_and_inputs() {
             g: Some(raw::<bf16>(4 * mb, qn, &qs)),
             y: raw::<bf16>(y_addr, qn, &qs),
             o: Some(raw::<bf16>(o_addr, qn, &qs)),
-            lse: raw::<f32>(lse_addr, ln, &ls),
+            lse: Some(raw::<f32>(lse_addr, ln, &ls)),
         };
         validate_forward(&p, &args)
     };
@@ -611,7 +583,7 @@ fn sizes_that_overflow_the_kernels_index_arithmetic() {
             g: None,
             y: raw(1 << 20, 0, &p.q_shape()),
             o: None,
-            lse: raw(1 << 20, 0, &p.lse_shape()),
+            lse: Some(raw(1 << 20, 0, &p.lse_shape())),
         };
         assert!(matches!(
             validate_forward(&p, &args),
@@ -629,7 +601,7 @@ fn sizes_that_overflow_the_kernels_index_arithmetic() {
         g: None,
         y: raw::<bf16>(4 << 20, 512, &p.q_shape()),
         o: None,
-        lse: raw::<f32>(5 << 20, 8, &p.lse_shape()),
+        lse: Some(raw::<f32>(5 << 20, 8, &p.lse_shape())),
     };
     let err = validate_forward(&p, &args).unwrap_err();
     assert!(matches!(err, GsdpaError::SizeOverflow(_)), "{err}");
@@ -681,12 +653,168 @@ fn silu_backward_needs_the_ungated_output() {
 }
 
 #[test]
-fn invalid_scale() {
-    for scale in [f32::NAN, f32::INFINITY, 0.0, -0.5] {
-        let p = gated().scale(scale);
-        let err = forward_error(&p, &mut Buffers::new(&p), |_| {});
-        assert!(matches!(err, GsdpaError::InvalidArgument(_)), "{err}");
+fn unsupported_scales_are_typed_errors() {
+    // 3e38: scale * log2(e) is infinite; 1e37: s * scale * log2(e) overflows f32 for |s| > 24.
+    let too_large = [3e38, 1e37, MAX_SOFTMAX_SCALE * 2.0, f32::MAX];
+    for scale in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, -0.5]
+        .into_iter()
+        .chain(too_large)
+    {
+        let mut p = gated();
+        p.softmax_scale = Some(scale);
+        let expected = GsdpaError::UnsupportedScale {
+            scale,
+            max: MAX_SOFTMAX_SCALE,
+        };
+        let same = |err: GsdpaError| match err {
+            GsdpaError::UnsupportedScale { scale: s, max } => {
+                s.to_bits() == scale.to_bits() && max == MAX_SOFTMAX_SCALE
+            }
+            _ => false,
+        };
+        // Compared through `same`: a NaN scale makes the error unequal to itself.
+        let mut buffers = Buffers::<bf16>::new(&p);
+        let mut args = buffers.forward(&p);
+        let err = validate_forward(&p, &args).unwrap_err();
+        assert!(
+            same(err.clone()),
+            "scale {scale}: {err} (expected {expected})"
+        );
+        assert!(same(Reference.forward(&p, &mut args).unwrap_err()));
+        let mut args = buffers.backward(&p);
+        assert!(same(validate_backward(&p, &args, false).unwrap_err()));
+        let err = Reference
+            .backward(&p, &mut args, BackwardOptions::default())
+            .unwrap_err();
+        assert!(same(err.clone()), "scale {scale}: {err}");
+        assert!(same(backward_workspace_bytes(&p).unwrap_err()));
+        // The builder rejects it before any tensor exists.
+        let built = AttentionProblem::builder()
+            .batch(1)
+            .seqlen_q(4)
+            .seqlen_k(4)
+            .heads_q(1)
+            .head_dim(64)
+            .softmax_scale(scale)
+            .build();
+        assert!(same(built.unwrap_err()), "builder, scale {scale}");
     }
+    // The largest accepted scale and the smallest positive one pass.
+    for scale in [MAX_SOFTMAX_SCALE, f32::from_bits(1)] {
+        let mut p = gated();
+        p.softmax_scale = Some(scale);
+        let mut buffers = Buffers::<bf16>::new(&p);
+        Reference.forward(&p, &mut buffers.forward(&p)).unwrap();
+    }
+}
+
+#[cfg(feature = "emulator")]
+#[test]
+fn the_emulator_rejects_unsupported_scales_too() {
+    let emulator = gated_sdpa::emulator::Emulator::new();
+    for scale in [3e38, 1e37] {
+        let mut p = gated();
+        p.softmax_scale = Some(scale);
+        let expected = GsdpaError::UnsupportedScale {
+            scale,
+            max: MAX_SOFTMAX_SCALE,
+        };
+        let mut buffers = Buffers::<bf16>::new(&p);
+        let err = emulator.forward(&p, &mut buffers.forward(&p)).unwrap_err();
+        assert_eq!(err, expected);
+        let err = emulator
+            .backward(&p, &mut buffers.backward(&p), BackwardOptions::default())
+            .unwrap_err();
+        assert_eq!(err, expected);
+    }
+}
+
+#[test]
+fn builder_names_every_size() {
+    let built = AttentionProblem::builder()
+        .batch(2)
+        .seqlen_q(16)
+        .seqlen_k(24)
+        .heads_q(4)
+        .heads_kv(2)
+        .head_dim(64)
+        .causal(true)
+        .softmax_scale(0.5)
+        .gate(GateMode::Elementwise)
+        .activation(Activation::Silu)
+        .build()
+        .unwrap();
+    let mut expected = gated().causal(true);
+    expected.softmax_scale = Some(0.5);
+    assert_eq!(built, expected);
+    // heads_kv defaults to heads_q.
+    let mha = AttentionProblem::builder()
+        .batch(1)
+        .seqlen_q(3)
+        .seqlen_k(5)
+        .heads_q(6)
+        .head_dim(128)
+        .build()
+        .unwrap();
+    assert_eq!((mha.heads_q, mha.heads_kv), (6, 6));
+    // A missing size names itself; a bad one is the same typed error as from a backend.
+    let err = AttentionProblem::builder()
+        .batch(1)
+        .seqlen_q(3)
+        .heads_q(6)
+        .head_dim(128)
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(&err, GsdpaError::InvalidArgument(m) if m.contains("seqlen_k")),
+        "{err}"
+    );
+    let err = AttentionProblem::builder()
+        .batch(1)
+        .seqlen_q(3)
+        .seqlen_k(3)
+        .heads_q(6)
+        .heads_kv(4)
+        .head_dim(128)
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err,
+        GsdpaError::HeadsNotDivisible {
+            heads_q: 6,
+            heads_kv: 4
+        }
+    );
+    // Varlen takes batch and lengths from its cu_seqlens, and refuses them given twice.
+    let varlen = Varlen::new(vec![0, 3, 8], vec![0, 4, 4]).unwrap();
+    let p = AttentionProblem::builder()
+        .heads_q(2)
+        .head_dim(64)
+        .varlen(varlen.clone())
+        .build()
+        .unwrap();
+    assert_eq!((p.batch, p.seqlen_q, p.seqlen_k), (2, 5, 4));
+    assert_eq!(p, AttentionProblem::new_varlen(varlen.clone(), 2, 2, 64));
+    let err = AttentionProblem::builder()
+        .batch(2)
+        .heads_q(2)
+        .head_dim(64)
+        .varlen(varlen)
+        .build()
+        .unwrap_err();
+    assert!(matches!(err, GsdpaError::InvalidArgument(_)), "{err}");
+}
+
+#[test]
+fn lse_is_optional_in_the_forward() {
+    let p = gated();
+    let mut buffers = Buffers::<bf16>::new(&p);
+    let mut args = buffers.forward(&p);
+    args.lse = None;
+    let params = validate_forward(&p, &args).unwrap();
+    assert!(params.lse.is_null());
+    assert_eq!((params.lse_batch_stride, params.lse_head_stride), (0, 0));
+    Reference.forward(&p, &mut args).unwrap();
 }
 
 #[test]
@@ -712,7 +840,7 @@ fn zero_sized_problems_are_valid_no_ops() {
             g: Some(Tensor::contiguous(&[][..], &p.q_shape())),
             y: Tensor::contiguous(&mut [][..], &p.q_shape()),
             o: None,
-            lse: Tensor::contiguous(&mut [][..], &p.lse_shape()),
+            lse: Some(Tensor::contiguous(&mut [][..], &p.lse_shape())),
         };
         Reference.forward::<bf16>(&p, &mut args).unwrap();
         assert!(backward_workspace_bytes(&p).is_ok());

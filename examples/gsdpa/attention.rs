@@ -184,12 +184,11 @@ pub fn load(flags: &Flags, backward: bool) -> Result<Request, CliError> {
         return Err(format!("--gate {} needs the gate logits (--g or --qg)", gate.name()).into());
     }
     let mut problem = problem
-        .dtype(dtype)
         .causal(flags.switch("causal"))
         .gate(gate)
         .activation(parse_activation(flags.value("act").unwrap_or("sigmoid"))?);
     if let Some(scale) = flags.parsed::<f32>("scale")? {
-        problem = problem.scale(scale);
+        problem.softmax_scale = Some(scale);
     }
     gated_sdpa::validate_problem(&problem)?;
 

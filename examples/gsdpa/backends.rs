@@ -231,7 +231,7 @@ fn host_forward<B: HostBackend, T: AnyElement>(
         y: Tensor::contiguous(y.as_mut_slice(), &qs),
         o: o.as_mut()
             .map(|o| Tensor::contiguous(o.as_mut_slice(), &qs)),
-        lse: Tensor::contiguous(lse.as_mut_slice(), &ls),
+        lse: Some(Tensor::contiguous(lse.as_mut_slice(), &ls)),
     };
     let start = Instant::now();
     backend.forward(p, &mut args)?;
@@ -419,7 +419,10 @@ fn cuda_forward<T: AnyElement>(
         y: Tensor::new(y.slice_mut(0..numel(&qs).max(1)), Layout::contiguous(&qs)),
         o: o.as_mut()
             .map(|o| Tensor::new(o.slice_mut(0..numel(&qs).max(1)), Layout::contiguous(&qs))),
-        lse: Tensor::new(lse.slice_mut(0..numel(&ls).max(1)), Layout::contiguous(&ls)),
+        lse: Some(Tensor::new(
+            lse.slice_mut(0..numel(&ls).max(1)),
+            Layout::contiguous(&ls),
+        )),
     };
     stream.synchronize().map_err(driver("synchronize"))?;
     let start = Instant::now();

@@ -1,8 +1,8 @@
 //! `gsdpa bench [--json] [--shape NAME] [--backward]`: forward (and with `--backward`, backward and
 //! whole-layer fused vs unfused) throughput on the GPU (see `gated_sdpa::bench`).
 
-use gated_sdpa::bench;
 use gated_sdpa::cuda::CudaBackend;
+use gated_sdpa::testing::bench;
 
 use crate::args::Flags;
 use crate::info::json_string;

@@ -7,7 +7,7 @@
 
 use gated_sdpa::reference::{backward_f64, backward_magnitudes_f64, forward_f64};
 use gated_sdpa::{
-    Activation, AttentionProblem, BackwardOptions, DType, Element, GateMode, GsdpaError, HostBuffer,
+    Activation, AttentionProblem, BackwardOptions, Element, GateMode, GsdpaError, HostBuffer,
 };
 use half::bf16;
 use rand::{rngs::StdRng, RngExt, SeedableRng};
@@ -159,7 +159,6 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
     let seqlen = flags.parsed::<usize>("seqlen")?.unwrap_or(default_seqlen);
     let batch = 1;
     let problem = AttentionProblem::new(batch, seqlen, seqlen, HEADS_Q, HEADS_KV, HEAD_DIM)
-        .dtype(DType::BF16)
         .causal(true)
         .gate(GateMode::Elementwise)
         .activation(Activation::Sigmoid);

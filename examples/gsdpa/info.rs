@@ -40,10 +40,10 @@ fn launches() -> Result<Vec<LaunchConfig>, GsdpaError> {
         all.push(launch::gate(dtype, 1, 1, 64)?);
         all.push(launch::gate_backward(dtype, 1, 1, 64)?);
         for head_dim in SUPPORTED_HEAD_DIMS {
-            let problem = AttentionProblem::new(1, 1, 1, 1, 1, head_dim).dtype(dtype);
-            all.push(launch::forward(&problem)?);
+            let problem = AttentionProblem::new(1, 1, 1, 1, 1, head_dim);
+            all.push(launch::forward(&problem, dtype)?);
             for deterministic in [false, true] {
-                all.extend(launch::backward(&problem, deterministic)?);
+                all.extend(launch::backward(&problem, dtype, deterministic)?);
             }
         }
     }

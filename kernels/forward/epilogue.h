@@ -13,8 +13,8 @@
 namespace gsdpa {
 namespace fwd {
 
-// Where this block writes: row 0 of the block (query row m0 of its sequence) in y, o (null: not
-// requested) and lse, and how many rows are real.
+// Where this block writes: row 0 of the block (query row m0 of its sequence) in y, o and lse (o, lse
+// null: not requested), and how many rows are real.
 template <class T>
 struct FwdOutputs {
     T *y;
@@ -77,7 +77,7 @@ GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&a
     }
 
     // LSE, one lane per row.
-    if ((lane & 3) == 0) {
+    if (out.lse != nullptr && (lane & 3) == 0) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int row = warp_row0 + (lane >> 2) + 8 * half;

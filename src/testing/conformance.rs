@@ -2,7 +2,14 @@
 //! each lane's registers. The expected dump is computed independently from the PTX formulas in
 //! `tests/conformance.rs`; on a GPU the same kernel checks the emulator against the hardware.
 
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+use crate::cuda::{cuda_error, CudaBackend};
+#[cfg(feature = "emulator")]
+use crate::emulator::{Emulator, GuardedBuffer};
+use crate::error::Result;
 use crate::ffi;
+use crate::launch;
 
 /// Words in a dump: 32 lanes times `GSDPA_CONFORMANCE_SLOTS`.
 pub const DUMP_WORDS: usize = 32 * ffi::GSDPA_CONFORMANCE_SLOTS as usize;
@@ -57,4 +64,57 @@ pub fn inputs() -> (Vec<u16>, Vec<f32>) {
         .flat_map(|(lo, hi)| [lo, hi])
         .collect();
     (input, specials)
+}
+
+#[cfg(feature = "emulator")]
+/// Runs the conformance kernel (kernels/conformance.cu) on the emulator and returns its dump,
+/// `[32 lanes][GSDPA_CONFORMANCE_SLOTS]` words. Inputs: [`inputs`].
+pub fn run_on_emulator(emulator: &Emulator) -> Result<Vec<u32>> {
+    let (input, specials) = inputs();
+    let input = GuardedBuffer::copy_of(&input)?;
+    let specials = GuardedBuffer::copy_of(&specials)?;
+    let mut dump = vec![0u32; DUMP_WORDS];
+    let out = GuardedBuffer::copy_of(&dump)?;
+    let params = ffi::GsdpaConformanceParams {
+        input: input.ptr().cast(),
+        specials: specials.ptr().cast(),
+        out: out.ptr().cast(),
+    };
+    // SAFETY: the buffers are sized as the conformance kernel's layout requires and outlive the launch.
+    unsafe { emulator.launch(&launch::conformance(), &params)? };
+    out.copy_to(&mut dump);
+    Ok(dump)
+}
+
+/// Runs the conformance kernel on the GPU and returns its dump (allocates and synchronizes: a test helper).
+pub fn run_on_gpu(gpu: &CudaBackend) -> Result<Vec<u32>> {
+    let stream = gpu.context().default_stream();
+    let (input, specials) = inputs();
+    let input = stream
+        .clone_htod(&input)
+        .map_err(|e| cuda_error("upload", e))?;
+    let specials = stream
+        .clone_htod(&specials)
+        .map_err(|e| cuda_error("upload", e))?;
+    let mut out = stream
+        .alloc_zeros::<u32>(DUMP_WORDS)
+        .map_err(|e| cuda_error("alloc", e))?;
+    {
+        let (input_ptr, _g1) = input.device_ptr(&stream);
+        let (specials_ptr, _g2) = specials.device_ptr(&stream);
+        let (out_ptr, _g3) = out.device_ptr_mut(&stream);
+        let params = ffi::GsdpaConformanceParams {
+            input: input_ptr as *const u16,
+            specials: specials_ptr as *const f32,
+            out: out_ptr as *mut u32,
+        };
+        gpu.launch(&stream, &launch::conformance(), &params)?;
+    }
+    let dump = stream
+        .clone_dtoh(&out)
+        .map_err(|e| cuda_error("download", e))?;
+    stream
+        .synchronize()
+        .map_err(|e| cuda_error("synchronize", e))?;
+    Ok(dump)
 }

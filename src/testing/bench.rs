@@ -22,7 +22,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 
 use crate::cuda::CudaBackend;
 use crate::error::{GsdpaError, Result};
-use crate::problem::{Activation, AttentionProblem, DType, GateMode};
+use crate::problem::{Activation, AttentionProblem, GateMode};
 use crate::tensor::{Layout, Tensor};
 use crate::ForwardArgs;
 
@@ -62,7 +62,6 @@ impl BenchShape {
             self.heads_kv,
             self.head_dim,
         )
-        .dtype(DType::BF16)
         .causal(self.causal)
         .gate(gate)
         .activation(Activation::Sigmoid)
@@ -242,10 +241,10 @@ fn run_variant(
             Layout::contiguous(&q_shape),
         ),
         o: None,
-        lse: Tensor::new(
+        lse: Some(Tensor::new(
             b.lse.as_view_mut(),
             Layout::contiguous(&[shape.batch, shape.heads_q, shape.seqlen]),
-        ),
+        )),
     };
     backend.forward(stream, &problem, &mut args, None)?;
     drop(args);
