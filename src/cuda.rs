@@ -8,9 +8,10 @@
 //!   buffer use; disable it on the context (`ctx.disable_event_tracking()`) before capturing, and order
 //!   your streams yourself, as you would for any captured kernel.
 //!
-//! The kernels come from the fatbin `build.rs` embedded (SASS for sm_80, sm_86, sm_89, sm_90a and PTX for
-//! compute_80). Creating a backend never panics: no libcuda, no device or no kernels in this build are
-//! typed errors.
+//! The kernels come from the fatbin the build script embedded (by default SASS for sm_80, sm_86, sm_89,
+//! sm_90a, sm_100 and sm_120, as far as the nvcc supports them, and PTX for compute_80; `build_info::archs`
+//! lists what this build has). Creating a backend never panics: no libcuda, no device or no kernels in
+//! this build are typed errors.
 
 use std::collections::HashMap;
 use std::marker::PhantomData;
