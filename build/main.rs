@@ -34,6 +34,11 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "regen-bindings")]
+use bindings::regenerate_bindings;
+#[cfg(feature = "emulator")]
+use emulator::build_emulator;
+
 /// A build step's error: a message for the person running cargo (nvcc's own output included).
 type Result<T> = std::result::Result<T, String>;
 
@@ -69,11 +74,7 @@ fn run() -> Result<()> {
     info::write_build_info(&paths, &device, emulator_built, require_nvcc)
 }
 
-// The optional steps, or what stands in for them without their feature.
-#[cfg(feature = "regen-bindings")]
-use bindings::regenerate_bindings;
-#[cfg(feature = "emulator")]
-use emulator::build_emulator;
+// The optional steps without their feature.
 
 /// Without the `emulator` feature there is no host build of the kernels.
 #[cfg(not(feature = "emulator"))]

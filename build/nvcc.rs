@@ -343,10 +343,12 @@ fn cuda_archs(nvcc: &Path, nvcc_version: &str) -> Result<Vec<String>> {
         let (kept, dropped): (Vec<&str>, Vec<&str>) =
             DEFAULT_ARCHS.iter().partition(|a| is_supported(a));
         if !dropped.is_empty() {
+            let dropped: Vec<String> = dropped.iter().map(|a| format!("sm_{a}")).collect();
             println!(
-                "cargo:warning=gated-sdpa: nvcc {nvcc_version} cannot target sm_{}: built without that \
-                 SASS (those GPUs JIT-compile the embedded PTX); CUDA 12.8 or newer builds all of {}",
-                dropped.join(", sm_"),
+                "cargo:warning=gated-sdpa: nvcc {nvcc_version} cannot target {}: the fatbin has no SASS \
+                 for it (such GPUs JIT-compile the embedded PTX); CUDA 12.8 or newer builds every default \
+                 arch ({})",
+                dropped.join(" or "),
                 DEFAULT_ARCHS.join(",")
             );
         }
