@@ -11,7 +11,8 @@
 //! 4. `bindings` (feature `regen-bindings`): bindgen over `kernels/gsdpa_params.h`. Normal builds use the
 //!    committed `src/ffi/params.rs`; CI regenerates it and diffs.
 //!
-//! `cache` holds the content keys and the shared output cache; `info` writes the generated Rust file.
+//! `archs` picks the target archs for step 1; `cache` holds the content keys and the shared output cache;
+//! `info` writes the generated Rust file.
 //! This file holds what every step reads: the paths, the kernel sources, the environment.
 //!
 //! Files under `kernels/wip/` are work in progress: they are never compiled here, and editing them does not
@@ -21,6 +22,7 @@
 //! builds (`cargo clippy` and `cargo test --release` in CI run nvcc once). docs/toolchain.md describes the
 //! toolchain, the archs and the environment variables.
 
+mod archs;
 #[cfg(feature = "regen-bindings")]
 mod bindings;
 mod cache;

@@ -11,18 +11,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Instant;
 
+use crate::archs;
 use crate::cache::{CacheEntry, ContentKey};
 use crate::ptxas::{self, KernelResources};
 use crate::{
     c_string_escape, env_var, read_to_string, write_if_changed, KernelSources, Paths, Result,
 };
-
-/// SASS targets when `GSDPA_CUDA_ARCHS` is not set: Ampere (A100), Ampere consumer, Ada, Hopper (with the
-/// arch-specific `a` features), Blackwell datacenter (B200) and Blackwell consumer (RTX 50xx). The kernels
-/// use mma.sync, which all of them run. An nvcc that does not know an arch (sm_100 and sm_120 need CUDA
-/// 12.8) builds the others, with a cargo warning. PTX for the lowest one is embedded as well, so a GPU
-/// without its own SASS here JIT-compiles it.
-pub const DEFAULT_ARCHS: &[&str] = &["80", "86", "89", "90a", "100", "120"];
 
 /// The outcome of the device build.
 pub struct DeviceBuild {
@@ -122,10 +116,10 @@ pub fn start_device_build(
             format!("arch=compute_{arch},code=sm_{arch}"),
         ]);
     }
-    let ptx_arch = lowest_arch(&archs);
+    let ptx = ptx_arch(&archs);
     args.extend([
         "-gencode".into(),
-        format!("arch=compute_{ptx_arch},code=compute_{ptx_arch}"),
+        format!("arch=compute_{ptx},code=compute_{ptx}"),
     ]);
 
     // The key covers everything that determines the fatbin. It does not depend on the cargo profile, so
@@ -243,7 +237,7 @@ fn finish_device_build(
     }
     let kernels = ptxas::parse_report(&log)?;
     let mut arch_names: Vec<String> = archs.iter().map(|a| format!("sm_{a}")).collect();
-    arch_names.push(format!("compute_{}", lowest_arch(archs)));
+    arch_names.push(format!("compute_{}", ptx_arch(archs)));
     Ok(DeviceBuild {
         fatbin: Some(fatbin.to_path_buf()),
         nvcc_version: Some(nvcc_version),
@@ -330,97 +324,41 @@ fn nvcc_major(version: &str) -> Option<u32> {
     version.split('.').next()?.parse().ok()
 }
 
-/// The SASS archs to build: `GSDPA_CUDA_ARCHS` (e.g. `80,90a`, `sm_` prefixes allowed), or those of
-/// [`DEFAULT_ARCHS`] that this nvcc supports. An explicitly requested arch nvcc does not know is an error.
+/// The SASS archs to build (see `archs.rs`), warning about default archs this nvcc does not know.
 fn cuda_archs(nvcc: &Path, nvcc_version: &str) -> Result<Vec<String>> {
     let supported = supported_archs(nvcc);
-    let is_supported = |arch: &str| {
-        supported
-            .as_ref()
-            .is_none_or(|list| list.iter().any(|s| s == arch_number(arch)))
-    };
-    let Some(list) = env_var("GSDPA_CUDA_ARCHS").filter(|v| !v.trim().is_empty()) else {
-        let (kept, dropped): (Vec<&str>, Vec<&str>) =
-            DEFAULT_ARCHS.iter().partition(|a| is_supported(a));
-        if !dropped.is_empty() {
-            let dropped: Vec<String> = dropped.iter().map(|a| format!("sm_{a}")).collect();
-            println!(
-                "cargo:warning=gated-sdpa: nvcc {nvcc_version} cannot target {}: the fatbin has no SASS \
-                 for it (such GPUs JIT-compile the embedded PTX); CUDA 12.8 or newer builds every default \
-                 arch ({})",
-                dropped.join(" or "),
-                DEFAULT_ARCHS.join(",")
-            );
-        }
-        if kept.is_empty() {
-            return Err(format!(
-                "nvcc {nvcc_version} supports none of the default archs {}: use CUDA 12.8 or newer",
-                DEFAULT_ARCHS.join(",")
-            ));
-        }
-        return Ok(kept.into_iter().map(String::from).collect());
-    };
-    let mut archs: Vec<String> = Vec::new();
-    for item in list
-        .split(|c: char| c == ',' || c.is_whitespace())
-        .filter(|s| !s.is_empty())
-    {
-        let arch = item
-            .trim_start_matches("sm_")
-            .trim_start_matches("compute_");
-        let digits = arch_number(arch);
-        if digits.is_empty()
-            || !digits.chars().all(|c| c.is_ascii_digit())
-            || arch.len() > digits.len() + 1
-        {
-            return Err(format!(
-                "GSDPA_CUDA_ARCHS: `{item}` is not an arch like 80, 86, 89, 90a or 120"
-            ));
-        }
-        if !is_supported(arch) {
-            return Err(format!(
-                "GSDPA_CUDA_ARCHS: nvcc {nvcc_version} cannot target sm_{arch} (it knows compute_{})",
-                supported.as_deref().unwrap_or_default().join(", compute_")
-            ));
-        }
-        if !archs.iter().any(|a| a == arch) {
-            archs.push(arch.to_string());
-        }
+    let requested = env_var("GSDPA_CUDA_ARCHS");
+    let selection = archs::select_archs(requested.as_deref(), supported.as_deref(), nvcc_version)?;
+    if !selection.dropped.is_empty() {
+        let dropped: Vec<String> = selection
+            .dropped
+            .iter()
+            .map(|a| format!("sm_{a}"))
+            .collect();
+        println!(
+            "cargo:warning=gated-sdpa: nvcc {nvcc_version} cannot target {}: the fatbin has no SASS \
+             for it (such GPUs JIT-compile the embedded PTX); CUDA 12.8 or newer builds every default \
+             arch ({})",
+            dropped.join(" or "),
+            archs::DEFAULT_ARCHS.join(",")
+        );
     }
-    if archs.is_empty() {
-        return Err(format!("GSDPA_CUDA_ARCHS=`{list}` names no arch"));
-    }
-    Ok(archs)
+    Ok(selection.archs)
 }
 
-/// The virtual archs nvcc can compile for, as numbers (`nvcc --list-gpu-arch` prints `compute_80` and so
-/// on, without the `a`/`f` variants), or `None` when this nvcc cannot list them: then nothing is dropped
-/// and nvcc itself rejects an arch it does not know.
+/// What `nvcc --list-gpu-arch` says this nvcc supports, or `None` when it cannot say (then nothing is
+/// dropped and nvcc itself rejects an arch it does not know).
 fn supported_archs(nvcc: &Path) -> Option<Vec<String>> {
     let output = Command::new(nvcc).arg("--list-gpu-arch").output().ok()?;
     if !output.status.success() {
         return None;
     }
-    let archs: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .split_whitespace()
-        .filter_map(|item| item.strip_prefix("compute_"))
-        .map(String::from)
-        .collect();
-    (!archs.is_empty()).then_some(archs)
+    archs::parse_gpu_arch_list(&String::from_utf8_lossy(&output.stdout))
 }
 
-/// `90a` -> `90`, `100f` -> `100`: the arch without its feature-set suffix.
-fn arch_number(arch: &str) -> &str {
-    arch.trim_end_matches(['a', 'f'])
-}
-
-/// The arch whose PTX is embedded: the numerically lowest (PTX JIT-compiles forward, never backward).
-fn lowest_arch(archs: &[String]) -> &str {
-    let number = |a: &String| arch_number(a).parse::<u32>().unwrap_or(u32::MAX);
-    archs
-        .iter()
-        .min_by_key(|a| number(a))
-        .expect("at least one arch")
+/// The arch whose PTX is embedded (the lowest); `cuda_archs` never returns an empty list.
+fn ptx_arch(archs: &[String]) -> &str {
+    archs::lowest_arch(archs).expect("at least one arch")
 }
 
 /// Spills and stack frames cost local-memory traffic: make them visible in every build that has them.

@@ -9,7 +9,7 @@
 # (scripts/cuda12-env.sh) then assembles each arch's PTX. The PTX is declared `.version 8.8`, the newest
 # ISA 12.9 reads, instead of 13.0's 9.0: the kernels use nothing newer (mma.sync, ldmatrix, cp.async), and
 # if cicc ever emitted a 9.0-only instruction ptxas 12.9 would reject it and this script fail.
-# Archs: GSDPA_CUDA_ARCHS, else the build's defaults (DEFAULT_ARCHS in build/nvcc.rs); tests/ptxas_report.rs
+# Archs: GSDPA_CUDA_ARCHS, else the build's defaults (DEFAULT_ARCHS in build/archs.rs); tests/ptxas_report.rs
 # checks that the report covers exactly the archs the crate was built for.
 set -euo pipefail
 cd "$(dirname "$0")/.."

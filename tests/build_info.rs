@@ -2,7 +2,7 @@
 //!
 //! The spill check is the point: a kernel that spills registers or needs a stack frame goes through local
 //! memory in its inner loop, which no test on the emulator would notice. It holds on every SASS arch of
-//! the build (by default sm_80, sm_86, sm_89, sm_90a, sm_100 and sm_120, see build/nvcc.rs).
+//! the build (by default sm_80, sm_86, sm_89, sm_90a, sm_100 and sm_120, see build/archs.rs).
 
 use gated_sdpa::build_info::{self, KernelResources};
 
@@ -122,7 +122,7 @@ fn report_covers_every_kernel_on_every_sass_arch() {
 }
 
 /// Without `GSDPA_CUDA_ARCHS` the fatbin has SASS for every default arch this nvcc can target (sm_100
-/// and sm_120 need CUDA 12.8), in build/nvcc.rs's order, and PTX for compute_80.
+/// and sm_120 need CUDA 12.8), in build/archs.rs's order, and PTX for compute_80.
 #[test]
 fn default_archs_are_all_built_when_nvcc_supports_them() {
     if !kernels_built() || option_env!("GSDPA_CUDA_ARCHS").is_some_and(|a| !a.trim().is_empty()) {
