@@ -5,7 +5,6 @@
 //! layout or attributes a line to the wrong kernel or arch fails here, not in a silently wrong spill check.
 //! The last test checks a ptxas 12.9 report of the crate's own kernels when CI provides one.
 
-#[allow(dead_code)] // the build script uses all of it; these tests need most of it
 #[path = "../build/ptxas.rs"]
 mod ptxas;
 
