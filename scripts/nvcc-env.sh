@@ -1,6 +1,6 @@
 # Sourced by .ci/run and scripts/gpu-suite-build.sh: installs nvcc from NVIDIA's PyPI wheels into
 # .cuda-venv (git-ignored) unless it already holds that exact nvcc, and exports CUDA_HOME. Versions pinned
-# as in shared/notes/toolchain.md (CUDA 13.0; nvvm pinned explicitly or pip pulls a newer one; cccl for
+# as docs/toolchain.md explains (CUDA 13.0; nvvm pinned explicitly or pip pulls a newer one; cccl for
 # <nv/target>, which cuda_fp16.h includes).
 _gsdpa_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 _gsdpa_venv=$_gsdpa_root/.cuda-venv

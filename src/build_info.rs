@@ -1,9 +1,10 @@
 //! What the build produced: the embedded CUDA fatbin, the nvcc that built it, the target archs, ptxas's
 //! resource report per kernel and arch, and whether the CPU emulator was compiled in.
 //!
-//! Everything here is recorded by `build.rs` at build time (see its step 2); nothing is probed at run
-//! time. The report is how spills are caught without a GPU: `tests/build_info.rs` fails the build's
-//! tests if a kernel spills or uses a stack frame on sm_80 or sm_90a.
+//! Everything here is recorded by the build script at build time (`build/info.rs` writes it, from the
+//! report `build/ptxas.rs` parses); nothing is probed at run time. The report is how spills are caught
+//! without a GPU: `tests/build_info.rs` fails the build's tests if a kernel spills or uses a stack frame on
+//! any SASS arch. docs/toolchain.md describes the archs and the toolchains.
 
 /// ptxas's resource usage of one kernel compiled for one arch (`-Xptxas -v`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,10 +37,6 @@ mod generated {
     include!(concat!(env!("OUT_DIR"), "/gsdpa_build_info.rs"));
 }
 
-/// The CUDA kernels as one fatbin (SASS for every arch in [`archs`], PTX for the lowest), or `None`
-/// when the crate was built without nvcc. 64-byte aligned, as the driver wants it.
-pub use generated::FATBIN;
-
 /// ptxas's report for every kernel and SASS arch, sorted by name then arch. Empty without nvcc.
 pub fn kernels() -> &'static [KernelResources] {
     generated::KERNELS
@@ -56,9 +53,11 @@ pub fn archs() -> &'static [&'static str] {
     generated::ARCHS
 }
 
-/// The embedded fatbin (same as [`FATBIN`]).
+/// The CUDA kernels as one fatbin (SASS for every arch in [`archs`], PTX for the lowest), or `None`
+/// when the crate was built without nvcc. Embedded in the binary, 64-byte aligned: the driver reads its
+/// header fields in place.
 pub fn fatbin() -> Option<&'static [u8]> {
-    FATBIN
+    generated::FATBIN
 }
 
 /// Why there are no CUDA kernels in this build (e.g. nvcc was not found), or `None` when they were built.

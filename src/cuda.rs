@@ -8,10 +8,11 @@
 //!   buffer use; disable it on the context (`ctx.disable_event_tracking()`) before capturing, and order
 //!   your streams yourself, as you would for any captured kernel.
 //!
-//! The kernels come from the fatbin `build.rs` embedded (SASS for sm_80, sm_86, sm_89, sm_90a and PTX for
-//! compute_80), which the driver loads in place. Creating a backend never panics: no libcuda, no usable
-//! device or no kernels in this build are typed errors, and a fatbin the driver rejects is an error that
-//! names the driver, the device and the fatbin's archs.
+//! The kernels come from the fatbin the build script embedded (by default SASS for sm_80, sm_86, sm_89,
+//! sm_90a, sm_100 and sm_120, as far as the nvcc supports them, and PTX for compute_80; `build_info::archs`
+//! lists what this build has), which the driver loads in place. Creating a backend never panics: no
+//! libcuda, no usable device or no kernels in this build are typed errors, and a fatbin the driver rejects
+//! is an error that names the driver, the device and the fatbin's archs.
 
 use std::collections::HashMap;
 use std::ffi::c_void;

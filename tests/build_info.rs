@@ -1,12 +1,10 @@
 //! The build's record of itself: the ptxas resource report, the fatbin, the emulator.
 //!
-//! The spill check is the point: a kernel that spills registers or needs a stack frame on sm_80 or
-//! sm_90a goes through local memory in its inner loop, which no test on the emulator would notice.
+//! The spill check is the point: a kernel that spills registers or needs a stack frame goes through local
+//! memory in its inner loop, which no test on the emulator would notice. It holds on every SASS arch of
+//! the build (by default sm_80, sm_86, sm_89, sm_90a, sm_100 and sm_120, see build/archs.rs).
 
 use gated_sdpa::build_info::{self, KernelResources};
-
-/// The archs on which every kernel must run out of registers alone.
-const NO_LOCAL_MEMORY_ARCHS: &[&str] = &["sm_80", "sm_90a"];
 
 /// Kernels were built, or the test explains why it skips (and fails if nvcc was required).
 fn kernels_built() -> bool {
@@ -31,7 +29,7 @@ fn describe(k: &KernelResources) -> String {
 }
 
 #[test]
-fn no_kernel_spills_or_uses_a_stack_frame_on_sm80_and_sm90a() {
+fn no_kernel_spills_or_uses_a_stack_frame_on_any_arch() {
     if !kernels_built() {
         return;
     }
@@ -40,7 +38,7 @@ fn no_kernel_spills_or_uses_a_stack_frame_on_sm80_and_sm90a() {
     }
     let offenders: Vec<String> = build_info::kernels()
         .iter()
-        .filter(|k| NO_LOCAL_MEMORY_ARCHS.contains(&k.arch) && k.uses_local_memory())
+        .filter(|k| k.uses_local_memory())
         .map(describe)
         .collect();
     assert!(
@@ -123,6 +121,24 @@ fn report_covers_every_kernel_on_every_sass_arch() {
     }
 }
 
+/// Without `GSDPA_CUDA_ARCHS` the fatbin has SASS for every default arch this nvcc can target (sm_100
+/// and sm_120 need CUDA 12.8), in build/archs.rs's order, and PTX for compute_80.
+#[test]
+fn default_archs_are_all_built_when_nvcc_supports_them() {
+    if !kernels_built() || option_env!("GSDPA_CUDA_ARCHS").is_some_and(|a| !a.trim().is_empty()) {
+        return;
+    }
+    let version = build_info::nvcc_version().expect("nvcc version");
+    let mut numbers = version.split('.').map(|n| n.parse::<u32>().unwrap_or(0));
+    let major_minor = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let mut expected = vec!["sm_80", "sm_86", "sm_89", "sm_90a"];
+    if major_minor >= (12, 8) {
+        expected.extend(["sm_100", "sm_120"]);
+    }
+    expected.push("compute_80");
+    assert_eq!(build_info::archs(), expected, "nvcc {version}");
+}
+
 #[test]
 fn fatbin_is_embedded_when_kernels_are_built() {
     match build_info::fatbin() {
@@ -135,9 +151,9 @@ fn fatbin_is_embedded_when_kernels_are_built() {
                 "not a fatbin"
             );
             assert_eq!(
-                fatbin.as_ptr() as usize % 8,
+                fatbin.as_ptr() as usize % 64,
                 0,
-                "the fatbin must be 8-byte aligned for the driver"
+                "the fatbin must be embedded 64-byte aligned for the driver"
             );
             let version =
                 build_info::nvcc_version().expect("nvcc version recorded with the fatbin");
