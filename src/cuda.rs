@@ -22,6 +22,7 @@ use cudarc::driver::{
     DevicePtrMut, DeviceRepr, DriverError, LaunchConfig as CudarcLaunchConfig, PushKernelArg,
 };
 
+use crate::arch::{self, KernelLimits, TargetArch};
 use crate::backend::{BackwardArgs, BackwardOptions, ForwardArgs};
 use crate::build_info;
 use crate::error::{GsdpaError, Result};
@@ -80,6 +81,8 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     module: Arc<CudaModule>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// The device's architecture, whose launch limits `launch` checks.
+    arch: TargetArch,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -119,11 +122,21 @@ impl CudaBackend {
         let module = ctx
             .load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))
             .map_err(|e| cuda_error("loading the kernels (is the GPU older than sm_80?)", e))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| cuda_error("querying the compute capability", e))?;
         Ok(CudaBackend {
             ctx,
             module,
             functions: Mutex::new(HashMap::new()),
+            arch: TargetArch::new(major.max(0) as u32, minor.max(0) as u32),
         })
+    }
+
+    /// The device's architecture (compute capability), whose launch limits every launch is checked
+    /// against.
+    pub fn arch(&self) -> TargetArch {
+        self.arch
     }
 
     /// The context the kernels live in.
@@ -150,7 +163,10 @@ impl CudaBackend {
         let f = self.module.load_function(&config.kernel).map_err(|e| {
             cuda_error(&format!("kernel {} is not in the fatbin", config.kernel), e)
         })?;
-        if config.shared_bytes > 48 * 1024 {
+        // Above the arch's opt-in limit the driver refuses the attribute: `launch` reports it instead.
+        if config.shared_bytes > 48 * 1024
+            && config.shared_bytes <= self.arch.max_dynamic_shared_bytes()
+        {
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 config.shared_bytes as i32,
@@ -177,6 +193,12 @@ impl CudaBackend {
             return Ok(());
         }
         let f = self.function(config)?;
+        // The driver's own view of the kernel: __launch_bounds__ (or what its registers allow) and registers.
+        let limits = KernelLimits {
+            max_threads: f.max_threads_per_block().ok().map(|n| n.max(0) as u32),
+            registers: f.num_regs().ok().map(|n| n.max(0) as u32),
+        };
+        arch::check_resources(config, self.arch, &limits)?;
         let cfg = CudarcLaunchConfig {
             grid_dim: (config.grid[0], config.grid[1], config.grid[2]),
             block_dim: (config.block[0], config.block[1], config.block[2]),

@@ -13,10 +13,18 @@
 //! - `GSDPA_EMU_SEED` (or [`Emulator::with_seed`]) permutes the order in which threads run between
 //!   synchronisation points: a kernel with a race gives seed-dependent results;
 //! - divergent warp collectives, deadlocks, misaligned `ldmatrix` rows and faults become
-//!   [`GsdpaError::Emulator`] errors naming the kernel, block, thread and source line.
+//!   [`GsdpaError::Emulator`] errors naming the kernel, block, thread and source line;
+//! - a shared-memory race detector (on unless `GSDPA_EMU_RACECHECK=0`, or
+//!   [`Emulator::with_racecheck`]) reports two threads' conflicting accesses to a shared byte that no
+//!   `__syncthreads` or `__syncwarp` orders, naming both source lines;
+//! - a launch that a GPU of the target architecture ([`Emulator::with_arch`], `GSDPA_EMU_ARCH`, default
+//!   sm_80) would refuse fails with [`GsdpaError::LaunchResources`], as on the CUDA backend.
+//!
+//! docs/emulator.md describes what is emulated and checked, and what is not.
 
 use std::ffi::{c_char, c_void, CString};
 
+use crate::arch::{self, KernelLimits, TargetArch};
 use crate::backend::{BackwardOptions, HostBackend, HostBackwardArgs, HostForwardArgs};
 use crate::error::{GsdpaError, Result};
 use crate::ffi;
@@ -35,19 +43,28 @@ extern "C" {
         params_size: usize,
         seed: u64,
         worker_threads: u32,
+        flags: u32,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
     fn gsdpa_emu_alloc_guarded(bytes: usize, alignment: usize) -> *mut c_void;
     fn gsdpa_emu_free_guarded(ptr: *mut c_void);
     fn gsdpa_emu_has_kernel(kernel: *const c_char) -> i32;
+    fn gsdpa_emu_kernel_max_threads(kernel: *const c_char) -> u32;
 }
+
+/// `gsdpa_emu_launch` flag: run the shared-memory race detector (kernels/emu/emu.h).
+const EMU_RACECHECK: u32 = 1;
 
 /// Runs the crate's CUDA kernels on the CPU.
 #[derive(Debug, Clone)]
 pub struct Emulator {
     seed: u64,
     worker_threads: u32,
+    arch: TargetArch,
+    racecheck: bool,
+    /// An unusable `GSDPA_EMU_ARCH` or `GSDPA_EMU_RACECHECK`, reported by every launch.
+    env_error: Option<GsdpaError>,
 }
 
 impl Default for Emulator {
@@ -58,16 +75,66 @@ impl Default for Emulator {
 
 impl Emulator {
     /// An emulator using every core, with the thread order seed from `GSDPA_EMU_SEED` (0, the natural
-    /// order, when unset or unparsable).
+    /// order, when unset or unparsable), the target architecture from `GSDPA_EMU_ARCH` (e.g. `sm_86`;
+    /// default sm_80) and the race detector on unless `GSDPA_EMU_RACECHECK=0`. An unusable
+    /// `GSDPA_EMU_ARCH` or `GSDPA_EMU_RACECHECK` makes every launch fail with
+    /// [`GsdpaError::InvalidArgument`] rather than be silently ignored.
     pub fn new() -> Self {
         let seed = std::env::var("GSDPA_EMU_SEED")
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
+        let mut env_error = None;
+        let arch = match std::env::var("GSDPA_EMU_ARCH") {
+            Ok(text) if !text.trim().is_empty() => TargetArch::parse(&text).unwrap_or_else(|e| {
+                env_error = Some(GsdpaError::InvalidArgument(format!("GSDPA_EMU_ARCH: {e}")));
+                TargetArch::SM80
+            }),
+            _ => TargetArch::SM80,
+        };
+        let racecheck = match std::env::var("GSDPA_EMU_RACECHECK")
+            .as_deref()
+            .map(str::trim)
+        {
+            Err(_) | Ok("") | Ok("1") => true,
+            Ok("0") => false,
+            Ok(other) => {
+                env_error = Some(GsdpaError::InvalidArgument(format!(
+                    "GSDPA_EMU_RACECHECK must be 0 or 1, got `{other}`"
+                )));
+                true
+            }
+        };
         Emulator {
             seed,
             worker_threads: 0,
+            arch,
+            racecheck,
+            env_error,
         }
+    }
+
+    /// Sets the GPU architecture whose launch limits the emulator enforces (dynamic shared memory,
+    /// registers: see [`arch::check_resources`]).
+    pub fn with_arch(mut self, arch: TargetArch) -> Self {
+        self.arch = arch;
+        self
+    }
+
+    /// Turns the shared-memory race detector on or off (it costs time; the test suite runs with it on).
+    pub fn with_racecheck(mut self, on: bool) -> Self {
+        self.racecheck = on;
+        self
+    }
+
+    /// The target architecture whose launch limits are enforced.
+    pub fn arch(&self) -> TargetArch {
+        self.arch
+    }
+
+    /// True when the shared-memory race detector runs.
+    pub fn racecheck(&self) -> bool {
+        self.racecheck
     }
 
     /// Sets the seed that permutes the order in which threads run between synchronisation points.
@@ -96,17 +163,39 @@ impl Emulator {
         unsafe { gsdpa_emu_has_kernel(name.as_ptr()) != 0 }
     }
 
+    /// The `__launch_bounds__` `kernel` was registered with (`GSDPA_REGISTER_KERNEL`), or `None` when it
+    /// is not compiled into this build's emulator.
+    pub fn kernel_max_threads(kernel: &str) -> Option<u32> {
+        let name = CString::new(kernel).ok()?;
+        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+        let n = unsafe { gsdpa_emu_kernel_max_threads(name.as_ptr()) };
+        (n != 0).then_some(n)
+    }
+
+    /// What the launch check knows of `kernel` on the emulator's target: its registered
+    /// `__launch_bounds__`, and its registers from the build's ptxas table (unchecked without nvcc).
+    pub fn kernel_limits(&self, kernel: &str) -> KernelLimits {
+        KernelLimits {
+            max_threads: Self::kernel_max_threads(kernel),
+            registers: KernelLimits::registers_from_ptxas(kernel, self.arch),
+        }
+    }
+
     /// Launches `config.kernel` with `params` passed by value.
     ///
     /// # Safety
     /// Every pointer in `params` must point to memory that stays valid for the whole launch and is
     /// large enough for every access the kernel makes with these params.
     pub(crate) unsafe fn launch<P: Copy>(&self, config: &LaunchConfig, params: &P) -> Result<()> {
+        if let Some(e) = &self.env_error {
+            return Err(e.clone());
+        }
         if config.is_empty() {
             return Ok(());
         }
         let name = CString::new(config.kernel.as_str())
             .map_err(|_| GsdpaError::InvalidArgument("kernel name contains a NUL byte".into()))?;
+        arch::check_resources(config, self.arch, &self.kernel_limits(&config.kernel))?;
         let mut err = vec![0 as c_char; 2048];
         // SAFETY: the arrays and the params outlive the call; the caller vouches for the params' pointers.
         let rc = unsafe {
@@ -119,6 +208,7 @@ impl Emulator {
                 std::mem::size_of::<P>(),
                 self.seed,
                 self.worker_threads,
+                if self.racecheck { EMU_RACECHECK } else { 0 },
                 err.as_mut_ptr(),
                 err.len(),
             )
@@ -382,11 +472,22 @@ pub enum SelfTest {
     MisalignedLdmatrix,
     /// A store one element past the end of the output.
     OutOfBounds,
+    /// Lanes hand values to their neighbour through `st_shared` / `ld_shared` with a `__syncwarp`
+    /// between: always right, and no race.
+    WarpHandoff,
+    /// The same without the `__syncwarp`: a race within one warp, caught by the race detector.
+    WarpRace,
+    /// `st_shared`, `__syncwarp`, `ld_shared` of the other warp's value: a race across warps (the
+    /// `__syncwarp` does not order two warps), caught by the race detector.
+    BlockRace,
+    /// One warp reads a tile with `ldmatrix` while the other refills it with `cp.async`, no
+    /// `__syncthreads` between: a race caught by the race detector.
+    RefillRace,
 }
 
 impl SelfTest {
     /// Every self-test.
-    pub const ALL: [SelfTest; 8] = [
+    pub const ALL: [SelfTest; 12] = [
         SelfTest::Correct,
         SelfTest::MissingBarrier,
         SelfTest::MissingWait,
@@ -395,6 +496,10 @@ impl SelfTest {
         SelfTest::BarrierMismatch,
         SelfTest::MisalignedLdmatrix,
         SelfTest::OutOfBounds,
+        SelfTest::WarpHandoff,
+        SelfTest::WarpRace,
+        SelfTest::BlockRace,
+        SelfTest::RefillRace,
     ];
 
     /// The kernel's name.
@@ -408,6 +513,21 @@ impl SelfTest {
             SelfTest::BarrierMismatch => "gsdpa_selftest_barrier_mismatch",
             SelfTest::MisalignedLdmatrix => "gsdpa_selftest_misaligned_ldmatrix",
             SelfTest::OutOfBounds => "gsdpa_selftest_out_of_bounds",
+            SelfTest::WarpHandoff => "gsdpa_selftest_warp_handoff",
+            SelfTest::WarpRace => "gsdpa_selftest_warp_race",
+            SelfTest::BlockRace => "gsdpa_selftest_block_race",
+            SelfTest::RefillRace => "gsdpa_selftest_refill_race",
+        }
+    }
+
+    /// The launch every self-test is written for: one block of `GSDPA_SELFTEST_THREADS` threads with
+    /// `GSDPA_SELFTEST_SMEM` bytes of dynamic shared memory.
+    pub fn launch_config(self) -> LaunchConfig {
+        LaunchConfig {
+            kernel: self.kernel().into(),
+            grid: [1, 1, 1],
+            block: [ffi::GSDPA_SELFTEST_THREADS, 1, 1],
+            shared_bytes: ffi::GSDPA_SELFTEST_SMEM,
         }
     }
 }
@@ -415,6 +535,18 @@ impl SelfTest {
 /// Runs a self-test kernel on `input` (`GSDPA_SELFTEST_THREADS` values) and returns its output, or the
 /// error the emulator reported.
 pub fn run_selftest(emulator: &Emulator, test: SelfTest, input: &[f32]) -> Result<Vec<f32>> {
+    run_selftest_with(emulator, test, input, &test.launch_config())
+}
+
+/// [`run_selftest`] with another launch geometry (`config.kernel` is replaced by the test's), to check
+/// that launches beyond the target's limits are refused. Threads beyond `GSDPA_SELFTEST_THREADS` would
+/// index past the guarded input and output, which fails the launch rather than corrupting memory.
+pub fn run_selftest_with(
+    emulator: &Emulator,
+    test: SelfTest,
+    input: &[f32],
+    config: &LaunchConfig,
+) -> Result<Vec<f32>> {
     let threads = ffi::GSDPA_SELFTEST_THREADS as usize;
     if input.len() != threads {
         return Err(GsdpaError::InvalidArgument(format!(
@@ -431,12 +563,10 @@ pub fn run_selftest(emulator: &Emulator, test: SelfTest, input: &[f32]) -> Resul
     };
     let config = LaunchConfig {
         kernel: test.kernel().into(),
-        grid: [1, 1, 1],
-        block: [ffi::GSDPA_SELFTEST_THREADS, 1, 1],
-        shared_bytes: ffi::GSDPA_SELFTEST_SMEM,
+        ..config.clone()
     };
     // SAFETY: both buffers hold GSDPA_SELFTEST_THREADS floats, as the self-test kernels index (except the
-    // out-of-bounds one, whose fault the guard page turns into an error).
+    // out-of-bounds one, and larger blocks, whose faults the guard pages turn into errors).
     unsafe { emulator.launch(&config, &params)? };
     out.copy_to(&mut output);
     Ok(output)

@@ -80,6 +80,7 @@
 //! Reference.backward(&p, &mut bargs, BackwardOptions::default())?;
 //! # Ok::<(), gated_sdpa::GsdpaError>(())
 //! ```
+pub mod arch;
 pub mod backend;
 pub mod bench;
 pub mod build_info;
@@ -95,6 +96,7 @@ pub mod reference;
 pub mod tensor;
 pub mod validate;
 
+pub use arch::TargetArch;
 pub use backend::{
     BackwardArgs, BackwardOptions, ForwardArgs, HostBackend, HostBackwardArgs, HostForwardArgs,
 };
