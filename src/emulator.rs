@@ -34,7 +34,7 @@ use crate::tensor::{Element, Layout, Tensor};
 use crate::validate;
 
 extern "C" {
-    fn gsdpa_emu_launch(
+    fn gsdpa_emu_launch_with_flags(
         kernel: *const c_char,
         grid: *const u32,
         block: *const u32,
@@ -53,7 +53,7 @@ extern "C" {
     fn gsdpa_emu_kernel_max_threads(kernel: *const c_char) -> u32;
 }
 
-/// `gsdpa_emu_launch` flag: run the shared-memory race detector (kernels/emu/emu.h).
+/// `gsdpa_emu_launch_with_flags` flag: run the shared-memory race detector (kernels/emu/emu.h).
 const EMU_RACECHECK: u32 = 1;
 
 /// Runs the crate's CUDA kernels on the CPU.
@@ -199,7 +199,7 @@ impl Emulator {
         let mut err = vec![0 as c_char; 2048];
         // SAFETY: the arrays and the params outlive the call; the caller vouches for the params' pointers.
         let rc = unsafe {
-            gsdpa_emu_launch(
+            gsdpa_emu_launch_with_flags(
                 name.as_ptr(),
                 config.grid.as_ptr(),
                 config.block.as_ptr(),

@@ -174,10 +174,15 @@ inline float atomicAdd(float *address, float value) { return gsdpa_emu::atomic_a
 extern "C" {
 // Runs `kernel` over the grid. Returns 0 on success; otherwise writes a message into err (NUL-terminated).
 // The launch-resource limits of the target arch are checked by the caller (src/arch.rs); this only
-// refuses what it cannot run (no such kernel, a wrong params size, 0 or more than 1024 threads).
+// refuses what it cannot run (no such kernel, a wrong params size, 0 threads or more than the kernel's
+// __launch_bounds__). flags: GSDPA_EMU_* bits.
+int gsdpa_emu_launch_with_flags(const char *kernel, const uint32_t grid[3], const uint32_t block[3],
+                                size_t dynamic_smem_bytes, const void *params, size_t params_size, uint64_t seed,
+                                uint32_t worker_threads, uint32_t flags, char *err, size_t err_len);
+// gsdpa_emu_launch_with_flags with the race detector on.
 int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], const uint32_t block[3], size_t dynamic_smem_bytes,
-                     const void *params, size_t params_size, uint64_t seed, uint32_t worker_threads, uint32_t flags,
-                     char *err, size_t err_len);
+                     const void *params, size_t params_size, uint64_t seed, uint32_t worker_threads, char *err,
+                     size_t err_len);
 // Memory whose last byte is immediately followed by an inaccessible guard page (when bytes is a multiple of
 // alignment; else the gap is under `alignment` bytes): an out-of-bounds read or write past the end faults,
 // and the launch reports it as an error. alignment: a power of two up to the page size.

@@ -4,6 +4,7 @@
 #include <csetjmp>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -74,13 +75,16 @@ struct AsyncCopy {
     AccessStamp issued;
 };
 
-// The race detector's memory of one shared byte (racecheck.cpp): its last write and its two latest
-// reads by different threads, each with the source line that made it.
+// The race detector's memory of one access to a shared byte (racecheck.cpp): its stamp, packed, and
+// the source line that made it, as an index into RaceDetector::sites. 12 bytes: the shadow of a
+// kernel's shared memory is 36 times its size.
 struct ShadowAccess {
-    AccessStamp when;
-    const char *file = nullptr;
-    uint32_t line = 0;
+    uint32_t epoch = 0;  // 0: none
+    uint32_t warp_syncs = 0;
+    uint16_t thread = 0;
+    uint16_t site = 0;
 };
+// A byte's last write and its two latest reads by different threads.
 struct ShadowByte {
     ShadowAccess write;
     ShadowAccess read;        // the latest read
@@ -93,6 +97,10 @@ struct RaceDetector {
     uint32_t epoch = 0;
     std::vector<uint32_t> warp_syncs;  // per warp of the block
     std::vector<ShadowByte> shadow;    // per byte of the block's dynamic shared memory
+    std::vector<Site> sites;           // the source lines ShadowAccess::site indexes
+    std::map<std::pair<const char *, unsigned>, uint16_t> site_ids;
+    Site last_site{nullptr, 0};  // the latest site interned, and its index: most lookups hit it
+    uint16_t last_site_id = 0;
 };
 
 struct Fiber {

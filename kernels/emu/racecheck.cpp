@@ -12,8 +12,8 @@
 // wait_group that retires them), and primitives.h's ld_shared / st_shared. A plain C++ access such as
 // `smem[i] = x` cannot be intercepted and is not tracked.
 //
-// Each shared byte remembers its last write and its two latest reads by different threads (ShadowByte).
-// Each access gets an AccessStamp (internal.h) and is checked against them:
+// Each shared byte remembers its last write and its two latest reads by different threads (ShadowByte,
+// 36 bytes). Each access gets an AccessStamp (internal.h) and is checked against them:
 //   read:  the last write must happen before it;
 //   write: the last write and the latest read by another thread must happen before it.
 // Remembering two reads is a bound on cost, not the whole read set: a write can miss a race with an
@@ -31,6 +31,9 @@ void racecheck_setup(BlockRunner &runner, bool enabled, int warps) {
     if (!enabled) return;
     race.warp_syncs.assign(warps, 0);
     race.shadow.assign(runner.smem_bytes, ShadowByte{});
+    race.sites.assign(1, Site{"(unknown)", 0});  // index 0: when more lines than a uint16_t counts
+    race.site_ids.clear();
+    race.last_site = Site{nullptr, 0};
 }
 
 // Epochs are never reused within a runner, so the shadow state left by earlier blocks is ordered before
@@ -54,8 +57,24 @@ AccessStamp racecheck_stamp(const BlockRunner &runner, const Fiber &fiber) {
                        static_cast<uint32_t>(fiber.linear_id)};
 }
 
-// True when the access stamped `a` happens before the one stamped `b` (or `a` is no access at all).
-static bool happens_before(const AccessStamp &a, const AccessStamp &b) {
+static uint16_t intern_site(RaceDetector &race, Site site) {
+    if (site.file == race.last_site.file && site.line == race.last_site.line) return race.last_site_id;
+    auto [it, inserted] = race.site_ids.try_emplace({site.file, site.line}, uint16_t(0));
+    if (inserted && race.sites.size() <= UINT16_MAX) {
+        it->second = static_cast<uint16_t>(race.sites.size());
+        race.sites.push_back(site);
+    }
+    race.last_site = site;
+    race.last_site_id = it->second;
+    return it->second;
+}
+
+static ShadowAccess shadow_of(const AccessStamp &when, uint16_t site) {
+    return ShadowAccess{when.epoch, when.warp_syncs, static_cast<uint16_t>(when.thread), site};
+}
+
+// True when the access `a` happens before the one stamped `b` (or `a` is no access at all).
+static bool happens_before(const ShadowAccess &a, const AccessStamp &b) {
     if (a.epoch == 0 || a.epoch < b.epoch || a.thread == b.thread) return true;
     return a.thread / kWarpSize == b.thread / kWarpSize && a.warp_syncs < b.warp_syncs;
 }
@@ -64,20 +83,19 @@ static std::string describe_dim3(const dim3 &d) {
     return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
 }
 
-static std::string describe_access(const BlockRunner &runner, uint32_t thread, const char *what, const char *file,
-                                   unsigned line) {
+static std::string describe_access(const BlockRunner &runner, uint32_t thread, const char *what, Site site) {
     const Fiber &f = runner.fibers[thread];
     return "thread " + describe_dim3(f.thread.thread_idx) + " (warp " + std::to_string(thread / kWarpSize) +
-           ", lane " + std::to_string(thread % kWarpSize) + ") " + what + " at " + file + ":" +
-           std::to_string(line);
+           ", lane " + std::to_string(thread % kWarpSize) + ") " + what + " at " + site.file + ":" +
+           std::to_string(site.line);
 }
 
 static std::string describe_race(const BlockRunner &runner, size_t offset, const Fiber &fiber, const char *what,
                                  Site site, const ShadowAccess &other, const char *other_what) {
     return "shared-memory race in kernel " + kernel_name(runner) + ", block " +
            describe_dim3(fiber.thread.block_idx) + ", shared byte " + std::to_string(offset) + ": " +
-           describe_access(runner, static_cast<uint32_t>(fiber.linear_id), what, site.file, site.line) + ", " +
-           describe_access(runner, other.when.thread, other_what, other.file, other.line) +
+           describe_access(runner, static_cast<uint32_t>(fiber.linear_id), what, site) + ", " +
+           describe_access(runner, other.thread, other_what, runner.race.sites[other.site]) +
            ", and no __syncthreads (or __syncwarp, within one warp) orders the two";
 }
 
@@ -94,13 +112,14 @@ std::string racecheck_read(BlockRunner &runner, const Fiber &fiber, const void *
     const long long offset = shared_offset(runner, addr, bytes);
     if (offset < 0) return {};
     const AccessStamp now = racecheck_stamp(runner, fiber);
+    const ShadowAccess record = shadow_of(now, intern_site(race, site));
     for (size_t i = 0; i < bytes; ++i) {
         ShadowByte &b = race.shadow[offset + i];
-        if (!happens_before(b.write.when, now)) {
+        if (!happens_before(b.write, now)) {
             return describe_race(runner, offset + i, fiber, "reads it", site, b.write, "wrote it");
         }
-        if (b.read.when.epoch == 0 || b.read.when.thread != now.thread) b.other_read = b.read;
-        b.read = ShadowAccess{now, site.file, site.line};
+        if (b.read.epoch == 0 || b.read.thread != record.thread) b.other_read = b.read;
+        b.read = record;
     }
     return {};
 }
@@ -112,20 +131,21 @@ std::string racecheck_write(BlockRunner &runner, const Fiber &fiber, const void 
     const long long offset = shared_offset(runner, addr, bytes);
     if (offset < 0) return {};
     const AccessStamp now = racecheck_stamp(runner, fiber);
+    const ShadowAccess record = shadow_of(now, intern_site(race, site));
     // A cp.async writes from its issue on: whatever another thread did since then overlaps it.
     const AccessStamp checked = in_flight_since != nullptr ? *in_flight_since : now;
     const char *what = in_flight_since != nullptr ? "writes it with a cp.async (in flight until its wait_group)"
                                                   : "writes it";
     for (size_t i = 0; i < bytes; ++i) {
         ShadowByte &b = race.shadow[offset + i];
-        if (!happens_before(b.write.when, checked)) {
+        if (!happens_before(b.write, checked)) {
             return describe_race(runner, offset + i, fiber, what, site, b.write, "wrote it");
         }
-        const ShadowAccess &other_thread_read = b.read.when.thread != now.thread ? b.read : b.other_read;
-        if (other_thread_read.when.thread != now.thread && !happens_before(other_thread_read.when, checked)) {
+        const ShadowAccess &other_thread_read = b.read.thread != record.thread ? b.read : b.other_read;
+        if (other_thread_read.thread != record.thread && !happens_before(other_thread_read, checked)) {
             return describe_race(runner, offset + i, fiber, what, site, other_thread_read, "read it");
         }
-        b.write = ShadowAccess{now, site.file, site.line};
+        b.write = record;
         b.read = ShadowAccess{};
         b.other_read = ShadowAccess{};
     }

@@ -454,9 +454,10 @@ extern "C" uint32_t gsdpa_emu_kernel_max_threads(const char *kernel) {
     return found == kernel_registry().end() ? 0 : found->second.max_threads;
 }
 
-extern "C" int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], const uint32_t block[3],
-                                size_t dynamic_smem_bytes, const void *params, size_t params_size, uint64_t seed,
-                                uint32_t worker_threads, uint32_t flags, char *err, size_t err_len) {
+extern "C" int gsdpa_emu_launch_with_flags(const char *kernel, const uint32_t grid[3], const uint32_t block[3],
+                                           size_t dynamic_smem_bytes, const void *params, size_t params_size,
+                                           uint64_t seed, uint32_t worker_threads, uint32_t flags, char *err,
+                                           size_t err_len) {
     auto found = kernel_registry().find(kernel);
     if (found == kernel_registry().end()) {
         return write_error(err, err_len, std::string("kernel ") + kernel + " is not compiled into the emulator");
@@ -493,4 +494,11 @@ extern "C" int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], cons
     for (auto &t : pool) t.join();
     if (launch.failed.load()) return write_error(err, err_len, launch.error);
     return 0;
+}
+
+extern "C" int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], const uint32_t block[3],
+                                size_t dynamic_smem_bytes, const void *params, size_t params_size, uint64_t seed,
+                                uint32_t worker_threads, char *err, size_t err_len) {
+    return gsdpa_emu_launch_with_flags(kernel, grid, block, dynamic_smem_bytes, params, params_size, seed,
+                                       worker_threads, GSDPA_EMU_RACECHECK, err, err_len);
 }
