@@ -73,12 +73,12 @@ impl TargetArch {
     }
 
     /// The most dynamic shared memory one block may opt in to, in bytes: 163 KiB on sm_80 and sm_87,
-    /// 99 KiB on sm_86 and sm_89, 227 KiB on sm_90. Other architectures get the smallest of these, 99 KiB
-    /// (a conservative guess: every kernel here fits in it).
+    /// 99 KiB on sm_86, sm_89 and sm_120, 227 KiB on sm_90 and sm_100. Other architectures get the
+    /// smallest of these, 99 KiB (a conservative guess: every kernel here fits in it).
     pub fn max_dynamic_shared_bytes(self) -> u32 {
         match (self.major, self.minor) {
             (8, 0) | (8, 7) => 163 * 1024,
-            (9, 0) => 227 * 1024,
+            (9, 0) | (10, 0) => 227 * 1024,
             _ => 99 * 1024,
         }
     }
