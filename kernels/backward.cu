@@ -11,14 +11,14 @@
     extern "C" __global__ void __launch_bounds__(THREADS) gsdpa_bwd_##kind##_##dtype(const GsdpaBwdParams p) { \
         gsdpa::bwd::body<T>(p);                                                                          \
     }                                                                                                    \
-    GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype, GsdpaBwdParams)
+    GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype, GsdpaBwdParams, THREADS)
 
 #define GSDPA_BWD_TILED(kind, body, dtype, T, D, THREADS)                                                 \
     extern "C" __global__ void __launch_bounds__(THREADS)                                                \
         gsdpa_bwd_##kind##_##dtype##_d##D(const GsdpaBwdParams p) {                                      \
         gsdpa::bwd::body<T, D>(p);                                                                       \
     }                                                                                                    \
-    GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype##_d##D, GsdpaBwdParams)
+    GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype##_d##D, GsdpaBwdParams, THREADS)
 
 GSDPA_BWD_ROWWISE(preprocess, preprocess, bf16, gsdpa::bf16, GSDPA_BWD_PRE_THREADS)
 GSDPA_BWD_ROWWISE(preprocess, preprocess, f16, gsdpa::f16, GSDPA_BWD_PRE_THREADS)

@@ -118,4 +118,4 @@ GSDPA_DEVICE void conformance_body(const GsdpaConformanceParams &p) {
 extern "C" __global__ void __launch_bounds__(32) gsdpa_conformance(const GsdpaConformanceParams p) {
     gsdpa::conformance_body(p);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_conformance, GsdpaConformanceParams)
+GSDPA_REGISTER_KERNEL(gsdpa_conformance, GsdpaConformanceParams, 32)

@@ -19,19 +19,19 @@ GSDPA_DEVICE float partner_value(const float *s, int tid) { return 2.0f * s[(tid
 
 
 // Correct: store, barrier, read.
-extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_correct(const GsdpaSelftestParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS) gsdpa_selftest_correct(const GsdpaSelftestParams p) {
     float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
     const int tid = threadIdx.x;
     s[tid] = p.input[tid];
     __syncthreads();
     p.output[tid] = gsdpa::selftest::partner_value(s, tid);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_selftest_correct, GsdpaSelftestParams)
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_correct, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
 
 // Bug: no __syncthreads between the store and the other warp's read. A __syncwarp orders each warp's
 // lanes but not the two warps; when one warp runs ahead, it reads shared memory the other has not
 // written yet (poisoned: NaN).
-extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_missing_barrier(const GsdpaSelftestParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS) gsdpa_selftest_missing_barrier(const GsdpaSelftestParams p) {
     float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
     const int tid = threadIdx.x;
     __syncwarp();
@@ -39,10 +39,10 @@ extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_missing_barrier(
     __syncwarp();
     p.output[tid] = gsdpa::selftest::partner_value(s, tid);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_selftest_missing_barrier, GsdpaSelftestParams)
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_missing_barrier, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
 
 // Bug: a cp.async whose data is read before cp.async.wait_group.
-extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_missing_wait(const GsdpaSelftestParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS) gsdpa_selftest_missing_wait(const GsdpaSelftestParams p) {
     float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
     const int tid = threadIdx.x;
     if (tid < gsdpa::selftest::kThreads / 4) gsdpa::cp_async_16(s + 4 * tid, p.input + 4 * tid, true);
@@ -51,10 +51,10 @@ extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_missing_wait(con
     p.output[tid] = gsdpa::selftest::partner_value(s, tid);
     gsdpa::cp_async_wait<0>();
 }
-GSDPA_REGISTER_KERNEL(gsdpa_selftest_missing_wait, GsdpaSelftestParams)
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_missing_wait, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
 
 // Bug: half of a warp shuffles while the other half waits at __syncwarp (undefined on hardware).
-extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_divergent_shuffle(const GsdpaSelftestParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS) gsdpa_selftest_divergent_shuffle(const GsdpaSelftestParams p) {
     const int tid = threadIdx.x;
     float v = p.input[tid];
     if ((tid & 31) < 16) {
@@ -64,18 +64,18 @@ extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_divergent_shuffl
     }
     p.output[tid] = v;
 }
-GSDPA_REGISTER_KERNEL(gsdpa_selftest_divergent_shuffle, GsdpaSelftestParams)
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_divergent_shuffle, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
 
 // Bug: lanes that returned early leave the rest of the warp waiting at a full-mask shuffle.
-extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_exited_lanes(const GsdpaSelftestParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS) gsdpa_selftest_exited_lanes(const GsdpaSelftestParams p) {
     const int tid = threadIdx.x;
     if ((tid & 31) >= 24) return;
     p.output[tid] = __shfl_xor_sync(0xffffffffu, p.input[tid], 1);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_selftest_exited_lanes, GsdpaSelftestParams)
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_exited_lanes, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
 
 // Bug: the two warps wait at different __syncthreads.
-extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_barrier_mismatch(const GsdpaSelftestParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS) gsdpa_selftest_barrier_mismatch(const GsdpaSelftestParams p) {
     float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
     const int tid = threadIdx.x;
     s[tid] = p.input[tid];
@@ -86,21 +86,84 @@ extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_barrier_mismatch
     }
     p.output[tid] = gsdpa::selftest::partner_value(s, tid);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_selftest_barrier_mismatch, GsdpaSelftestParams)
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_barrier_mismatch, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
 
 // Bug: an ldmatrix row address that is not 16-byte aligned.
-extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_misaligned_ldmatrix(const GsdpaSelftestParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS) gsdpa_selftest_misaligned_ldmatrix(const GsdpaSelftestParams p) {
     char *s = gsdpa::dynamic_smem();
     const int tid = threadIdx.x;
     uint32_t r[1];
     gsdpa::ldmatrix_x1(r, s + 16 * (tid & 7) + 8);
     p.output[tid] = gsdpa::u32_as_float(r[0]);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_selftest_misaligned_ldmatrix, GsdpaSelftestParams)
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_misaligned_ldmatrix, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
 
 // Bug: a store one element past the end of the output (an off-by-one bound).
-extern "C" __global__ void __launch_bounds__(64) gsdpa_selftest_out_of_bounds(const GsdpaSelftestParams p) {
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS) gsdpa_selftest_out_of_bounds(const GsdpaSelftestParams p) {
     const int tid = threadIdx.x;
     p.output[tid + (tid == 63 ? 1 : 0)] = p.input[tid];
 }
-GSDPA_REGISTER_KERNEL(gsdpa_selftest_out_of_bounds, GsdpaSelftestParams)
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_out_of_bounds, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
+
+// ----- The race detector (kernels/emu/racecheck.cpp). These hand data between threads through
+// ld_shared / st_shared, cp.async and ldmatrix: the accesses the detector tracks. -----
+
+// Correct: lanes hand their value to their neighbour (lane ^ 1) within a warp; the __syncwarp orders the
+// store before the neighbour's load.
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS)
+    gsdpa_selftest_warp_handoff(const GsdpaSelftestParams p) {
+    float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
+    const int tid = threadIdx.x;
+    gsdpa::st_shared(s + tid, p.input[tid]);
+    __syncwarp();
+    p.output[tid] = 2.0f * gsdpa::ld_shared(s + (tid ^ 1));
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_warp_handoff, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
+
+// Bug: the same without the __syncwarp. Lanes of a warp are not in lockstep on Volta and later: the
+// neighbour's store need not be visible (nor done) yet.
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS)
+    gsdpa_selftest_warp_race(const GsdpaSelftestParams p) {
+    float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
+    const int tid = threadIdx.x;
+    gsdpa::st_shared(s + tid, p.input[tid]);
+    p.output[tid] = 2.0f * gsdpa::ld_shared(s + (tid ^ 1));
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_warp_race, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
+
+// Bug: a __syncwarp where a __syncthreads is needed: it orders each warp's lanes, not the two warps.
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS)
+    gsdpa_selftest_block_race(const GsdpaSelftestParams p) {
+    float *s = reinterpret_cast<float *>(gsdpa::dynamic_smem());
+    const int tid = threadIdx.x;
+    gsdpa::st_shared(s + tid, p.input[tid]);
+    __syncwarp();
+    p.output[tid] = 2.0f * gsdpa::ld_shared(s + (tid + 32) % gsdpa::selftest::kThreads);
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_block_race, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
+
+// Bug: a tile refilled while another warp still reads it. Both warps load an 8x8 16-bit tile (128
+// bytes, 8 rows of 16) with cp.async and __syncthreads; then warp 0 reads it with ldmatrix while warp 1,
+// with no __syncthreads in between, overwrites it with the next tile: the pipelining bug a missing
+// "every warp is done with this stage" barrier makes.
+extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS)
+    gsdpa_selftest_refill_race(const GsdpaSelftestParams p) {
+    char *s = gsdpa::dynamic_smem();
+    const int tid = threadIdx.x;
+    const int lane = tid & 31;
+    if (tid < 8) gsdpa::cp_async_16(s + 16 * tid, p.input + 4 * tid, true);
+    gsdpa::cp_async_commit();
+    gsdpa::cp_async_wait<0>();
+    __syncthreads();
+    if (tid < 32) {
+        uint32_t r[1];
+        gsdpa::ldmatrix_x1(r, s + 16 * (lane & 7));
+        p.output[tid] = gsdpa::u32_as_float(r[0]);
+    } else {
+        if (lane < 8) gsdpa::cp_async_16(s + 16 * lane, p.input + 32 + 4 * lane, true);
+        gsdpa::cp_async_commit();
+        gsdpa::cp_async_wait<0>();
+        p.output[tid] = 0.0f;
+    }
+}
+GSDPA_REGISTER_KERNEL(gsdpa_selftest_refill_race, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)

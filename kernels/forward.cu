@@ -243,7 +243,7 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
         gsdpa_fwd_##TYPE_NAME##_d##HEAD_DIM(const GsdpaFwdParams p) {                                     \
         gsdpa::fwd::forward<gsdpa::fwd::FwdTraits<TYPE, HEAD_DIM>>(p);                                    \
     }                                                                                                      \
-    GSDPA_REGISTER_KERNEL(gsdpa_fwd_##TYPE_NAME##_d##HEAD_DIM, GsdpaFwdParams)
+    GSDPA_REGISTER_KERNEL(gsdpa_fwd_##TYPE_NAME##_d##HEAD_DIM, GsdpaFwdParams, GSDPA_FWD_THREADS_D##HEAD_DIM)
 
 GSDPA_FWD_KERNEL(gsdpa::bf16, bf16, 64)
 GSDPA_FWD_KERNEL(gsdpa::bf16, bf16, 128)

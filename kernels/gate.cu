@@ -235,21 +235,21 @@ GSDPA_DEVICE void gate_backward_kernel(const GsdpaGateBackwardParams &p) {
 extern "C" __global__ void __launch_bounds__(GSDPA_GATE_THREADS) gsdpa_gate_bf16(const GsdpaGateParams p) {
     gsdpa::gate::gate_kernel<gsdpa::bf16>(p);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_gate_bf16, GsdpaGateParams)
+GSDPA_REGISTER_KERNEL(gsdpa_gate_bf16, GsdpaGateParams, GSDPA_GATE_THREADS)
 
 extern "C" __global__ void __launch_bounds__(GSDPA_GATE_THREADS) gsdpa_gate_f16(const GsdpaGateParams p) {
     gsdpa::gate::gate_kernel<gsdpa::f16>(p);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_gate_f16, GsdpaGateParams)
+GSDPA_REGISTER_KERNEL(gsdpa_gate_f16, GsdpaGateParams, GSDPA_GATE_THREADS)
 
 extern "C" __global__ void __launch_bounds__(GSDPA_GATE_THREADS)
     gsdpa_gate_backward_bf16(const GsdpaGateBackwardParams p) {
     gsdpa::gate::gate_backward_kernel<gsdpa::bf16>(p);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_gate_backward_bf16, GsdpaGateBackwardParams)
+GSDPA_REGISTER_KERNEL(gsdpa_gate_backward_bf16, GsdpaGateBackwardParams, GSDPA_GATE_THREADS)
 
 extern "C" __global__ void __launch_bounds__(GSDPA_GATE_THREADS)
     gsdpa_gate_backward_f16(const GsdpaGateBackwardParams p) {
     gsdpa::gate::gate_backward_kernel<gsdpa::f16>(p);
 }
-GSDPA_REGISTER_KERNEL(gsdpa_gate_backward_f16, GsdpaGateBackwardParams)
+GSDPA_REGISTER_KERNEL(gsdpa_gate_backward_f16, GsdpaGateBackwardParams, GSDPA_GATE_THREADS)

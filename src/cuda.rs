@@ -25,6 +25,7 @@ use cudarc::driver::{
     DriverError,
 };
 
+use crate::arch::{self, KernelLimits, TargetArch};
 use crate::backend::{BackwardArgs, BackwardOptions, ForwardArgs, GateArgs, GateBackwardArgs};
 use crate::build_info;
 use crate::error::{GsdpaError, Result};
@@ -218,6 +219,8 @@ pub struct CudaBackend {
     ctx: Arc<CudaContext>,
     module: KernelModule,
     functions: Mutex<HashMap<String, KernelFunction>>,
+    /// The device's architecture, whose launch limits `launch` checks.
+    arch: TargetArch,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -264,11 +267,21 @@ impl CudaBackend {
             return Err(GsdpaError::KernelsNotBuilt(why.to_string()));
         };
         let module = KernelModule::load(&ctx, fatbin)?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| cuda_error("querying the compute capability", e))?;
         Ok(CudaBackend {
             ctx,
             module,
             functions: Mutex::new(HashMap::new()),
+            arch: TargetArch::new(major.max(0) as u32, minor.max(0) as u32),
         })
+    }
+
+    /// The device's architecture (compute capability), whose launch limits every launch is checked
+    /// against.
+    pub fn arch(&self) -> TargetArch {
+        self.arch
     }
 
     /// The context the kernels live in.
@@ -295,7 +308,10 @@ impl CudaBackend {
         let f = self.module.function(&config.kernel).map_err(|e| {
             cuda_error(&format!("kernel {} is not in the fatbin", config.kernel), e)
         })?;
-        if config.shared_bytes > 48 * 1024 {
+        // Above the arch's opt-in limit the driver refuses the attribute: `launch` reports it instead.
+        if config.shared_bytes > 48 * 1024
+            && config.shared_bytes <= self.arch.max_dynamic_shared_bytes()
+        {
             // SAFETY: `f` is a function of the live module.
             unsafe {
                 cudarc::driver::result::function::set_function_attribute(
@@ -326,6 +342,19 @@ impl CudaBackend {
             return Ok(());
         }
         let f = self.function(config)?;
+        // The driver's own view of the kernel: __launch_bounds__ (or what its registers allow) and registers.
+        // SAFETY: `f` is a function of the live module.
+        let attribute =
+            |which| unsafe { cudarc::driver::result::function::get_function_attribute(f.0, which) };
+        let limits = KernelLimits {
+            max_threads: attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK)
+                .ok()
+                .map(|n| n.max(0) as u32),
+            registers: attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_NUM_REGS)
+                .ok()
+                .map(|n| n.max(0) as u32),
+        };
+        arch::check_resources(config, self.arch, &limits)?;
         let launching = |e| cuda_error(&format!("launching {}", config.kernel), e);
         self.ctx.bind_to_thread().map_err(launching)?;
         // The kernels take one argument, the params struct by value: the driver copies it at launch.

@@ -13,10 +13,18 @@
 //! - `GSDPA_EMU_SEED` (or [`Emulator::with_seed`]) permutes the order in which threads run between
 //!   synchronisation points: a kernel with a race gives seed-dependent results;
 //! - divergent warp collectives, deadlocks, misaligned `ldmatrix` rows and faults become
-//!   [`GsdpaError::Emulator`] errors naming the kernel, block, thread and source line.
+//!   [`GsdpaError::Emulator`] errors naming the kernel, block, thread and source line;
+//! - a shared-memory race detector (on unless `GSDPA_EMU_RACECHECK=0`, or
+//!   [`Emulator::with_racecheck`]) reports two threads' conflicting accesses to a shared byte that no
+//!   `__syncthreads` or `__syncwarp` orders, naming both source lines;
+//! - a launch that a GPU of the target architecture ([`Emulator::with_arch`], `GSDPA_EMU_ARCH`, default
+//!   sm_80) would refuse fails with [`GsdpaError::LaunchResources`], as on the CUDA backend.
+//!
+//! docs/emulator.md describes what is emulated and checked, and what is not.
 
 use std::ffi::{c_char, c_void, CString};
 
+use crate::arch::{self, KernelLimits, TargetArch};
 use crate::backend::{
     BackwardOptions, HostBackend, HostBackwardArgs, HostForwardArgs, HostGateArgs,
     HostGateBackwardArgs,
@@ -29,7 +37,7 @@ use crate::tensor::{Element, Layout, Tensor};
 use crate::validate;
 
 extern "C" {
-    fn gsdpa_emu_launch(
+    fn gsdpa_emu_launch_with_flags(
         kernel: *const c_char,
         grid: *const u32,
         block: *const u32,
@@ -38,19 +46,28 @@ extern "C" {
         params_size: usize,
         seed: u64,
         worker_threads: u32,
+        flags: u32,
         err: *mut c_char,
         err_len: usize,
     ) -> i32;
     fn gsdpa_emu_alloc_guarded(bytes: usize, alignment: usize) -> *mut c_void;
     fn gsdpa_emu_free_guarded(ptr: *mut c_void);
     fn gsdpa_emu_has_kernel(kernel: *const c_char) -> i32;
+    fn gsdpa_emu_kernel_max_threads(kernel: *const c_char) -> u32;
 }
+
+/// `gsdpa_emu_launch_with_flags` flag: run the shared-memory race detector (kernels/emu/emu.h).
+const EMU_RACECHECK: u32 = 1;
 
 /// Runs the crate's CUDA kernels on the CPU.
 #[derive(Debug, Clone)]
 pub struct Emulator {
     seed: u64,
     worker_threads: u32,
+    arch: TargetArch,
+    racecheck: bool,
+    /// An unusable `GSDPA_EMU_ARCH` or `GSDPA_EMU_RACECHECK`, reported by every launch.
+    env_error: Option<GsdpaError>,
 }
 
 impl Default for Emulator {
@@ -61,16 +78,66 @@ impl Default for Emulator {
 
 impl Emulator {
     /// An emulator using every core, with the thread order seed from `GSDPA_EMU_SEED` (0, the natural
-    /// order, when unset or unparsable).
+    /// order, when unset or unparsable), the target architecture from `GSDPA_EMU_ARCH` (e.g. `sm_86`;
+    /// default sm_80) and the race detector on unless `GSDPA_EMU_RACECHECK=0`. An unusable
+    /// `GSDPA_EMU_ARCH` or `GSDPA_EMU_RACECHECK` makes every launch fail with
+    /// [`GsdpaError::InvalidArgument`] rather than be silently ignored.
     pub fn new() -> Self {
         let seed = std::env::var("GSDPA_EMU_SEED")
             .ok()
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
+        let mut env_error = None;
+        let arch = match std::env::var("GSDPA_EMU_ARCH") {
+            Ok(text) if !text.trim().is_empty() => TargetArch::parse(&text).unwrap_or_else(|e| {
+                env_error = Some(GsdpaError::InvalidArgument(format!("GSDPA_EMU_ARCH: {e}")));
+                TargetArch::SM80
+            }),
+            _ => TargetArch::SM80,
+        };
+        let racecheck = match std::env::var("GSDPA_EMU_RACECHECK")
+            .as_deref()
+            .map(str::trim)
+        {
+            Err(_) | Ok("") | Ok("1") => true,
+            Ok("0") => false,
+            Ok(other) => {
+                env_error = Some(GsdpaError::InvalidArgument(format!(
+                    "GSDPA_EMU_RACECHECK must be 0 or 1, got `{other}`"
+                )));
+                true
+            }
+        };
         Emulator {
             seed,
             worker_threads: 0,
+            arch,
+            racecheck,
+            env_error,
         }
+    }
+
+    /// Sets the GPU architecture whose launch limits the emulator enforces (dynamic shared memory,
+    /// registers: see [`arch::check_resources`]).
+    pub fn with_arch(mut self, arch: TargetArch) -> Self {
+        self.arch = arch;
+        self
+    }
+
+    /// Turns the shared-memory race detector on or off (it costs time; the test suite runs with it on).
+    pub fn with_racecheck(mut self, on: bool) -> Self {
+        self.racecheck = on;
+        self
+    }
+
+    /// The target architecture whose launch limits are enforced.
+    pub fn arch(&self) -> TargetArch {
+        self.arch
+    }
+
+    /// True when the shared-memory race detector runs.
+    pub fn racecheck(&self) -> bool {
+        self.racecheck
     }
 
     /// Sets the seed that permutes the order in which threads run between synchronisation points.
@@ -99,21 +166,43 @@ impl Emulator {
         unsafe { gsdpa_emu_has_kernel(name.as_ptr()) != 0 }
     }
 
+    /// The `__launch_bounds__` `kernel` was registered with (`GSDPA_REGISTER_KERNEL`), or `None` when it
+    /// is not compiled into this build's emulator.
+    pub fn kernel_max_threads(kernel: &str) -> Option<u32> {
+        let name = CString::new(kernel).ok()?;
+        // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+        let n = unsafe { gsdpa_emu_kernel_max_threads(name.as_ptr()) };
+        (n != 0).then_some(n)
+    }
+
+    /// What the launch check knows of `kernel` on the emulator's target: its registered
+    /// `__launch_bounds__`, and its registers from the build's ptxas table (unchecked without nvcc).
+    pub fn kernel_limits(&self, kernel: &str) -> KernelLimits {
+        KernelLimits {
+            max_threads: Self::kernel_max_threads(kernel),
+            registers: KernelLimits::registers_from_ptxas(kernel, self.arch),
+        }
+    }
+
     /// Launches `config.kernel` with `params` passed by value.
     ///
     /// # Safety
     /// Every pointer in `params` must point to memory that stays valid for the whole launch and is
     /// large enough for every access the kernel makes with these params.
     pub(crate) unsafe fn launch<P: Copy>(&self, config: &LaunchConfig, params: &P) -> Result<()> {
+        if let Some(e) = &self.env_error {
+            return Err(e.clone());
+        }
         if config.is_empty() {
             return Ok(());
         }
         let name = CString::new(config.kernel.as_str())
             .map_err(|_| GsdpaError::InvalidArgument("kernel name contains a NUL byte".into()))?;
+        arch::check_resources(config, self.arch, &self.kernel_limits(&config.kernel))?;
         let mut err = vec![0 as c_char; 2048];
         // SAFETY: the arrays and the params outlive the call; the caller vouches for the params' pointers.
         let rc = unsafe {
-            gsdpa_emu_launch(
+            gsdpa_emu_launch_with_flags(
                 name.as_ptr(),
                 config.grid.as_ptr(),
                 config.block.as_ptr(),
@@ -122,6 +211,7 @@ impl Emulator {
                 std::mem::size_of::<P>(),
                 self.seed,
                 self.worker_threads,
+                if self.racecheck { EMU_RACECHECK } else { 0 },
                 err.as_mut_ptr(),
                 err.len(),
             )

@@ -98,6 +98,17 @@ pub enum GsdpaError {
     #[error("emulator error: {0}")]
     Emulator(String),
 
+    /// The launch asks for more than the target GPU architecture allows (dynamic shared memory above
+    /// the opt-in limit, threads above the kernel's `__launch_bounds__`, grid y or z above 65535,
+    /// registers above the SM's): the driver would refuse it. Checked by both backends
+    /// (`arch::check_resources`), so the emulator refuses what a GPU would.
+    #[error("kernel {kernel} cannot launch on {arch}: {reason}")]
+    LaunchResources {
+        kernel: String,
+        arch: String,
+        reason: String,
+    },
+
     /// The caller's backward workspace is smaller than `backward_workspace_bytes` asks for.
     #[error("workspace too small: need {needed} bytes, got {got}")]
     WorkspaceTooSmall { needed: usize, got: usize },

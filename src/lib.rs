@@ -87,6 +87,7 @@
 //! Reference.backward(&p, &mut bargs, BackwardOptions::default())?;
 //! # Ok::<(), gated_sdpa::GsdpaError>(())
 //! ```
+pub mod arch;
 pub mod backend;
 pub mod build_info;
 pub mod cuda;
@@ -112,6 +113,7 @@ pub use half;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub use arch::TargetArch;
 pub use backend::{
     BackwardArgs, BackwardOptions, ForwardArgs, HostBackend, HostBackwardArgs, HostForwardArgs,
 };

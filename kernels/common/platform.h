@@ -16,9 +16,12 @@ using bf16 = gsdpa_emu::bf16;
 using f16 = gsdpa_emu::f16;
 }  // namespace gsdpa
 // Makes an `extern "C"` kernel entry point launchable by name from the emulator's launcher.
-#define GSDPA_REGISTER_KERNEL(name, Params)                                                   \
-    static ::gsdpa_emu::KernelRegistrar gsdpa_registrar_##name(                              \
-        #name, sizeof(Params), [](const void *params) { name(*static_cast<const Params *>(params)); });
+// max_threads is the kernel's __launch_bounds__ (pass the same constant): the emulator refuses a launch
+// with more threads per block, as the driver does (docs/emulator.md, launch-resource checks).
+#define GSDPA_REGISTER_KERNEL(name, Params, max_threads)                                          \
+    static ::gsdpa_emu::KernelRegistrar gsdpa_registrar_##name(                                  \
+        #name, sizeof(Params), (max_threads),                                                    \
+        [](const void *params) { name(*static_cast<const Params *>(params)); });
 #else
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -27,8 +30,9 @@ namespace gsdpa {
 using bf16 = __nv_bfloat16;
 using f16 = __half;
 }  // namespace gsdpa
-// On the GPU the driver finds kernels by their unmangled names; nothing to register.
-#define GSDPA_REGISTER_KERNEL(name, Params)
+// On the GPU the driver finds kernels by their unmangled names and knows their __launch_bounds__;
+// nothing to register.
+#define GSDPA_REGISTER_KERNEL(name, Params, max_threads)
 #endif
 
 #define GSDPA_DEVICE __device__ __forceinline__

@@ -139,6 +139,30 @@ GSDPA_DEVICE char *dynamic_smem() {
 #endif
 }
 
+// A load from / a store to shared memory that the emulator's race detector sees (docs/emulator.md): on the
+// GPU a plain access; on the emulator it is checked against the other threads' accesses to the same
+// bytes. Kernel code that hands data between threads through shared memory by hand (not through
+// cp.async or ldmatrix) should use these, so that a missing __syncthreads or __syncwarp is caught.
+template <class T>
+GSDPA_DEVICE T ld_shared(const T *smem_src GSDPA_SITE_PARAM) {
+#if defined(GSDPA_EMULATOR)
+    T value;
+    ::gsdpa_emu::shared_load(&value, smem_src, sizeof(T), site);
+    return value;
+#else
+    return *smem_src;
+#endif
+}
+
+template <class T>
+GSDPA_DEVICE void st_shared(T *smem_dst, const T &value GSDPA_SITE_PARAM) {
+#if defined(GSDPA_EMULATOR)
+    ::gsdpa_emu::shared_store(smem_dst, &value, sizeof(T), site);
+#else
+    *smem_dst = value;
+#endif
+}
+
 #if !defined(GSDPA_EMULATOR)
 GSDPA_DEVICE uint32_t smem_u32(const void *p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 #endif

@@ -1,6 +1,6 @@
 // emu.h: what the kernel sources see of CUDA when they are compiled for the host (-DGSDPA_EMULATOR).
 //
-// Execution model (runtime.cpp): every CUDA thread of a block is a fiber; a block's fibers run
+// Execution model (scheduler.cpp): every CUDA thread of a block is a fiber; a block's fibers run
 // cooperatively on one OS thread and switch only at synchronisation points (__syncthreads, warp
 // collectives), so code between two such points runs without interruption, in an order that
 // GSDPA_EMU_SEED permutes (a seed also makes warps run at different speeds between barriers). Blocks are
@@ -9,6 +9,8 @@
 // Warp collectives (shuffles, mma.sync, ldmatrix, __syncwarp) are rendezvous: each lane deposits its
 // operands and yields; when all 32 lanes of the warp wait at the same call site, the collective runs for
 // the whole warp. Lanes waiting at different sites are a divergence error reported with both sites.
+// Only __syncwarp and __syncthreads order shared-memory accesses between threads: the race detector
+// (racecheck.cpp) reports a tracked access that conflicts with another thread's without one of them.
 #pragma once
 
 #include <cmath>
@@ -65,7 +67,7 @@ struct bf16 {
 struct f16 {
     uint16_t bits;
     static f16 from_bits(uint16_t b) { return f16{b}; }
-    static f16 from_float(float f);  // runtime.cpp: IEEE binary16, round to nearest even
+    static f16 from_float(float f);  // float16.cpp: IEEE binary16, round to nearest even
     float to_float() const;
 };
 
@@ -104,12 +106,18 @@ void cp_async_wait(int newest_pending_allowed);
 
 float atomic_add_f32(float *address, float value);
 
+// Shared-memory loads and stores the race detector sees (racecheck.cpp): primitives.h's ld_shared and
+// st_shared. A plain C++ access to shared memory works but is invisible to the detector.
+void shared_load(void *dst, const void *smem_src, size_t bytes, Site site);
+void shared_store(void *smem_dst, const void *src, size_t bytes, Site site);
+
 // Reports a kernel-side failure (e.g. an assertion) and ends the launch with an error.
 [[noreturn]] void fail(const char *message, Site site);
 
 using KernelEntry = void (*)(const void *params);
 struct KernelRegistrar {
-    KernelRegistrar(const char *name, size_t params_size, KernelEntry entry);
+    // max_threads: the kernel's __launch_bounds__ (its maximum threads per block).
+    KernelRegistrar(const char *name, size_t params_size, unsigned max_threads, KernelEntry entry);
 };
 
 }  // namespace gsdpa_emu
@@ -161,8 +169,17 @@ inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
 inline float atomicAdd(float *address, float value) { return gsdpa_emu::atomic_add_f32(address, value); }
 
 // ----- Host-side C API used by the Rust emulator backend (src/emulator.rs). -----
+// Bits of gsdpa_emu_launch's `flags`.
+#define GSDPA_EMU_RACECHECK 1u  // run the shared-memory race detector (racecheck.cpp)
 extern "C" {
 // Runs `kernel` over the grid. Returns 0 on success; otherwise writes a message into err (NUL-terminated).
+// The launch-resource limits of the target arch are checked by the caller (src/arch.rs); this only
+// refuses what it cannot run (no such kernel, a wrong params size, 0 threads or more than the kernel's
+// __launch_bounds__). flags: GSDPA_EMU_* bits.
+int gsdpa_emu_launch_with_flags(const char *kernel, const uint32_t grid[3], const uint32_t block[3],
+                                size_t dynamic_smem_bytes, const void *params, size_t params_size, uint64_t seed,
+                                uint32_t worker_threads, uint32_t flags, char *err, size_t err_len);
+// gsdpa_emu_launch_with_flags with the race detector on.
 int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], const uint32_t block[3], size_t dynamic_smem_bytes,
                      const void *params, size_t params_size, uint64_t seed, uint32_t worker_threads, char *err,
                      size_t err_len);
@@ -173,4 +190,6 @@ void *gsdpa_emu_alloc_guarded(size_t bytes, size_t alignment);
 void gsdpa_emu_free_guarded(void *ptr);
 // 1 when the kernel is registered (compiled into this build).
 int gsdpa_emu_has_kernel(const char *kernel);
+// The kernel's __launch_bounds__ as registered by GSDPA_REGISTER_KERNEL, or 0 when it is not registered.
+uint32_t gsdpa_emu_kernel_max_threads(const char *kernel);
 }

@@ -4,6 +4,7 @@
 #include <csetjmp>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -51,12 +52,55 @@ struct PendingCollective {
     const void *ldm_addr = nullptr;
 };
 
-// One cp.async, performed when a wait_group retires its group.
+// When a shared-memory access happened, as the race detector orders accesses: the block's barrier epoch
+// (one more per __syncthreads; unique per block, so accesses of an earlier block are always ordered
+// before), the issuing warp's __syncwarp count, and the thread's linear id within the block.
+// a happens before b when a.epoch < b.epoch, or a and b are the same thread, or they are lanes of one
+// warp and a.warp_syncs < b.warp_syncs.
+struct AccessStamp {
+    uint32_t epoch = 0;  // 0: no access recorded
+    uint32_t warp_syncs = 0;
+    uint32_t thread = 0;
+};
+
+// One cp.async, performed when a wait_group retires its group. On hardware the destination is being
+// written from the issue to the retirement: the race detector checks the copy against the accesses of
+// other threads as of `issued`.
 struct AsyncCopy {
     char *dst;
     const char *src;
     int cp_size;
     int src_size;
+    Site site;
+    AccessStamp issued;
+};
+
+// The race detector's memory of one access to a shared byte (racecheck.cpp): its stamp, packed, and
+// the source line that made it, as an index into RaceDetector::sites. 12 bytes: the shadow of a
+// kernel's shared memory is 36 times its size.
+struct ShadowAccess {
+    uint32_t epoch = 0;  // 0: none
+    uint32_t warp_syncs = 0;
+    uint16_t thread = 0;
+    uint16_t site = 0;
+};
+// A byte's last write and its two latest reads by different threads.
+struct ShadowByte {
+    ShadowAccess write;
+    ShadowAccess read;        // the latest read
+    ShadowAccess other_read;  // the latest read by a thread other than `read`'s
+};
+
+// Per-runner state of the race detector; `enabled` is the launch's GSDPA_EMU_RACECHECK flag.
+struct RaceDetector {
+    bool enabled = false;
+    uint32_t epoch = 0;
+    std::vector<uint32_t> warp_syncs;  // per warp of the block
+    std::vector<ShadowByte> shadow;    // per byte of the block's dynamic shared memory
+    std::vector<Site> sites;           // the source lines ShadowAccess::site indexes
+    std::map<std::pair<const char *, unsigned>, uint16_t> site_ids;
+    Site last_site{nullptr, 0};  // the latest site interned, and its index: most lookups hit it
+    uint16_t last_site_id = 0;
 };
 
 struct Fiber {
@@ -82,6 +126,7 @@ struct BlockRunner {
     char *smem = nullptr;
     size_t smem_bytes = 0;
     uint64_t rng_state = 0;
+    RaceDetector race;
     sigjmp_buf on_failure;  // where fail() and the fault handler return to
     bool in_block = false;
 };
@@ -101,6 +146,20 @@ std::string kernel_name(const BlockRunner &runner);
 
 // Records the launch's failure (the first one wins) and unwinds to the runner's scheduler.
 [[noreturn]] void fail_current_block(const std::string &message);
+
+// ----- The shared-memory race detector (racecheck.cpp). All are no-ops when it is disabled. -----
+void racecheck_setup(BlockRunner &runner, bool enabled, int warps);  // once per runner
+void racecheck_block_start(BlockRunner &runner);                     // a new epoch: nothing before it races
+void racecheck_barrier(BlockRunner &runner);                         // __syncthreads released
+void racecheck_syncwarp(BlockRunner &runner, int warp);              // __syncwarp released for a warp
+AccessStamp racecheck_stamp(const BlockRunner &runner, const Fiber &fiber);
+// Records a read or a write of [addr, addr + bytes) by `fiber` at `site`. Returns an empty string, or the
+// description of the race with another thread's access (kernel, block, both threads, both lines).
+// A write with `in_flight_since` (a cp.async retiring) conflicts with every access of another thread
+// not ordered before that stamp.
+std::string racecheck_read(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site);
+std::string racecheck_write(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site,
+                            const AccessStamp *in_flight_since = nullptr);
 
 // Guard pages: the fault handler turns a fault inside a fiber into a launch error.
 void install_fault_handler();

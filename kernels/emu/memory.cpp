@@ -138,7 +138,8 @@ void cp_async(void *smem_dst, const void *gmem_src, int cp_size, int src_size, S
     }
     // Until a wait retires the copy its destination holds garbage on hardware; here, NaN bytes.
     std::memset(dst, 0xff, cp_size);
-    runner->current->uncommitted.push_back(AsyncCopy{dst, static_cast<const char *>(gmem_src), cp_size, src_size});
+    runner->current->uncommitted.push_back(AsyncCopy{dst, static_cast<const char *>(gmem_src), cp_size, src_size, site,
+                                                     racecheck_stamp(*runner, *runner->current)});
 }
 
 void cp_async_commit() {
@@ -153,6 +154,8 @@ void cp_async_wait(int newest_pending_allowed) {
     Fiber &f = *runner->current;
     while (f.committed.size() > static_cast<size_t>(newest_pending_allowed)) {
         for (const AsyncCopy &c : f.committed.front()) {
+            std::string race = racecheck_write(*runner, f, c.dst, c.cp_size, c.site, &c.issued);
+            if (!race.empty()) fail_current_block(race);
             if (c.src_size > 0) std::memcpy(c.dst, c.src, c.src_size);
             std::memset(c.dst + c.src_size, 0, c.cp_size - c.src_size);
         }

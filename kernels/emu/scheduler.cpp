@@ -29,6 +29,7 @@ namespace gsdpa_emu {
 
 struct RegisteredKernel {
     size_t params_size;
+    unsigned max_threads;  // __launch_bounds__
     KernelEntry entry;
 };
 
@@ -37,8 +38,8 @@ static std::unordered_map<std::string, RegisteredKernel> &kernel_registry() {
     return registry;
 }
 
-KernelRegistrar::KernelRegistrar(const char *name, size_t params_size, KernelEntry entry) {
-    kernel_registry()[name] = RegisteredKernel{params_size, entry};
+KernelRegistrar::KernelRegistrar(const char *name, size_t params_size, unsigned max_threads, KernelEntry entry) {
+    kernel_registry()[name] = RegisteredKernel{params_size, max_threads, entry};
 }
 
 // ----- One launch, shared by its worker threads. -----
@@ -50,6 +51,7 @@ struct Launch {
     dim3 grid, block;
     size_t smem_bytes = 0;
     uint64_t seed = 0;
+    bool racecheck = false;
     uint64_t total_blocks = 0;
     std::atomic<uint64_t> next_block{0};
     std::atomic<bool> failed{false};
@@ -244,6 +246,8 @@ static bool resolve_warp(BlockRunner &runner, int warp) {
     if (!problem.empty()) {
         fail_current_block(describe_thread(runner, lead, lead.pending.site) + ": " + problem);
     }
+    // Of the collectives, only __syncwarp orders the lanes' memory accesses.
+    if (lead.pending.kind == CollectiveKind::SyncWarp) racecheck_syncwarp(runner, warp);
     for (Fiber *lane : lanes) lane->state = FiberState::Runnable;
     return true;
 }
@@ -266,6 +270,7 @@ static bool resolve_barrier(BlockRunner &runner) {
     for (Fiber &f : runner.fibers) {
         if (f.state == FiberState::AtBarrier) f.state = FiberState::Runnable;
     }
+    racecheck_barrier(runner);
     return true;
 }
 
@@ -325,6 +330,7 @@ static void run_block(BlockRunner &runner, uint64_t block_linear) {
     }
     for (Fiber &f : runner.fibers) fiber_init(f.context, f.stack, kFiberStackBytes, &fiber_entry);
     runner.rng_state = launch.seed ^ (block_linear * 0x2545f4914f6cdd1dull);
+    racecheck_block_start(runner);
 
     if (sigsetjmp(runner.on_failure, 1) != 0) {
         runner.in_block = false;
@@ -409,6 +415,7 @@ static void worker_main(Launch &launch) {
     }
     runner.smem_bytes = launch.smem_bytes;
     runner.smem = map_guarded(std::max<size_t>(launch.smem_bytes, 16), 128);
+    racecheck_setup(runner, launch.racecheck, static_cast<int>((threads + kWarpSize - 1) / kWarpSize));
     set_current_runner(&runner);
     if (!mapped || runner.smem == nullptr) {
         record_failure(launch, "the emulator could not map fiber stacks or shared memory");
@@ -442,9 +449,15 @@ static int write_error(char *err, size_t err_len, const std::string &message) {
 
 extern "C" int gsdpa_emu_has_kernel(const char *kernel) { return kernel_registry().count(kernel) ? 1 : 0; }
 
-extern "C" int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], const uint32_t block[3],
-                                size_t dynamic_smem_bytes, const void *params, size_t params_size, uint64_t seed,
-                                uint32_t worker_threads, char *err, size_t err_len) {
+extern "C" uint32_t gsdpa_emu_kernel_max_threads(const char *kernel) {
+    auto found = kernel_registry().find(kernel);
+    return found == kernel_registry().end() ? 0 : found->second.max_threads;
+}
+
+extern "C" int gsdpa_emu_launch_with_flags(const char *kernel, const uint32_t grid[3], const uint32_t block[3],
+                                           size_t dynamic_smem_bytes, const void *params, size_t params_size,
+                                           uint64_t seed, uint32_t worker_threads, uint32_t flags, char *err,
+                                           size_t err_len) {
     auto found = kernel_registry().find(kernel);
     if (found == kernel_registry().end()) {
         return write_error(err, err_len, std::string("kernel ") + kernel + " is not compiled into the emulator");
@@ -454,12 +467,12 @@ extern "C" int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], cons
                            std::string("kernel ") + kernel + " takes " + std::to_string(found->second.params_size) +
                                "-byte parameters, got " + std::to_string(params_size));
     }
+    // The per-arch limits (src/arch.rs) are checked before this call; these guard the emulator itself.
     const uint64_t threads = uint64_t(block[0]) * block[1] * block[2];
-    if (threads == 0 || threads > 1024) {
-        return write_error(err, err_len, "block size must be 1..1024 threads, got " + std::to_string(threads));
-    }
-    if (dynamic_smem_bytes > 227 * 1024) {
-        return write_error(err, err_len, "dynamic shared memory above 227 KiB: " + std::to_string(dynamic_smem_bytes));
+    if (threads == 0 || threads > found->second.max_threads) {
+        return write_error(err, err_len,
+                           "block size must be 1.." + std::to_string(found->second.max_threads) +
+                               " threads (the kernel's __launch_bounds__), got " + std::to_string(threads));
     }
     Launch launch;
     launch.kernel = kernel;
@@ -469,6 +482,7 @@ extern "C" int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], cons
     launch.block = dim3{block[0], block[1], block[2]};
     launch.smem_bytes = dynamic_smem_bytes;
     launch.seed = seed;
+    launch.racecheck = (flags & GSDPA_EMU_RACECHECK) != 0;
     launch.total_blocks = uint64_t(grid[0]) * grid[1] * grid[2];
     if (launch.total_blocks == 0) return 0;
 
@@ -480,4 +494,11 @@ extern "C" int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], cons
     for (auto &t : pool) t.join();
     if (launch.failed.load()) return write_error(err, err_len, launch.error);
     return 0;
+}
+
+extern "C" int gsdpa_emu_launch(const char *kernel, const uint32_t grid[3], const uint32_t block[3],
+                                size_t dynamic_smem_bytes, const void *params, size_t params_size, uint64_t seed,
+                                uint32_t worker_threads, char *err, size_t err_len) {
+    return gsdpa_emu_launch_with_flags(kernel, grid, block, dynamic_smem_bytes, params, params_size, seed,
+                                       worker_threads, GSDPA_EMU_RACECHECK, err, err_len);
 }

@@ -1,5 +1,5 @@
 // warp_collectives.cpp: what a warp collective does once all 32 lanes have arrived.
-// Layouts and semantics: shared/notes/ptx-primitives.md (PTX ISA: shfl.sync, mma m16n8k16, ldmatrix).
+// Layouts and semantics: docs/ptx-primitives.md (PTX ISA: shfl.sync, mma m16n8k16, ldmatrix).
 #include <cstdio>
 
 #include "internal.h"
@@ -81,7 +81,7 @@ static std::string execute_mma(Fiber *const lanes[kWarpSize]) {
 }
 
 // ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16.
-static std::string execute_ldmatrix(const BlockRunner &runner, Fiber *const lanes[kWarpSize]) {
+static std::string execute_ldmatrix(BlockRunner &runner, Fiber *const lanes[kWarpSize]) {
     const int num = lanes[0]->pending.ldm_num;
     const bool trans = lanes[0]->pending.ldm_trans;
     uint16_t M[4][8][8];
@@ -104,6 +104,9 @@ static std::string execute_ldmatrix(const BlockRunner &runner, Fiber *const lane
                               static_cast<const void *>(row));
                 return buf;
             }
+            // ldmatrix does not order memory: the lane's row must be ordered after its last writer.
+            std::string race = racecheck_read(runner, *lanes[lane], row, 16, p.site);
+            if (!race.empty()) fail_current_block(race);
             std::memcpy(M[j][r], row, 16);
         }
     }
