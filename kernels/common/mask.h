@@ -25,7 +25,8 @@ GSDPA_DEVICE int first_row_seeing_key(int key, const SeqlenInfo &seq, bool causa
 }
 
 // Whether query row `row` may see key `key`, i.e. key <= key_limit(row, seq, causal), spelled as two
-// compares (no min) for the per-element tests of the backward, where it is evaluated for every score.
+// compares for the backward's per-element test (evaluated for every score of a masked tile): with
+// key_limit's min there, ptxas gives the dQ kernel about 45 more registers at D = 128.
 GSDPA_DEVICE bool key_visible(int key, int row, const SeqlenInfo &seq, bool causal) {
     return key < seq.seqlen_k && !(causal && key > row + seq.causal_diagonal());
 }
