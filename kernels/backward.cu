@@ -1,11 +1,15 @@
-// backward.cu: entry points of the fused gated backward kernels (bodies: backward/kernels.h, tiles and
-// why: backward/traits.h, launch sequence: gsdpa_params.h GsdpaBwdGeometry and .helpers/BWD.md).
+// backward.cu: entry points of the fused gated backward kernels. Bodies: backward/preprocess.h (preprocess,
+// convert), backward/dkdv.h, backward/dq.h; pieces they share: backward/common.h (overview and maths),
+// backward/softmax_grad.h; tiles and why: backward/traits.h; launch sequence: gsdpa_params.h
+// GsdpaBwdGeometry and docs/backward.md.
 //
 //   gsdpa_bwd_preprocess_{bf16,f16}        Delta, dO = dY * act(G), dG; zeroes dq_accum (fast mode)
 //   gsdpa_bwd_dkdv_{bf16,f16}_d{64,128,256} dK, dV; fast mode also dQ into dq_accum (f32 atomics)
 //   gsdpa_bwd_dq_{bf16,f16}_d{64,128,256}   deterministic mode: dQ without atomics
 //   gsdpa_bwd_dq_convert_{bf16,f16}        fast mode: dq = dq_accum in the element type
-#include "backward/kernels.h"
+#include "backward/dkdv.h"
+#include "backward/dq.h"
+#include "backward/preprocess.h"
 
 #define GSDPA_BWD_ROWWISE(kind, body, dtype, T, THREADS)                                                  \
     extern "C" __global__ void __launch_bounds__(THREADS) gsdpa_bwd_##kind##_##dtype(const GsdpaBwdParams p) { \

@@ -9,7 +9,8 @@
 // nothing but streaming.
 //
 // Layout (gsdpa_params.h): o, g and y are addressed as b * batch + s * row + h * head + d, in elements,
-// with d contiguous. The headwise gate G [B, S, H] has no last dimension: one logit per (b, s, h) row,
+// with d contiguous (element_offset, common/seqlen_info.h; no varlen here: rows are (b, s, h) of padded
+// tensors). The headwise gate G [B, S, H] has no last dimension: one logit per (b, s, h) row,
 // broadcast over D. gate_mode NONE copies O to Y (act = 1) and never touches g.
 //
 // Launch contract (the host launcher checks these; the kernel does not re-check them):
@@ -20,36 +21,14 @@
 //    kernel also needs blockDim.x to be a multiple of 32 (its headwise reduction shuffles across whole
 //    warps); with any other block size it writes nothing.
 #include "common/activation.h"
-
+#include "common/seqlen_info.h"
+#include "common/vec16.h"
 
 namespace gsdpa {
 namespace gate {
 
-// 8 elements of a 16-bit type travel as one uint4: a single 16-byte load or store (ld/st.global.v4.u32).
-// Rows are addressed as uint4 arrays (row_base + vec) rather than as element pointers cast per access:
-// with `reinterpret_cast<uint4 *>(y + offset)` nvcc 13 split the stores into four 4-byte ones.
-template <class T>
-GSDPA_DEVICE void unpack8(const uint4 v, float (&f)[8]) {
-    const float2 p0 = unpack_float2<T>(v.x), p1 = unpack_float2<T>(v.y);
-    const float2 p2 = unpack_float2<T>(v.z), p3 = unpack_float2<T>(v.w);
-    f[0] = p0.x, f[1] = p0.y, f[2] = p1.x, f[3] = p1.y;
-    f[4] = p2.x, f[5] = p2.y, f[6] = p3.x, f[7] = p3.y;
-}
-
-template <class T>
-GSDPA_DEVICE uint4 pack8(const float (&f)[8]) {
-    uint4 v;
-    v.x = pack_float2<T>(f[0], f[1]);
-    v.y = pack_float2<T>(f[2], f[3]);
-    v.z = pack_float2<T>(f[4], f[5]);
-    v.w = pack_float2<T>(f[6], f[7]);
-    return v;
-}
-
-// Element offset of row (b, s, h), in 64 bits.
-GSDPA_DEVICE int64_t row_offset(const GsdpaStrides &stride, uint32_t b, uint32_t s, uint32_t h) {
-    return int64_t(b) * stride.batch + int64_t(s) * stride.row + int64_t(h) * stride.head;
-}
+// Rows are addressed as uint4 arrays (row base + vec), 8 elements per vector, packed and unpacked with
+// common/vec16.h: each access is one 16-byte ld/st.global.v4.u32.
 
 // Rows (b, s, h) are numbered row = (b * seqlen + s) * heads + h, in 32 bits: the two divisions per row
 // stay cheap, and a 64-bit division would be a subroutine call with a stack frame in the SASS.
@@ -82,9 +61,9 @@ GSDPA_DEVICE void gate_rows(const GsdpaGateParams &p, uint32_t num_rows) {
         const uint32_t bs = row / heads;
         const uint32_t s = bs % seqlen;
         const uint32_t b = bs / seqlen;
-        const int64_t o_row = row_offset(p.o_stride, b, s, h);
-        const int64_t g_row = row_offset(p.g_stride, b, s, h);
-        const int64_t y_row = row_offset(p.y_stride, b, s, h);
+        const int64_t o_row = element_offset(p.o_stride, b, s, h);
+        const int64_t g_row = element_offset(p.g_stride, b, s, h);
+        const int64_t y_row = element_offset(p.y_stride, b, s, h);
 
         // Headwise: one activation per row, computed once and broadcast over D.
         float row_gate = 1.0f;
@@ -175,18 +154,21 @@ GSDPA_DEVICE void gate_backward_rows(const GsdpaGateBackwardParams &p, uint32_t 
         float dy_o_sum = 0.0f;  // headwise: this lane's part of sum_d dY * O
         if (valid) {
             if (headwise) {
-                const float logit = to_float<T>(g[row_offset(p.g_stride, b, s, h)]);
+                const float logit = to_float<T>(g[element_offset(p.g_stride, b, s, h)]);
                 row_act = gate_activation(logit, p.activation);
                 row_act_grad = gate_activation_grad(logit, p.activation);
             }
             // Row starts are 16-byte aligned (launch contract), so each row is an array of uint4.
-            const uint4 *dy_vecs = reinterpret_cast<const uint4 *>(dy + row_offset(p.dy_stride, b, s, h));
-            uint4 *d_o_vecs = reinterpret_cast<uint4 *>(d_o + row_offset(p.d_o_stride, b, s, h));
+            const uint4 *dy_vecs = reinterpret_cast<const uint4 *>(dy + element_offset(p.dy_stride, b, s, h));
+            uint4 *d_o_vecs = reinterpret_cast<uint4 *>(d_o + element_offset(p.d_o_stride, b, s, h));
             // Without a gate, O, G and dG are not touched (and may be null): no pointer arithmetic on them.
-            const uint4 *o_vecs =
-                (headwise || elementwise) ? reinterpret_cast<const uint4 *>(o + row_offset(p.o_stride, b, s, h)) : nullptr;
-            const uint4 *g_vecs = elementwise ? reinterpret_cast<const uint4 *>(g + row_offset(p.g_stride, b, s, h)) : nullptr;
-            uint4 *dg_vecs = elementwise ? reinterpret_cast<uint4 *>(dg + row_offset(p.dg_stride, b, s, h)) : nullptr;
+            const uint4 *o_vecs = (headwise || elementwise)
+                                      ? reinterpret_cast<const uint4 *>(o + element_offset(p.o_stride, b, s, h))
+                                      : nullptr;
+            const uint4 *g_vecs =
+                elementwise ? reinterpret_cast<const uint4 *>(g + element_offset(p.g_stride, b, s, h)) : nullptr;
+            uint4 *dg_vecs =
+                elementwise ? reinterpret_cast<uint4 *>(dg + element_offset(p.dg_stride, b, s, h)) : nullptr;
             for (int vec = vec_in_row; vec < vecs_per_row; vec += lanes_per_row) {
                 float grad_y[8], grad_o[8];
                 unpack8<T>(dy_vecs[vec], grad_y);
@@ -215,7 +197,9 @@ GSDPA_DEVICE void gate_backward_rows(const GsdpaGateBackwardParams &p, uint32_t 
         }
         if (headwise) {  // uniform over the block: all 32 lanes of each warp run the shuffles
             for (int m = lanes_per_row / 2; m > 0; m >>= 1) dy_o_sum += __shfl_xor_sync(0xffffffffu, dy_o_sum, m);
-            if (valid && vec_in_row == 0) dg[row_offset(p.dg_stride, b, s, h)] = from_float<T>(row_act_grad * dy_o_sum);
+            if (valid && vec_in_row == 0) {
+                dg[element_offset(p.dg_stride, b, s, h)] = from_float<T>(row_act_grad * dy_o_sum);
+            }
         }
     }
 }

@@ -209,7 +209,7 @@ enum GsdpaFwdGeometry {
 
 /*
  * Backward launch geometry (kernels/backward.cu; why these tiles: kernels/backward/traits.h). Order and
- * grids (.helpers/BWD.md): preprocess (ceil(seqlen_q / PRE_ROWS), heads_q, batch); dkdv
+ * grids (docs/backward.md): preprocess (ceil(seqlen_q / PRE_ROWS), heads_q, batch); dkdv
  * (ceil(seqlen_k / DKDV_BLOCK_N), heads_kv, batch); then dq (ceil(seqlen_q / DQ_BLOCK_M), heads_q, batch)
  * when deterministic, else convert (ceil(seqlen_q / CONVERT_ROWS), heads_q, batch). SMEM in bytes.
  */

@@ -23,14 +23,14 @@
 //                                                                          99 KiB with any 64-row tile.
 //
 // Shared memory of the dK/dV kernel (elements of T, 16-bit, every tile swizzled, common/swizzle.h):
-//   [K: BLOCK_N x D][V: BLOCK_N x D][Q: 2 x BLOCK_M x D][dO: BLOCK_M x D][P: BLOCK_M x PDS][dS: BLOCK_M x PDS]
+//   [K: BLOCK_N x D][V: BLOCK_N x D][Q: 2 x BLOCK_M x D][dO: BLOCK_M x D][P: BLOCK_M x PC][dS: BLOCK_M x PC]
 // Q is double-buffered (the next query tile streams in during the whole iteration); dO has one buffer,
-// refilled once dV += P^T dO has consumed it. PDS = max(BLOCK_N, 64): a swizzled row is a whole
-// 128-byte line, so the 32-key tiles of D = 256 are padded (4 KiB, unused columns never read).
+// refilled once dV += P^T dO has consumed it. PC = P_DS_TILE_COLS = max(BLOCK_N, 64): a swizzled row is a
+// whole 128-byte line, so the 32-key tiles of D = 256 are padded (4 KiB, unused columns never read).
 // The epilogue stages dK in the K region and dV in the V region for 16-byte coalesced stores.
 //
 // Shared memory of the deterministic dQ kernel:
-//   [Q: BLOCK_M x D][dO: BLOCK_M x D][K: 2 x BLOCK_N x D][V: BLOCK_N x D][dS: BLOCK_M x PDS]
+//   [Q: BLOCK_M x D][dO: BLOCK_M x D][K: 2 x BLOCK_N x D][V: BLOCK_N x D][dS: BLOCK_M x PC]
 // K is double-buffered (it is read by S = Q K^T and again by dQ += dS K); V is refilled once dS is known.
 // The epilogue stages dQ in the Q region.
 #pragma once
@@ -48,9 +48,9 @@ struct BwdGeometry<64> {
                          DKDV_THREADS = GSDPA_BWD_DKDV_THREADS_D64, DKDV_SMEM = GSDPA_BWD_DKDV_SMEM_D64;
     static constexpr int DQ_BLOCK_M = GSDPA_BWD_DQ_BLOCK_M_D64, DQ_BLOCK_N = GSDPA_BWD_DQ_BLOCK_N_D64,
                          DQ_THREADS = GSDPA_BWD_DQ_THREADS_D64, DQ_SMEM = GSDPA_BWD_DQ_SMEM_D64;
-    // Warp layouts (warps along the first output dimension; the rest go along the second):
+    // Warp grids (warps along the first output dimension; the rest go along the second):
     // S/dP 2 x 4 -> 32 x 32 per warp; dK/dV 4 x 2 -> 32 keys x 32 dims; dQ 4 x 2 -> 16 rows x 32 dims.
-    static constexpr int SDP_WARPS_M = 2, KV_WARPS_N = 4, DQ_WARPS_M = 4;
+    static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 4, DQ_WARPS_M = 4;
 };
 template <>
 struct BwdGeometry<128> {
@@ -59,7 +59,7 @@ struct BwdGeometry<128> {
     static constexpr int DQ_BLOCK_M = GSDPA_BWD_DQ_BLOCK_M_D128, DQ_BLOCK_N = GSDPA_BWD_DQ_BLOCK_N_D128,
                          DQ_THREADS = GSDPA_BWD_DQ_THREADS_D128, DQ_SMEM = GSDPA_BWD_DQ_SMEM_D128;
     // S/dP 2 x 4 -> 32 x 16; dK/dV 2 x 4 -> 32 x 32; dQ 2 x 4 -> 32 x 32.
-    static constexpr int SDP_WARPS_M = 2, KV_WARPS_N = 2, DQ_WARPS_M = 2;
+    static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 2, DQ_WARPS_M = 2;
 };
 template <>
 struct BwdGeometry<256> {
@@ -69,12 +69,14 @@ struct BwdGeometry<256> {
                          DQ_THREADS = GSDPA_BWD_DQ_THREADS_D256, DQ_SMEM = GSDPA_BWD_DQ_SMEM_D256;
     // S/dP 2 x 4 -> 16 x 8 (one mma tile per warp: the 32 x 32 tile has only 8); dK/dV 2 x 4 -> 16 x 64;
     // dQ 2 x 4 -> 16 x 64.
-    static constexpr int SDP_WARPS_M = 2, KV_WARPS_N = 2, DQ_WARPS_M = 2;
+    static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 2, DQ_WARPS_M = 2;
 };
 
-// Shapes shared by both main kernels for one tile configuration (BLOCK_M query rows x BLOCK_N keys).
-template <class T_, int D_, int BLOCK_M_, int BLOCK_N_, int THREADS_, int SDP_WARPS_M, int KV_WARPS_N,
-          int DQ_WARPS_M>
+// Shapes shared by both main kernels for one tile configuration (BLOCK_M query rows x BLOCK_N keys). Each
+// of the three GEMM output shapes has its own warp grid; a warp's share of it is a grid of 16 x 8 mma
+// tiles ("warp tiles"), counted per output dimension.
+template <class T_, int D_, int BLOCK_M_, int BLOCK_N_, int THREADS_, int SCORE_WARPS_M_, int DKDV_WARPS_N_,
+          int DQ_WARPS_M_>
 struct BwdTileShape {
     using T = T_;
     static constexpr int D = D_;
@@ -82,64 +84,77 @@ struct BwdTileShape {
     static constexpr int BLOCK_N = BLOCK_N_;
     static constexpr int THREADS = THREADS_;
     static constexpr int WARPS = THREADS / 32;
-    // Columns of the P and dS tiles: swizzled rows are whole 128-byte lines (see the table above).
-    static constexpr int PDS_COLS = BLOCK_N < 64 ? 64 : BLOCK_N;
+    // Columns of the shared-memory P and dS tiles: swizzled rows are whole 128-byte lines (see the table
+    // above), so a 32-key tile is padded to 64 columns.
+    static constexpr int P_DS_TILE_COLS = BLOCK_N < 64 ? 64 : BLOCK_N;
 
-    // S, dP: BLOCK_M x BLOCK_N, warp tile (SDP_TM * 16) x (SDP_TN * 8).
-    static constexpr int SDP_WARPS_N = WARPS / SDP_WARPS_M;
-    static constexpr int SDP_TM = BLOCK_M / SDP_WARPS_M / 16;
-    static constexpr int SDP_TN = BLOCK_N / SDP_WARPS_N / 8;
-    // dK, dV: BLOCK_N x D, warp tile (KV_TM * 16) x (KV_TN * 8).
-    static constexpr int KV_WARPS_D = WARPS / KV_WARPS_N;
-    static constexpr int KV_TM = BLOCK_N / KV_WARPS_N / 16;
-    static constexpr int KV_TN = D / KV_WARPS_D / 8;
-    // dQ: BLOCK_M x D, warp tile (DQ_TM * 16) x (DQ_TN * 8).
+    // S, dP (scores): BLOCK_M x BLOCK_N; warps SCORE_WARPS_M x SCORE_WARPS_N, each
+    // (16 SCORE_WARP_TILES_M) x (8 SCORE_WARP_TILES_N).
+    static constexpr int SCORE_WARPS_M = SCORE_WARPS_M_;
+    static constexpr int SCORE_WARPS_N = WARPS / SCORE_WARPS_M;
+    static constexpr int SCORE_WARP_TILES_M = BLOCK_M / SCORE_WARPS_M / 16;
+    static constexpr int SCORE_WARP_TILES_N = BLOCK_N / SCORE_WARPS_N / 8;
+    // dK, dV: BLOCK_N keys x D; warps DKDV_WARPS_N (keys) x DKDV_WARPS_D (dims), each
+    // (16 DKDV_WARP_TILES_N) x (8 DKDV_WARP_TILES_D).
+    static constexpr int DKDV_WARPS_N = DKDV_WARPS_N_;
+    static constexpr int DKDV_WARPS_D = WARPS / DKDV_WARPS_N;
+    static constexpr int DKDV_WARP_TILES_N = BLOCK_N / DKDV_WARPS_N / 16;
+    static constexpr int DKDV_WARP_TILES_D = D / DKDV_WARPS_D / 8;
+    // dQ: BLOCK_M rows x D; warps DQ_WARPS_M x DQ_WARPS_D, each (16 DQ_WARP_TILES_M) x (8 DQ_WARP_TILES_D).
+    static constexpr int DQ_WARPS_M = DQ_WARPS_M_;
     static constexpr int DQ_WARPS_D = WARPS / DQ_WARPS_M;
-    static constexpr int DQ_TM = BLOCK_M / DQ_WARPS_M / 16;
-    static constexpr int DQ_TN = D / DQ_WARPS_D / 8;
+    static constexpr int DQ_WARP_TILES_M = BLOCK_M / DQ_WARPS_M / 16;
+    static constexpr int DQ_WARP_TILES_D = D / DQ_WARPS_D / 8;
 
     static_assert(sizeof(T) == 2, "16-bit element types only");
     static_assert(D % 64 == 0, "swizzled rows are whole 128-byte lines");
-    static_assert(WARPS % SDP_WARPS_M == 0 && WARPS % KV_WARPS_N == 0 && WARPS % DQ_WARPS_M == 0, "warp grid");
-    static_assert(SDP_TM * SDP_WARPS_M * 16 == BLOCK_M && SDP_TN * SDP_WARPS_N * 8 == BLOCK_N, "S tiling");
-    static_assert(KV_TM * KV_WARPS_N * 16 == BLOCK_N && KV_TN * KV_WARPS_D * 8 == D, "dK/dV tiling");
-    static_assert(DQ_TM * DQ_WARPS_M * 16 == BLOCK_M && DQ_TN * DQ_WARPS_D * 8 == D, "dQ tiling");
-    static_assert(KV_TN % 2 == 0 && DQ_TN % 2 == 0, "B operands are loaded two n-tiles at a time");
-    static_assert(SDP_TN % 2 == 0 || SDP_TN == 1, "one n-tile is loaded with ldmatrix.x2");
+    static_assert(WARPS % SCORE_WARPS_M == 0 && WARPS % DKDV_WARPS_N == 0 && WARPS % DQ_WARPS_M == 0, "warp grid");
+    static_assert(SCORE_WARP_TILES_M * SCORE_WARPS_M * 16 == BLOCK_M, "S tiling (rows)");
+    static_assert(SCORE_WARP_TILES_N * SCORE_WARPS_N * 8 == BLOCK_N, "S tiling (keys)");
+    static_assert(DKDV_WARP_TILES_N * DKDV_WARPS_N * 16 == BLOCK_N, "dK/dV tiling (keys)");
+    static_assert(DKDV_WARP_TILES_D * DKDV_WARPS_D * 8 == D, "dK/dV tiling (dims)");
+    static_assert(DQ_WARP_TILES_M * DQ_WARPS_M * 16 == BLOCK_M, "dQ tiling (rows)");
+    static_assert(DQ_WARP_TILES_D * DQ_WARPS_D * 8 == D, "dQ tiling (dims)");
+    static_assert(DKDV_WARP_TILES_D % 2 == 0 && DQ_WARP_TILES_D % 2 == 0,
+                  "B operands are loaded two n-tiles at a time");
+    static_assert(SCORE_WARP_TILES_N % 2 == 0 || SCORE_WARP_TILES_N == 1, "one n-tile is loaded with ldmatrix.x2");
 };
 
 template <class T, int D>
-struct DkdvTraits : BwdTileShape<T, D, BwdGeometry<D>::DKDV_BLOCK_M, BwdGeometry<D>::DKDV_BLOCK_N,
-                                 BwdGeometry<D>::DKDV_THREADS, BwdGeometry<D>::SDP_WARPS_M,
-                                 BwdGeometry<D>::KV_WARPS_N, BwdGeometry<D>::DQ_WARPS_M> {
-    using S = BwdTileShape<T, D, BwdGeometry<D>::DKDV_BLOCK_M, BwdGeometry<D>::DKDV_BLOCK_N,
-                           BwdGeometry<D>::DKDV_THREADS, BwdGeometry<D>::SDP_WARPS_M, BwdGeometry<D>::KV_WARPS_N,
-                           BwdGeometry<D>::DQ_WARPS_M>;
+using DkdvTileShape = BwdTileShape<T, D, BwdGeometry<D>::DKDV_BLOCK_M, BwdGeometry<D>::DKDV_BLOCK_N,
+                                   BwdGeometry<D>::DKDV_THREADS, BwdGeometry<D>::SCORE_WARPS_M,
+                                   BwdGeometry<D>::DKDV_WARPS_N, BwdGeometry<D>::DQ_WARPS_M>;
+
+template <class T, int D>
+using DqTileShape = BwdTileShape<T, D, BwdGeometry<D>::DQ_BLOCK_M, BwdGeometry<D>::DQ_BLOCK_N,
+                                 BwdGeometry<D>::DQ_THREADS, BwdGeometry<D>::SCORE_WARPS_M,
+                                 BwdGeometry<D>::DKDV_WARPS_N, BwdGeometry<D>::DQ_WARPS_M>;
+
+template <class T, int D>
+struct DkdvTraits : DkdvTileShape<T, D> {
+    using Shape = DkdvTileShape<T, D>;
     // Offsets in elements of T from the dynamic shared memory base (layout in the comment at the top).
     static constexpr int SMEM_K = 0;
-    static constexpr int SMEM_V = SMEM_K + S::BLOCK_N * D;
-    static constexpr int SMEM_Q = SMEM_V + S::BLOCK_N * D;  // two buffers
-    static constexpr int SMEM_DO = SMEM_Q + 2 * S::BLOCK_M * D;
-    static constexpr int SMEM_P = SMEM_DO + S::BLOCK_M * D;
-    static constexpr int SMEM_DS = SMEM_P + S::BLOCK_M * S::PDS_COLS;
-    static constexpr int SMEM_ELEMS = SMEM_DS + S::BLOCK_M * S::PDS_COLS;
+    static constexpr int SMEM_V = SMEM_K + Shape::BLOCK_N * D;
+    static constexpr int SMEM_Q = SMEM_V + Shape::BLOCK_N * D;  // two buffers
+    static constexpr int SMEM_DO = SMEM_Q + 2 * Shape::BLOCK_M * D;
+    static constexpr int SMEM_P = SMEM_DO + Shape::BLOCK_M * D;
+    static constexpr int SMEM_DS = SMEM_P + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
+    static constexpr int SMEM_ELEMS = SMEM_DS + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
     static constexpr int SMEM_BYTES = SMEM_ELEMS * 2;
     static_assert(SMEM_BYTES == BwdGeometry<D>::DKDV_SMEM, "GSDPA_BWD_DKDV_SMEM_* must match the layout");
     static_assert(SMEM_BYTES <= 99 * 1024, "must fit sm_86 / sm_89 (99 KiB per block)");
 };
 
 template <class T, int D>
-struct DqTraits : BwdTileShape<T, D, BwdGeometry<D>::DQ_BLOCK_M, BwdGeometry<D>::DQ_BLOCK_N,
-                               BwdGeometry<D>::DQ_THREADS, BwdGeometry<D>::SDP_WARPS_M, BwdGeometry<D>::KV_WARPS_N,
-                               BwdGeometry<D>::DQ_WARPS_M> {
-    using S = BwdTileShape<T, D, BwdGeometry<D>::DQ_BLOCK_M, BwdGeometry<D>::DQ_BLOCK_N, BwdGeometry<D>::DQ_THREADS,
-                           BwdGeometry<D>::SDP_WARPS_M, BwdGeometry<D>::KV_WARPS_N, BwdGeometry<D>::DQ_WARPS_M>;
+struct DqTraits : DqTileShape<T, D> {
+    using Shape = DqTileShape<T, D>;
     static constexpr int SMEM_Q = 0;
-    static constexpr int SMEM_DO = SMEM_Q + S::BLOCK_M * D;
-    static constexpr int SMEM_K = SMEM_DO + S::BLOCK_M * D;  // two buffers
-    static constexpr int SMEM_V = SMEM_K + 2 * S::BLOCK_N * D;
-    static constexpr int SMEM_DS = SMEM_V + S::BLOCK_N * D;
-    static constexpr int SMEM_ELEMS = SMEM_DS + S::BLOCK_M * S::PDS_COLS;
+    static constexpr int SMEM_DO = SMEM_Q + Shape::BLOCK_M * D;
+    static constexpr int SMEM_K = SMEM_DO + Shape::BLOCK_M * D;  // two buffers
+    static constexpr int SMEM_V = SMEM_K + 2 * Shape::BLOCK_N * D;
+    static constexpr int SMEM_DS = SMEM_V + Shape::BLOCK_N * D;
+    static constexpr int SMEM_ELEMS = SMEM_DS + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
     static constexpr int SMEM_BYTES = SMEM_ELEMS * 2;
     static_assert(SMEM_BYTES == BwdGeometry<D>::DQ_SMEM, "GSDPA_BWD_DQ_SMEM_* must match the layout");
     static_assert(SMEM_BYTES <= 99 * 1024, "must fit sm_86 / sm_89 (99 KiB per block)");

@@ -1,7 +1,8 @@
 // fragments.h: mma.sync m16n8k16 operand fragments to and from swizzled shared-memory tiles
 // (common/swizzle.h), plus the quad reductions over a fragment row. Shared by the forward and backward
-// kernels. Fragment layouts: shared/notes/ptx-primitives.md and the comments in primitives.h
-// (g = lane / 4, t = lane % 4).
+// kernels. Fragment layouts: docs/ptx-primitives.md and the comments in primitives.h
+// (g = lane / 4, t = lane % 4). An accumulator fragment row is a "row half": row_half 0 is row g of the
+// 16-row tile, row_half 1 row g + 8.
 //
 // Naming: `ldsm_*` load one warp's operand fragments with one ldmatrix.x4; `tile` is the base of a
 // swizzled tile with COLS columns; coordinates are in elements of that tile. Every lane of the warp must
@@ -42,6 +43,24 @@ GSDPA_DEVICE void ldsm_b(uint32_t (&b)[4], const T *tile, int row0, int col0, in
     ldmatrix_x4(b, tile + swizzle<COLS>(row, col));
 }
 
+// B operand of ONE n-tile (16 x 8, k x n) with ldmatrix.x2 where the tile stores B as [n][k]:
+// B[k][n] = tile[row0 + n][col0 + k]. Lanes 0-7 address matrix 0 (k 0-7), lanes 8-15 matrix 1 (k 8-15);
+// lanes 16-31 repeat those addresses (ignored by ldmatrix.x2).
+template <int COLS, class T>
+GSDPA_DEVICE void ldsm_b_x2(uint32_t (&b)[2], const T *tile, int row0, int col0, int lane) {
+    const int row = row0 + (lane & 7);
+    const int col = col0 + (((lane >> 3) & 1) << 3);
+    ldmatrix_x2(b, tile + swizzle<COLS>(row, col));
+}
+
+// Same, the tile storing B as [k][n]: B[k][n] = tile[row0 + k][col0 + n]; .trans turns the stored rows (k)
+// into the fragment's columns.
+template <int COLS, class T>
+GSDPA_DEVICE void ldsm_b_x2_trans(uint32_t (&b)[2], const T *tile, int row0, int col0, int lane) {
+    const int row = row0 + (lane & 15);
+    ldmatrix_x2_trans(b, tile + swizzle<COLS>(row, col0));
+}
+
 // B operands of two adjacent n-tiles where the tile stores B as [k][n] (n contiguous; e.g. V for O = P V):
 // B[k][n] = tile[row0 + k][col0 + n], k in 0..15, n in 0..15. Same register order as ldsm_b.
 template <int COLS, class T>
@@ -54,7 +73,7 @@ GSDPA_DEVICE void ldsm_b_trans(uint32_t (&b)[4], const T *tile, int row0, int co
 
 // The f32 accumulators of two adjacent 16 x 8 tiles (columns 0-7 in c0, 8-15 in c1), rounded to T and
 // packed: exactly the A operand of an m16n8k16 over k = those 16 columns (the register-reuse corollary in
-// ptx-primitives.md: P never leaves registers).
+// docs/ptx-primitives.md: the forward's P never leaves registers).
 template <class T>
 GSDPA_DEVICE void pack_c_to_a(uint32_t (&a)[4], const float (&c0)[4], const float (&c1)[4]) {
     a[0] = pack_float2<T>(c0[0], c0[1]);
@@ -64,11 +83,11 @@ GSDPA_DEVICE void pack_c_to_a(uint32_t (&a)[4], const float (&c0)[4], const floa
 }
 
 // Element offsets, in a swizzled tile with COLS columns, of the two 16-bit pairs a lane holds of a 16 x 8
-// accumulator tile at (row0, col0): half 0 is row row0 + g, half 1 row row0 + g + 8; both at columns
-// col0 + 2t, col0 + 2t + 1 (c[2 * half], c[2 * half + 1]). The pair is 4-byte aligned.
+// accumulator tile at (row0, col0): row_half 0 is row row0 + g, row_half 1 row row0 + g + 8; both at
+// columns col0 + 2t, col0 + 2t + 1 (c[2 * row_half], c[2 * row_half + 1]). The pair is 4-byte aligned.
 template <int COLS>
-GSDPA_DEVICE int c_frag_offset(int row0, int col0, int half, int lane) {
-    return swizzle<COLS>(row0 + (lane >> 2) + 8 * half, col0 + 2 * (lane & 3));
+GSDPA_DEVICE int c_frag_offset(int row0, int col0, int row_half, int lane) {
+    return swizzle<COLS>(row0 + (lane >> 2) + 8 * row_half, col0 + 2 * (lane & 3));
 }
 
 // Writes a lane's part of a 16 x 8 f32 accumulator tile at (row0, col0), rounded to T, into a swizzled
@@ -76,17 +95,18 @@ GSDPA_DEVICE int c_frag_offset(int row0, int col0, int half, int lane) {
 template <int COLS, class T>
 GSDPA_DEVICE void store_c_frag(T *tile, int row0, int col0, const float (&c)[4], int lane) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        *reinterpret_cast<uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, half, lane)) =
-            pack_float2<T>(c[2 * half], c[2 * half + 1]);
+    for (int row_half = 0; row_half < 2; ++row_half) {
+        *reinterpret_cast<uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, row_half, lane)) =
+            pack_float2<T>(c[2 * row_half], c[2 * row_half + 1]);
     }
 }
 
 // Reads the two 16-bit values at the positions a lane holds of a 16 x 8 accumulator tile at
-// (row0, col0), row half `half`, as floats.
+// (row0, col0), row half `row_half`, as floats.
 template <int COLS, class T>
-GSDPA_DEVICE float2 load_c_pair(const T *tile, int row0, int col0, int half, int lane) {
-    return unpack_float2<T>(*reinterpret_cast<const uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, half, lane)));
+GSDPA_DEVICE float2 load_c_pair(const T *tile, int row0, int col0, int row_half, int lane) {
+    return unpack_float2<T>(
+        *reinterpret_cast<const uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, row_half, lane)));
 }
 
 // Max / sum over the 4 lanes of a quad (the lanes holding one accumulator row); every lane gets the result.

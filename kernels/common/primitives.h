@@ -2,13 +2,14 @@
 //
 // Each wrapper is a few lines of inline PTX on the GPU and a call into the emulator on the host
 // (kernels/emu). This file and platform.h are the only places that look at GSDPA_EMULATOR.
-// Exact semantics (fragment layouts, zero fill, group ordering): shared/notes/ptx-primitives.md and
+// Exact semantics (fragment layouts, zero fill, group ordering): docs/ptx-primitives.md and
 // the comments below.
 //
 // In emulator builds every wrapper takes a hidden trailing `site` argument (the caller's file and line,
 // filled in by default) so that a divergent warp or a misaligned ldmatrix is reported where it happens.
 #pragma once
 
+#include "constants.h"
 #include "platform.h"
 
 #if defined(GSDPA_EMULATOR)
@@ -124,7 +125,7 @@ GSDPA_DEVICE float fast_exp2(float x) {
 }
 
 // 1 / (1 + e^-x), written so that large |x| neither overflows nor produces NaN.
-GSDPA_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + fast_exp2(-x * 1.4426950408889634f)); }
+GSDPA_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + fast_exp2(-x * kLog2e)); }
 
 // ---------------------------------------------------------------------------------------------------
 // Shared memory. Kernels use dynamic shared memory only (the emulator cannot see static __shared__

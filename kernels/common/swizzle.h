@@ -14,7 +14,7 @@
 // (8 rows x 4 lanes x 4 bytes at one logical chunk) are conflict-free as well.
 #pragma once
 
-#include "primitives.h"
+#include "vec16.h"
 
 namespace gsdpa {
 
@@ -90,7 +90,7 @@ GSDPA_DEVICE void store_tile(T *gmem, int64_t row_stride, const T *smem, int val
 #pragma unroll
     for (int i = 0; i < TOTAL / THREADS; ++i) {
         if (row0 + i * ROW_STEP < valid_rows) {
-            *reinterpret_cast<uint4 *>(dst) = *reinterpret_cast<const uint4 *>(smem + src(i));
+            store_vec16(dst, load_vec16(smem + src(i)));
         }
         dst += step;
     }

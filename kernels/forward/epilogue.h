@@ -27,7 +27,7 @@ struct FwdOutputs {
 
 // Precondition: every warp is past its last read of K and V, the elementwise gate tile (if any) is
 // visible in the Q region (cp_async_wait<0>() then __syncthreads()). gate_mode is the block's effective
-// mode; for HEADWISE, gate_logit[half] holds the logit of the thread's row g (0) or g + 8 (1).
+// mode; for HEADWISE, gate_logit[row_half] holds the logit of the thread's row g (0) or g + 8 (1).
 template <class Tr>
 GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&acc_o)[Tr::N_TILES_O][4],
                                 OnlineSoftmax &softmax, float scale_log2, int gate_mode, int activation,
@@ -52,10 +52,11 @@ GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&a
 #pragma unroll
         for (int nt = 0; nt < Tr::N_TILES_O; ++nt) {
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const float2 g = load_c_pair<D>(s_g, warp_row0, nt * 8, half, lane);
-                const float2 y = apply_gate(make_float2(acc_o[nt][2 * half], acc_o[nt][2 * half + 1]), g, activation);
-                *reinterpret_cast<uint32_t *>(s_y + c_frag_offset<D>(warp_row0, nt * 8, half, lane)) =
+            for (int row_half = 0; row_half < 2; ++row_half) {
+                const float2 g = load_c_pair<D>(s_g, warp_row0, nt * 8, row_half, lane);
+                const float2 o = make_float2(acc_o[nt][2 * row_half], acc_o[nt][2 * row_half + 1]);
+                const float2 y = apply_gate(o, g, activation);
+                *reinterpret_cast<uint32_t *>(s_y + c_frag_offset<D>(warp_row0, nt * 8, row_half, lane)) =
                     pack_float2<T>(y.x, y.y);
             }
         }
@@ -68,9 +69,10 @@ GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&a
 #pragma unroll
         for (int nt = 0; nt < Tr::N_TILES_O; ++nt) {
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const float2 y = apply_gate(make_float2(acc_o[nt][2 * half], acc_o[nt][2 * half + 1]), factor[half]);
-                *reinterpret_cast<uint32_t *>(s_y + c_frag_offset<D>(warp_row0, nt * 8, half, lane)) =
+            for (int row_half = 0; row_half < 2; ++row_half) {
+                const float2 o = make_float2(acc_o[nt][2 * row_half], acc_o[nt][2 * row_half + 1]);
+                const float2 y = apply_gate(o, factor[row_half]);
+                *reinterpret_cast<uint32_t *>(s_y + c_frag_offset<D>(warp_row0, nt * 8, row_half, lane)) =
                     pack_float2<T>(y.x, y.y);
             }
         }
@@ -79,9 +81,9 @@ GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&a
     // LSE, one lane per row.
     if (out.lse != nullptr && (lane & 3) == 0) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int row = warp_row0 + (lane >> 2) + 8 * half;
-            if (row < out.rows) out.lse[row] = lse[half];
+        for (int row_half = 0; row_half < 2; ++row_half) {
+            const int row = warp_row0 + (lane >> 2) + 8 * row_half;
+            if (row < out.rows) out.lse[row] = lse[row_half];
         }
     }
 

@@ -1,4 +1,4 @@
-// gate.h: the output gate applied in the forward epilogue, Y = O * act(G) (shared/notes/gate-math.md).
+// gate.h: the output gate applied in the forward epilogue, Y = O * act(G) (docs/gate-math.md).
 // Elementwise: one logit per output element; headwise: one per (token, head), broadcast over D.
 // act: sigmoid or silu (common/activation.h).
 #pragma once

@@ -15,8 +15,8 @@
 //                                                      a 64-key score tile (64 x 64 spills at 255 registers);
 //                                                      64 KiB also fits two blocks per SM on A100 (164 KiB).
 //
-// ptxas (CUDA 13.0, no spills, no stack): 176 / 213 / 241 registers for D = 64 / 128 / 256 on sm_80
-// (179 / 210 / 255 on sm_90a). So D = 64 and 128 run one 8-warp block per SM (forcing two, i.e. 128
+// ptxas (CUDA 13.0, no spills, no stack): 178 / 182 / 241 registers for D = 64 / 128 / 256 on sm_80
+// (170 / 179 / 255 on sm_90a). So D = 64 and 128 run one 8-warp block per SM (forcing two, i.e. 128
 // registers, spills), and D = 256 two 4-warp blocks. With one block per SM the shared memory beyond a
 // single K/V buffer is free, hence double buffering there.
 //

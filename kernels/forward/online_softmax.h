@@ -1,6 +1,6 @@
 // online_softmax.h: the running row max and row sum of flash attention, per thread.
 //
-// A thread holds two rows of its warp's 16 (g and g + 8, "halves" 0 and 1) and, of each, the columns
+// A thread holds two rows of its warp's 16 (g and g + 8, row_half 0 and 1) and, of each, the columns
 // 2t, 2t + 1 of every 8-column tile. The scale is folded into the exponent: with scale_log2 =
 // scale * log2(e), p = 2^(s * scale_log2 - m * scale_log2) = e^(scale (s - m)), one FMA and one ex2 per
 // score. The max is reduced over the quad every tile (all lanes of a row must subtract the same max);
@@ -29,44 +29,46 @@ struct OnlineSoftmax {
     template <int N_TILES_S, int N_TILES_O>
     GSDPA_DEVICE void update(float (&s)[N_TILES_S][4], float (&acc_o)[N_TILES_O][4], float scale_log2) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            float m = row_max[half];
+        for (int row_half = 0; row_half < 2; ++row_half) {
+            float m = row_max[row_half];
 #pragma unroll
-            for (int nt = 0; nt < N_TILES_S; ++nt) m = fmaxf(m, fmaxf(s[nt][2 * half], s[nt][2 * half + 1]));
+            for (int nt = 0; nt < N_TILES_S; ++nt) {
+                m = fmaxf(m, fmaxf(s[nt][2 * row_half], s[nt][2 * row_half + 1]));
+            }
             m = quad_max(m);
             const float base = m == -INFINITY ? 0.0f : m * scale_log2;
             // m_old = -inf (nothing seen yet): 2^-inf = 0, and acc_o and row_sum are 0 anyway.
-            const float correction = fast_exp2(row_max[half] * scale_log2 - base);
-            row_max[half] = m;
-            row_sum[half] *= correction;
+            const float correction = fast_exp2(row_max[row_half] * scale_log2 - base);
+            row_max[row_half] = m;
+            row_sum[row_half] *= correction;
 #pragma unroll
             for (int nt = 0; nt < N_TILES_O; ++nt) {
-                acc_o[nt][2 * half] *= correction;
-                acc_o[nt][2 * half + 1] *= correction;
+                acc_o[nt][2 * row_half] *= correction;
+                acc_o[nt][2 * row_half + 1] *= correction;
             }
             float sum = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < N_TILES_S; ++nt) {
 #pragma unroll
-                for (int i = 2 * half; i < 2 * half + 2; ++i) {
+                for (int i = 2 * row_half; i < 2 * row_half + 2; ++i) {
                     s[nt][i] = fast_exp2(fmaf(s[nt][i], scale_log2, -base));
                     sum += s[nt][i];
                 }
             }
-            row_sum[half] += sum;
+            row_sum[row_half] += sum;
         }
     }
 
-    // Completes the row sums over the quad. Returns, per half, 1 / l (0 for a row that saw nothing, so its
-    // output is 0) and the natural-log LSE, scale * m + ln(l) (-inf for a row that saw nothing). Warp
+    // Completes the row sums over the quad. Returns, per row half, 1 / l (0 for a row that saw nothing, so
+    // its output is 0) and the natural-log LSE, scale * m + ln(l) (-inf for a row that saw nothing). Warp
     // collective.
     GSDPA_DEVICE void finish(float scale_log2, float (&inv_sum)[2], float (&lse)[2]) {
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const float l = quad_sum(row_sum[half]);
-            const bool empty = l == 0.0f || row_max[half] == -INFINITY;
-            inv_sum[half] = empty ? 0.0f : 1.0f / l;
-            lse[half] = empty ? -INFINITY : (row_max[half] * scale_log2 + log2f(l)) * 0.69314718055994531f;
+        for (int row_half = 0; row_half < 2; ++row_half) {
+            const float l = quad_sum(row_sum[row_half]);
+            const bool empty = l == 0.0f || row_max[row_half] == -INFINITY;
+            inv_sum[row_half] = empty ? 0.0f : 1.0f / l;
+            lse[row_half] = empty ? -INFINITY : (row_max[row_half] * scale_log2 + log2f(l)) * kLn2;
         }
     }
 };

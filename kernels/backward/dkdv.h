@@ -1,0 +1,159 @@
+// dkdv.h: the dK / dV kernel (and, in fast mode, dQ by atomics). Grid (ceil(seqlen_k / BLOCK_N), heads_kv,
+// batch). One block owns BLOCK_N keys of one kv head and loops over (query head of the group, query
+// tile); dK and dV stay in registers for the whole loop. Tiles, warp grids and the shared-memory layout:
+// backward/traits.h (DkdvTraits); the launch sequence: docs/backward.md.
+//
+// Per iteration (one query tile of one query head):
+//   S = Q K^T, dP = dO V^T                 (score warp grid, both operands from shared memory)
+//   P, dS = P * (dP - Delta)               (backward/softmax_grad.h), written to shared memory
+//   dV += P^T dO, dK += dS^T Q             (dK/dV warp grid, A transposed from the [query][key] tiles)
+//   fast mode: dq_accum += scale * dS K    (dQ warp grid, f32 atomics)
+// Q is double-buffered; dO is refilled once dV += P^T dO has consumed it.
+#pragma once
+
+#include "softmax_grad.h"
+
+namespace gsdpa {
+namespace bwd {
+
+template <class T, int D>
+GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
+    using Tr = DkdvTraits<T, D>;
+    constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, THREADS = Tr::THREADS, PC = Tr::P_DS_TILE_COLS;
+    // mma tiles per warp along each dimension of the three GEMM outputs (traits.h).
+    constexpr int SCORE_TM = Tr::SCORE_WARP_TILES_M, SCORE_TN = Tr::SCORE_WARP_TILES_N;
+    constexpr int DKDV_TN = Tr::DKDV_WARP_TILES_N, DKDV_TD = Tr::DKDV_WARP_TILES_D;
+    constexpr int DQ_TM = Tr::DQ_WARP_TILES_M, DQ_TD = Tr::DQ_WARP_TILES_D;
+    const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+    const int hkv = int(blockIdx.y), b = int(blockIdx.z);
+    const SeqlenInfo seq(p, b);
+    const int n0 = int(blockIdx.x) * BN;
+    if (n0 >= seq.seqlen_k) return;  // varlen: a shorter sequence (uniform over the block)
+    const int keys = tmin(BN, seq.seqlen_k - n0);
+    const int group = p.heads_q / p.heads_kv;
+    const bool causal = p.causal != 0;
+
+    // Query tiles to visit: with causal masking, the rows before the first that sees key n0 see none of
+    // this block's keys.
+    const int m_first = first_row_seeing_key(n0, seq, causal) / BM;
+    const int per_head = tmax(0, ceil_div(seq.seqlen_q, BM) - m_first);
+    const int iters = group * per_head;
+
+    T *smem = reinterpret_cast<T *>(dynamic_smem());
+    T *sK = smem + Tr::SMEM_K;
+    T *sV = smem + Tr::SMEM_V;
+    T *sQ = smem + Tr::SMEM_Q;
+    T *sdO = smem + Tr::SMEM_DO;
+    T *sP = smem + Tr::SMEM_P;
+    T *sdS = smem + Tr::SMEM_DS;
+
+    const T *q_base = static_cast<const T *>(p.q);
+    const T *do_base = grad_out_base<T>(p);
+    const GsdpaStrides do_stride = grad_out_stride(p);
+
+    // Iteration it visits query head h = hkv * group + it / per_head, rows from m0.
+    auto tile_head = [&](int it) { return hkv * group + it / per_head; };
+    auto tile_m0 = [&](int it) { return (m_first + it % per_head) * BM; };
+    auto load_q = [&](int it, T *dst) {
+        const int h = tile_head(it), m0 = tile_m0(it);
+        cp_async_tile<BM, D, THREADS>(dst, q_base + seq.q_offset(p.q_stride, m0, h), p.q_stride.row,
+                                      seq.seqlen_q - m0, tid);
+    };
+    auto load_do = [&](int it) {
+        const int h = tile_head(it), m0 = tile_m0(it);
+        cp_async_tile<BM, D, THREADS>(sdO, do_base + seq.q_offset(do_stride, m0, h), do_stride.row,
+                                      seq.seqlen_q - m0, tid);
+    };
+
+    cp_async_tile<BN, D, THREADS>(sK, static_cast<const T *>(p.k) + seq.k_offset(p.k_stride, n0, hkv),
+                                  p.k_stride.row, keys, tid);
+    cp_async_tile<BN, D, THREADS>(sV, static_cast<const T *>(p.v) + seq.k_offset(p.v_stride, n0, hkv),
+                                  p.v_stride.row, keys, tid);
+    if (iters > 0) {
+        load_q(0, sQ);
+        load_do(0);
+    }
+    cp_async_commit();
+
+    // This warp's tile origin in each of the three output shapes (see traits.h).
+    const int score_m0 = (warp / Tr::SCORE_WARPS_N) * SCORE_TM * 16;
+    const int score_n0 = (warp % Tr::SCORE_WARPS_N) * SCORE_TN * 8;
+    const int dkdv_n0 = (warp / Tr::DKDV_WARPS_D) * DKDV_TN * 16;
+    const int dkdv_d0 = (warp % Tr::DKDV_WARPS_D) * DKDV_TD * 8;
+    const int dq_m0 = (warp / Tr::DQ_WARPS_D) * DQ_TM * 16;
+    const int dq_d0 = (warp % Tr::DQ_WARPS_D) * DQ_TD * 8;
+
+    float acc_dk[DKDV_TN][DKDV_TD][4], acc_dv[DKDV_TN][DKDV_TD][4];
+    zero_acc(acc_dk);
+    zero_acc(acc_dv);
+
+    for (int it = 0; it < iters; ++it) {
+        const int h = tile_head(it), m0 = tile_m0(it);
+        T *sQ_cur = sQ + (it & 1) * BM * D;
+        cp_async_wait<0>();
+        __syncthreads();  // Q(it), dO(it) (and K, V) landed; every warp is done with iteration it - 1
+        if (it + 1 < iters) load_q(it + 1, sQ + ((it + 1) & 1) * BM * D);
+        cp_async_commit();
+
+        float lse2[SCORE_TM][2], delta[SCORE_TM][2];
+        const int64_t lse0 = seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, h);
+        load_row_stats<Tr>(lse2, delta, p, lse0, m0 + score_m0, seq.seqlen_q, lane);
+
+        // S = Q K^T and dP = dO V^T: K and V stored [key][dim] = [n][k].
+        float s[SCORE_TM][SCORE_TN][4], dp[SCORE_TM][SCORE_TN][4];
+        zero_acc(s);
+        zero_acc(dp);
+        warp_gemm<T, SCORE_TM, SCORE_TN, D / 16, false, false, D, D>(s, sQ_cur, score_m0, 0, sK, score_n0, 0, lane);
+        warp_gemm<T, SCORE_TM, SCORE_TN, D / 16, false, false, D, D>(dp, sdO, score_m0, 0, sV, score_n0, 0, lane);
+        const bool mask = tile_needs_mask<BN>(n0, m0, seq, causal);
+        softmax_grad<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
+        store_acc<PC>(sP, s, score_m0, score_n0, 1.0f, lane);
+        store_acc<PC>(sdS, dp, score_m0, score_n0, 1.0f, lane);
+        __syncthreads();  // P, dS complete
+
+        // dV += P^T dO: A = P^T from the [query][key] tile, B = dO stored [query][dim] = [k][n].
+        warp_gemm<T, DKDV_TN, DKDV_TD, BM / 16, true, true, PC, D>(acc_dv, sP, dkdv_n0, 0, sdO, dkdv_d0, 0, lane);
+        __syncthreads();  // every warp is done with dO(it): refill it
+        if (it + 1 < iters) load_do(it + 1);
+        cp_async_commit();
+
+        // dK += dS^T Q (scaled at the end).
+        warp_gemm<T, DKDV_TN, DKDV_TD, BM / 16, true, true, PC, D>(acc_dk, sdS, dkdv_n0, 0, sQ_cur, dkdv_d0, 0, lane);
+
+        if (p.deterministic == 0) {
+            // dQ(rows of this tile) += scale * dS K: A = dS [query][key], B = K stored [key][dim] = [k][n].
+            float dq[DQ_TM][DQ_TD][4];
+            zero_acc(dq);
+            warp_gemm<T, DQ_TM, DQ_TD, BN / 16, false, true, PC, D>(dq, sdS, dq_m0, 0, sK, dq_d0, 0, lane);
+#pragma unroll
+            for (int mi = 0; mi < DQ_TM; ++mi) {
+#pragma unroll
+                for (int row_half = 0; row_half < 2; ++row_half) {
+                    const int row = m0 + dq_m0 + mi * 16 + (lane >> 2) + 8 * row_half;
+                    if (row < seq.seqlen_q) {
+                        float *dst = p.dq_accum + seq.q_offset(p.ws_stride, row, h) + dq_d0 + 2 * (lane & 3);
+#pragma unroll
+                        for (int ni = 0; ni < DQ_TD; ++ni) {
+                            atomicAdd(dst + ni * 8, p.scale * dq[mi][ni][2 * row_half]);
+                            atomicAdd(dst + ni * 8 + 1, p.scale * dq[mi][ni][2 * row_half + 1]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Epilogue: stage dK (scaled) in the K region and dV in the V region, then 16-byte coalesced stores.
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done reading K (dQ) and Q
+    store_acc<D>(sK, acc_dk, dkdv_n0, dkdv_d0, p.scale, lane);
+    store_acc<D>(sV, acc_dv, dkdv_n0, dkdv_d0, 1.0f, lane);
+    __syncthreads();
+    store_tile<BN, D, THREADS>(static_cast<T *>(p.dk) + seq.k_offset(p.dk_stride, n0, hkv), p.dk_stride.row, sK,
+                               keys, tid);
+    store_tile<BN, D, THREADS>(static_cast<T *>(p.dv) + seq.k_offset(p.dv_stride, n0, hkv), p.dv_stride.row, sV,
+                               keys, tid);
+}
+
+}  // namespace bwd
+}  // namespace gsdpa

@@ -1,0 +1,110 @@
+// dq.h: the deterministic dQ kernel. Grid (ceil(seqlen_q / BLOCK_M), heads_q, batch). One block owns
+// BLOCK_M query rows of one head and loops over the key tiles in order, dQ in registers: no atomics, the
+// same sums in the same order on every run. Tiles, warp grids and the shared-memory layout:
+// backward/traits.h (DqTraits); the launch sequence: docs/backward.md.
+//
+// Per key tile: S = Q K^T, dP = dO V^T, dS = P * (dP - Delta) (backward/softmax_grad.h) through shared
+// memory, dQ += dS K. K is double-buffered (read by S = Q K^T and again by dQ += dS K); V is refilled
+// once dS is known.
+#pragma once
+
+#include "softmax_grad.h"
+
+namespace gsdpa {
+namespace bwd {
+
+template <class T, int D>
+GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
+    using Tr = DqTraits<T, D>;
+    constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, THREADS = Tr::THREADS, PC = Tr::P_DS_TILE_COLS;
+    // mma tiles per warp along each dimension of the two GEMM outputs (traits.h).
+    constexpr int SCORE_TM = Tr::SCORE_WARP_TILES_M, SCORE_TN = Tr::SCORE_WARP_TILES_N;
+    constexpr int DQ_TM = Tr::DQ_WARP_TILES_M, DQ_TD = Tr::DQ_WARP_TILES_D;
+    const int tid = int(threadIdx.x), lane = tid & 31, warp = tid >> 5;
+    const int h = int(blockIdx.y), b = int(blockIdx.z);
+    const SeqlenInfo seq(p, b);
+    const int m0 = int(blockIdx.x) * BM;
+    if (m0 >= seq.seqlen_q) return;  // varlen: a shorter sequence (uniform over the block)
+    const int rows = tmin(BM, seq.seqlen_q - m0);
+    const int hkv = h / (p.heads_q / p.heads_kv);
+    const bool causal = p.causal != 0;
+    // Key tiles [0, n_tiles) hold a key visible to some row of the tile (the last row sees the most).
+    const int n_tiles = key_tile_count<BM, BN>(m0, seq, causal);
+
+    T *smem = reinterpret_cast<T *>(dynamic_smem());
+    T *sQ = smem + Tr::SMEM_Q;
+    T *sdO = smem + Tr::SMEM_DO;
+    T *sK = smem + Tr::SMEM_K;
+    T *sV = smem + Tr::SMEM_V;
+    T *sdS = smem + Tr::SMEM_DS;
+
+    const T *k_base = static_cast<const T *>(p.k);
+    const T *v_base = static_cast<const T *>(p.v);
+    auto load_k = [&](int n, T *dst) {
+        cp_async_tile<BN, D, THREADS>(dst, k_base + seq.k_offset(p.k_stride, n * BN, hkv), p.k_stride.row,
+                                      seq.seqlen_k - n * BN, tid);
+    };
+    auto load_v = [&](int n) {
+        cp_async_tile<BN, D, THREADS>(sV, v_base + seq.k_offset(p.v_stride, n * BN, hkv), p.v_stride.row,
+                                      seq.seqlen_k - n * BN, tid);
+    };
+
+    const GsdpaStrides do_stride = grad_out_stride(p);
+    cp_async_tile<BM, D, THREADS>(sQ, static_cast<const T *>(p.q) + seq.q_offset(p.q_stride, m0, h), p.q_stride.row,
+                                  rows, tid);
+    cp_async_tile<BM, D, THREADS>(sdO, grad_out_base<T>(p) + seq.q_offset(do_stride, m0, h), do_stride.row, rows,
+                                  tid);
+    if (n_tiles > 0) {
+        load_k(0, sK);
+        load_v(0);
+    }
+    cp_async_commit();
+
+    // This warp's tile origin in each of the two output shapes (see traits.h).
+    const int score_m0 = (warp / Tr::SCORE_WARPS_N) * SCORE_TM * 16;
+    const int score_n0 = (warp % Tr::SCORE_WARPS_N) * SCORE_TN * 8;
+    const int dq_m0 = (warp / Tr::DQ_WARPS_D) * DQ_TM * 16;
+    const int dq_d0 = (warp % Tr::DQ_WARPS_D) * DQ_TD * 8;
+
+    float lse2[SCORE_TM][2], delta[SCORE_TM][2];
+    load_row_stats<Tr>(lse2, delta, p, seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, h), m0 + score_m0,
+                       seq.seqlen_q, lane);
+
+    float acc_dq[DQ_TM][DQ_TD][4];
+    zero_acc(acc_dq);
+
+    for (int n = 0; n < n_tiles; ++n) {
+        const int n0 = n * BN;
+        T *sK_cur = sK + (n & 1) * BN * D;
+        cp_async_wait<0>();
+        __syncthreads();  // K(n), V(n) (and Q, dO) landed; every warp is done with iteration n - 1
+        if (n + 1 < n_tiles) load_k(n + 1, sK + ((n + 1) & 1) * BN * D);
+        cp_async_commit();
+
+        // S = Q K^T and dP = dO V^T: K and V stored [key][dim] = [n][k].
+        float s[SCORE_TM][SCORE_TN][4], dp[SCORE_TM][SCORE_TN][4];
+        zero_acc(s);
+        zero_acc(dp);
+        warp_gemm<T, SCORE_TM, SCORE_TN, D / 16, false, false, D, D>(s, sQ, score_m0, 0, sK_cur, score_n0, 0, lane);
+        warp_gemm<T, SCORE_TM, SCORE_TN, D / 16, false, false, D, D>(dp, sdO, score_m0, 0, sV, score_n0, 0, lane);
+        const bool mask = tile_needs_mask<BN>(n0, m0, seq, causal);
+        softmax_grad<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
+        store_acc<PC>(sdS, dp, score_m0, score_n0, 1.0f, lane);
+        __syncthreads();  // dS complete; every warp is done with V(n): refill it
+        if (n + 1 < n_tiles) load_v(n + 1);
+        cp_async_commit();
+
+        // dQ += dS K: A = dS [query][key], B = K stored [key][dim] = [k][n] (scaled at the end).
+        warp_gemm<T, DQ_TM, DQ_TD, BN / 16, false, true, PC, D>(acc_dq, sdS, dq_m0, 0, sK_cur, dq_d0, 0, lane);
+    }
+
+    cp_async_wait<0>();
+    __syncthreads();  // every warp is done reading Q's region (and K)
+    store_acc<D>(sQ, acc_dq, dq_m0, dq_d0, p.scale, lane);
+    __syncthreads();
+    store_tile<BM, D, THREADS>(static_cast<T *>(p.dq) + seq.q_offset(p.dq_stride, m0, h), p.dq_stride.row, sQ, rows,
+                               tid);
+}
+
+}  // namespace bwd
+}  // namespace gsdpa

@@ -1,0 +1,70 @@
+// mask.h: which keys a query row may see, which tiles a block visits, and the masking of a score tile.
+// Shared by the forward and the backward kernels.
+//
+// Query i of a sequence sees key j iff j < seqlen_k and, when causal, j <= i + causal_diagonal()
+// (bottom-right aligned, lengths of the current sequence: common/seqlen_info.h, docs/conventions.md).
+// Everything is phrased through a row's "key limit", the last key it may see (< 0: none); a key tile
+// needs per-element masking only if it reaches past the smallest key limit among the block's rows.
+#pragma once
+
+#include "primitives.h"
+#include "seqlen_info.h"
+
+namespace gsdpa {
+
+// The last key query row `row` may see (-1 or less when it sees none).
+GSDPA_DEVICE int key_limit(int row, const SeqlenInfo &seq, bool causal) {
+    const int last = seq.seqlen_k - 1;
+    return causal ? tmin(last, row + seq.causal_diagonal()) : last;
+}
+
+// The first query row that sees key `key` at all (causal; every row does otherwise). Rows before it can be
+// skipped by a block that owns keys from `key` on.
+GSDPA_DEVICE int first_row_seeing_key(int key, const SeqlenInfo &seq, bool causal) {
+    return causal ? tmax(0, key - seq.causal_diagonal()) : 0;
+}
+
+// Whether query row `row` may see key `key`, i.e. key <= key_limit(row, seq, causal), spelled as two
+// compares for the backward's per-element test (evaluated for every score of a masked tile): with
+// key_limit's min there, ptxas gives the dQ kernel about 45 more registers at D = 128.
+GSDPA_DEVICE bool key_visible(int key, int row, const SeqlenInfo &seq, bool causal) {
+    return key < seq.seqlen_k && !(causal && key > row + seq.causal_diagonal());
+}
+
+// Number of BLOCK_N key tiles the block whose first query row is m0 must visit: tiles [0, count).
+// With causal masking the tiles after the one holding the block's last real row's key limit are skipped.
+template <int BLOCK_M, int BLOCK_N>
+GSDPA_DEVICE int key_tile_count(int m0, const SeqlenInfo &seq, bool causal) {
+    const int last_row = tmin(m0 + BLOCK_M, seq.seqlen_q) - 1;
+    const int limit = key_limit(last_row, seq, causal);
+    return limit < 0 ? 0 : limit / BLOCK_N + 1;
+}
+
+// Whether the BLOCK_N-key tile starting at key0 can contain a key that some row of the block (first row
+// m0) must not see: the partial last tile, or (causal) a tile reaching past the first row's key limit
+// (the smallest of the block's). Uniform over the block.
+template <int BLOCK_N>
+GSDPA_DEVICE bool tile_needs_mask(int key0, int m0, const SeqlenInfo &seq, bool causal) {
+    const int last_key = key0 + BLOCK_N - 1;
+    return last_key > key_limit(m0, seq, causal);
+}
+
+// The key of element e (0..3) of a lane's part of the 16 x 8 accumulator tile whose first key is key0
+// (C layout, common/primitives.h: columns 2t and 2t + 1, t = lane % 4).
+GSDPA_DEVICE int c_frag_key(int key0, int e, int lane) { return key0 + 2 * (lane & 3) + (e & 1); }
+
+// Sets to -inf the scores of one warp's 16 x (8 N_TILES) tile (key0 = first key of the tile) that lie
+// past their row's key limit; limit[row_half] is the limit of row g (row_half 0) or g + 8 (row_half 1)
+// of the warp's 16 rows.
+template <int N_TILES>
+GSDPA_DEVICE void mask_scores(float (&s)[N_TILES][4], int key0, const int (&limit)[2], int lane) {
+#pragma unroll
+    for (int nt = 0; nt < N_TILES; ++nt) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            if (c_frag_key(key0 + nt * 8, e, lane) > limit[e >> 1]) s[nt][e] = -INFINITY;
+        }
+    }
+}
+
+}  // namespace gsdpa
