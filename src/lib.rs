@@ -92,6 +92,8 @@ pub mod ffi;
 pub mod launch;
 pub mod problem;
 pub mod reference;
+#[doc(hidden)]
+pub mod sass;
 pub mod tensor;
 pub mod validate;
 
