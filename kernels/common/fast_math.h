@@ -1,9 +1,10 @@
 // fast_math.h: the gate's special functions, branch-free on the GPU.
 //
 // sigmoid(x) = 1 / (1 + 2^(-x log2 e)) with both steps on the special-function unit: one MUFU.EX2 and
-// one MUFU.RCP per element, no IEEE division. nvcc's `1.0f / y` is a division with a range check (FCHK),
-// a branch and a CALL to a slow-path subroutine per element; this is two instructions plus the scaling
-// multiply and the add. docs/sass.md shows how to check that in the machine code.
+// one MUFU.RCP per element, no IEEE division. nvcc compiles `1.0f / y` to a range check on y's exponent,
+// a branch, MUFU.RCP with a Newton step, and a CALL to a slow-path subroutine for out-of-range y, per
+// element; this is the two MUFU plus the scaling multiply and the add. docs/sass.md shows how to check
+// that in the machine code (`gsdpa sass`).
 //
 // Like primitives.h, each wrapper is a line of inline PTX on the GPU and the same formula in plain C++
 // on the host (the emulator), so emulated kernels run the formula the GPU runs, with exactly rounded
