@@ -17,3 +17,15 @@ CUDA_HOME=$(_gsdpa_cuda_home)
 export CUDA_HOME
 "$CUDA_HOME/bin/nvcc" --version | tail -2
 unset -f _gsdpa_cuda_home
+
+# The disassembler behind the SASS analysis (src/sass.rs, tests/sass.rs, `gsdpa sass`; docs/sass.md):
+# cuobjdump and nvdisasm land in $CUDA_HOME/bin next to nvcc. 13.2.86 is pinned because NVIDIA
+# publishes no 13.0 build of these wheels; it reads 13.0's SASS.
+_gsdpa_disasm_version=13.2.86
+if ! "$CUDA_HOME/bin/cuobjdump" --version 2>/dev/null | grep -q "V$_gsdpa_disasm_version"; then
+    echo "== installing cuobjdump/nvdisasm $_gsdpa_disasm_version from PyPI into .cuda-venv"
+    "$_gsdpa_venv/bin/pip" install -q --no-input --disable-pip-version-check \
+        nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86
+fi
+"$CUDA_HOME/bin/cuobjdump" --version | tail -1
+unset _gsdpa_disasm_version

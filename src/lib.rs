@@ -98,6 +98,8 @@ pub mod ffi;
 pub mod launch;
 pub mod problem;
 pub mod reference;
+#[doc(hidden)]
+pub mod sass;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testing;

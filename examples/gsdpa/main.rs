@@ -9,6 +9,7 @@
 //! gsdpa backward <forward flags> --dy dy.npy --out-dir DIR [--deterministic]
 //! gsdpa demo [--backend NAME] [--seqlen N]
 //! gsdpa bench [--json] [--shape NAME]
+//! gsdpa sass [--json] [--arch sm_80] [--kernel PATTERN] [--fatbin FILE]
 //! ```
 //! Bad input: one line on stderr naming the problem, exit code 2, no output file touched. Outputs are
 //! all-or-nothing: every destination is checked before computing and the files appear together at the
@@ -22,6 +23,7 @@ mod demo;
 mod info;
 mod npy;
 mod outputs;
+mod sass;
 #[cfg(test)]
 mod tests;
 
@@ -51,6 +53,8 @@ usage:
       best backend here, checked against the CPU reference
   gsdpa bench [--json] [--shape NAME]
       forward TFLOP/s, gate overhead and fused-vs-unfused speedup (needs a GPU)
+  gsdpa sass [--json] [--arch sm_80] [--kernel PATTERN] [--fatbin FILE]
+      static SASS analysis (needs cuobjdump): main-loop instruction mix, occupancy, budgets
 
 Arrays are little-endian float32 or float64 .npy in C order: q [B,Sq,Hq,D], k/v [B,Sk,Hkv,D],
 g [B,Sq,Hq,D] or [B,Sq,Hq], qg [B,Sq,Hq,2D] (each head [q_h | g_h], as Qwen3-Next's q_proj output).
@@ -113,6 +117,7 @@ fn run(args: &[String]) -> Result<(), CliError> {
         "backward" => attention::backward(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
+        "sass" => sass::run(rest),
         "help" | "--help" | "-h" => {
             println!("{USAGE}");
             Ok(())

@@ -124,8 +124,7 @@ GSDPA_DEVICE float fast_exp2(float x) {
 #endif
 }
 
-// 1 / (1 + e^-x), written so that large |x| neither overflows nor produces NaN.
-GSDPA_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + fast_exp2(-x * kLog2e)); }
+// sigmoid and 1 / x: fast_math.h.
 
 // ---------------------------------------------------------------------------------------------------
 // Shared memory. Kernels use dynamic shared memory only (the emulator cannot see static __shared__

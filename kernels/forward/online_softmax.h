@@ -7,9 +7,11 @@
 // the sum stays a per-lane partial until finish().
 //
 // Rows that have seen no key yet keep m = -inf; the exponent base then is 0 instead of -inf * scale, so
-// no -inf - (-inf) = NaN appears (masked scores are -inf and give p = 0). Requires scale > 0.
+// no -inf - (-inf) = NaN appears (masked scores are -inf and give p = 0). Requires 0 < scale <= 2^16
+// (validation: MAX_SOFTMAX_SCALE), so that s * scale_log2 stays finite for every finite-range score.
 #pragma once
 
+#include "../common/fast_math.h"
 #include "kernel_traits.h"
 
 namespace gsdpa {
@@ -67,7 +69,8 @@ struct OnlineSoftmax {
         for (int row_half = 0; row_half < 2; ++row_half) {
             const float l = quad_sum(row_sum[row_half]);
             const bool empty = l == 0.0f || row_max[row_half] == -INFINITY;
-            inv_sum[row_half] = empty ? 0.0f : 1.0f / l;
+            // l >= 1 here (the lane holding the row max adds 2^0), far from rcp.approx's flush-to-zero range.
+            inv_sum[row_half] = empty ? 0.0f : fast_rcp(l);
             lse[row_half] = empty ? -INFINITY : (row_max[row_half] * scale_log2 + log2f(l)) * kLn2;
         }
     }

@@ -1,0 +1,117 @@
+//! The kernels' machine code against their budgets (src/sass/budgets.rs; docs/sass.md): the main loop's
+//! non-HMMA per HMMA, LDSM per HMMA, integer/predicate instructions and blocks per SM, each under its
+//! enforced ceiling (its target is printed, met or not), and the gate rule: no kernel that applies the
+//! gate calls a slow-path subroutine (an IEEE division's) beyond the allowances listed with the budgets.
+//!
+//! Needs the embedded fatbin and `cuobjdump` (scripts/nvcc-env.sh installs it next to nvcc). Without
+//! them the tests print why and pass, unless `GSDPA_REQUIRE_NVCC=1` (as in CI), where they fail.
+
+use std::sync::OnceLock;
+
+use gated_sdpa::build_info;
+use gated_sdpa::sass::{self, budgets, KernelReport};
+
+/// The analysis of the embedded fatbin, once per test binary (cuobjdump takes a few seconds), or why
+/// there is none.
+fn reports() -> Option<&'static [KernelReport]> {
+    static REPORTS: OnceLock<Result<Vec<KernelReport>, String>> = OnceLock::new();
+    let result = REPORTS.get_or_init(|| {
+        sass::dump_embedded()
+            .map(|listing| sass::analyze(&listing))
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(reports) => Some(reports),
+        Err(reason) => {
+            let required = build_info::nvcc_required()
+                || std::env::var("GSDPA_REQUIRE_NVCC").is_ok_and(|v| v == "1");
+            assert!(
+                !required,
+                "GSDPA_REQUIRE_NVCC=1 but the SASS analysis cannot run: {reason}"
+            );
+            eprintln!("skipped: {reason}");
+            None
+        }
+    }
+}
+
+#[test]
+fn main_loops_stay_within_their_budgets() {
+    let Some(reports) = reports() else { return };
+    print!("{}", sass::table(reports));
+    let checks = budgets::check(reports);
+    print!("{}", budgets::table(&checks));
+    let met = checks.iter().filter(|c| c.target_met()).count();
+    println!("targets met: {met} of {}", checks.len());
+    let exceeded: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.within_ceiling())
+        .map(|c| {
+            format!(
+                "{} {} {}: {:?} against ceiling {}",
+                c.kernel, c.arch, c.metric, c.value, c.limit.ceiling
+            )
+        })
+        .collect();
+    assert!(
+        exceeded.is_empty(),
+        "budgets exceeded (src/sass/budgets.rs):\n{}",
+        exceeded.join("\n")
+    );
+}
+
+#[test]
+fn every_attention_kernel_on_a_budgeted_arch_has_a_budget() {
+    let Some(reports) = reports() else { return };
+    let attention = |name: &str| {
+        ["gsdpa_fwd_", "gsdpa_bwd_dkdv_", "gsdpa_bwd_dq_"]
+            .iter()
+            .any(|p| name.starts_with(p))
+            && !name.starts_with("gsdpa_bwd_dq_convert_")
+    };
+    let budgeted_archs: Vec<&str> = budgets::BUDGETS.iter().map(|b| b.arch).collect();
+    let missing: Vec<String> = reports
+        .iter()
+        .filter(|r| attention(&r.name) && budgeted_archs.contains(&r.arch.as_str()))
+        .filter(|r| {
+            !budgets::BUDGETS
+                .iter()
+                .any(|b| b.kernel == r.name && b.arch == r.arch)
+        })
+        .map(|r| format!("{} ({})", r.name, r.arch))
+        .collect();
+    assert!(missing.is_empty(), "kernels without a budget: {missing:?}");
+    // And every attention kernel has a main loop the rule finds, with HMMA in it.
+    for r in reports.iter().filter(|r| attention(&r.name)) {
+        assert!(
+            r.main_loop.is_some(),
+            "{} ({}): no loop with HMMA found",
+            r.name,
+            r.arch
+        );
+    }
+}
+
+#[test]
+fn gated_kernels_call_no_division_slow_path() {
+    let Some(reports) = reports() else { return };
+    let gated: Vec<&KernelReport> = reports.iter().filter(|r| sass::is_gated(&r.name)).collect();
+    assert!(!gated.is_empty(), "no gated kernel in the fatbin");
+    for r in &gated {
+        println!(
+            "{:<28} {:<7} slow-path calls {:>2} (allowed {}), shuffle subroutine calls {}, MUFU {:?}",
+            r.name,
+            r.arch,
+            r.slow_path_calls().len(),
+            budgets::allowed_slow_path_calls(&r.name),
+            r.subroutine_calls.len() - r.slow_path_calls().len(),
+            r.total.mufu
+        );
+    }
+    let violations = budgets::gate_violations(reports);
+    assert!(
+        violations.is_empty(),
+        "gate rule violated:\n{}",
+        violations.join("\n")
+    );
+}
