@@ -740,12 +740,12 @@ pub fn launch_shapes() -> BTreeMap<String, LaunchShape> {
     };
     for dtype in [DType::BF16, DType::F16] {
         for head_dim in crate::SUPPORTED_HEAD_DIMS {
-            let problem = AttentionProblem::new(1, 128, 128, 1, 1, head_dim).dtype(dtype);
-            if let Ok(config) = launch::forward(&problem) {
+            let problem = AttentionProblem::new(1, 128, 128, 1, 1, head_dim);
+            if let Ok(config) = launch::forward(&problem, dtype) {
                 add(config);
             }
             for deterministic in [false, true] {
-                for config in launch::backward(&problem, deterministic).unwrap_or_default() {
+                for config in launch::backward(&problem, dtype, deterministic).unwrap_or_default() {
                     add(config);
                 }
             }

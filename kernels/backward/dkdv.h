@@ -51,16 +51,26 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     const T *do_base = grad_out_base<T>(p);
     const GsdpaStrides do_stride = grad_out_stride(p);
 
-    // Iteration it visits query head h = hkv * group + it / per_head, rows from m0.
-    auto tile_head = [&](int it) { return hkv * group + it / per_head; };
-    auto tile_m0 = [&](int it) { return (m_first + it % per_head) * BM; };
-    auto load_q = [&](int it, T *dst) {
-        const int h = tile_head(it), m0 = tile_m0(it);
+    // The (query head, query tile) pairs are visited head by head: a tile position advances by one query
+    // tile, wrapping to the next head of the group after per_head tiles (no division in the loop).
+    struct TilePos {
+        int h, m0;
+    };
+    auto next_tile = [&](TilePos t) {
+        t.m0 += BM;
+        if (t.m0 == (m_first + per_head) * BM) {
+            t.m0 = m_first * BM;
+            ++t.h;
+        }
+        return t;
+    };
+    auto load_q = [&](TilePos t, T *dst) {
+        const int h = t.h, m0 = t.m0;
         cp_async_tile<BM, D, THREADS>(dst, q_base + seq.q_offset(p.q_stride, m0, h), p.q_stride.row,
                                       seq.seqlen_q - m0, tid);
     };
-    auto load_do = [&](int it) {
-        const int h = tile_head(it), m0 = tile_m0(it);
+    auto load_do = [&](TilePos t) {
+        const int h = t.h, m0 = t.m0;
         cp_async_tile<BM, D, THREADS>(sdO, do_base + seq.q_offset(do_stride, m0, h), do_stride.row,
                                       seq.seqlen_q - m0, tid);
     };
@@ -70,8 +80,8 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     cp_async_tile<BN, D, THREADS>(sV, static_cast<const T *>(p.v) + seq.k_offset(p.v_stride, n0, hkv),
                                   p.v_stride.row, keys, tid);
     if (iters > 0) {
-        load_q(0, sQ);
-        load_do(0);
+        load_q(TilePos{hkv * group, m_first * BM}, sQ);
+        load_do(TilePos{hkv * group, m_first * BM});
     }
     cp_async_commit();
 
@@ -87,12 +97,14 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     zero_acc(acc_dk);
     zero_acc(acc_dv);
 
-    for (int it = 0; it < iters; ++it) {
-        const int h = tile_head(it), m0 = tile_m0(it);
+    TilePos tile{hkv * group, m_first * BM};
+    for (int it = 0; it < iters; ++it, tile = next_tile(tile)) {
+        const int h = tile.h, m0 = tile.m0;
+        const TilePos next = next_tile(tile);
         T *sQ_cur = sQ + (it & 1) * BM * D;
         cp_async_wait<0>();
         __syncthreads();  // Q(it), dO(it) (and K, V) landed; every warp is done with iteration it - 1
-        if (it + 1 < iters) load_q(it + 1, sQ + ((it + 1) & 1) * BM * D);
+        if (it + 1 < iters) load_q(next, sQ + ((it + 1) & 1) * BM * D);
         cp_async_commit();
 
         float lse2[SCORE_TM][2], delta[SCORE_TM][2];
@@ -114,7 +126,7 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
         // dV += P^T dO: A = P^T from the [query][key] tile, B = dO stored [query][dim] = [k][n].
         warp_gemm<T, DKDV_TN, DKDV_TD, BM / 16, true, true, PC, D>(acc_dv, sP, dkdv_n0, 0, sdO, dkdv_d0, 0, lane);
         __syncthreads();  // every warp is done with dO(it): refill it
-        if (it + 1 < iters) load_do(it + 1);
+        if (it + 1 < iters) load_do(next);
         cp_async_commit();
 
         // dK += dS^T Q (scaled at the end).
