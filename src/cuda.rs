@@ -43,6 +43,17 @@ pub struct DeviceMemory<'a, T> {
     _borrow: PhantomData<&'a T>,
 }
 
+impl<T> DeviceMemory<'_, T> {
+    /// A device address and a length in elements, as the validation layer sees them.
+    pub(crate) fn new(addr: u64, len: usize) -> Self {
+        DeviceMemory {
+            addr,
+            len,
+            _borrow: PhantomData,
+        }
+    }
+}
+
 impl<T> Memory for DeviceMemory<'_, T> {
     type Elem = T;
     fn addr(&self) -> usize {
@@ -167,7 +178,7 @@ impl CudaBackend {
     }
 
     /// Launches one kernel with its params struct on `stream`.
-    fn launch<P: DeviceRepr>(
+    pub(crate) fn launch<P: DeviceRepr>(
         &self,
         stream: &CudaStream,
         config: &LaunchConfig,

@@ -90,6 +90,7 @@ pub mod emulator;
 pub mod error;
 pub mod ffi;
 pub mod launch;
+pub mod paged;
 pub mod problem;
 pub mod reference;
 pub mod tensor;
@@ -103,6 +104,10 @@ pub use cuda::CudaBackend;
 pub use emulator::Emulator;
 pub use error::{GsdpaError, Result};
 pub use problem::{Activation, AttentionProblem, DType, GateMode, Varlen, SUPPORTED_HEAD_DIMS};
+pub use paged::{
+    decode_workspace_bytes, num_splits_heuristic, DecodeArgs, DecodeProblem, HostDecodeArgs, NumSplits,
+    PagedKv,
+};
 pub use reference::Reference;
 pub use tensor::{split_q_proj, Element, HostBuffer, Layout, Memory, QProjViews, Tensor};
 pub use validate::{
