@@ -103,11 +103,11 @@ pub use cuda::CudaBackend;
 #[cfg(feature = "emulator")]
 pub use emulator::Emulator;
 pub use error::{GsdpaError, Result};
-pub use problem::{Activation, AttentionProblem, DType, GateMode, Varlen, SUPPORTED_HEAD_DIMS};
 pub use paged::{
-    decode_workspace_bytes, num_splits_heuristic, DecodeArgs, DecodeProblem, HostDecodeArgs, NumSplits,
-    PagedKv,
+    decode_workspace_bytes, num_splits_heuristic, DecodeArgs, DecodeProblem, HostDecodeArgs,
+    NumSplits, PagedKv,
 };
+pub use problem::{Activation, AttentionProblem, DType, GateMode, Varlen, SUPPORTED_HEAD_DIMS};
 pub use reference::Reference;
 pub use tensor::{split_q_proj, Element, HostBuffer, Layout, Memory, QProjViews, Tensor};
 pub use validate::{

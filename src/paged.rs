@@ -250,7 +250,11 @@ pub const HOST_NOMINAL_SM_COUNT: usize = 132;
 /// 85% of the best, among the counts that change the number of key tiles per split.
 /// `max_seqlen_k` bounds the lengths (the host does not know the device lengths; pass the capacity
 /// when nothing better is known).
-pub fn num_splits_heuristic(problem: &DecodeProblem, sm_count: usize, max_seqlen_k: usize) -> usize {
+pub fn num_splits_heuristic(
+    problem: &DecodeProblem,
+    sm_count: usize,
+    max_seqlen_k: usize,
+) -> usize {
     let block_n = problem.block_n().max(1);
     let ctas = problem
         .batch
@@ -278,7 +282,11 @@ pub fn num_splits_heuristic(problem: &DecodeProblem, sm_count: usize, max_seqlen
 }
 
 /// Resolves [`NumSplits`] for `problem` on a device with `sm_count` SMs.
-pub fn resolve_num_splits(problem: &DecodeProblem, splits: NumSplits, sm_count: usize) -> Result<usize> {
+pub fn resolve_num_splits(
+    problem: &DecodeProblem,
+    splits: NumSplits,
+    sm_count: usize,
+) -> Result<usize> {
     let n = match splits {
         NumSplits::Auto => num_splits_heuristic(problem, sm_count, problem.capacity()),
         NumSplits::Fixed(n) => n,
@@ -475,7 +483,11 @@ fn check_tensor<S: Memory>(
         ));
     }
     let elem_bytes = if kind == Kind::Rows32 { 4 } else { 2 };
-    let base_align = if kind == Kind::Vector16 { 16 } else { elem_bytes };
+    let base_align = if kind == Kind::Vector16 {
+        16
+    } else {
+        elem_bytes
+    };
     let misaligned = |reason: String| GsdpaError::Misaligned {
         tensor: name,
         reason,
@@ -730,10 +742,15 @@ where
         v_cache: v.addr as *const c_void,
         block_table: table.addr as *const i32,
         cache_seqlens: seqlens.addr as *const i32,
-        cu_seqlens_q: cu.as_ref().map_or(std::ptr::null(), |c| c.addr as *const i32),
-        g: g.as_ref().map_or(std::ptr::null(), |c| c.addr as *const c_void),
+        cu_seqlens_q: cu
+            .as_ref()
+            .map_or(std::ptr::null(), |c| c.addr as *const i32),
+        g: g.as_ref()
+            .map_or(std::ptr::null(), |c| c.addr as *const c_void),
         y: y.addr as *mut c_void,
-        lse: lse.as_ref().map_or(std::ptr::null_mut(), |c| c.addr as *mut f32),
+        lse: lse
+            .as_ref()
+            .map_or(std::ptr::null_mut(), |c| c.addr as *mut f32),
         o_partial: std::ptr::null_mut(),
         lse_partial: std::ptr::null_mut(),
         status: std::ptr::null_mut(),
@@ -778,7 +795,11 @@ pub fn check_paged_values(
     if cache_seqlens.len() != problem.batch {
         return Err(bad(
             "cache_seqlens",
-            format!("{} lengths for a batch of {}", cache_seqlens.len(), problem.batch),
+            format!(
+                "{} lengths for a batch of {}",
+                cache_seqlens.len(),
+                problem.batch
+            ),
         ));
     }
     let capacity = problem.capacity();
@@ -792,12 +813,10 @@ pub fn check_paged_values(
         let pages = (len as usize).div_ceil(problem.block_size);
         for page in 0..pages {
             let offset = block_table.layout.offset(&[b, page]);
-            let id = *block_table.data.get(offset).ok_or_else(|| {
-                bad(
-                    "block_table",
-                    "the layout addresses past the buffer".into(),
-                )
-            })?;
+            let id = *block_table
+                .data
+                .get(offset)
+                .ok_or_else(|| bad("block_table", "the layout addresses past the buffer".into()))?;
             if id < 0 || id as usize >= problem.num_blocks {
                 return Err(bad(
                     "block_table",
@@ -814,7 +833,10 @@ pub fn check_paged_values(
         if cu.len() != problem.batch + 1 || cu[0] != 0 || cu[problem.batch] as usize != total {
             return Err(bad(
                 "cu_seqlens_q",
-                format!("must be {} prefix sums from 0 to {total}", problem.batch + 1),
+                format!(
+                    "must be {} prefix sums from 0 to {total}",
+                    problem.batch + 1
+                ),
             ));
         }
         for (b, w) in cu.windows(2).enumerate() {
@@ -920,7 +942,11 @@ pub fn decode_f64<T: Element>(
         // The gathered keys: (block, slot) of key j.
         let keys: Vec<(usize, usize)> = (0..seqlen_k)
             .map(|j| {
-                let page = args.kv.block_table.layout.offset(&[b, j / problem.block_size]);
+                let page = args
+                    .kv
+                    .block_table
+                    .layout
+                    .offset(&[b, j / problem.block_size]);
                 (
                     args.kv.block_table.data[page] as usize,
                     j % problem.block_size,
@@ -1100,7 +1126,9 @@ mod emulator_backend {
             params.cu_seqlens_q = cu.as_ref().map_or(std::ptr::null(), |c| c.ptr().cast());
             params.g = g.as_ref().map_or(std::ptr::null(), |c| c.ptr());
             params.y = y.ptr();
-            params.lse = lse.as_ref().map_or(std::ptr::null_mut(), |c| c.ptr().cast());
+            params.lse = lse
+                .as_ref()
+                .map_or(std::ptr::null_mut(), |c| c.ptr().cast());
             params.status = status.ptr().cast();
             set_decode_workspace(
                 &mut params,

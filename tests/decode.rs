@@ -21,7 +21,9 @@ use gated_sdpa::paged::{
     check_paged_values, decode_f64, decode_workspace_bytes, num_splits_heuristic, DecodeArgs,
     DecodeProblem, NumSplits, PagedKv,
 };
-use gated_sdpa::{Activation, Element, GateMode, GsdpaError, HostBuffer, Layout, Reference, Tensor};
+use gated_sdpa::{
+    Activation, Element, GateMode, GsdpaError, HostBuffer, Layout, Reference, Tensor,
+};
 use half::{bf16, f16};
 use rand::{rngs::StdRng, seq::SliceRandom, RngExt, SeedableRng};
 
@@ -134,7 +136,13 @@ enum Backend {
     Reference,
 }
 
-fn run<T: Element>(case: &Case, inputs: &Inputs<T>, table: &[i32], seqlens: &[i32], backend: Backend) -> gated_sdpa::Result<Outputs> {
+fn run<T: Element>(
+    case: &Case,
+    inputs: &Inputs<T>,
+    table: &[i32],
+    seqlens: &[i32],
+    backend: Backend,
+) -> gated_sdpa::Result<Outputs> {
     let p = &case.problem;
     let q_shape = p.q_shape();
     let mut y = HostBuffer::<T>::new(numel(&q_shape));
@@ -159,9 +167,11 @@ fn run<T: Element>(case: &Case, inputs: &Inputs<T>, table: &[i32], seqlens: &[i3
         lse: Some(Tensor::contiguous(lse.as_mut_slice(), &p.lse_shape())),
     };
     let status = match backend {
-        Backend::Emulator(seed) => Emulator::new()
-            .with_seed(seed)
-            .forward_paged(p, &mut args, case.splits)?,
+        Backend::Emulator(seed) => {
+            Emulator::new()
+                .with_seed(seed)
+                .forward_paged(p, &mut args, case.splits)?
+        }
         Backend::Reference => {
             Reference.forward_paged(p, &mut args)?;
             0
@@ -202,7 +212,12 @@ fn tolerance<T: Element>() -> f64 {
 }
 
 /// Compares the rows of sequences `batches` of `got` with the reference `want`.
-fn assert_close<T: Element>(case: &Case, got: &Outputs, want: &gated_sdpa::paged::DecodeResultF64, batches: &[usize]) {
+fn assert_close<T: Element>(
+    case: &Case,
+    got: &Outputs,
+    want: &gated_sdpa::paged::DecodeResultF64,
+    batches: &[usize],
+) {
     let p = &case.problem;
     let (hq, d) = (p.heads_q, p.head_dim);
     let (mut err, mut norm) = (0.0f64, 0.0f64);
@@ -212,9 +227,17 @@ fn assert_close<T: Element>(case: &Case, got: &Outputs, want: &gated_sdpa::paged
                 let row = t * hq + h;
                 let (l_got, l_want) = (got.lse[lse_index(case, t, h)], want.lse[row]);
                 if l_want == f64::NEG_INFINITY {
-                    assert_eq!(l_got, f64::NEG_INFINITY, "{case:?}: lse of empty row t {t} h {h}");
+                    assert_eq!(
+                        l_got,
+                        f64::NEG_INFINITY,
+                        "{case:?}: lse of empty row t {t} h {h}"
+                    );
                     for e in 0..d {
-                        assert_eq!(got.y[row * d + e], 0.0, "{case:?}: y of empty row t {t} h {h}");
+                        assert_eq!(
+                            got.y[row * d + e],
+                            0.0,
+                            "{case:?}: y of empty row t {t} h {h}"
+                        );
                     }
                     continue;
                 }
@@ -265,12 +288,26 @@ fn reference<T: Element>(case: &Case, inputs: &Inputs<T>) -> gated_sdpa::paged::
 fn check_case<T: Element>(case: &Case, seed: u64) {
     let inputs = make_inputs::<T>(case, seed);
     let want = reference(case, &inputs);
-    let got = run(case, &inputs, &inputs.table, &case.seqlens, Backend::Emulator(0)).unwrap();
+    let got = run(
+        case,
+        &inputs,
+        &inputs.table,
+        &case.seqlens,
+        Backend::Emulator(0),
+    )
+    .unwrap();
     assert_eq!(got.status, 0, "{case:?}: status");
     let all: Vec<usize> = (0..case.problem.batch).collect();
     assert_close::<T>(case, &got, &want, &all);
     // The reference backend's own outputs agree with decode_f64 (it only rounds).
-    let reference_run = run(case, &inputs, &inputs.table, &case.seqlens, Backend::Reference).unwrap();
+    let reference_run = run(
+        case,
+        &inputs,
+        &inputs.table,
+        &case.seqlens,
+        Backend::Reference,
+    )
+    .unwrap();
     assert_close::<T>(case, &reference_run, &want, &all);
 }
 
@@ -354,11 +391,7 @@ fn varlen_chunked_prefill_over_pages() {
     // Packed queries 3, 0, 4 (chunked prefill), causal, GQA 2, two splits.
     let mut c = case((3, 4, 4, 2, 64), 16, 6, &[40, 9, 90]);
     c.cu_seqlens_q = Some(vec![0, 3, 3, 7]);
-    c.problem = c
-        .problem
-        .varlen(7)
-        .causal(true)
-        .gate(GateMode::Elementwise);
+    c.problem = c.problem.varlen(7).causal(true).gate(GateMode::Elementwise);
     c.splits = NumSplits::Fixed(2);
     check_case::<bf16>(&c, 6);
 }
@@ -388,8 +421,14 @@ fn check_hostile(splits: usize) {
         for t in tokens_of(&c, b) {
             for h in 0..c.problem.heads_q {
                 let row = t * c.problem.heads_q + h;
-                assert!(got.lse[lse_index(&c, t, h)].is_nan(), "splits {splits}: lse of sequence {b}");
-                assert!(got.y[row * d..(row + 1) * d].iter().all(|x| x.is_nan()), "splits {splits}: y of sequence {b}");
+                assert!(
+                    got.lse[lse_index(&c, t, h)].is_nan(),
+                    "splits {splits}: lse of sequence {b}"
+                );
+                assert!(
+                    got.y[row * d..(row + 1) * d].iter().all(|x| x.is_nan()),
+                    "splits {splits}: y of sequence {b}"
+                );
             }
         }
     }
@@ -407,8 +446,19 @@ fn check_hostile(splits: usize) {
         }
     }
     // The reference, which sees host values, rejects them with a typed error.
-    let err = run(&c, &inputs, &table, &c.seqlens, Backend::Reference).err().unwrap();
-    assert!(matches!(err, GsdpaError::InvalidPagedKv { tensor: "block_table", .. }), "{err}");
+    let err = run(&c, &inputs, &table, &c.seqlens, Backend::Reference)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(
+            err,
+            GsdpaError::InvalidPagedKv {
+                tensor: "block_table",
+                ..
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -428,8 +478,19 @@ fn bit_identical_across_seeds() {
     c.splits = NumSplits::Fixed(2);
     let inputs = make_inputs::<f16>(&c, 8);
     let bits = |seed| {
-        let out = run(&c, &inputs, &inputs.table, &c.seqlens, Backend::Emulator(seed)).unwrap();
-        out.y.iter().chain(&out.lse).map(|x| x.to_bits()).collect::<Vec<u64>>()
+        let out = run(
+            &c,
+            &inputs,
+            &inputs.table,
+            &c.seqlens,
+            Backend::Emulator(seed),
+        )
+        .unwrap();
+        out.y
+            .iter()
+            .chain(&out.lse)
+            .map(|x| x.to_bits())
+            .collect::<Vec<u64>>()
     };
     assert_eq!(bits(1), bits(2));
 }
@@ -448,11 +509,17 @@ fn host_validation_is_typed() {
     assert!(check_paged_values(&p, &t, &[32], None).is_ok());
     assert!(matches!(
         check_paged_values(&p, &t, &[33], None),
-        Err(GsdpaError::InvalidPagedKv { tensor: "cache_seqlens", .. })
+        Err(GsdpaError::InvalidPagedKv {
+            tensor: "cache_seqlens",
+            ..
+        })
     ));
     let bad = [0i32, 4];
     let t = Tensor::contiguous(&bad[..], &[1, 2]);
-    assert!(check_paged_values(&p, &t, &[16], None).is_ok(), "page 1 is past the length");
+    assert!(
+        check_paged_values(&p, &t, &[16], None).is_ok(),
+        "page 1 is past the length"
+    );
     assert!(check_paged_values(&p, &t, &[17], None).is_err());
     // Workspace: none for one split; the heuristic splits a lone long sequence and not a full batch.
     assert_eq!(decode_workspace_bytes(&p, 1), Ok(0));
