@@ -1239,7 +1239,7 @@ mod cuda_backend {
             };
             set_decode_workspace(&mut params, problem, ws_addr, ws_len)?;
             if let Some(status) = status {
-                if status.len() == 0 {
+                if status.is_empty() {
                     return Err(GsdpaError::ShapeMismatch {
                         tensor: "status",
                         expected: vec![1],

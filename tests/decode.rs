@@ -529,3 +529,29 @@ fn host_validation_is_typed() {
     let full = DecodeProblem::new(256, 1, 16, 2, 256, 16, 8192, 32);
     assert_eq!(num_splits_heuristic(&full, 132, full.capacity()), 1);
 }
+
+#[test]
+fn every_decode_kernel_is_built() {
+    use gated_sdpa::paged::decode_launches;
+    use gated_sdpa::DType;
+    for dtype in [DType::BF16, DType::F16] {
+        for d in [64, 128, 256] {
+            let p = DecodeProblem::new(1, 1, 2, 1, d, 16, 4, 2);
+            for config in decode_launches(&p, dtype, 2).unwrap() {
+                assert!(
+                    Emulator::has_kernel(&config.kernel),
+                    "{} not in the emulator",
+                    config.kernel
+                );
+                if gated_sdpa::build_info::fatbin().is_some() {
+                    let report = gated_sdpa::build_info::kernels();
+                    assert!(
+                        report.iter().any(|k| k.name == config.kernel),
+                        "{} missing from the ptxas report",
+                        config.kernel
+                    );
+                }
+            }
+        }
+    }
+}
