@@ -330,6 +330,39 @@ enum GsdpaDecodeGeometry {
     GSDPA_DECODE_COMBINE_THREADS = 128
 };
 
+/*
+ * Appending new keys and values to the paged cache (kernels/append_kv.cu), what engines do before a
+ * decode step: token i of k_new / v_new [B, S_new, Hkv, D] goes to key position cache_seqlens[b] + i of
+ * sequence b, i.e. slot (pos % block_size) of block block_table[b][pos / block_size]. The lengths are
+ * not updated (the caller advances them). Device values are checked as in the decode: a length outside
+ * [0, max_blocks * block_size], a position at or past that capacity, or a block id outside
+ * [0, num_blocks) leaves that token unwritten and stores GSDPA_DECODE_STATUS_INVALID_INPUT into
+ * *status (when non-null). Blocks of GSDPA_APPEND_KV_THREADS, a grid-stride loop over 16-byte chunks.
+ */
+typedef struct GsdpaAppendKvParams {
+    const void *k_new;
+    const void *v_new;
+    void *k_cache;
+    void *v_cache;
+    const int32_t *block_table;
+    const int32_t *cache_seqlens;
+    int32_t *status;               /* optional */
+    GsdpaStrides k_new_stride, v_new_stride;
+    GsdpaPagedStrides k_stride, v_stride;
+    int64_t table_batch_stride;
+    int32_t batch;
+    int32_t seqlen_new;
+    int32_t heads_kv;
+    int32_t head_dim;
+    int32_t block_size;
+    int32_t num_blocks;
+    int32_t max_blocks;
+} GsdpaAppendKvParams;
+
+enum GsdpaAppendKvGeometry {
+    GSDPA_APPEND_KV_THREADS = 256
+};
+
 #ifdef __cplusplus
 }
 #endif

@@ -907,6 +907,171 @@ pub fn decode_launches(
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Appending new tokens to the cache.
+// ---------------------------------------------------------------------------------------------------
+
+/// Tensors of an append: `k_new`, `v_new` `[B, S_new, Hkv, D]` are written into the caches at key
+/// positions `cache_seqlens[b] + i` (the lengths are not advanced: the caller does that).
+#[derive(Debug)]
+pub struct AppendKvArgs<I, X, O> {
+    pub k_new: Tensor<I>,
+    pub v_new: Tensor<I>,
+    /// `[num_blocks, block_size, Hkv, D]`, written in place.
+    pub k_cache: Tensor<O>,
+    pub v_cache: Tensor<O>,
+    pub block_table: Tensor<X>,
+    pub cache_seqlens: Tensor<X>,
+}
+
+/// Append arguments over host slices.
+pub type HostAppendKvArgs<'a, T> = AppendKvArgs<&'a [T], &'a [i32], &'a mut [T]>;
+
+/// Validates an append of `seqlen_new` tokens per sequence (shapes, strides, sizes; not the device
+/// values) and returns the kernel's parameters, without a status word. The problem's cache sizes,
+/// batch and kv heads are used; its query side is not.
+pub fn validate_append_kv<I, X, O>(
+    problem: &DecodeProblem,
+    seqlen_new: usize,
+    args: &AppendKvArgs<I, X, O>,
+) -> Result<ffi::GsdpaAppendKvParams>
+where
+    I: Memory,
+    I::Elem: Element,
+    X: Memory<Elem = i32>,
+    O: Memory<Elem = I::Elem>,
+{
+    validate_decode_problem(problem)?;
+    to_i32(seqlen_new, "seqlen_new")?;
+    let new_shape = [
+        problem.batch,
+        seqlen_new,
+        problem.heads_kv,
+        problem.head_dim,
+    ];
+    let cache_shape = problem.cache_shape();
+    let k_new = check_tensor("k_new", &args.k_new, &new_shape, Kind::Vector16, false)?;
+    let v_new = check_tensor("v_new", &args.v_new, &new_shape, Kind::Vector16, false)?;
+    let table = check_tensor(
+        "block_table",
+        &args.block_table,
+        &problem.table_shape(),
+        Kind::Rows32,
+        false,
+    )?;
+    let seqlens = check_tensor(
+        "cache_seqlens",
+        &args.cache_seqlens,
+        &[problem.batch],
+        Kind::Rows32,
+        false,
+    )?;
+    let k = check_tensor("k_cache", &args.k_cache, &cache_shape, Kind::Vector16, true)?;
+    let v = check_tensor("v_cache", &args.v_cache, &cache_shape, Kind::Vector16, true)?;
+    check_overlaps(&[&k_new, &v_new, &table, &seqlens], &[&k, &v])?;
+    let strides = |c: &Checked| GsdpaStrides {
+        batch: c.strides[0],
+        row: c.strides[1],
+        head: c.strides[2],
+    };
+    let paged = |c: &Checked| GsdpaPagedStrides {
+        block: c.strides[0],
+        slot: c.strides[1],
+        head: c.strides[2],
+    };
+    Ok(ffi::GsdpaAppendKvParams {
+        k_new: k_new.addr as *const c_void,
+        v_new: v_new.addr as *const c_void,
+        k_cache: k.addr as *mut c_void,
+        v_cache: v.addr as *mut c_void,
+        block_table: table.addr as *const i32,
+        cache_seqlens: seqlens.addr as *const i32,
+        status: std::ptr::null_mut(),
+        k_new_stride: strides(&k_new),
+        v_new_stride: strides(&v_new),
+        k_stride: paged(&k),
+        v_stride: paged(&v),
+        table_batch_stride: table.strides[0],
+        batch: problem.batch as i32,
+        seqlen_new: seqlen_new as i32,
+        heads_kv: problem.heads_kv as i32,
+        head_dim: problem.head_dim as i32,
+        block_size: problem.block_size as i32,
+        num_blocks: problem.num_blocks as i32,
+        max_blocks: problem.max_blocks as i32,
+    })
+}
+
+/// The append kernel's launch: a grid-stride loop over 16-byte chunks, the grid capped at 65536 blocks.
+pub fn append_kv_launch(problem: &DecodeProblem, dtype: DType, seqlen_new: usize) -> LaunchConfig {
+    let chunks = problem
+        .batch
+        .saturating_mul(seqlen_new)
+        .saturating_mul(problem.heads_kv)
+        .saturating_mul(problem.head_dim / 8);
+    let threads = ffi::GSDPA_APPEND_KV_THREADS as usize;
+    LaunchConfig {
+        kernel: format!("gsdpa_append_kv_{}", dtype_name(dtype)),
+        grid: [chunks.div_ceil(threads).min(65536) as u32, 1, 1],
+        block: [ffi::GSDPA_APPEND_KV_THREADS, 1, 1],
+        shared_bytes: 0,
+    }
+}
+
+/// The append on the host, for the reference backend: checks every length and the block id of every
+/// written position first ([`GsdpaError::InvalidPagedKv`]), then copies.
+fn append_kv_host<T: Element>(
+    problem: &DecodeProblem,
+    seqlen_new: usize,
+    args: &mut HostAppendKvArgs<'_, T>,
+) -> Result<()> {
+    validate_append_kv(problem, seqlen_new, args)?;
+    let bad = |tensor: &'static str, reason: String| GsdpaError::InvalidPagedKv { tensor, reason };
+    let mut targets = Vec::with_capacity(problem.batch * seqlen_new);
+    for b in 0..problem.batch {
+        let len = args.cache_seqlens.data[args.cache_seqlens.layout.offset(&[b])];
+        let end = (len as i64) + seqlen_new as i64;
+        if len < 0 || end > problem.capacity() as i64 {
+            return Err(bad(
+                "cache_seqlens",
+                format!(
+                    "sequence {b}: length {len} + {seqlen_new} new tokens is outside [0, {}]",
+                    problem.capacity()
+                ),
+            ));
+        }
+        for i in 0..seqlen_new {
+            let pos = len as usize + i;
+            let id = args.block_table.data[args
+                .block_table
+                .layout
+                .offset(&[b, pos / problem.block_size])];
+            if id < 0 || id as usize >= problem.num_blocks {
+                return Err(bad(
+                    "block_table",
+                    format!(
+                        "sequence {b}, block {}: id {id} outside [0, {})",
+                        pos / problem.block_size,
+                        problem.num_blocks
+                    ),
+                ));
+            }
+            targets.push((b, i, id as usize, pos % problem.block_size));
+        }
+    }
+    for (b, i, blk, slot) in targets {
+        for h in 0..problem.heads_kv {
+            for e in 0..problem.head_dim {
+                let dst = args.k_cache.layout.offset(&[blk, slot, h, e]);
+                args.k_cache.data[dst] = args.k_new.data[args.k_new.layout.offset(&[b, i, h, e])];
+                let dst = args.v_cache.layout.offset(&[blk, slot, h, e]);
+                args.v_cache.data[dst] = args.v_new.data[args.v_new.layout.offset(&[b, i, h, e])];
+            }
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Reference: gathers the pages on the host, f64.
 // ---------------------------------------------------------------------------------------------------
 
@@ -1068,6 +1233,17 @@ impl Reference {
         store_result(problem, &result, &mut args.y, args.lse.as_mut());
         Ok(())
     }
+
+    /// Appends `k_new`, `v_new` to the cache on the host. Invalid lengths or block ids are
+    /// [`GsdpaError::InvalidPagedKv`] errors; nothing is written on error.
+    pub fn append_kv<T: Element>(
+        &self,
+        problem: &DecodeProblem,
+        seqlen_new: usize,
+        args: &mut HostAppendKvArgs<'_, T>,
+    ) -> Result<()> {
+        append_kv_host(problem, seqlen_new, args)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1149,6 +1325,41 @@ mod emulator_backend {
             status.copy_to(&mut word);
             Ok(word[0])
         }
+
+        /// The append kernel on the emulator. Only shapes, strides and sizes are validated on the host;
+        /// tokens whose length, position or block id is invalid are skipped by the kernel, which then
+        /// reports `GSDPA_DECODE_STATUS_INVALID_INPUT` (the returned status word).
+        pub fn append_kv<T: Element>(
+            &self,
+            problem: &DecodeProblem,
+            seqlen_new: usize,
+            args: &mut HostAppendKvArgs<'_, T>,
+        ) -> Result<i32> {
+            let mut params = validate_append_kv(problem, seqlen_new, args)?;
+            let k_new = GuardedBuffer::copy_of(args.k_new.data)?;
+            let v_new = GuardedBuffer::copy_of(args.v_new.data)?;
+            let k = GuardedBuffer::copy_of(&*args.k_cache.data)?;
+            let v = GuardedBuffer::copy_of(&*args.v_cache.data)?;
+            let table = GuardedBuffer::copy_of(args.block_table.data)?;
+            let seqlens = GuardedBuffer::copy_of(args.cache_seqlens.data)?;
+            let status = GuardedBuffer::copy_of(&[ffi::GSDPA_DECODE_STATUS_OK as i32])?;
+            params.k_new = k_new.ptr();
+            params.v_new = v_new.ptr();
+            params.k_cache = k.ptr();
+            params.v_cache = v.ptr();
+            params.block_table = table.ptr().cast();
+            params.cache_seqlens = seqlens.ptr().cast();
+            params.status = status.ptr().cast();
+            let config = append_kv_launch(problem, T::DTYPE, seqlen_new);
+            // SAFETY: every pointer refers to a guarded copy alive until the end of this function, sized
+            // like the validated tensor it copies.
+            unsafe { self.launch::<ffi::GsdpaAppendKvParams>(&config, &params)? };
+            k.copy_to(args.k_cache.data);
+            v.copy_to(args.v_cache.data);
+            let mut word = [0i32];
+            status.copy_to(&mut word);
+            Ok(word[0])
+        }
     }
 }
 
@@ -1161,8 +1372,13 @@ mod cuda_backend {
     use crate::cuda::{CudaBackend, DeviceMemory};
     use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
 
-    // SAFETY: #[repr(C)], mirrors the C struct the decode kernels take by value, Copy, no references.
+    // SAFETY: #[repr(C)], mirror the C structs the kernels take by value, Copy, no references.
     unsafe impl DeviceRepr for GsdpaDecodeParams {}
+    unsafe impl DeviceRepr for ffi::GsdpaAppendKvParams {}
+
+    /// Append arguments on the device.
+    pub type CudaAppendKvArgs<'a, T> =
+        AppendKvArgs<CudaView<'a, T>, CudaView<'a, i32>, CudaViewMut<'a, T>>;
 
     /// Decode arguments on the device.
     pub type CudaDecodeArgs<'a, T> =
@@ -1255,7 +1471,46 @@ mod cuda_backend {
             }
             Ok(())
         }
+
+        /// Appends `k_new`, `v_new` to the cache on `stream` (no allocation, no synchronization).
+        /// Invalid device lengths or block ids leave those tokens unwritten and set `status`.
+        pub fn append_kv<T: Element + DeviceRepr>(
+            &self,
+            stream: &CudaStream,
+            problem: &DecodeProblem,
+            seqlen_new: usize,
+            args: &mut CudaAppendKvArgs<'_, T>,
+            status: Option<&mut CudaViewMut<'_, i32>>,
+        ) -> Result<()> {
+            let mut guards = Vec::new();
+            let dev = AppendKvArgs {
+                k_new: view(&args.k_new, stream, &mut guards),
+                v_new: view(&args.v_new, stream, &mut guards),
+                k_cache: view_mut(&mut args.k_cache, stream, &mut guards),
+                v_cache: view_mut(&mut args.v_cache, stream, &mut guards),
+                block_table: view(&args.block_table, stream, &mut guards),
+                cache_seqlens: view(&args.cache_seqlens, stream, &mut guards),
+            };
+            let mut params = validate_append_kv(problem, seqlen_new, &dev)?;
+            if let Some(status) = status {
+                if status.is_empty() {
+                    return Err(GsdpaError::ShapeMismatch {
+                        tensor: "status",
+                        expected: vec![1],
+                        actual: vec![0],
+                    });
+                }
+                let (addr, guard) = status.device_ptr_mut(stream);
+                guards.push(guard);
+                params.status = addr as *mut i32;
+            }
+            self.launch(
+                stream,
+                &append_kv_launch(problem, T::DTYPE, seqlen_new),
+                &params,
+            )
+        }
     }
 }
 
-pub use cuda_backend::CudaDecodeArgs;
+pub use cuda_backend::{CudaAppendKvArgs, CudaDecodeArgs};

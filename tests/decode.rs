@@ -12,7 +12,8 @@
 //! more splits than tiles, auto; lengths 0, 1, a block multiple, the capacity; Sq 1 to 16; varlen
 //! queries; a FlashInfer-layout (strided) cache. Then hostile device tables (ids -1, num_blocks,
 //! i32::MAX, i32::MIN; lengths negative and above capacity): no fault, the status word set, NaN rows for
-//! exactly the affected sequences. And bit-identical results across emulator seeds.
+//! exactly the affected sequences. And bit-identical results across emulator seeds. The append kernel
+//! against the host copy, with hostile lengths and ids too.
 #![cfg(feature = "emulator")]
 
 use gated_sdpa::emulator::Emulator;
@@ -554,4 +555,90 @@ fn every_decode_kernel_is_built() {
             }
         }
     }
+}
+
+/// The append kernel against the host copy, then with hostile lengths and ids: the valid tokens are
+/// written, the others skipped with the status word set, and nothing outside the caches is touched.
+#[test]
+fn append_kv_writes_at_the_lengths_and_skips_hostile_tokens() {
+    use gated_sdpa::paged::AppendKvArgs;
+    let (batch, hkv, d, bs, mb, nb, s_new) = (3, 2, 64, 16, 3, 9, 3);
+    let p = DecodeProblem::new(batch, 1, hkv, hkv, d, bs, nb, mb);
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut random = |n: usize| -> Vec<bf16> {
+        (0..n)
+            .map(|_| bf16::from_f32(rng.random::<f32>() * 2.0 - 1.0))
+            .collect()
+    };
+    let cache_len = numel(&p.cache_shape());
+    let (k0, v0) = (random(cache_len), random(cache_len));
+    let new_len = batch * s_new * hkv * d;
+    let (k_new, v_new) = (
+        HostBuffer::from_slice(&random(new_len)),
+        HostBuffer::from_slice(&random(new_len)),
+    );
+    let mut table: Vec<i32> = (0..nb as i32).collect();
+    table.shuffle(&mut StdRng::seed_from_u64(12));
+    let new_shape = [batch, s_new, hkv, d];
+    // Runs one append on both caches; returns (k, v, status) (status None: the reference's error).
+    let append = |table: &[i32], seqlens: &[i32], emulator: bool| {
+        let mut k = HostBuffer::from_slice(&k0);
+        let mut v = HostBuffer::from_slice(&v0);
+        let mut args = AppendKvArgs {
+            k_new: Tensor::contiguous(k_new.as_slice(), &new_shape),
+            v_new: Tensor::contiguous(v_new.as_slice(), &new_shape),
+            k_cache: Tensor::contiguous(k.as_mut_slice(), &p.cache_shape()),
+            v_cache: Tensor::contiguous(v.as_mut_slice(), &p.cache_shape()),
+            block_table: Tensor::contiguous(table, &p.table_shape()),
+            cache_seqlens: Tensor::contiguous(seqlens, &[batch]),
+        };
+        let status = if emulator {
+            Some(Emulator::new().append_kv(&p, s_new, &mut args).unwrap())
+        } else {
+            Reference.append_kv(&p, s_new, &mut args).ok().map(|_| 0)
+        };
+        drop(args);
+        (k.to_vec(), v.to_vec(), status)
+    };
+    let bits = |x: &[bf16]| x.iter().map(|v| v.to_bits()).collect::<Vec<u16>>();
+
+    let seqlens = [0, 15, 30];
+    let (k_emu, v_emu, status) = append(&table[..batch * mb], &seqlens, true);
+    assert_eq!(status, Some(0));
+    let (k_ref, v_ref, ok) = append(&table[..batch * mb], &seqlens, false);
+    assert_eq!(ok, Some(0));
+    assert_eq!(bits(&k_emu), bits(&k_ref));
+    assert_eq!(bits(&v_emu), bits(&v_ref));
+    assert_ne!(bits(&k_emu), bits(&k0), "the append wrote something");
+
+    // Hostile: sequence 0 has a negative length, sequence 1 overflows its capacity after two tokens,
+    // sequence 2's second page has id num_blocks (its first token still fits in page 0).
+    let mut hostile = table[..batch * mb].to_vec();
+    hostile[2 * mb + 1] = nb as i32;
+    let seqlens = [-1, (mb * bs - 2) as i32, 15];
+    let (k_emu, v_emu, status) = append(&hostile, &seqlens, true);
+    assert_eq!(status, Some(ffi::GSDPA_DECODE_STATUS_INVALID_INPUT as i32));
+    let (_, _, rejected) = append(&hostile, &seqlens, false);
+    assert_eq!(
+        rejected, None,
+        "the reference rejects host values it cannot follow"
+    );
+    // What must have happened: exactly tokens (1, 0), (1, 1) and (2, 0) written.
+    let (mut k_want, mut v_want) = (k0.clone(), v0.clone());
+    let layout = Layout::contiguous(&p.cache_shape());
+    let new_layout = Layout::contiguous(&new_shape);
+    for (b, i) in [(1usize, 0usize), (1, 1), (2, 0)] {
+        let pos = seqlens[b] as usize + i;
+        let blk = hostile[b * mb + pos / bs] as usize;
+        for h in 0..hkv {
+            for e in 0..d {
+                let dst = layout.offset(&[blk, pos % bs, h, e]);
+                let src = new_layout.offset(&[b, i, h, e]);
+                k_want[dst] = k_new.as_slice()[src];
+                v_want[dst] = v_new.as_slice()[src];
+            }
+        }
+    }
+    assert_eq!(bits(&k_emu), bits(&k_want));
+    assert_eq!(bits(&v_emu), bits(&v_want));
 }

@@ -633,3 +633,80 @@ pub const GSDPA_DECODE_BLOCK_N_D256: GsdpaDecodeGeometry = 32;
 pub const GSDPA_DECODE_SMEM_D256: GsdpaDecodeGeometry = 65552;
 pub const GSDPA_DECODE_COMBINE_THREADS: GsdpaDecodeGeometry = 128;
 pub type GsdpaDecodeGeometry = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaAppendKvParams {
+    pub k_new: *const ::std::os::raw::c_void,
+    pub v_new: *const ::std::os::raw::c_void,
+    pub k_cache: *mut ::std::os::raw::c_void,
+    pub v_cache: *mut ::std::os::raw::c_void,
+    pub block_table: *const i32,
+    pub cache_seqlens: *const i32,
+    pub status: *mut i32,
+    pub k_new_stride: GsdpaStrides,
+    pub v_new_stride: GsdpaStrides,
+    pub k_stride: GsdpaPagedStrides,
+    pub v_stride: GsdpaPagedStrides,
+    pub table_batch_stride: i64,
+    pub batch: i32,
+    pub seqlen_new: i32,
+    pub heads_kv: i32,
+    pub head_dim: i32,
+    pub block_size: i32,
+    pub num_blocks: i32,
+    pub max_blocks: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaAppendKvParams"][::std::mem::size_of::<GsdpaAppendKvParams>() - 192usize];
+    ["Alignment of GsdpaAppendKvParams"][::std::mem::align_of::<GsdpaAppendKvParams>() - 8usize];
+    ["Offset of field: GsdpaAppendKvParams::k_new"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, k_new) - 0usize];
+    ["Offset of field: GsdpaAppendKvParams::v_new"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, v_new) - 8usize];
+    ["Offset of field: GsdpaAppendKvParams::k_cache"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, k_cache) - 16usize];
+    ["Offset of field: GsdpaAppendKvParams::v_cache"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, v_cache) - 24usize];
+    ["Offset of field: GsdpaAppendKvParams::block_table"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, block_table) - 32usize];
+    ["Offset of field: GsdpaAppendKvParams::cache_seqlens"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, cache_seqlens) - 40usize];
+    ["Offset of field: GsdpaAppendKvParams::status"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, status) - 48usize];
+    ["Offset of field: GsdpaAppendKvParams::k_new_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, k_new_stride) - 56usize];
+    ["Offset of field: GsdpaAppendKvParams::v_new_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, v_new_stride) - 80usize];
+    ["Offset of field: GsdpaAppendKvParams::k_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, k_stride) - 104usize];
+    ["Offset of field: GsdpaAppendKvParams::v_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, v_stride) - 128usize];
+    ["Offset of field: GsdpaAppendKvParams::table_batch_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, table_batch_stride) - 152usize];
+    ["Offset of field: GsdpaAppendKvParams::batch"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, batch) - 160usize];
+    ["Offset of field: GsdpaAppendKvParams::seqlen_new"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, seqlen_new) - 164usize];
+    ["Offset of field: GsdpaAppendKvParams::heads_kv"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, heads_kv) - 168usize];
+    ["Offset of field: GsdpaAppendKvParams::head_dim"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, head_dim) - 172usize];
+    ["Offset of field: GsdpaAppendKvParams::block_size"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, block_size) - 176usize];
+    ["Offset of field: GsdpaAppendKvParams::num_blocks"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, num_blocks) - 180usize];
+    ["Offset of field: GsdpaAppendKvParams::max_blocks"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, max_blocks) - 184usize];
+};
+impl Default for GsdpaAppendKvParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub const GSDPA_APPEND_KV_THREADS: GsdpaAppendKvGeometry = 256;
+pub type GsdpaAppendKvGeometry = ::std::os::raw::c_uint;
