@@ -7,11 +7,18 @@
 //! ```
 //! q `[B, Sq, Hq, D]`, caches `[num_blocks, block_size, Hkv, D]` float32, the block table int32
 //! `[B, max_blocks]`. The table and the lengths are checked on the host here whatever the backend (a
-//! CLI has them on the host): bad values are bad input (exit 2), not NaN rows.
+//! CLI has them on the host): bad values are bad input (exit 2), not NaN rows. The cuda backend
+//! uploads everything, runs on the default stream with a device status word, and downloads Y and LSE.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use gated_sdpa::paged::{check_paged_values, DecodeArgs, DecodeProblem, NumSplits, PagedKv};
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use gated_sdpa::cuda::CudaBackend;
+use gated_sdpa::paged::{
+    check_paged_values, resolve_num_splits, DecodeArgs, DecodeProblem, NumSplits, PagedKv,
+};
 use gated_sdpa::{Activation, DType, Element, GateMode, HostBuffer, Reference, Tensor};
 use half::{bf16, f16};
 
@@ -298,12 +305,131 @@ fn run_host<T: AnyElement>(request: &Request, backend: &Backend) -> Result<Decod
                 });
             }
         }
-        Backend::Cuda(_) => return Err(CliError::usage(
-            "decode: the cuda backend is not wired into the CLI yet (use reference or emulator)",
-        )),
+        Backend::Cuda(cuda) => {
+            drop(args);
+            return run_cuda(cuda, request, [&q, &k, &v], g.as_ref());
+        }
     }
     drop(args);
     Ok(DecodeOut { y, lse })
+}
+
+fn driver(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> CliError {
+    move |e| CliError {
+        code: 1,
+        message: format!("{what}: {e:?}"),
+    }
+}
+
+/// A device copy of `data` (at least one element: the driver refuses empty allocations).
+fn upload<T: DeviceRepr + ValidAsZeroBits>(
+    stream: &Arc<CudaStream>,
+    data: &[T],
+) -> Result<CudaSlice<T>, CliError> {
+    let mut slice = stream
+        .alloc_zeros::<T>(data.len().max(1))
+        .map_err(driver("cuMemAlloc"))?;
+    if !data.is_empty() {
+        stream
+            .memcpy_htod(data, &mut slice.slice_mut(0..data.len()))
+            .map_err(driver("copy to the device"))?;
+    }
+    Ok(slice)
+}
+
+/// Copies the first `out.len()` elements of a device buffer into `out`.
+fn download<T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    slice: &CudaSlice<T>,
+    out: &mut [T],
+) -> Result<(), CliError> {
+    if !out.is_empty() {
+        stream
+            .memcpy_dtoh(&slice.slice(0..out.len()), out)
+            .map_err(driver("copy from the device"))?;
+    }
+    Ok(())
+}
+
+/// Uploads the rounded inputs, runs the decode on the default stream with a device status word and
+/// the workspace the split count needs, downloads Y and the LSE.
+fn run_cuda<T: AnyElement>(
+    backend: &CudaBackend,
+    request: &Request,
+    [q, k, v]: [&HostBuffer<T>; 3],
+    g: Option<&HostBuffer<T>>,
+) -> Result<DecodeOut<T>, CliError> {
+    let p = &request.problem;
+    let stream = backend.context().default_stream();
+    let sm_count = backend
+        .context()
+        .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
+        .map_err(driver("SM count"))?;
+    let num_splits = resolve_num_splits(p, request.splits, sm_count.max(1) as usize)?;
+    let (dq, dk, dv) = (
+        upload(&stream, q.as_slice())?,
+        upload(&stream, k.as_slice())?,
+        upload(&stream, v.as_slice())?,
+    );
+    let dg = g.map(|g| upload(&stream, g.as_slice())).transpose()?;
+    let table = upload(&stream, &request.table)?;
+    let seqlens = upload(&stream, &request.seqlens)?;
+    let q_shape = p.q_shape();
+    let q_len: usize = q_shape.iter().product();
+    let lse_len: usize = p.lse_shape().iter().product();
+    let mut y = upload(&stream, &vec![T::default(); q_len])?;
+    let mut lse = upload(&stream, &vec![0f32; lse_len])?;
+    let mut status = upload(&stream, &[0i32])?;
+    let ws_bytes = gated_sdpa::decode_workspace_bytes(p, num_splits)?;
+    let mut workspace = upload(&stream, &vec![0u8; ws_bytes])?;
+    let cache = p.cache_shape();
+    let mut args = DecodeArgs {
+        q: Tensor::contiguous(dq.slice(0..dq.len()), &q_shape),
+        kv: PagedKv {
+            k_cache: Tensor::contiguous(dk.slice(0..dk.len()), &cache),
+            v_cache: Tensor::contiguous(dv.slice(0..dv.len()), &cache),
+            block_table: Tensor::contiguous(table.slice(0..table.len()), &p.table_shape()),
+            cache_seqlens: Tensor::contiguous(seqlens.slice(0..seqlens.len()), &[p.batch]),
+        },
+        cu_seqlens_q: None,
+        g: match (&dg, p.gate_shape()) {
+            (Some(g), Some(shape)) => Some(Tensor::contiguous(g.slice(0..g.len()), &shape)),
+            _ => None,
+        },
+        y: Tensor::contiguous(y.slice_mut(0..q_len.max(1)), &q_shape),
+        lse: Some(Tensor::contiguous(
+            lse.slice_mut(0..lse_len.max(1)),
+            &p.lse_shape(),
+        )),
+    };
+    let mut ws_view = workspace.slice_mut(0..ws_bytes.max(1));
+    let mut status_view = status.slice_mut(0..1);
+    backend.forward_paged(
+        &stream,
+        p,
+        &mut args,
+        num_splits,
+        Some(&mut ws_view),
+        Some(&mut status_view),
+    )?;
+    drop((args, ws_view, status_view));
+    stream.synchronize().map_err(driver("synchronize"))?;
+    let mut out = DecodeOut {
+        y: HostBuffer::<T>::new(q_len),
+        lse: HostBuffer::<f32>::new(lse_len),
+    };
+    let mut word = [0i32];
+    download(&stream, &status, &mut word)?;
+    download(&stream, &y, out.y.as_mut_slice())?;
+    download(&stream, &lse, out.lse.as_mut_slice())?;
+    if word[0] != 0 {
+        // The host checked the values: a status here is a kernel bug, not bad input.
+        return Err(CliError {
+            code: 1,
+            message: format!("the decode kernel reported status {}", word[0]),
+        });
+    }
+    Ok(out)
 }
 
 pub fn run(args: &[String]) -> Result<(), CliError> {

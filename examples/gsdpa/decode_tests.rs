@@ -162,4 +162,10 @@ fn decode_matches_the_reference_backend_and_rejects_bad_tables() {
     assert!(!std::path::Path::new(&bad_out).exists());
     let err = run(&["decode", "--q", &q]).unwrap_err();
     assert_eq!(err.code, 2);
+    if crate::backends::Backend::open("cuda").is_err() {
+        // No GPU here: an unavailable backend is exit 2 as well, nothing written.
+        let err = crate::run(&common(&bad_out, "cuda")).unwrap_err();
+        assert_eq!(err.code, 2, "{}", err.message);
+        assert!(!std::path::Path::new(&bad_out).exists());
+    }
 }
