@@ -642,3 +642,92 @@ fn append_kv_writes_at_the_lengths_and_skips_hostile_tokens() {
     assert_eq!(bits(&k_emu), bits(&k_want));
     assert_eq!(bits(&v_emu), bits(&v_want));
 }
+
+/// The Qwen3-Next decode shape (d256, 16 query / 2 kv heads, elementwise gate) with a strided table
+/// (row stride above max_blocks), y as the first half of each head of a wider buffer whose other half
+/// must stay untouched, a padded lse, and NaN gate logits on the rows of an empty sequence (which must
+/// give Y = 0 without reading them), for one and four splits.
+#[test]
+fn qwen3_next_shape_strided_table_and_outputs() {
+    let (batch, hq, hkv, d, bs, mb) = (2, 16, 2, 256, 16, 8);
+    let mut c = case((batch, 1, hq, hkv, d), bs, mb, &[100, 0]);
+    c.problem = c.problem.gate(GateMode::Elementwise);
+    let p = c.problem.clone();
+    let inputs = make_inputs::<bf16>(&c, 9);
+    let mut g = inputs.g.as_ref().unwrap().to_vec();
+    for x in &mut g[hq * d..] {
+        *x = bf16::NAN; // sequence 1 (length 0) only
+    }
+    let g = HostBuffer::from_slice(&g);
+    let table_stride = mb + 3;
+    let mut wide_table = vec![i32::MIN; batch * table_stride];
+    for b in 0..batch {
+        wide_table[b * table_stride..b * table_stride + mb]
+            .copy_from_slice(&inputs.table[b * mb..(b + 1) * mb]);
+    }
+    let table_layout = Layout::strided(&[batch, mb], &[table_stride, 1]).unwrap();
+    let y_layout =
+        Layout::strided(&[batch, 1, hq, d], &[hq * 2 * d, hq * 2 * d, 2 * d, 1]).unwrap();
+    let lse_layout = Layout::strided(&[batch, hq, 1], &[hq * 4, 4, 1]).unwrap();
+    let sentinel = bf16::from_f32(7.0);
+    let q_shape = p.q_shape();
+    let mut want = None;
+    for splits in [1, 4] {
+        let mut y = HostBuffer::filled(batch * hq * 2 * d, sentinel);
+        let mut lse = HostBuffer::filled(batch * hq * 4, 5.0f32);
+        let mut args = DecodeArgs {
+            q: Tensor::contiguous(inputs.q.as_slice(), &q_shape),
+            kv: PagedKv {
+                k_cache: Tensor::new(inputs.k.as_slice(), inputs.cache_layout.clone()),
+                v_cache: Tensor::new(inputs.v.as_slice(), inputs.cache_layout.clone()),
+                block_table: Tensor::new(&wide_table[..], table_layout.clone()),
+                cache_seqlens: Tensor::contiguous(&c.seqlens[..], &[batch]),
+            },
+            cu_seqlens_q: None,
+            g: Some(Tensor::contiguous(g.as_slice(), &q_shape)),
+            y: Tensor::new(y.as_mut_slice(), y_layout.clone()),
+            lse: Some(Tensor::new(lse.as_mut_slice(), lse_layout.clone())),
+        };
+        if want.is_none() {
+            want = Some(decode_f64(&p, &args).unwrap());
+        }
+        let status = Emulator::new()
+            .forward_paged(&p, &mut args, NumSplits::Fixed(splits))
+            .unwrap();
+        drop(args);
+        assert_eq!(status, 0);
+        let want = want.as_ref().unwrap();
+        let (y, lse) = (y.to_vec(), lse.to_vec());
+        let (mut err, mut norm) = (0.0f64, 0.0f64);
+        for b in 0..batch {
+            for h in 0..hq {
+                let row = b * hq + h;
+                let l = lse[lse_layout.offset(&[b, h, 0])] as f64;
+                if b == 1 {
+                    assert_eq!(l, f64::NEG_INFINITY);
+                } else {
+                    assert!((l - want.lse[row]).abs() <= 1e-4 * want.lse[row].abs().max(1.0));
+                }
+                for k in 1..4 {
+                    assert_eq!(lse[lse_layout.offset(&[b, h, 0]) + k], 5.0, "lse padding");
+                }
+                for e in 0..d {
+                    let at = y_layout.offset(&[b, 0, h, e]);
+                    let got = y[at].to_f64();
+                    if b == 1 {
+                        assert_eq!(got, 0.0, "empty row: Y = 0 without reading the NaN gate");
+                    }
+                    assert!(!got.is_nan());
+                    err += (got - want.y[row * d + e]).powi(2);
+                    norm += want.y[row * d + e].powi(2);
+                    assert_eq!(y[at + d], sentinel, "the other half of the wide buffer");
+                }
+            }
+        }
+        assert!(
+            (err / norm).sqrt() < 1e-2,
+            "splits {splits}: {}",
+            (err / norm).sqrt()
+        );
+    }
+}
