@@ -12,6 +12,8 @@
 //!   [`split_q_proj`] takes q and g as strided views of one Qwen3-Next `q_proj` output, without a copy.
 //! - [`validate_forward`] / [`validate_backward`]: the one validation path of every backend, returning
 //!   typed [`GsdpaError`]s and the kernels' parameter struct ([`ffi`]).
+//! - [`paged`]: decode over a paged KV cache (block table, split-KV, the gate fused into the combine)
+//!   and appending new tokens to the cache; see `docs/decode.md`.
 //! - Backends: [`Reference`] (naive CPU, f64 accumulation, every option), the kernel emulator (the CUDA
 //!   sources compiled for the host) and CUDA.
 //!
