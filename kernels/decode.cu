@@ -66,6 +66,8 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
     const int limit_first = key_limit(rows.m0 / group, span.seqlen_q, seq.seqlen_k, causal);
     const int visit_end = invalid ? range.begin : tmin(range.end, limit_last < 0 ? 0 : limit_last / BLOCK_N + 1);
 
+    const bool warp_active = rows.m0 + warp_row0 < rows.rows_total;  // uniform over the warp
+
     T *smem = reinterpret_cast<T *>(dynamic_smem());
     T *s_q = smem + Tr::SMEM_Q;
     T *s_k = smem + Tr::SMEM_K;
@@ -110,17 +112,21 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
             load_v(n);
             cp_async_commit();
 
+            // A warp whose 16 rows are all padding (decode: group * Sq < 64) skips the math; it still
+            // issues its share of the copies and meets every barrier.
             float s[Tr::N_TILES_S][4];
-            gemm_qk<Tr>(s, s_q, s_k, warp_row0, lane);
-            if ((n + 1) * BLOCK_N - 1 > limit_first) {
-                // Limits of this thread's two rows (padding rows take the last real row's).
-                int limit[2];
+            if (warp_active) {
+                gemm_qk<Tr>(s, s_q, s_k, warp_row0, lane);
+                if ((n + 1) * BLOCK_N - 1 > limit_first) {
+                    // Limits of this thread's two rows (padding rows take the last real row's).
+                    int limit[2];
 #pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const int rr = tmin(rows.m0 + warp_row0 + (lane >> 2) + 8 * half, rows.rows_total - 1);
-                    limit[half] = key_limit(rr / group, span.seqlen_q, seq.seqlen_k, causal);
+                    for (int half = 0; half < 2; ++half) {
+                        const int rr = tmin(rows.m0 + warp_row0 + (lane >> 2) + 8 * half, rows.rows_total - 1);
+                        limit[half] = key_limit(rr / group, span.seqlen_q, seq.seqlen_k, causal);
+                    }
+                    mask_scores(s, n * BLOCK_N, limit, lane);
                 }
-                mask_scores(s, n * BLOCK_N, limit, lane);
             }
 
             cp_async_wait<0>();
@@ -128,8 +134,10 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
             if (n + 1 < visit_end) load_k(n + 1);
             cp_async_commit();
 
-            softmax.update(s, acc_o, p.scale_log2);
-            gemm_pv<Tr>(acc_o, s, s_v, lane);
+            if (warp_active) {
+                softmax.update(s, acc_o, p.scale_log2);
+                gemm_pv<Tr>(acc_o, s, s_v, lane);
+            }
         }
         cp_async_wait<0>();
     }

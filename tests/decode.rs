@@ -380,7 +380,7 @@ fn sixteen_queries_gqa_16_block_256_auto_splits() {
 
 #[test]
 fn more_splits_than_tiles_headwise_sigmoid() {
-    // 5 splits over 2 key tiles: three splits are empty and must merge as -inf.
+    // 5 splits over 3 and 4 key tiles: the trailing splits are empty and must merge as -inf.
     let mut c = case((2, 1, 2, 2, 64), 16, 8, &[70, 128]);
     c.problem = c.problem.gate(GateMode::Headwise);
     c.splits = NumSplits::Fixed(5);

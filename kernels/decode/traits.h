@@ -11,12 +11,13 @@
 // loads alternate with the two GEMMs (FlashAttention-2's scheme, see forward/kernel_traits.h):
 //
 //   D    BLOCK_M x BLOCK_N  smem
-//   64   64 x 64            24 KiB
-//   128  64 x 32            32 KiB   (64 keys: 168 registers and a 4-byte spill on sm_80)
-//   256  64 x 32            64 KiB   (a 64-key score tile next to 128 f32 O registers would spill)
+//   64   64 x 32            16 KiB
+//   128  64 x 32            32 KiB
+//   256  64 x 32            64 KiB
 //
-// ptxas (CUDA 13.0, no spills, no stack): 128 / 160 / 241 registers for D = 64 / 128 / 256 on sm_80
-// (161 / 156 / 239 on sm_90a); the combine 42 (48).
+// 32 keys per tile at every head dim: 64-key tiles spill on sm_80 at D = 64 (with the padding-warp
+// skip) and D = 128, and at D = 256 a 64-key score tile next to 128 f32 O registers would too.
+// ptxas (CUDA 13.0): no spills, no stack on any target (tests/build_info.rs).
 // Q is re-read from shared memory each k-step (not kept in registers): decode is bound by the K/V
 // bytes from HBM, not by shared-memory traffic, and it keeps the register count flat over head dims.
 // Shared memory: [Q: BLOCK_M x D][K: BLOCK_N x D][V: BLOCK_N x D][flag: 16 bytes], 16-bit and swizzled.
