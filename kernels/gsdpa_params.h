@@ -244,6 +244,125 @@ enum GsdpaBwdGeometry {
     GSDPA_BWD_DQ_SMEM_D256 = (2 * 32 + 3 * 32) * 256 * 2 + 32 * 64 * 2         /* 84 KiB */
 };
 
+/*
+ * Paged-KV decode (kernels/decode.cu, design: docs/decode.md): Y = softmax(scale Q K^T + mask) V * act(G)
+ * with K and V gathered from a paged cache through a block table, split over the keys (split-KV) and
+ * merged by a combine kernel that also applies the gate. Both launches take this struct.
+ *
+ * Layouts:
+ *  - q, g, y: [B, Sq, Hq, D] ([B, Sq, Hq] headwise g), or packed [Tq, Hq, D] when cu_seqlens_q is set.
+ *  - k_cache, v_cache: [num_blocks, block_size, Hkv, D], any block / slot / head strides (dim stride 1).
+ *  - block_table: [B, max_blocks] i32 (row stride table_batch_stride); cache_seqlens: [B] i32. Key j of
+ *    sequence b is slot j % block_size of block block_table[b][j / block_size].
+ *  - lse (optional): f32 at b * lse_batch_stride + h * lse_head_stride + i (varlen: + token index).
+ *  - Workspace (num_splits > 1 only): o_partial f32 [num_splits, Tq, Hq, D], lse_partial f32
+ *    [num_splits, Tq, Hq], with Tq = total_q (B * Sq when not varlen).
+ * Device values are never trusted: a length outside [0, max_blocks * block_size] or a block id outside
+ * [0, num_blocks) among the blocks of a sequence's length is not followed; that sequence's rows of y and
+ * lse become NaN and *status (when non-null) is set to GSDPA_DECODE_STATUS_INVALID_INPUT. The kernels
+ * only ever store that value there: the caller zeroes the word.
+ */
+typedef struct GsdpaPagedStrides {
+    int64_t block;
+    int64_t slot;
+    int64_t head;
+} GsdpaPagedStrides;
+
+typedef struct GsdpaDecodeParams {
+    const void *q;
+    const void *k_cache;
+    const void *v_cache;
+    const int32_t *block_table;
+    const int32_t *cache_seqlens;
+    const int32_t *cu_seqlens_q;   /* [B + 1] prefix sums over the packed queries, or null */
+    const void *g;                 /* null when gate_mode == NONE */
+    void *y;
+    float *lse;                    /* optional (null: not written) */
+    float *o_partial;              /* workspace, null when num_splits == 1 */
+    float *lse_partial;
+    int32_t *status;               /* optional */
+
+    GsdpaStrides q_stride, g_stride, y_stride;
+    GsdpaPagedStrides k_stride, v_stride;
+    int64_t table_batch_stride;
+    int64_t lse_batch_stride;
+    int64_t lse_head_stride;
+
+    int32_t batch;
+    int32_t seqlen_q;              /* varlen: max_seqlen_q (sizes the grid) */
+    int32_t total_q;               /* B * seqlen_q, or the packed token count when varlen */
+    int32_t heads_q;
+    int32_t heads_kv;
+    int32_t head_dim;
+    int32_t block_size;
+    int32_t num_blocks;
+    int32_t max_blocks;
+    int32_t num_splits;
+    int32_t causal;
+    int32_t gate_mode;
+    int32_t activation;
+    float scale;
+    float scale_log2;
+} GsdpaDecodeParams;
+
+enum GsdpaDecodeStatus {
+    GSDPA_DECODE_STATUS_OK = 0,
+    GSDPA_DECODE_STATUS_INVALID_INPUT = 1
+};
+
+/*
+ * Decode launch geometry. Main kernel: grid (ceil(group * Sq / BLOCK_M) * num_splits, heads_kv, batch),
+ * group = heads_q / heads_kv; block THREADS; SMEM bytes of dynamic shared memory (Q tile + one K and one
+ * V tile, plus a 16-byte flag). Combine: blocks of COMBINE_THREADS, a grid-stride loop over 8-element
+ * chunks of the output rows. Why these tiles: kernels/decode/traits.h.
+ */
+enum GsdpaDecodeGeometry {
+    GSDPA_DECODE_BLOCK_M = 64,
+    GSDPA_DECODE_THREADS = 128,
+    GSDPA_DECODE_MAX_SPLITS = 128,
+    GSDPA_DECODE_MAX_BLOCK_SIZE = 256,
+    GSDPA_DECODE_BLOCK_N_D64 = 32,
+    GSDPA_DECODE_SMEM_D64 = (64 + 2 * 32) * 64 * 2 + 16,      /* 16 KiB */
+    GSDPA_DECODE_BLOCK_N_D128 = 32,
+    GSDPA_DECODE_SMEM_D128 = (64 + 2 * 32) * 128 * 2 + 16,    /* 32 KiB */
+    GSDPA_DECODE_BLOCK_N_D256 = 32,
+    GSDPA_DECODE_SMEM_D256 = (64 + 2 * 32) * 256 * 2 + 16,    /* 64 KiB */
+    GSDPA_DECODE_COMBINE_THREADS = 128
+};
+
+/*
+ * Appending new keys and values to the paged cache (kernels/append_kv.cu), what engines do before a
+ * decode step: token i of k_new / v_new [B, S_new, Hkv, D] goes to key position cache_seqlens[b] + i of
+ * sequence b, i.e. slot (pos % block_size) of block block_table[b][pos / block_size]. The lengths are
+ * not updated (the caller advances them). Device values are checked as in the decode: a length outside
+ * [0, max_blocks * block_size], a position at or past that capacity, or a block id outside
+ * [0, num_blocks) leaves that token unwritten and stores GSDPA_DECODE_STATUS_INVALID_INPUT into
+ * *status (when non-null). Blocks of GSDPA_APPEND_KV_THREADS, a grid-stride loop over 16-byte chunks.
+ */
+typedef struct GsdpaAppendKvParams {
+    const void *k_new;
+    const void *v_new;
+    void *k_cache;
+    void *v_cache;
+    const int32_t *block_table;
+    const int32_t *cache_seqlens;
+    int32_t *status;               /* optional */
+    GsdpaStrides k_new_stride, v_new_stride;
+    GsdpaPagedStrides k_stride, v_stride;
+    int64_t table_batch_stride;
+    int32_t batch;
+    int32_t seqlen_new;
+    int32_t heads_kv;
+    int32_t head_dim;
+    int32_t block_size;
+    int32_t num_blocks;
+    int32_t max_blocks;
+} GsdpaAppendKvParams;
+
+enum GsdpaAppendKvGeometry {
+    GSDPA_APPEND_KV_THREADS = 256
+};
+
 #ifdef __cplusplus
 }
 #endif

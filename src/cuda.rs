@@ -184,6 +184,17 @@ pub struct DeviceMemory<'a, T> {
     _borrow: PhantomData<&'a T>,
 }
 
+impl<T> DeviceMemory<'_, T> {
+    /// A device address and a length in elements, as the validation layer sees them.
+    pub(crate) fn new(addr: u64, len: usize) -> Self {
+        DeviceMemory {
+            addr,
+            len,
+            _borrow: PhantomData,
+        }
+    }
+}
+
 impl<T> Memory for DeviceMemory<'_, T> {
     type Elem = T;
     fn addr(&self) -> usize {

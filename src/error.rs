@@ -117,6 +117,16 @@ pub enum GsdpaError {
     /// [`HostBuffer::try_new`](crate::HostBuffer::try_new)).
     #[error("out of memory: cannot allocate {bytes} bytes on the host")]
     OutOfMemory { bytes: usize },
+
+    /// A paged-KV call's block table, cache lengths or query prefix sums (host copies) cannot be
+    /// followed: a block id outside `[0, num_blocks)`, a length outside `[0, max_blocks * block_size]`,
+    /// prefix sums that are not non-decreasing from 0 to the query count. (Device-resident values are not
+    /// checked on the host: the kernels turn them into NaN rows and a status word, see `paged`.)
+    #[error("{tensor}: {reason}")]
+    InvalidPagedKv {
+        tensor: &'static str,
+        reason: String,
+    },
 }
 
 /// `Result` with [`GsdpaError`].

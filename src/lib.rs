@@ -13,6 +13,8 @@
 //!   [`split_q_proj`] takes q and g as strided views of one Qwen3-Next `q_proj` output, without a copy.
 //! - [`validate_forward`] / [`validate_backward`]: the one validation path of every backend, returning
 //!   typed [`GsdpaError`]s and the kernels' parameter struct ([`ffi`]).
+//! - [`paged`]: decode over a paged KV cache (block table, split-KV, the gate fused into the combine)
+//!   and appending new tokens to the cache; see `docs/decode.md`.
 //! - Backends: [`Reference`] (naive CPU, f64 accumulation, every option), the kernel emulator (the CUDA
 //!   sources compiled for the host) and CUDA.
 //!
@@ -96,6 +98,7 @@ pub mod emulator;
 pub mod error;
 pub mod ffi;
 pub mod launch;
+pub mod paged;
 pub mod problem;
 pub mod reference;
 #[doc(hidden)]
@@ -124,6 +127,10 @@ pub use cuda::CudaBackend;
 #[cfg(feature = "emulator")]
 pub use emulator::Emulator;
 pub use error::{GsdpaError, Result};
+pub use paged::{
+    decode_workspace_bytes, num_splits_heuristic, DecodeArgs, DecodeProblem, HostDecodeArgs,
+    NumSplits, PagedKv,
+};
 pub use problem::{
     Activation, AttentionProblem, DType, GateMode, ProblemBuilder, Varlen, MAX_SOFTMAX_SCALE,
     SUPPORTED_HEAD_DIMS,

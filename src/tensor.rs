@@ -140,6 +140,13 @@ impl Layout {
         true
     }
 
+    /// Element offset of a multi-index (no bounds check beyond debug assertions). Host code that reads
+    /// single elements of a strided tensor (the reference's page gather, tests) uses it.
+    pub fn offset(&self, index: &[usize]) -> usize {
+        debug_assert_eq!(index.len(), self.shape.len());
+        index.iter().zip(&self.strides).map(|(&i, &s)| i * s).sum()
+    }
+
     /// Calls `f(linear, offset)` for every element in C order, where `linear` is the index in a dense
     /// copy and `offset` the element offset in this layout.
     pub fn for_each_offset(&self, mut f: impl FnMut(usize, usize)) {

@@ -84,11 +84,6 @@ struct View<T> {
     layout: Layout,
 }
 
-/// Storage offset of `index` in `layout` (in elements).
-fn offset(layout: &Layout, index: &[usize]) -> usize {
-    index.iter().zip(layout.strides()).map(|(i, s)| i * s).sum()
-}
-
 impl<T: Element> View<T> {
     /// A `shape` view with the given strides, `base` elements into a storage that ends right after its
     /// last element, every element of the storage `fill(index)`.
@@ -117,12 +112,12 @@ impl<T: Element> View<T> {
 
     /// Element `index` of the view, in f64.
     fn at(&self, index: &[usize]) -> f64 {
-        self.buffer.as_slice()[self.base + offset(&self.layout, index)].to_f64()
+        self.buffer.as_slice()[self.base + self.layout.offset(index)].to_f64()
     }
 
     /// Marks the storage offset of `index` as part of the view in `seen`.
     fn mark(&self, seen: &mut [bool], index: &[usize]) {
-        seen[self.base + offset(&self.layout, index)] = true;
+        seen[self.base + self.layout.offset(index)] = true;
     }
 
     /// Asserts that every storage element outside the view (not in `seen`) still holds the sentinel.

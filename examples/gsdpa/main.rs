@@ -7,6 +7,9 @@
 //!     [--g g.npy | --qg qg.npy] --gate none|elementwise|headwise --act sigmoid|silu [--causal]
 //!     [--scale F] [--cu-seqlens-q 0,5,12 --cu-seqlens-k 0,7,9] --out y.npy [--lse lse.npy] [--o o.npy]
 //! gsdpa backward <forward flags> --dy dy.npy --out-dir DIR [--deterministic]
+//! gsdpa decode --backend B --dtype bf16|f16 --q q.npy --k-cache kc.npy --v-cache vc.npy
+//!     --block-table bt.npy --cache-seqlens 17,5,300 [--g g.npy] --gate none|elementwise|headwise
+//!     --act sigmoid|silu [--causal] [--scale F] [--num-splits N] --out y.npy [--lse lse.npy]
 //! gsdpa demo [--backend NAME] [--seqlen N]
 //! gsdpa bench [--json] [--shape NAME]
 //! gsdpa sass [--json] [--arch sm_80] [--kernel PATTERN] [--fatbin FILE]
@@ -19,6 +22,7 @@ mod args;
 mod attention;
 mod backends;
 mod bench;
+mod decode;
 mod demo;
 mod info;
 mod npy;
@@ -48,6 +52,10 @@ usage:
       --o o.npy                           also write the ungated output O
   gsdpa backward <forward flags> --dy dy.npy --out-dir DIR [--deterministic]
       writes DIR/dq.npy, dk.npy, dv.npy and, with a gate, dg.npy
+  gsdpa decode --q q.npy --k-cache kc.npy --v-cache vc.npy --block-table bt.npy
+      --cache-seqlens 17,5,300 --out y.npy [--g g.npy --gate M --act A --causal --scale F
+      --num-splits N --lse lse.npy --backend B --dtype T]
+      paged-KV decode: caches [num_blocks,block_size,Hkv,D], block table int32 [B,max_blocks]
   gsdpa demo [--backend NAME] [--seqlen N]
       Qwen3-Next-shaped gated attention (D 256, 16 q heads, 2 kv heads), forward and backward on the
       best backend here, checked against the CPU reference
@@ -115,6 +123,7 @@ fn run(args: &[String]) -> Result<(), CliError> {
         "info" => info::run(rest),
         "forward" => attention::forward(rest),
         "backward" => attention::backward(rest),
+        "decode" => decode::run(rest),
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "sass" => sass::run(rest),

@@ -477,3 +477,236 @@ pub const GSDPA_BWD_DQ_BLOCK_N_D256: GsdpaBwdGeometry = 32;
 pub const GSDPA_BWD_DQ_THREADS_D256: GsdpaBwdGeometry = 256;
 pub const GSDPA_BWD_DQ_SMEM_D256: GsdpaBwdGeometry = 86016;
 pub type GsdpaBwdGeometry = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct GsdpaPagedStrides {
+    pub block: i64,
+    pub slot: i64,
+    pub head: i64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaPagedStrides"][::std::mem::size_of::<GsdpaPagedStrides>() - 24usize];
+    ["Alignment of GsdpaPagedStrides"][::std::mem::align_of::<GsdpaPagedStrides>() - 8usize];
+    ["Offset of field: GsdpaPagedStrides::block"]
+        [::std::mem::offset_of!(GsdpaPagedStrides, block) - 0usize];
+    ["Offset of field: GsdpaPagedStrides::slot"]
+        [::std::mem::offset_of!(GsdpaPagedStrides, slot) - 8usize];
+    ["Offset of field: GsdpaPagedStrides::head"]
+        [::std::mem::offset_of!(GsdpaPagedStrides, head) - 16usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaDecodeParams {
+    pub q: *const ::std::os::raw::c_void,
+    pub k_cache: *const ::std::os::raw::c_void,
+    pub v_cache: *const ::std::os::raw::c_void,
+    pub block_table: *const i32,
+    pub cache_seqlens: *const i32,
+    pub cu_seqlens_q: *const i32,
+    pub g: *const ::std::os::raw::c_void,
+    pub y: *mut ::std::os::raw::c_void,
+    pub lse: *mut f32,
+    pub o_partial: *mut f32,
+    pub lse_partial: *mut f32,
+    pub status: *mut i32,
+    pub q_stride: GsdpaStrides,
+    pub g_stride: GsdpaStrides,
+    pub y_stride: GsdpaStrides,
+    pub k_stride: GsdpaPagedStrides,
+    pub v_stride: GsdpaPagedStrides,
+    pub table_batch_stride: i64,
+    pub lse_batch_stride: i64,
+    pub lse_head_stride: i64,
+    pub batch: i32,
+    pub seqlen_q: i32,
+    pub total_q: i32,
+    pub heads_q: i32,
+    pub heads_kv: i32,
+    pub head_dim: i32,
+    pub block_size: i32,
+    pub num_blocks: i32,
+    pub max_blocks: i32,
+    pub num_splits: i32,
+    pub causal: i32,
+    pub gate_mode: i32,
+    pub activation: i32,
+    pub scale: f32,
+    pub scale_log2: f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaDecodeParams"][::std::mem::size_of::<GsdpaDecodeParams>() - 304usize];
+    ["Alignment of GsdpaDecodeParams"][::std::mem::align_of::<GsdpaDecodeParams>() - 8usize];
+    ["Offset of field: GsdpaDecodeParams::q"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, q) - 0usize];
+    ["Offset of field: GsdpaDecodeParams::k_cache"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, k_cache) - 8usize];
+    ["Offset of field: GsdpaDecodeParams::v_cache"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, v_cache) - 16usize];
+    ["Offset of field: GsdpaDecodeParams::block_table"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, block_table) - 24usize];
+    ["Offset of field: GsdpaDecodeParams::cache_seqlens"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, cache_seqlens) - 32usize];
+    ["Offset of field: GsdpaDecodeParams::cu_seqlens_q"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, cu_seqlens_q) - 40usize];
+    ["Offset of field: GsdpaDecodeParams::g"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, g) - 48usize];
+    ["Offset of field: GsdpaDecodeParams::y"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, y) - 56usize];
+    ["Offset of field: GsdpaDecodeParams::lse"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, lse) - 64usize];
+    ["Offset of field: GsdpaDecodeParams::o_partial"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, o_partial) - 72usize];
+    ["Offset of field: GsdpaDecodeParams::lse_partial"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, lse_partial) - 80usize];
+    ["Offset of field: GsdpaDecodeParams::status"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, status) - 88usize];
+    ["Offset of field: GsdpaDecodeParams::q_stride"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, q_stride) - 96usize];
+    ["Offset of field: GsdpaDecodeParams::g_stride"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, g_stride) - 120usize];
+    ["Offset of field: GsdpaDecodeParams::y_stride"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, y_stride) - 144usize];
+    ["Offset of field: GsdpaDecodeParams::k_stride"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, k_stride) - 168usize];
+    ["Offset of field: GsdpaDecodeParams::v_stride"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, v_stride) - 192usize];
+    ["Offset of field: GsdpaDecodeParams::table_batch_stride"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, table_batch_stride) - 216usize];
+    ["Offset of field: GsdpaDecodeParams::lse_batch_stride"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, lse_batch_stride) - 224usize];
+    ["Offset of field: GsdpaDecodeParams::lse_head_stride"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, lse_head_stride) - 232usize];
+    ["Offset of field: GsdpaDecodeParams::batch"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, batch) - 240usize];
+    ["Offset of field: GsdpaDecodeParams::seqlen_q"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, seqlen_q) - 244usize];
+    ["Offset of field: GsdpaDecodeParams::total_q"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, total_q) - 248usize];
+    ["Offset of field: GsdpaDecodeParams::heads_q"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, heads_q) - 252usize];
+    ["Offset of field: GsdpaDecodeParams::heads_kv"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, heads_kv) - 256usize];
+    ["Offset of field: GsdpaDecodeParams::head_dim"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, head_dim) - 260usize];
+    ["Offset of field: GsdpaDecodeParams::block_size"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, block_size) - 264usize];
+    ["Offset of field: GsdpaDecodeParams::num_blocks"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, num_blocks) - 268usize];
+    ["Offset of field: GsdpaDecodeParams::max_blocks"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, max_blocks) - 272usize];
+    ["Offset of field: GsdpaDecodeParams::num_splits"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, num_splits) - 276usize];
+    ["Offset of field: GsdpaDecodeParams::causal"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, causal) - 280usize];
+    ["Offset of field: GsdpaDecodeParams::gate_mode"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, gate_mode) - 284usize];
+    ["Offset of field: GsdpaDecodeParams::activation"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, activation) - 288usize];
+    ["Offset of field: GsdpaDecodeParams::scale"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, scale) - 292usize];
+    ["Offset of field: GsdpaDecodeParams::scale_log2"]
+        [::std::mem::offset_of!(GsdpaDecodeParams, scale_log2) - 296usize];
+};
+impl Default for GsdpaDecodeParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub const GSDPA_DECODE_STATUS_OK: GsdpaDecodeStatus = 0;
+pub const GSDPA_DECODE_STATUS_INVALID_INPUT: GsdpaDecodeStatus = 1;
+pub type GsdpaDecodeStatus = ::std::os::raw::c_uint;
+pub const GSDPA_DECODE_BLOCK_M: GsdpaDecodeGeometry = 64;
+pub const GSDPA_DECODE_THREADS: GsdpaDecodeGeometry = 128;
+pub const GSDPA_DECODE_MAX_SPLITS: GsdpaDecodeGeometry = 128;
+pub const GSDPA_DECODE_MAX_BLOCK_SIZE: GsdpaDecodeGeometry = 256;
+pub const GSDPA_DECODE_BLOCK_N_D64: GsdpaDecodeGeometry = 32;
+pub const GSDPA_DECODE_SMEM_D64: GsdpaDecodeGeometry = 16400;
+pub const GSDPA_DECODE_BLOCK_N_D128: GsdpaDecodeGeometry = 32;
+pub const GSDPA_DECODE_SMEM_D128: GsdpaDecodeGeometry = 32784;
+pub const GSDPA_DECODE_BLOCK_N_D256: GsdpaDecodeGeometry = 32;
+pub const GSDPA_DECODE_SMEM_D256: GsdpaDecodeGeometry = 65552;
+pub const GSDPA_DECODE_COMBINE_THREADS: GsdpaDecodeGeometry = 128;
+pub type GsdpaDecodeGeometry = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaAppendKvParams {
+    pub k_new: *const ::std::os::raw::c_void,
+    pub v_new: *const ::std::os::raw::c_void,
+    pub k_cache: *mut ::std::os::raw::c_void,
+    pub v_cache: *mut ::std::os::raw::c_void,
+    pub block_table: *const i32,
+    pub cache_seqlens: *const i32,
+    pub status: *mut i32,
+    pub k_new_stride: GsdpaStrides,
+    pub v_new_stride: GsdpaStrides,
+    pub k_stride: GsdpaPagedStrides,
+    pub v_stride: GsdpaPagedStrides,
+    pub table_batch_stride: i64,
+    pub batch: i32,
+    pub seqlen_new: i32,
+    pub heads_kv: i32,
+    pub head_dim: i32,
+    pub block_size: i32,
+    pub num_blocks: i32,
+    pub max_blocks: i32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaAppendKvParams"][::std::mem::size_of::<GsdpaAppendKvParams>() - 192usize];
+    ["Alignment of GsdpaAppendKvParams"][::std::mem::align_of::<GsdpaAppendKvParams>() - 8usize];
+    ["Offset of field: GsdpaAppendKvParams::k_new"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, k_new) - 0usize];
+    ["Offset of field: GsdpaAppendKvParams::v_new"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, v_new) - 8usize];
+    ["Offset of field: GsdpaAppendKvParams::k_cache"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, k_cache) - 16usize];
+    ["Offset of field: GsdpaAppendKvParams::v_cache"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, v_cache) - 24usize];
+    ["Offset of field: GsdpaAppendKvParams::block_table"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, block_table) - 32usize];
+    ["Offset of field: GsdpaAppendKvParams::cache_seqlens"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, cache_seqlens) - 40usize];
+    ["Offset of field: GsdpaAppendKvParams::status"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, status) - 48usize];
+    ["Offset of field: GsdpaAppendKvParams::k_new_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, k_new_stride) - 56usize];
+    ["Offset of field: GsdpaAppendKvParams::v_new_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, v_new_stride) - 80usize];
+    ["Offset of field: GsdpaAppendKvParams::k_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, k_stride) - 104usize];
+    ["Offset of field: GsdpaAppendKvParams::v_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, v_stride) - 128usize];
+    ["Offset of field: GsdpaAppendKvParams::table_batch_stride"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, table_batch_stride) - 152usize];
+    ["Offset of field: GsdpaAppendKvParams::batch"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, batch) - 160usize];
+    ["Offset of field: GsdpaAppendKvParams::seqlen_new"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, seqlen_new) - 164usize];
+    ["Offset of field: GsdpaAppendKvParams::heads_kv"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, heads_kv) - 168usize];
+    ["Offset of field: GsdpaAppendKvParams::head_dim"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, head_dim) - 172usize];
+    ["Offset of field: GsdpaAppendKvParams::block_size"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, block_size) - 176usize];
+    ["Offset of field: GsdpaAppendKvParams::num_blocks"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, num_blocks) - 180usize];
+    ["Offset of field: GsdpaAppendKvParams::max_blocks"]
+        [::std::mem::offset_of!(GsdpaAppendKvParams, max_blocks) - 184usize];
+};
+impl Default for GsdpaAppendKvParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub const GSDPA_APPEND_KV_THREADS: GsdpaAppendKvGeometry = 256;
+pub type GsdpaAppendKvGeometry = ::std::os::raw::c_uint;
