@@ -38,9 +38,12 @@ GSDPA_DEVICE void gate_rows(const GsdpaGateParams &p, uint32_t num_rows) {
     // A row is covered by up to blockDim.x threads; a block handles rows_per_block rows at once (e.g.
     // D = 128: 16 threads per row, 16 rows per block of 256). Threads beyond the last full row idle.
     const int threads_per_row = tmin<int>(vecs_per_row, int(blockDim.x));
-    const int rows_per_block = int(blockDim.x) / threads_per_row;
-    const int row_in_block = int(threadIdx.x) / threads_per_row;
-    const int vec_in_row = int(threadIdx.x) % threads_per_row;
+    uint32_t rows_per_block_u, unused, row_in_block_u, vec_in_row_u;
+    small_divmod(blockDim.x, uint32_t(threads_per_row), rows_per_block_u, unused);
+    small_divmod(threadIdx.x, uint32_t(threads_per_row), row_in_block_u, vec_in_row_u);
+    const int rows_per_block = int(rows_per_block_u);
+    const int row_in_block = int(row_in_block_u);
+    const int vec_in_row = int(vec_in_row_u);
     if (row_in_block >= rows_per_block) return;
 
     const bool headwise = p.gate_mode == GSDPA_GATE_HEADWISE;
