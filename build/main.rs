@@ -15,8 +15,7 @@
 //! `info` writes the generated Rust file.
 //! This file holds what every step reads: the paths, the kernel sources, the environment.
 //!
-//! Files under `kernels/wip/` are work in progress: they are never compiled here, and editing them does not
-//! recompile anything: each compile is skipped when a hash of its real inputs (sources, headers, compiler
+//! Each compile is skipped when a hash of its real inputs (sources, headers, compiler
 //! and flags) matches the one stored with its output. The fatbin does not depend on the cargo profile, so
 //! it is cached once per target directory (`target/gsdpa-cache`) and shared by dev, test and release
 //! builds (`cargo clippy` and `cargo test --release` in CI run nvcc once). docs/toolchain.md describes the
@@ -131,14 +130,14 @@ struct KernelSources {
     /// `kernels/emu/*.cpp`, sorted: the emulator runtime (host only).
     #[cfg_attr(not(feature = "emulator"), allow(dead_code))]
     emulator_units: Vec<PathBuf>,
-    /// Every other file under `kernels/` except `wip/`: headers any unit may include.
+    /// Every other file under `kernels/`: headers any unit may include.
     headers: Vec<PathBuf>,
 }
 
 impl KernelSources {
     fn scan(kernels: &Path) -> Result<KernelSources> {
         let mut all = Vec::new();
-        collect_files(kernels, &kernels.join("wip"), &mut all)?;
+        collect_files(kernels, &mut all)?;
         all.sort();
         let emu = kernels.join("emu");
         let (mut kernel_units, mut emulator_units, mut headers) =
@@ -171,17 +170,14 @@ impl KernelSources {
     }
 }
 
-fn collect_files(dir: &Path, skip: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+fn collect_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     let entries = fs::read_dir(dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
     for entry in entries {
         let path = entry
             .map_err(|e| format!("reading {}: {e}", dir.display()))?
             .path();
-        if path == skip {
-            continue;
-        }
         if path.is_dir() {
-            collect_files(&path, skip, out)?;
+            collect_files(&path, out)?;
         } else {
             out.push(path);
         }
