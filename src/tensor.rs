@@ -233,7 +233,8 @@ pub trait Element:
     const DTYPE: DType;
     /// Round to nearest even.
     fn from_f32(x: f32) -> Self;
-    /// Round to nearest even, directly from f64 (no double rounding through f32).
+    /// Round to nearest even, correctly from f64: `half`'s own f64 conversions round through f32 (or
+    /// truncate the low mantissa bits) and can land on the wrong side of a 16-bit midpoint.
     fn from_f64(x: f64) -> Self;
     fn to_f32(self) -> f32;
     fn to_f64(self) -> f64;
@@ -243,13 +244,31 @@ pub trait Element:
 const _: () = assert!(std::mem::size_of::<half::bf16>() == ELEMENT_BYTES);
 const _: () = assert!(std::mem::size_of::<half::f16>() == ELEMENT_BYTES);
 
+/// `x` rounded to f32 with round-to-odd: truncated, with the last bit set when inexact. Rounding that
+/// to a 16-bit type (nearest even) is then the correct rounding of `x` itself, because f32 keeps at
+/// least two more bits than bf16 and f16 at every magnitude they represent; plain `x as f32` could
+/// land exactly on a 16-bit midpoint and round the wrong way (`half`'s `from_f64` does that).
+fn f32_round_to_odd(x: f64) -> f32 {
+    let nearest = x as f32;
+    if !x.is_finite() || nearest.is_infinite() || f64::from(nearest) == x {
+        return nearest;
+    }
+    // The neighbour of `nearest` toward zero when `nearest` rounded away from zero.
+    let truncated = if f64::from(nearest).abs() > x.abs() {
+        f32::from_bits(nearest.to_bits() - 1)
+    } else {
+        nearest
+    };
+    f32::from_bits(truncated.to_bits() | 1)
+}
+
 impl Element for half::bf16 {
     const DTYPE: DType = DType::BF16;
     fn from_f32(x: f32) -> Self {
         half::bf16::from_f32(x)
     }
     fn from_f64(x: f64) -> Self {
-        half::bf16::from_f64(x)
+        half::bf16::from_f32(f32_round_to_odd(x))
     }
     fn to_f32(self) -> f32 {
         half::bf16::to_f32(self)
@@ -265,7 +284,7 @@ impl Element for half::f16 {
         half::f16::from_f32(x)
     }
     fn from_f64(x: f64) -> Self {
-        half::f16::from_f64(x)
+        half::f16::from_f32(f32_round_to_odd(x))
     }
     fn to_f32(self) -> f32 {
         half::f16::to_f32(self)

@@ -52,13 +52,13 @@ impl Array {
     /// `T` is an error naming its index; NaN and infinities pass through unchanged.
     pub fn round_to<T: Element>(&self) -> Result<HostBuffer<T>, String> {
         let mut out = HostBuffer::<T>::try_new(self.len()).map_err(|e| e.to_string())?;
-        // (value as read, value with the same 16-bit rounding as f32)
-        let values: Box<dyn Iterator<Item = (f64, f32)> + '_> = match &self.data {
-            Data::F32(v) => Box::new(v.iter().map(|&x| (f64::from(x), x))),
-            Data::F64(v) => Box::new(v.iter().map(|&x| (x, f32_round_to_odd(x)))),
+        // (value as read, value rounded once to T)
+        let values: Box<dyn Iterator<Item = (f64, T)> + '_> = match &self.data {
+            Data::F32(v) => Box::new(v.iter().map(|&x| (f64::from(x), T::from_f32(x)))),
+            Data::F64(v) => Box::new(v.iter().map(|&x| (x, T::from_f64(x)))),
         };
-        for (i, (slot, (x, x32))) in out.as_mut_slice().iter_mut().zip(values).enumerate() {
-            *slot = T::from_f32(x32);
+        for (i, (slot, (x, rounded))) in out.as_mut_slice().iter_mut().zip(values).enumerate() {
+            *slot = rounded;
             if x.is_finite() && !slot.to_f64().is_finite() {
                 let largest = match T::DTYPE {
                     DType::BF16 => half::bf16::MAX.to_f64(),
@@ -73,24 +73,6 @@ impl Array {
         }
         Ok(out)
     }
-}
-
-/// `x` rounded to f32 with round-to-odd: truncated, with the last bit set when inexact. Rounding that
-/// to a 16-bit type (nearest even) is then the correct rounding of `x` itself, because f32 keeps at
-/// least two more bits than bf16 and f16 at every magnitude they represent; plain `x as f32` could
-/// land exactly on a 16-bit midpoint and round the wrong way (`half`'s bf16 `from_f64` does that).
-fn f32_round_to_odd(x: f64) -> f32 {
-    let nearest = x as f32;
-    if !x.is_finite() || nearest.is_infinite() || f64::from(nearest) == x {
-        return nearest;
-    }
-    // The neighbour of `nearest` toward zero when `nearest` rounded away from zero.
-    let truncated = if f64::from(nearest).abs() > x.abs() {
-        f32::from_bits(nearest.to_bits() - 1)
-    } else {
-        nearest
-    };
-    f32::from_bits(truncated.to_bits() | 1)
 }
 
 /// The C-order multi-index of the element at `linear`.
