@@ -32,8 +32,8 @@ use crate::ffi::{self, GsdpaDecodeParams, GsdpaPagedStrides, GsdpaStrides};
 use crate::launch::LaunchConfig;
 use crate::problem::{Activation, DType, GateMode, SUPPORTED_HEAD_DIMS};
 use crate::reference::Reference;
-use crate::tensor::{Element, Memory, Tensor};
-use crate::validate::WORKSPACE_ALIGN;
+use crate::tensor::{Element, Memory, Tensor, ELEMENT_BYTES};
+use crate::validate::{self, check_overlaps, Checked, Kind, WORKSPACE_ALIGN};
 
 /// Block sizes must be a multiple of this (one mma k-step of keys never straddles a page boundary
 /// within a 16-key group, and engines use 16 or 32).
@@ -390,25 +390,8 @@ pub fn set_decode_workspace(
 // Validation (shapes, strides, sizes; never the device values).
 // ---------------------------------------------------------------------------------------------------
 
-/// What a tensor holds, for the stride and alignment rules.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// 16-bit, last dimension contiguous, read or written in 16-byte chunks.
-    Vector16,
-    /// 16-bit scalars (the headwise gate), any strides.
-    Scalar16,
-    /// 32-bit scalars with a contiguous last dimension (i32 tables, f32 lse).
-    Rows32,
-}
-
-/// A tensor that passed its checks.
-struct Checked {
-    name: &'static str,
-    span: Option<(usize, usize)>,
-    addr: usize,
-    strides: Vec<i64>,
-}
-
+/// The shared tensor checks of `validate` (shape, strides, alignment, byte span), with the element size
+/// that follows from the kind: 16-bit tensors, or 32-bit rows (block table, lengths, lse).
 fn check_tensor<S: Memory>(
     name: &'static str,
     tensor: &Tensor<S>,
@@ -416,126 +399,12 @@ fn check_tensor<S: Memory>(
     kind: Kind,
     output: bool,
 ) -> Result<Checked> {
-    let layout = &tensor.layout;
-    if layout.shape() != expected || layout.strides().len() != layout.rank() {
-        return Err(GsdpaError::ShapeMismatch {
-            tensor: name,
-            expected: expected.to_vec(),
-            actual: layout.shape().to_vec(),
-        });
-    }
-    let bad = |reason: String| GsdpaError::BadStrides {
-        tensor: name,
-        reason,
-    };
-    let last_extent = layout.shape().last().copied().unwrap_or(1);
-    let last_stride = layout.strides().last().copied().unwrap_or(1);
-    if kind != Kind::Scalar16 && last_extent > 1 && last_stride != 1 {
-        return Err(bad(format!(
-            "the last dimension must be contiguous (stride 1), got stride {last_stride}"
-        )));
-    }
-    let strides = layout
-        .shape()
-        .iter()
-        .zip(layout.strides())
-        .map(|(&extent, &stride)| {
-            if extent <= 1 {
-                Ok(0)
-            } else {
-                i64::try_from(stride).map_err(|_| {
-                    GsdpaError::SizeOverflow(format!("{name}: stride {stride} does not fit in i64"))
-                })
-            }
-        })
-        .collect::<Result<Vec<i64>>>()?;
-    let addr = tensor.data.addr();
-    let max_offset = match layout.max_offset() {
-        Err(_) => {
-            return Err(GsdpaError::SizeOverflow(format!(
-                "{name}: the largest element offset overflows"
-            )))
-        }
-        Ok(None) => {
-            return Ok(Checked {
-                name,
-                span: None,
-                addr,
-                strides,
-            })
-        }
-        Ok(Some(m)) => m,
-    };
-    if i64::try_from(max_offset).is_err() {
-        return Err(GsdpaError::SizeOverflow(format!(
-            "{name}: the largest element offset {max_offset} does not fit in i64"
-        )));
-    }
-    if max_offset >= tensor.data.len() {
-        return Err(bad(format!(
-            "the largest element offset {max_offset} is beyond the buffer of {} elements",
-            tensor.data.len()
-        )));
-    }
-    if output && !layout.is_non_overlapping() {
-        return Err(bad(
-            "the strides map different elements of this output to the same memory".into(),
-        ));
-    }
-    let elem_bytes = if kind == Kind::Rows32 { 4 } else { 2 };
-    let base_align = if kind == Kind::Vector16 {
-        16
+    let elem_bytes = if kind == Kind::Rows32 {
+        4
     } else {
-        elem_bytes
+        ELEMENT_BYTES
     };
-    let misaligned = |reason: String| GsdpaError::Misaligned {
-        tensor: name,
-        reason,
-    };
-    if addr % base_align != 0 {
-        return Err(misaligned(format!(
-            "base address {addr:#x} is not {base_align}-byte aligned"
-        )));
-    }
-    if kind == Kind::Vector16 {
-        let rank = layout.rank();
-        for (dim, (&extent, &stride)) in layout.shape().iter().zip(layout.strides()).enumerate() {
-            if dim + 1 < rank && extent > 1 && stride % 8 != 0 {
-                return Err(misaligned(format!(
-                    "stride {stride} of dimension {dim} is not a multiple of 8 elements (16 bytes)"
-                )));
-            }
-        }
-    }
-    let end = (max_offset + 1)
-        .checked_mul(elem_bytes)
-        .and_then(|b| b.checked_add(addr))
-        .ok_or_else(|| GsdpaError::SizeOverflow(format!("{name}: byte span overflows")))?;
-    Ok(Checked {
-        name,
-        span: Some((addr, end)),
-        addr,
-        strides,
-    })
-}
-
-fn check_overlaps(inputs: &[&Checked], outputs: &[&Checked]) -> Result<()> {
-    for (i, out) in outputs.iter().enumerate() {
-        let Some((start, end)) = out.span else {
-            continue;
-        };
-        for other in inputs.iter().chain(&outputs[..i]) {
-            if let Some((other_start, other_end)) = other.span {
-                if start < other_end && other_start < end {
-                    return Err(GsdpaError::Overlap {
-                        output: out.name,
-                        other: other.name,
-                    });
-                }
-            }
-        }
-    }
-    Ok(())
+    validate::check_tensor(name, tensor, expected, elem_bytes, kind, output)
 }
 
 fn to_i32(value: usize, what: &str) -> Result<i32> {
@@ -863,13 +732,6 @@ pub fn check_paged_values(
 // Launches.
 // ---------------------------------------------------------------------------------------------------
 
-fn dtype_name(dtype: DType) -> &'static str {
-    match dtype {
-        DType::BF16 => "bf16",
-        DType::F16 => "f16",
-    }
-}
-
 /// The launch sequence of a validated decode problem with `num_splits` splits: the main kernel, then
 /// (several splits) the combine kernel, both taking the same `GsdpaDecodeParams`.
 pub fn decode_launches(
@@ -878,7 +740,7 @@ pub fn decode_launches(
     num_splits: usize,
 ) -> Result<Vec<LaunchConfig>> {
     validate_decode_problem(problem)?;
-    let dt = dtype_name(dtype);
+    let dt = dtype.name();
     let d = problem.head_dim;
     let smem = match d {
         64 => ffi::GSDPA_DECODE_SMEM_D64,
@@ -1014,7 +876,7 @@ pub fn append_kv_launch(problem: &DecodeProblem, dtype: DType, seqlen_new: usize
         .saturating_mul(problem.head_dim / 8);
     let threads = ffi::GSDPA_APPEND_KV_THREADS as usize;
     LaunchConfig {
-        kernel: format!("gsdpa_append_kv_{}", dtype_name(dtype)),
+        kernel: format!("gsdpa_append_kv_{}", dtype.name()),
         grid: [chunks.div_ceil(threads).min(65536) as u32, 1, 1],
         block: [ffi::GSDPA_APPEND_KV_THREADS, 1, 1],
         shared_bytes: 0,

@@ -103,25 +103,25 @@ pub fn validate_problem(problem: &AttentionProblem) -> Result<()> {
 
 /// How a tensor is addressed by the kernels, which decides its stride and alignment rules.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// 16-bit tensor with a contiguous D axis, read and written with 16-byte vectors.
     Vector16,
     /// Headwise gate (or its gradient): 16-bit scalars, any strides.
     Scalar16,
-    /// f32 rows (lse): the last axis contiguous.
-    RowsF32,
+    /// 32-bit rows, the last axis contiguous: f32 (lse) or i32 (a paged cache's block table and lengths).
+    Rows32,
 }
 
 /// A tensor that passed its checks: its byte span (for overlap tests) and its kernel strides.
-struct Checked {
-    name: &'static str,
+pub(crate) struct Checked {
+    pub(crate) name: &'static str,
     /// `[start, end)` in bytes, `None` for an empty tensor.
-    span: Option<(usize, usize)>,
-    addr: usize,
-    strides: Vec<i64>,
+    pub(crate) span: Option<(usize, usize)>,
+    pub(crate) addr: usize,
+    pub(crate) strides: Vec<i64>,
 }
 
-fn check_tensor<S: Memory>(
+pub(crate) fn check_tensor<S: Memory>(
     name: &'static str,
     tensor: &Tensor<S>,
     expected: &[usize],
@@ -205,7 +205,7 @@ fn check_tensor<S: Memory>(
     let base_align = match kind {
         Kind::Vector16 => 16,
         Kind::Scalar16 => 2,
-        Kind::RowsF32 => 4,
+        Kind::Rows32 => 4,
     }
     .max(elem_bytes);
     if addr % base_align != 0 {
@@ -236,7 +236,7 @@ fn check_tensor<S: Memory>(
 }
 
 /// Rejects any output that overlaps an input or an earlier output.
-fn check_overlaps(inputs: &[&Checked], outputs: &[&Checked]) -> Result<()> {
+pub(crate) fn check_overlaps(inputs: &[&Checked], outputs: &[&Checked]) -> Result<()> {
     for (i, out) in outputs.iter().enumerate() {
         let Some((start, end)) = out.span else {
             continue;
@@ -390,7 +390,7 @@ where
         &args.lse,
         &problem.lse_shape(),
         4,
-        Kind::RowsF32,
+        Kind::Rows32,
         true,
     )?;
 
@@ -482,7 +482,7 @@ where
     let o = check_optional("o", &args.o, &q_shape, eb, v16, false)?;
     let dy = check_tensor("dy", &args.dy, &q_shape, eb, v16, false)?;
     let lse_shape = problem.lse_shape();
-    let lse = check_tensor("lse", &args.lse, &lse_shape, 4, Kind::RowsF32, false)?;
+    let lse = check_tensor("lse", &args.lse, &lse_shape, 4, Kind::Rows32, false)?;
     if !args.lse.layout.is_contiguous() {
         return Err(GsdpaError::BadStrides {
             tensor: "lse",

@@ -12,28 +12,10 @@
 //!   limits and NaN kept NaN.
 #![cfg(feature = "emulator")]
 
-use std::ffi::{c_char, c_void, CString};
-
-use gated_sdpa::ffi::{
-    GsdpaGateBackwardParams, GsdpaGateParams, GsdpaStrides, GSDPA_ACT_SIGMOID, GSDPA_ACT_SILU,
-    GSDPA_GATE_ELEMENTWISE,
+use gated_sdpa::{
+    Activation, Element, Emulator, GateArgs, GateBackwardArgs, GateMode, HostBuffer, Tensor,
 };
-use gated_sdpa::{Activation, HostBuffer};
-
-extern "C" {
-    fn gsdpa_emu_launch(
-        kernel: *const c_char,
-        grid: *const u32,
-        block: *const u32,
-        dynamic_smem_bytes: usize,
-        params: *const c_void,
-        params_size: usize,
-        seed: u64,
-        worker_threads: u32,
-        err: *mut c_char,
-        err_len: usize,
-    ) -> i32;
-}
+use half::{bf16, f16};
 
 // ---------------------------------------------------------------------------------------------------
 // The GPU formula with worst-case approximation errors
@@ -193,39 +175,51 @@ fn gate_inputs(dtype: DType, row: usize) -> Vec<u16> {
     bits
 }
 
-/// Rows of one head of width `d`, dense: strides (batch, row, head) for [1, rows, 1, d].
-fn dense(rows: usize, d: usize) -> GsdpaStrides {
-    GsdpaStrides {
-        batch: (rows * d) as i64,
-        row: d as i64,
-        head: d as i64,
-    }
-}
-
-fn launch<P>(kernel: &str, grid: u32, params: &P) {
-    let name = CString::new(kernel).unwrap();
-    let mut err = vec![0 as c_char; 1024];
-    // SAFETY: the params' pointers cover every element their strides address; buffers outlive the call.
-    let rc = unsafe {
-        gsdpa_emu_launch(
-            name.as_ptr(),
-            [grid, 1, 1].as_ptr(),
-            [256u32, 1, 1].as_ptr(),
-            0,
-            (params as *const P).cast(),
-            std::mem::size_of::<P>(),
-            1,
-            2,
-            err.as_mut_ptr(),
-            err.len(),
-        )
+/// Runs the standalone gate kernel and its backward on the emulator, through the public API, over
+/// `[rows, 1, d]` tensors: o = dY = 1 and the logits `g` (bits of T), so that Y and dO are act(g) and
+/// dG is act'(g). Returns the bits of (Y, dO, dG). Outputs start poisoned (all bits set: NaN).
+fn run_gate_kernels<T: Element>(
+    g_bits: &[u16],
+    d: usize,
+    act: Activation,
+    from_bits: fn(u16) -> T,
+    to_bits: fn(T) -> u16,
+) -> (Vec<u16>, Vec<u16>, Vec<u16>) {
+    let shape = [g_bits.len() / d, 1, d];
+    let typed = |bits: &[u16]| {
+        HostBuffer::from_slice(&bits.iter().map(|&b| from_bits(b)).collect::<Vec<T>>())
     };
-    let message: Vec<u8> = err
-        .iter()
-        .take_while(|&&c| c != 0)
-        .map(|&c| c as u8)
-        .collect();
-    assert_eq!(rc, 0, "{kernel}: {}", String::from_utf8_lossy(&message));
+    let ones = typed(&vec![to_bits(T::from_f32(1.0)); g_bits.len()]);
+    let g = typed(g_bits);
+    let poison = vec![0xffffu16; g_bits.len()];
+    let (mut y, mut d_o, mut dg) = (typed(&poison), typed(&poison), typed(&poison));
+    let emulator = Emulator::new().with_seed(1).with_worker_threads(2);
+    emulator
+        .gate(
+            GateMode::Elementwise,
+            act,
+            &mut GateArgs {
+                o: Tensor::contiguous(ones.as_slice(), &shape),
+                g: Some(Tensor::contiguous(g.as_slice(), &shape)),
+                y: Tensor::contiguous(y.as_mut_slice(), &shape),
+            },
+        )
+        .expect("gate kernel");
+    emulator
+        .gate_backward(
+            GateMode::Elementwise,
+            act,
+            &mut GateBackwardArgs {
+                o: Tensor::contiguous(ones.as_slice(), &shape),
+                g: Some(Tensor::contiguous(g.as_slice(), &shape)),
+                dy: Tensor::contiguous(ones.as_slice(), &shape),
+                d_o: Tensor::contiguous(d_o.as_mut_slice(), &shape),
+                dg: Some(Tensor::contiguous(dg.as_mut_slice(), &shape)),
+            },
+        )
+        .expect("gate backward kernel");
+    let bits = |b: &HostBuffer<T>| b.as_slice().iter().map(|&x| to_bits(x)).collect();
+    (bits(&y), bits(&d_o), bits(&dg))
 }
 
 /// `got` (bits of `dtype`) is `expected` rounded once: within half an ulp, plus 2^-20 relative for the
@@ -255,67 +249,13 @@ fn expected(act: Activation, g: f64) -> (f64, f64) {
     (act.apply(g), act.derivative(g))
 }
 
-fn check_gate_kernels(dtype: DType, activation: u32) {
+fn check_gate_kernels(dtype: DType, act: Activation) {
     let d = 128;
     let g = gate_inputs(dtype, d);
-    let rows = g.len() / d;
-    let ones = vec![dtype.bits(1.0); g.len()];
-    let poison = vec![0xffffu16; g.len()];
-    let (o_buf, g_buf, dy_buf) = (
-        HostBuffer::from_slice(&ones),
-        HostBuffer::from_slice(&g),
-        HostBuffer::from_slice(&ones),
-    );
-    let (mut y_buf, mut d_o_buf, mut dg_buf) = (
-        HostBuffer::from_slice(&poison),
-        HostBuffer::from_slice(&poison),
-        HostBuffer::from_slice(&poison),
-    );
-    let s = dense(rows, d);
-    let act = if activation == GSDPA_ACT_SILU {
-        Activation::Silu
-    } else {
-        Activation::Sigmoid
+    let (y, d_o, dg) = match dtype {
+        DType::BF16 => run_gate_kernels::<bf16>(&g, d, act, bf16::from_bits, bf16::to_bits),
+        DType::F16 => run_gate_kernels::<f16>(&g, d, act, f16::from_bits, f16::to_bits),
     };
-    let forward = GsdpaGateParams {
-        o: o_buf.as_slice().as_ptr().cast(),
-        g: g_buf.as_slice().as_ptr().cast(),
-        y: y_buf.as_mut_slice().as_mut_ptr().cast(),
-        o_stride: s,
-        g_stride: s,
-        y_stride: s,
-        batch: 1,
-        seqlen: rows as i32,
-        heads: 1,
-        head_dim: d as i32,
-        gate_mode: GSDPA_GATE_ELEMENTWISE as i32,
-        activation: activation as i32,
-    };
-    let kernel = format!("gsdpa_gate_{}", dtype.name());
-    launch(&kernel, (g.len() / 8).div_ceil(256) as u32, &forward);
-    let backward = GsdpaGateBackwardParams {
-        o: o_buf.as_slice().as_ptr().cast(),
-        g: g_buf.as_slice().as_ptr().cast(),
-        dy: dy_buf.as_slice().as_ptr().cast(),
-        d_o: d_o_buf.as_mut_slice().as_mut_ptr().cast(),
-        dg: dg_buf.as_mut_slice().as_mut_ptr().cast(),
-        o_stride: s,
-        g_stride: s,
-        dy_stride: s,
-        d_o_stride: s,
-        dg_stride: s,
-        batch: 1,
-        seqlen: rows as i32,
-        heads: 1,
-        head_dim: d as i32,
-        gate_mode: GSDPA_GATE_ELEMENTWISE as i32,
-        activation: activation as i32,
-    };
-    // 16 lanes per 128-wide row: 16 rows per block of 256 threads.
-    let kernel = format!("gsdpa_gate_backward_{}", dtype.name());
-    launch(&kernel, rows.div_ceil(16) as u32, &backward);
-
-    let (y, d_o, dg) = (y_buf.to_vec(), d_o_buf.to_vec(), dg_buf.to_vec());
     for (i, &bits) in g.iter().enumerate() {
         let gv = dtype.to_f64(bits);
         let (a, da) = expected(act, gv);
@@ -330,13 +270,13 @@ fn check_gate_kernels(dtype: DType, activation: u32) {
 #[test]
 fn sigmoid_kernels_match_f64_on_every_16_bit_input() {
     for dtype in [DType::BF16, DType::F16] {
-        check_gate_kernels(dtype, GSDPA_ACT_SIGMOID);
+        check_gate_kernels(dtype, Activation::Sigmoid);
     }
 }
 
 #[test]
 fn silu_kernels_match_f64_on_every_16_bit_input() {
     for dtype in [DType::BF16, DType::F16] {
-        check_gate_kernels(dtype, GSDPA_ACT_SILU);
+        check_gate_kernels(dtype, Activation::Silu);
     }
 }
