@@ -53,7 +53,7 @@ pub fn parse_dtype(text: &str) -> Result<DType, String> {
     }
 }
 
-fn parse_gate(text: &str) -> Result<GateMode, String> {
+pub fn parse_gate(text: &str) -> Result<GateMode, String> {
     match text {
         "none" => Ok(GateMode::None),
         "elementwise" => Ok(GateMode::Elementwise),
@@ -64,7 +64,7 @@ fn parse_gate(text: &str) -> Result<GateMode, String> {
     }
 }
 
-fn parse_activation(text: &str) -> Result<Activation, String> {
+pub fn parse_activation(text: &str) -> Result<Activation, String> {
     match text {
         "sigmoid" => Ok(Activation::Sigmoid),
         "silu" => Ok(Activation::Silu),

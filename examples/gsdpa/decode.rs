@@ -19,11 +19,11 @@ use gated_sdpa::cuda::CudaBackend;
 use gated_sdpa::paged::{
     check_paged_values, resolve_num_splits, DecodeArgs, DecodeProblem, NumSplits, PagedKv,
 };
-use gated_sdpa::{Activation, DType, Element, GateMode, HostBuffer, Reference, Tensor};
+use gated_sdpa::{DType, Element, GateMode, HostBuffer, Reference, Tensor};
 use half::{bf16, f16};
 
 use crate::args::{parse_i32_list, Flags};
-use crate::attention::parse_dtype;
+use crate::attention::{parse_activation, parse_dtype, parse_gate};
 use crate::backends::{AnyElement, Backend};
 use crate::npy::{self, Array};
 use crate::outputs::OutputPlan;
@@ -133,25 +133,6 @@ pub fn parse_int_npy(bytes: &[u8]) -> Result<IntArray, String> {
         })
         .collect::<Result<_, String>>()?;
     Ok(IntArray { shape, data })
-}
-
-fn parse_gate(text: &str) -> Result<GateMode, String> {
-    match text {
-        "none" => Ok(GateMode::None),
-        "elementwise" => Ok(GateMode::Elementwise),
-        "headwise" => Ok(GateMode::Headwise),
-        other => Err(format!(
-            "--gate: '{other}' is not none, elementwise or headwise"
-        )),
-    }
-}
-
-fn parse_activation(text: &str) -> Result<Activation, String> {
-    match text {
-        "sigmoid" => Ok(Activation::Sigmoid),
-        "silu" => Ok(Activation::Silu),
-        other => Err(format!("--act: '{other}' is not sigmoid or silu")),
-    }
 }
 
 fn read_float(flag: &str, path: &str) -> Result<Array, String> {
