@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything the GPU suite needs, here (no GPU needed), into gpu-bundle/ (git-ignored, < 64 MiB):
-# the release test binaries, the gsdpa CLI (with its bench) and scripts/gpu-suite-run.sh.
+# the release test binaries (test-gpu and test-gpu_decode among them), the gsdpa CLI (with its forward
+# and decode benches) and scripts/gpu-suite-run.sh.
 # Then, on a machine with an NVIDIA GPU and no Rust toolchain: copy gpu-bundle/ there and run
 #   bash gpu-bundle/gpu-suite-run.sh OUTDIR
 set -euo pipefail
@@ -33,6 +34,10 @@ cargo build --release --example gsdpa
 while read -r name exe; do
     cp "$exe" "$BUNDLE/bin/test-$name"
 done < "$BUNDLE/tests.txt"
+# The run script runs these by name: fail here, not on the GPU machine, if one is missing.
+for t in gpu gpu_decode; do
+    [ -x "$BUNDLE/bin/test-$t" ] || { echo "test-$t missing from the bundle" >&2; exit 1; }
+done
 cp target/release/examples/gsdpa "$BUNDLE/bin/gsdpa"
 strip "$BUNDLE"/bin/* 2>/dev/null || true
 cp scripts/gpu-suite-run.sh "$BUNDLE/"

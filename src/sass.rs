@@ -482,7 +482,9 @@ fn body(f: &Function, start: u32, end: u32) -> &[Instruction] {
 /// followed; everything else (a predicated loop-exit `CALL.REL.NOINC`, a subroutine `CALL`, which
 /// returns) falls through. Branch targets are after the branch, so one pass in address order finds it.
 pub fn steady_path(body: &[Instruction]) -> Vec<Instruction> {
-    best_path(body, |ins| [-i64::from(ins.mnemonic() == "LDGSTS"), 1, 0, 0])
+    best_path(body, |ins| {
+        [-i64::from(ins.mnemonic() == "LDGSTS"), 1, 0, 0]
+    })
 }
 
 /// The path through a loop body (as [`steady_path`]) that issues the most LDGSTS, then the most LDG,
@@ -491,7 +493,12 @@ pub fn steady_path(body: &[Instruction]) -> Vec<Instruction> {
 pub fn loaded_path(body: &[Instruction], math: bool) -> Vec<Instruction> {
     best_path(body, |ins| {
         let is = |m: &str| i64::from(ins.mnemonic() == m);
-        [-is("LDGSTS"), -is("LDG"), if math { -is("HMMA") } else { 0 }, 1]
+        [
+            -is("LDGSTS"),
+            -is("LDG"),
+            if math { -is("HMMA") } else { 0 },
+            1,
+        ]
     })
 }
 
@@ -1098,7 +1105,10 @@ mod tests {
         assert_eq!((l.steady.total(), l.steady.get(Class::Ldg)), (4, 0));
         assert_eq!((l.loaded.total(), l.loaded.get(Class::Ldg)), (6, 1));
         assert_eq!(l.loaded.get(Class::Hmma), 0);
-        assert_eq!((l.loaded_math.total(), l.loaded_math.get(Class::Hmma)), (7, 1));
+        assert_eq!(
+            (l.loaded_math.total(), l.loaded_math.get(Class::Hmma)),
+            (7, 1)
+        );
         assert_eq!(l.loaded_math.ldgsts_128, 1);
     }
 

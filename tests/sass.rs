@@ -89,9 +89,8 @@ fn decode_kernels_stay_within_their_budgets() {
 #[test]
 fn decode_loads_are_16_byte_and_nothing_spills() {
     let Some(reports) = reports() else { return };
-    let decode_path = |name: &str| {
-        name.starts_with("gsdpa_decode_") || name.starts_with("gsdpa_append_kv_")
-    };
+    let decode_path =
+        |name: &str| name.starts_with("gsdpa_decode_") || name.starts_with("gsdpa_append_kv_");
     let checked: Vec<&KernelReport> = reports.iter().filter(|r| decode_path(&r.name)).collect();
     // 6 decode + 6 combine + 2 append kernels per arch.
     assert!(

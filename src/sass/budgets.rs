@@ -507,7 +507,10 @@ mod tests {
             "gsdpa_decode_combine_bf16_d64 (sm_80): partial outputs not read in 16-byte loads",
             "gsdpa_append_kv_bf16 (sm_80): tokens not moved in 16-byte loads and stores",
         ] {
-            assert!(joined.contains(expected), "{expected} missing from:\n{joined}");
+            assert!(
+                joined.contains(expected),
+                "{expected} missing from:\n{joined}"
+            );
         }
         // The forward's copies are not held to the decode's rules.
         assert_eq!(v.len(), 5, "{joined}");

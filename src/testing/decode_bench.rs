@@ -108,7 +108,8 @@ impl DecodeShape {
         let blocks = self.copies() * self.blocks_per_copy();
         let cache = 2 * blocks * self.block_size * self.heads_kv * self.head_dim * ELEM_BYTES;
         let tables = self.copies() * blocks * 4;
-        let workspace = decode_workspace_bytes(&self.problem(GateMode::Elementwise, 1), num_splits)?;
+        let workspace =
+            decode_workspace_bytes(&self.problem(GateMode::Elementwise, 1), num_splits)?;
         Ok(cache + tables + 4 * self.query_tensor_bytes() + 4 * self.batch + workspace)
     }
 
@@ -131,7 +132,7 @@ impl DecodeShape {
 
 /// `1k`, `128k`, or the plain number when not a multiple of 1024.
 fn context_label(context: usize) -> String {
-    if context.is_multiple_of(1024) {
+    if context % 1024 == 0 {
         format!("{}k", context / 1024)
     } else {
         context.to_string()
@@ -450,17 +451,17 @@ impl DecodeSetup {
     /// [`GsdpaError::InvalidArgument`], before anything is allocated.
     pub fn new(backend: &CudaBackend, shape: &DecodeShape) -> Result<Self> {
         if let Some(reason) = skip_reason(backend, shape)? {
-            return Err(GsdpaError::InvalidArgument(format!("{}: {reason}", shape.name)));
+            return Err(GsdpaError::InvalidArgument(format!(
+                "{}: {reason}",
+                shape.name
+            )));
         }
         let stream = backend.context().default_stream();
         let copies = shape.copies();
         let num_splits = auto_num_splits(backend, shape)?;
 
-        let cache_len = copies
-            * shape.blocks_per_copy()
-            * shape.block_size
-            * shape.heads_kv
-            * shape.head_dim;
+        let cache_len =
+            copies * shape.blocks_per_copy() * shape.block_size * shape.heads_kv * shape.head_dim;
         // Random values, never zeros (zeros would flatter the tensor cores): a 16 MiB random pattern
         // repeated over the caches, K and V from different patterns.
         let pattern_len = (8usize << 20).min(cache_len);
@@ -470,8 +471,16 @@ impl DecodeSetup {
         let mut v_cache = stream
             .alloc_zeros::<half::bf16>(cache_len)
             .map_err(|e| cuda("alloc", e))?;
-        fill_from_pattern(&stream, &random_bf16(&stream, pattern_len, 11)?, &mut k_cache)?;
-        fill_from_pattern(&stream, &random_bf16(&stream, pattern_len, 12)?, &mut v_cache)?;
+        fill_from_pattern(
+            &stream,
+            &random_bf16(&stream, pattern_len, 11)?,
+            &mut k_cache,
+        )?;
+        fill_from_pattern(
+            &stream,
+            &random_bf16(&stream, pattern_len, 12)?,
+            &mut v_cache,
+        )?;
 
         let tables = scattered_tables(shape, copies, 5)
             .iter()
@@ -481,10 +490,8 @@ impl DecodeSetup {
             .clone_htod(&vec![shape.context as i32; shape.batch])
             .map_err(|e| cuda("upload", e))?;
         let q_len = shape.batch * shape.seqlen_q * shape.heads_q * shape.head_dim;
-        let workspace_bytes = decode_workspace_bytes(
-            &shape.problem(GateMode::Elementwise, copies),
-            num_splits,
-        )?;
+        let workspace_bytes =
+            decode_workspace_bytes(&shape.problem(GateMode::Elementwise, copies), num_splits)?;
         Ok(DecodeSetup {
             shape: shape.clone(),
             copies,
@@ -669,7 +676,10 @@ mod tests {
         assert_eq!(shapes[0].name, "qwen3-next-b1-k1k");
         assert_eq!(shapes[15].name, "qwen3-next-b256-k128k");
         for s in &shapes {
-            assert_eq!((s.heads_q, s.heads_kv, s.head_dim, s.seqlen_q), (16, 2, 256, 1));
+            assert_eq!(
+                (s.heads_q, s.heads_kv, s.head_dim, s.seqlen_q),
+                (16, 2, 256, 1)
+            );
             assert_eq!(s.block_size % crate::paged::BLOCK_SIZE_MULTIPLE, 0);
             crate::paged::validate_decode_problem(&s.problem(GateMode::Elementwise, s.copies()))
                 .unwrap();
@@ -717,7 +727,9 @@ mod tests {
     #[test]
     fn device_bytes_count_the_caches_and_the_rotation() {
         // 256 * 128k keys * 2 kv heads * 256 dims * 2 bytes, K and V: 68.7 GB, plus 8 MB of table.
-        let big = DecodeShape::qwen3_next(256, 131072).device_bytes(1).unwrap() as f64;
+        let big = DecodeShape::qwen3_next(256, 131072)
+            .device_bytes(1)
+            .unwrap() as f64;
         assert!(big > 68.7e9 && big < 68.8e9, "{big}");
         // A 1 MB cache is rotated over 64 copies.
         let small = DecodeShape::qwen3_next(1, 1024);
@@ -744,9 +756,15 @@ mod tests {
         assert_eq!(tables.len(), 4);
         let mut all: Vec<i32> = tables.iter().flatten().copied().collect();
         assert!(tables.iter().all(|t| t.len() == s.blocks_per_copy()));
-        assert_ne!(tables[0], (0..s.blocks_per_copy() as i32).collect::<Vec<_>>());
+        assert_ne!(
+            tables[0],
+            (0..s.blocks_per_copy() as i32).collect::<Vec<_>>()
+        );
         all.sort_unstable();
-        assert_eq!(all, (0..(4 * s.blocks_per_copy()) as i32).collect::<Vec<_>>());
+        assert_eq!(
+            all,
+            (0..(4 * s.blocks_per_copy()) as i32).collect::<Vec<_>>()
+        );
     }
 
     fn example() -> DecodeBench {
