@@ -822,12 +822,18 @@ pub fn launch_shapes() -> BTreeMap<String, LaunchShape> {
 // Reports
 // ---------------------------------------------------------------------------------------------------
 
-/// Kernels that apply the gate: the fused forward (its epilogue), the backward preprocessing and the
-/// standalone gate kernels. Every one of them must be free of subroutine calls.
+/// Kernels that apply the gate: the fused forward (its epilogue), the backward preprocessing, the
+/// standalone gate kernels, and the paged decode (its one-split epilogue) with its combine. Every one of
+/// them must be free of slow-path subroutine calls beyond `budgets::ALLOWED_SLOW_PATH_CALLS`.
 pub fn is_gated(kernel: &str) -> bool {
-    ["gsdpa_fwd_", "gsdpa_bwd_preprocess_", "gsdpa_gate_"]
-        .iter()
-        .any(|prefix| kernel.starts_with(prefix))
+    [
+        "gsdpa_fwd_",
+        "gsdpa_bwd_preprocess_",
+        "gsdpa_gate_",
+        "gsdpa_decode_",
+    ]
+    .iter()
+    .any(|prefix| kernel.starts_with(prefix))
 }
 
 /// Everything the analysis says about one kernel on one arch.
