@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything the GPU suite needs, here (no GPU needed), into gpu-bundle/ (git-ignored, < 64 MiB):
-# the release test binaries, the gsdpa CLI (with its bench) and scripts/gpu-suite-run.sh.
+# the release test binaries the suite runs (test-gpu, test-gpu_decode, ...), the gsdpa CLI (with its forward
+# and decode benches) and scripts/gpu-suite-run.sh.
 # Then, on a machine with an NVIDIA GPU and no Rust toolchain: copy gpu-bundle/ there and run
 #   bash gpu-bundle/gpu-suite-run.sh OUTDIR
 set -euo pipefail
@@ -30,12 +31,22 @@ for line in sys.stdin:
 ' > "$BUNDLE/tests.txt"
 cargo build --release --example gsdpa
 
+# Only the test binaries gpu-suite-run.sh runs: five of them embed the fatbin (about 9 MiB each at all
+# archs), and the bundle must stay under 64 MiB. Fail here, not on the GPU machine, if one is missing.
+SUITE_TESTS="gpu gpu_decode conformance forward backward"
 while read -r name exe; do
-    cp "$exe" "$BUNDLE/bin/test-$name"
+    case " $SUITE_TESTS " in *" $name "*) cp "$exe" "$BUNDLE/bin/test-$name" ;; esac
 done < "$BUNDLE/tests.txt"
-cp target/release/examples/gsdpa "$BUNDLE/bin/gsdpa"
+for t in $SUITE_TESTS; do
+    [ -x "$BUNDLE/bin/test-$t" ] || { echo "test-$t missing from the bundle" >&2; exit 1; }
+done
+cp "${CARGO_TARGET_DIR:-target}/release/examples/gsdpa" "$BUNDLE/bin/gsdpa"
 strip "$BUNDLE"/bin/* 2>/dev/null || true
 cp scripts/gpu-suite-run.sh "$BUNDLE/"
 rm "$BUNDLE/tests.txt"
 du -sh "$BUNDLE"
 ls -la "$BUNDLE/bin"
+if [ "$(du -sm "$BUNDLE" | cut -f1)" -ge 64 ]; then
+    echo "gpu-bundle/ is 64 MiB or more: it must stay under 64 MiB" >&2
+    exit 1
+fi

@@ -352,6 +352,11 @@ pub struct Counts {
     /// LDG / STG that move 16 bytes per thread (`.128`); the rest of `Ldg` / `Stg` are narrower.
     pub ldg_128: u32,
     pub stg_128: u32,
+    /// LDG that move 8 bytes per thread (`.64`): with [`Self::ldg_128`], what is left of `Ldg` moves
+    /// 4 bytes or less (scalars: block-table entries, lengths, LSEs).
+    pub ldg_64: u32,
+    /// LDGSTS (`cp.async`) that copy 16 bytes per thread (`.128`).
+    pub ldgsts_128: u32,
     /// MUFU by function (`EX2`, `RCP`, ...).
     pub mufu: BTreeMap<String, u32>,
     /// CALL instructions of any kind (see [`subroutine_calls`] for the ones that matter).
@@ -366,9 +371,12 @@ impl Counts {
             let class = Class::of(ins.mnemonic());
             *counts.by_class.entry(class).or_default() += 1;
             let wide = ins.opcode.split('.').any(|m| m == "128");
+            let eight_bytes = ins.opcode.split('.').any(|m| m == "64");
             match class {
                 Class::Ldg if wide => counts.ldg_128 += 1,
+                Class::Ldg if eight_bytes => counts.ldg_64 += 1,
                 Class::Stg if wide => counts.stg_128 += 1,
+                Class::Ldgsts if wide => counts.ldgsts_128 += 1,
                 Class::Mufu => {
                     let function = ins.opcode.split('.').nth(1).unwrap_or("?");
                     *counts.mufu.entry(function.to_string()).or_default() += 1;
@@ -385,6 +393,11 @@ impl Counts {
     /// The count of one class.
     pub fn get(&self, class: Class) -> u32 {
         self.by_class.get(&class).copied().unwrap_or(0)
+    }
+
+    /// LDG that move 4 bytes or less per thread.
+    pub fn ldg_narrow(&self) -> u32 {
+        self.get(Class::Ldg) - self.ldg_128 - self.ldg_64
     }
 
     /// All instructions.
@@ -424,6 +437,12 @@ pub struct Loop {
     /// tile and skips what only some tiles run (the causal mask, the last tile's gate prefetch). The
     /// budgets are on this path.
     pub steady: Counts,
+    /// What the path that loads a full tile issues ([`loaded_path`]): the most LDGSTS, then the most
+    /// LDG, then the fewest instructions. In the paged decode, where a key past the length is zero-filled
+    /// without its block-table read, this is a tile of in-range keys on a warp that only copies.
+    pub loaded: Counts,
+    /// [`loaded_path`] that also does the most HMMA: in the decode, the warp that does the math.
+    pub loaded_math: Counts,
 }
 
 /// Every loop of `f`: each `BRA` to an address at or before its own closes one (a loop exit written as
@@ -441,6 +460,8 @@ pub fn loops(f: &Function) -> Vec<Loop> {
                     end: ins.address,
                     counts: Counts::of(body),
                     steady: Counts::of(&steady_path(body)),
+                    loaded: Counts::of(&loaded_path(body, false)),
+                    loaded_math: Counts::of(&loaded_path(body, true)),
                 }
             })
         })
@@ -461,25 +482,48 @@ fn body(f: &Function, start: u32, end: u32) -> &[Instruction] {
 /// followed; everything else (a predicated loop-exit `CALL.REL.NOINC`, a subroutine `CALL`, which
 /// returns) falls through. Branch targets are after the branch, so one pass in address order finds it.
 pub fn steady_path(body: &[Instruction]) -> Vec<Instruction> {
+    best_path(body, |ins| {
+        [-i64::from(ins.mnemonic() == "LDGSTS"), 1, 0, 0]
+    })
+}
+
+/// The path through a loop body (as [`steady_path`]) that issues the most LDGSTS, then the most LDG,
+/// then (with `math`) the most HMMA, then the fewest instructions: an iteration that loads a whole tile,
+/// block-table reads included, where [`steady_path`] may take a cheaper zero-fill side.
+pub fn loaded_path(body: &[Instruction], math: bool) -> Vec<Instruction> {
+    best_path(body, |ins| {
+        let is = |m: &str| i64::from(ins.mnemonic() == m);
+        [
+            -is("LDGSTS"),
+            -is("LDG"),
+            if math { -is("HMMA") } else { 0 },
+            1,
+        ]
+    })
+}
+
+/// The path from a body's first instruction to its last that minimises the sum of `weight` over its
+/// instructions, compared lexicographically (a sum order, so one pass in address order is exact).
+fn best_path(body: &[Instruction], weight: impl Fn(&Instruction) -> [i64; 4]) -> Vec<Instruction> {
     let n = body.len();
     if n == 0 {
         return Vec::new();
     }
     let index_of = |address: u32| body.binary_search_by_key(&address, |i| i.address).ok();
-    // cost[i]: the best (-LDGSTS, instructions) from the body's start up to and including i, compared
-    // lexicographically; from[i]: the predecessor on that path.
-    let weight = |i: usize| (-i64::from(body[i].mnemonic() == "LDGSTS"), 1i64);
-    let mut cost: Vec<Option<(i64, i64)>> = vec![None; n];
+    // cost[i]: the best summed weight from the body's start up to and including i; from[i]: the
+    // predecessor on that path.
+    let weight = |i: usize| weight(&body[i]);
+    let mut cost: Vec<Option<[i64; 4]>> = vec![None; n];
     let mut from = vec![usize::MAX; n];
     cost[0] = Some(weight(0));
     for i in 0..n - 1 {
-        let Some((loads, count)) = cost[i] else {
+        let Some(so_far) = cost[i] else {
             continue;
         };
         let ins = &body[i];
         let mut relax = |j: usize| {
-            let (w_loads, w_count) = weight(j);
-            let candidate = (loads + w_loads, count + w_count);
+            let w = weight(j);
+            let candidate = std::array::from_fn(|k| so_far[k] + w[k]);
             if cost[j].is_none_or(|c| candidate < c) {
                 cost[j] = Some(candidate);
                 from[j] = i;
@@ -726,7 +770,8 @@ pub fn occupancy(
 
 /// Threads and dynamic shared memory of every kernel the crate launches, from the launch configurations
 /// of `src/launch.rs` (the forward and both backward modes for each dtype and head dim, the gate kernels,
-/// the conformance kernel). Kernels it never launches (the emulator self-tests) are absent.
+/// the conformance kernel) and `src/paged.rs` (the decode and its combine for each dtype and head dim,
+/// the append). Kernels it never launches (the emulator self-tests) are absent.
 pub fn launch_shapes() -> BTreeMap<String, LaunchShape> {
     let mut shapes = BTreeMap::new();
     let mut add = |config: launch::LaunchConfig| {
@@ -759,6 +804,15 @@ pub fn launch_shapes() -> BTreeMap<String, LaunchShape> {
         {
             add(config);
         }
+        for head_dim in crate::SUPPORTED_HEAD_DIMS {
+            // Two splits: the main kernel and the combine.
+            let problem = crate::paged::DecodeProblem::new(1, 1, 8, 1, head_dim, 16, 1, 1);
+            for config in crate::paged::decode_launches(&problem, dtype, 2).unwrap_or_default() {
+                add(config);
+            }
+        }
+        let problem = crate::paged::DecodeProblem::new(1, 1, 1, 1, 128, 16, 1, 1);
+        add(crate::paged::append_kv_launch(&problem, dtype, 1));
     }
     add(launch::conformance());
     shapes
@@ -768,12 +822,18 @@ pub fn launch_shapes() -> BTreeMap<String, LaunchShape> {
 // Reports
 // ---------------------------------------------------------------------------------------------------
 
-/// Kernels that apply the gate: the fused forward (its epilogue), the backward preprocessing and the
-/// standalone gate kernels. Every one of them must be free of subroutine calls.
+/// Kernels that apply the gate: the fused forward (its epilogue), the backward preprocessing, the
+/// standalone gate kernels, and the paged decode (its one-split epilogue) with its combine. Every one of
+/// them must be free of slow-path subroutine calls beyond `budgets::ALLOWED_SLOW_PATH_CALLS`.
 pub fn is_gated(kernel: &str) -> bool {
-    ["gsdpa_fwd_", "gsdpa_bwd_preprocess_", "gsdpa_gate_"]
-        .iter()
-        .any(|prefix| kernel.starts_with(prefix))
+    [
+        "gsdpa_fwd_",
+        "gsdpa_bwd_preprocess_",
+        "gsdpa_gate_",
+        "gsdpa_decode_",
+    ]
+    .iter()
+    .any(|prefix| kernel.starts_with(prefix))
 }
 
 /// Everything the analysis says about one kernel on one arch.
@@ -838,11 +898,13 @@ fn json_counts(c: &Counts) -> String {
         .collect();
     let ratio = |r: Option<f64>| r.map_or("null".to_string(), |r| format!("{r:.3}"));
     format!(
-        "{{\"total\": {}, {}, \"ldg_128\": {}, \"stg_128\": {}, \"calls\": {}, \"mufu_by_function\": {{{}}}, \"non_hmma_per_hmma\": {}, \"ldsm_per_hmma\": {}}}",
+        "{{\"total\": {}, {}, \"ldg_128\": {}, \"ldg_64\": {}, \"stg_128\": {}, \"ldgsts_128\": {}, \"calls\": {}, \"mufu_by_function\": {{{}}}, \"non_hmma_per_hmma\": {}, \"ldsm_per_hmma\": {}}}",
         c.total(),
         classes.join(", "),
         c.ldg_128,
+        c.ldg_64,
         c.stg_128,
+        c.ldgsts_128,
         c.calls,
         mufu.join(", "),
         ratio(c.non_hmma_per_hmma()),
@@ -1026,6 +1088,53 @@ mod tests {
         // The steady path takes the predicated branch at 0x40 over the second HMMA.
         assert_eq!(l.steady.total(), 5);
         assert_eq!(l.steady.get(Class::Hmma), 1);
+    }
+
+    #[test]
+    fn loaded_path_takes_the_table_read_and_optionally_the_math() {
+        // A key past the length skips its table read (the zero-fill side, cheaper: the steady path);
+        // a warp without real rows skips the math.
+        let listing = "
+	code for sm_80
+		Function : k
+        /*0000*/               @P0 BRA 0x30 ;
+        /*0010*/                   LDG.E R4, [R2.64] ;
+        /*0020*/                   IMAD R5, R4, R6, RZ ;
+        /*0030*/                   LDGSTS.E.BYPASS.128.ZFILL [R1], [R2.64], P1 ;
+        /*0040*/               @P2 BRA 0x60 ;
+        /*0050*/                   HMMA.16816.F32 R0, R4, R6, R0 ;
+        /*0060*/              @!P3 BRA 0x0 ;
+        /*0070*/                   EXIT ;
+";
+        let f = &parse(listing)[0];
+        let l = main_loop(f).expect("a loop with HMMA");
+        assert_eq!((l.steady.total(), l.steady.get(Class::Ldg)), (4, 0));
+        assert_eq!((l.loaded.total(), l.loaded.get(Class::Ldg)), (6, 1));
+        assert_eq!(l.loaded.get(Class::Hmma), 0);
+        assert_eq!(
+            (l.loaded_math.total(), l.loaded_math.get(Class::Hmma)),
+            (7, 1)
+        );
+        assert_eq!(l.loaded_math.ldgsts_128, 1);
+    }
+
+    #[test]
+    fn load_widths_are_counted_apart() {
+        let listing = "
+	code for sm_80
+		Function : k
+        /*0000*/                   LDGSTS.E.BYPASS.128.ZFILL [R1], [R2.64], P0 ;
+        /*0010*/                   LDGSTS.E.64 [R1+0x10], [R2.64+0x10] ;
+        /*0020*/                   LDG.E.128 R4, [R2.64] ;
+        /*0030*/                   LDG.E.64 R8, [R2.64] ;
+        /*0040*/                   LDG.E R10, [R2.64] ;
+        /*0050*/                   LDG.E.U16 R11, [R2.64] ;
+        /*0060*/                   EXIT ;
+";
+        let c = Counts::of(&parse(listing)[0].instructions);
+        assert_eq!((c.get(Class::Ldgsts), c.ldgsts_128), (2, 1));
+        assert_eq!((c.get(Class::Ldg), c.ldg_128, c.ldg_64), (4, 1, 1));
+        assert_eq!(c.ldg_narrow(), 2);
     }
 
     #[test]

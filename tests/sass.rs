@@ -2,6 +2,8 @@
 //! non-HMMA per HMMA, LDSM per HMMA, integer/predicate instructions and blocks per SM, each under its
 //! enforced ceiling (its target is printed, met or not), and the gate rule: no kernel that applies the
 //! gate calls a slow-path subroutine (an IEEE division's) beyond the allowances listed with the budgets.
+//! The paged decode has its own budget (copies, not HMMA: it is memory-bound) and load rules: 16-byte
+//! `cp.async` for K and V, no spills in the decode, combine and append kernels.
 //!
 //! Needs the embedded fatbin and `cuobjdump` (scripts/nvcc-env.sh installs it next to nvcc). Without
 //! them the tests print why and pass, unless `GSDPA_REQUIRE_NVCC=1` (as in CI), where they fail.
@@ -61,6 +63,66 @@ fn main_loops_stay_within_their_budgets() {
 }
 
 #[test]
+fn decode_kernels_stay_within_their_budgets() {
+    let Some(reports) = reports() else { return };
+    let checks = budgets::check_decode(reports);
+    print!("{}", budgets::table(&checks));
+    let met = checks.iter().filter(|c| c.target_met()).count();
+    println!("decode targets met: {met} of {}", checks.len());
+    let exceeded: Vec<String> = checks
+        .iter()
+        .filter(|c| !c.within_ceiling())
+        .map(|c| {
+            format!(
+                "{} {} {}: {:?} against ceiling {}",
+                c.kernel, c.arch, c.metric, c.value, c.limit.ceiling
+            )
+        })
+        .collect();
+    assert!(
+        exceeded.is_empty(),
+        "decode budgets exceeded (src/sass/budgets.rs):\n{}",
+        exceeded.join("\n")
+    );
+}
+
+#[test]
+fn decode_loads_are_16_byte_and_nothing_spills() {
+    let Some(reports) = reports() else { return };
+    let decode_path =
+        |name: &str| name.starts_with("gsdpa_decode_") || name.starts_with("gsdpa_append_kv_");
+    let checked: Vec<&KernelReport> = reports.iter().filter(|r| decode_path(&r.name)).collect();
+    // 6 decode + 6 combine + 2 append kernels per arch.
+    assert!(
+        checked.len() >= 14,
+        "decode kernels missing from the fatbin: {} found",
+        checked.len()
+    );
+    for r in &checked {
+        let t = &r.total;
+        println!(
+            "{:<32} {:<7} LDGSTS {:>3} (16 B {:>3}), LDG {:>3} (16 B {:>3}, 8 B {:>2}), STG {:>3} (16 B {:>3}), local {}",
+            r.name,
+            r.arch,
+            t.get(sass::Class::Ldgsts),
+            t.ldgsts_128,
+            t.get(sass::Class::Ldg),
+            t.ldg_128,
+            t.ldg_64,
+            t.get(sass::Class::Stg),
+            t.stg_128,
+            t.get(sass::Class::Local)
+        );
+    }
+    let violations = budgets::decode_load_violations(reports);
+    assert!(
+        violations.is_empty(),
+        "decode load rules violated (src/sass/budgets.rs):\n{}",
+        violations.join("\n")
+    );
+}
+
+#[test]
 fn every_attention_kernel_on_a_budgeted_arch_has_a_budget() {
     let Some(reports) = reports() else { return };
     let attention = |name: &str| {
@@ -69,20 +131,41 @@ fn every_attention_kernel_on_a_budgeted_arch_has_a_budget() {
             .any(|p| name.starts_with(p))
             && !name.starts_with("gsdpa_bwd_dq_convert_")
     };
-    let budgeted_archs: Vec<&str> = budgets::BUDGETS.iter().map(|b| b.arch).collect();
+    // The decode's main kernels (not the combine, which has no loop over keys) have a decode budget.
+    let decode = |name: &str| {
+        name.starts_with("gsdpa_decode_") && !name.starts_with("gsdpa_decode_combine_")
+    };
+    let budgeted_archs: Vec<&str> = budgets::BUDGETS
+        .iter()
+        .map(|b| b.arch)
+        .chain(budgets::DECODE_BUDGETS.iter().map(|b| b.arch))
+        .collect();
     let missing: Vec<String> = reports
         .iter()
-        .filter(|r| attention(&r.name) && budgeted_archs.contains(&r.arch.as_str()))
         .filter(|r| {
-            !budgets::BUDGETS
+            (attention(&r.name) || decode(&r.name)) && budgeted_archs.contains(&r.arch.as_str())
+        })
+        .filter(|r| {
+            let attention_row = budgets::BUDGETS
                 .iter()
-                .any(|b| b.kernel == r.name && b.arch == r.arch)
+                .any(|b| b.kernel == r.name && b.arch == r.arch);
+            let decode_row = budgets::DECODE_BUDGETS
+                .iter()
+                .any(|b| b.kernel == r.name && b.arch == r.arch);
+            if decode(&r.name) {
+                !decode_row
+            } else {
+                !attention_row
+            }
         })
         .map(|r| format!("{} ({})", r.name, r.arch))
         .collect();
     assert!(missing.is_empty(), "kernels without a budget: {missing:?}");
-    // And every attention kernel has a main loop the rule finds, with HMMA in it.
-    for r in reports.iter().filter(|r| attention(&r.name)) {
+    // And every attention and decode kernel has a main loop the rule finds, with HMMA in it.
+    for r in reports
+        .iter()
+        .filter(|r| attention(&r.name) || decode(&r.name))
+    {
         assert!(
             r.main_loop.is_some(),
             "{} ({}): no loop with HMMA found",

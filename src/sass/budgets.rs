@@ -121,11 +121,213 @@ pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_bwd_dq_f16_d64", "sm_90a", limit(BWD_NON_HMMA, 6.47), limit(BWD_LDSM, 0.61), limit(BWD_INT, 345.0), limit(BWD_BLOCKS, 1.0)),
 ];
 
+// ---------------------------------------------------------------------------------------------------
+// The paged decode (kernels/decode.cu): memory-bound, so its budget is on the copies, not the HMMA.
+// ---------------------------------------------------------------------------------------------------
+
+/// The budget of one decode kernel on one arch, per iteration of its main loop (one key tile per warp).
+///
+/// Decode is memory-bound, so the budget is on what a warp issues per 16-byte copy and on the copies in
+/// flight, not on the HMMA ratios of [`Budget`]. The paths are [`super::loaded_path`]'s: a tile of
+/// in-range keys (block-table reads taken; the steady path would take the cheaper zero-fill side of a
+/// key past the length). At decode's GQA packing (group 8, Sq 1: 8 real rows of 64) one warp of four
+/// does the math and three only copy (kernels/decode.cu), so both paths are held to a budget.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DecodeBudget {
+    pub kernel: &'static str,
+    pub arch: &'static str,
+    /// All instructions per `LDGSTS`, on the path of a warp that only copies.
+    pub insts_per_ldgsts: Limit,
+    /// All instructions per `LDGSTS`, on the path of the warp that also does the math.
+    pub math_insts_per_ldgsts: Limit,
+    /// Integer / predicate instructions, on the copy path.
+    pub int_pred: Limit,
+    /// LDG on the copy path: the block-table reads.
+    pub table_reads: Limit,
+    /// Higher is better: the ceiling is a floor here.
+    pub blocks_per_sm: Limit,
+}
+
+// Decode targets.
+// - Instructions per 16-byte copy (copy path): an H200 moves 4.8 TB/s over 132 SMs at about 1.98 GHz,
+//   18 bytes per SM cycle, so a warp-wide 16-byte LDGSTS (512 bytes) is due every 28 SM cycles, 110
+//   issue slots of the SM's four schedulers. The paged gather needs the copy, its address (block id *
+//   block stride + slot * slot stride: about 6 integer instructions), its table read and its share of
+//   the loop's barriers and waits: 16 keeps the schedulers at most 15% busy with copies.
+// - Instructions per copy on the math path: the math warp's whole iteration must issue within the
+//   tile's transfer time. At D = 256 and 2 blocks per SM a block's 32 KB tile (32 keys of K and V)
+//   arrives in about 3500 cycles at 80% of the peak, 220 cycles per copy of the warp's 16; at a
+//   dependent-chain issue rate of one instruction per 2 cycles that is 110: the target is 100.
+// - Integer work (copy path): those 6 address instructions per copy, D / 16 copies per thread per
+//   tile: 96 at D = 256, 48 at 128, 24 at 64.
+// - Table reads: a thread's rows of a 32-key tile lie in at most 2 pages at block size 16, for K and
+//   for V: 4 (today one per copy: the ids are re-read rather than kept live, kernels/decode/paged_tile.h).
+// - Blocks per SM: bytes in flight. Little's law at 4.8 TB/s and about 1 us of DRAM latency asks for
+//   about 36 KB in flight per SM; one block has one 16 KB tile (D = 256) in flight at a time, so 2 blocks
+//   at D = 256 and 4 at D = 128 and 64, whose tiles are a half and a quarter of that.
+const DEC_INSTS_PER_COPY: f64 = 16.0;
+const DEC_MATH_INSTS_PER_COPY: f64 = 100.0;
+const DEC_TABLE_READS: f64 = 4.0;
+
+macro_rules! decode_budget {
+    ($kernel:literal, $arch:literal, $per_copy:expr, $math_per_copy:expr, $int:expr, $table:expr, $blocks:expr) => {
+        DecodeBudget {
+            kernel: $kernel,
+            arch: $arch,
+            insts_per_ldgsts: $per_copy,
+            math_insts_per_ldgsts: $math_per_copy,
+            int_pred: $int,
+            table_reads: $table,
+            blocks_per_sm: $blocks,
+        }
+    };
+}
+
+/// Every budgeted decode kernel and arch. Ceilings: the values measured on 2026-12-01 (nvcc 13.0.88;
+/// BENCHMARKS.md) plus about 3% (ratios) or 5% (integer counts); table reads and blocks as measured.
+#[rustfmt::skip]
+pub const DECODE_BUDGETS: &[DecodeBudget] = &[
+    decode_budget!("gsdpa_decode_bf16_d128", "sm_80", limit(DEC_INSTS_PER_COPY, 69.53), limit(DEC_MATH_INSTS_PER_COPY, 90.52), limit(48.0, 438.0), limit(DEC_TABLE_READS, 8.0), limit(4.0, 3.0)),
+    decode_budget!("gsdpa_decode_bf16_d128", "sm_90a", limit(DEC_INSTS_PER_COPY, 70.30), limit(DEC_MATH_INSTS_PER_COPY, 91.16), limit(48.0, 438.0), limit(DEC_TABLE_READS, 8.0), limit(4.0, 3.0)),
+    decode_budget!("gsdpa_decode_bf16_d256", "sm_80", limit(DEC_INSTS_PER_COPY, 67.92), limit(DEC_MATH_INSTS_PER_COPY, 88.39), limit(96.0, 859.0), limit(DEC_TABLE_READS, 16.0), limit(2.0, 2.0)),
+    decode_budget!("gsdpa_decode_bf16_d256", "sm_90a", limit(DEC_INSTS_PER_COPY, 68.62), limit(DEC_MATH_INSTS_PER_COPY, 89.10), limit(96.0, 852.0), limit(DEC_TABLE_READS, 16.0), limit(2.0, 2.0)),
+    decode_budget!("gsdpa_decode_bf16_d64", "sm_80", limit(DEC_INSTS_PER_COPY, 75.71), limit(DEC_MATH_INSTS_PER_COPY, 98.37), limit(24.0, 234.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
+    decode_budget!("gsdpa_decode_bf16_d64", "sm_90a", limit(DEC_INSTS_PER_COPY, 75.45), limit(DEC_MATH_INSTS_PER_COPY, 97.85), limit(24.0, 229.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
+    decode_budget!("gsdpa_decode_f16_d128", "sm_80", limit(DEC_INSTS_PER_COPY, 69.53), limit(DEC_MATH_INSTS_PER_COPY, 90.39), limit(48.0, 441.0), limit(DEC_TABLE_READS, 8.0), limit(4.0, 3.0)),
+    decode_budget!("gsdpa_decode_f16_d128", "sm_90a", limit(DEC_INSTS_PER_COPY, 70.30), limit(DEC_MATH_INSTS_PER_COPY, 91.16), limit(48.0, 431.0), limit(DEC_TABLE_READS, 8.0), limit(4.0, 3.0)),
+    decode_budget!("gsdpa_decode_f16_d256", "sm_80", limit(DEC_INSTS_PER_COPY, 67.92), limit(DEC_MATH_INSTS_PER_COPY, 88.46), limit(96.0, 853.0), limit(DEC_TABLE_READS, 16.0), limit(2.0, 2.0)),
+    decode_budget!("gsdpa_decode_f16_d256", "sm_90a", limit(DEC_INSTS_PER_COPY, 68.62), limit(DEC_MATH_INSTS_PER_COPY, 89.10), limit(96.0, 837.0), limit(DEC_TABLE_READS, 16.0), limit(2.0, 2.0)),
+    decode_budget!("gsdpa_decode_f16_d64", "sm_80", limit(DEC_INSTS_PER_COPY, 75.71), limit(DEC_MATH_INSTS_PER_COPY, 98.37), limit(24.0, 229.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
+    decode_budget!("gsdpa_decode_f16_d64", "sm_90a", limit(DEC_INSTS_PER_COPY, 75.45), limit(DEC_MATH_INSTS_PER_COPY, 98.11), limit(24.0, 218.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
+];
+
+/// Checks every decode budget whose arch is among the reports' archs, as [`check`] does.
+pub fn check_decode(reports: &[KernelReport]) -> Vec<Check> {
+    let mut checks = Vec::new();
+    for b in DECODE_BUDGETS {
+        if !reports.iter().any(|r| r.arch == b.arch) {
+            continue;
+        }
+        let report = reports
+            .iter()
+            .find(|r| r.name == b.kernel && r.arch == b.arch);
+        let main_loop = report.and_then(|r| r.main_loop.as_ref());
+        let copy_path = main_loop.map(|l| &l.loaded);
+        let per_copy = |c: &super::Counts| {
+            let copies = c.get(super::Class::Ldgsts);
+            (copies > 0).then(|| f64::from(c.total()) / f64::from(copies))
+        };
+        let blocks = report
+            .and_then(|r| r.occupancy)
+            .map(|o| f64::from(o.blocks));
+        let mut push = |metric, value, limit, higher_is_better| {
+            checks.push(Check {
+                kernel: b.kernel,
+                arch: b.arch,
+                metric,
+                value,
+                limit,
+                higher_is_better,
+            })
+        };
+        push(
+            "insts_per_ldgsts",
+            copy_path.and_then(per_copy),
+            b.insts_per_ldgsts,
+            false,
+        );
+        push(
+            "math_insts_per_ldgsts",
+            main_loop.and_then(|l| per_copy(&l.loaded_math)),
+            b.math_insts_per_ldgsts,
+            false,
+        );
+        push(
+            "int_pred",
+            copy_path.map(|c| f64::from(c.get(super::Class::IntPred))),
+            b.int_pred,
+            false,
+        );
+        push(
+            "table_reads",
+            copy_path.map(|c| f64::from(c.get(super::Class::Ldg))),
+            b.table_reads,
+            false,
+        );
+        push("blocks_per_sm", blocks, b.blocks_per_sm, true);
+    }
+    checks
+}
+
+/// The decode path's load rules, exact, one line per violation:
+/// - `gsdpa_decode_*`: every `LDGSTS` copies 16 bytes (`.128`), and the main loop issues some (K and V
+///   come in through `cp.async`); the main loop issues no 8- or 16-byte `LDG` (no K, V or Q element is
+///   loaded around `cp.async`: what the loop reads with `LDG` is the 4-byte block table);
+/// - `gsdpa_decode_combine_*`: the partial outputs are read in 16-byte loads and nothing in 8-byte ones;
+/// - `gsdpa_append_kv_*`: the new tokens move in 16-byte loads and stores;
+/// - all of them: no local memory (`LDL` / `STL`: spills or stack arrays).
+pub fn decode_load_violations(reports: &[KernelReport]) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in reports {
+        let at = format!("{} ({})", r.name, r.arch);
+        let is_combine = r.name.starts_with("gsdpa_decode_combine_");
+        let is_decode = r.name.starts_with("gsdpa_decode_") && !is_combine;
+        let is_append = r.name.starts_with("gsdpa_append_kv_");
+        if !(is_decode || is_combine || is_append) {
+            continue;
+        }
+        let local = r.total.get(super::Class::Local);
+        if local > 0 {
+            out.push(format!("{at}: {local} LDL/STL"));
+        }
+        let t = &r.total;
+        if is_decode {
+            let copies = t.get(super::Class::Ldgsts);
+            if t.ldgsts_128 != copies {
+                out.push(format!(
+                    "{at}: {} of {copies} LDGSTS are narrower than 16 bytes",
+                    copies - t.ldgsts_128
+                ));
+            }
+            match &r.main_loop {
+                None => out.push(format!("{at}: no main loop found")),
+                Some(l) => {
+                    if l.loaded.ldgsts_128 == 0 {
+                        out.push(format!("{at}: the main loop issues no 16-byte LDGSTS"));
+                    }
+                    let wide = l.counts.ldg_64 + l.counts.ldg_128;
+                    if wide > 0 {
+                        out.push(format!("{at}: {wide} 8- or 16-byte LDG in the main loop"));
+                    }
+                }
+            }
+        }
+        if is_combine && (t.ldg_128 == 0 || t.ldg_64 > 0) {
+            out.push(format!(
+                "{at}: partial outputs not read in 16-byte loads ({} x 16 B, {} x 8 B)",
+                t.ldg_128, t.ldg_64
+            ));
+        }
+        if is_append && (t.ldg_128 == 0 || t.stg_128 == 0) {
+            out.push(format!(
+                "{at}: tokens not moved in 16-byte loads and stores ({} LDG.128, {} STG.128)",
+                t.ldg_128, t.stg_128
+            ));
+        }
+    }
+    out
+}
+
 /// Slow-path calls a gated kernel may make: (kernel prefix, count on every arch, the code that makes
 /// them). The count is exact: more is a new slow path, fewer means the entry is stale.
 pub const ALLOWED_SLOW_PATH_CALLS: &[(&str, usize, &str)] = &[
-    // Empty: the forward's `1 / l` became `fast_rcp(l)` (kernels/forward/online_softmax.h), the last
-    // IEEE division in a gated kernel.
+    // The forward's `1 / l` became `fast_rcp(l)` (kernels/forward/online_softmax.h), its last IEEE
+    // division. The decode's combine still has two, on every arch (measured 2026-12-01):
+    (
+        "gsdpa_decode_combine_",
+        2,
+        "kernels/decode/combine.h: the 64-bit `row / p.heads_q` (with its `%`) and the IEEE `1.0f / sum`",
+    ),
 ];
 
 /// One metric of one kernel against its budget.
@@ -271,4 +473,74 @@ pub fn table(checks: &[Check]) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DECODE_LISTING: &str = "
+	code for sm_80
+		Function : gsdpa_decode_bf16_d64
+        /*0000*/                   LDGSTS.E.BYPASS.128.ZFILL [R1], [R2.64], P1 ;
+        /*0010*/                   LDGSTS.E.64 [R1+0x10], [R2.64] ;
+        /*0020*/                   LDG.E.128 R4, [R2.64] ;
+        /*0030*/                   HMMA.16816.F32 R0, R4, R6, R0 ;
+        /*0040*/                   STL [R1], R4 ;
+        /*0050*/              @!P3 BRA 0x0 ;
+        /*0060*/                   EXIT ;
+		Function : gsdpa_decode_combine_bf16_d64
+        /*0000*/                   LDG.E.64 R4, [R2.64] ;
+        /*0010*/                   EXIT ;
+		Function : gsdpa_append_kv_bf16
+        /*0000*/                   LDG.E.128 R4, [R2.64] ;
+        /*0010*/                   STG.E [R2.64], R4 ;
+        /*0020*/                   EXIT ;
+		Function : gsdpa_fwd_bf16_d64
+        /*0000*/                   LDGSTS.E.64 [R1+0x10], [R2.64] ;
+        /*0010*/                   EXIT ;
+";
+
+    #[test]
+    fn decode_load_rules_catch_narrow_copies_wide_loads_and_spills() {
+        let v = decode_load_violations(&super::super::analyze(DECODE_LISTING));
+        let joined = v.join("\n");
+        for expected in [
+            "gsdpa_decode_bf16_d64 (sm_80): 1 LDL/STL",
+            "gsdpa_decode_bf16_d64 (sm_80): 1 of 2 LDGSTS are narrower than 16 bytes",
+            "gsdpa_decode_bf16_d64 (sm_80): 1 8- or 16-byte LDG in the main loop",
+            "gsdpa_decode_combine_bf16_d64 (sm_80): partial outputs not read in 16-byte loads",
+            "gsdpa_append_kv_bf16 (sm_80): tokens not moved in 16-byte loads and stores",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "{expected} missing from:\n{joined}"
+            );
+        }
+        // The forward's copies are not held to the decode's rules.
+        assert_eq!(v.len(), 5, "{joined}");
+    }
+
+    #[test]
+    fn decode_checks_fail_without_the_kernel_and_over_a_ceiling() {
+        let reports = super::super::analyze(DECODE_LISTING);
+        let checks = check_decode(&reports);
+        // Every sm_80 decode row is checked; the kernels absent from the listing have no value.
+        let rows = DECODE_BUDGETS.iter().filter(|b| b.arch == "sm_80").count();
+        assert_eq!(checks.len(), 5 * rows);
+        let d64: Vec<&Check> = checks
+            .iter()
+            .filter(|c| c.kernel == "gsdpa_decode_bf16_d64")
+            .collect();
+        let per_copy = d64.iter().find(|c| c.metric == "insts_per_ldgsts").unwrap();
+        // 6 instructions on the loop's path, 2 copies.
+        assert_eq!(per_copy.value, Some(3.0));
+        assert!(per_copy.within_ceiling() && per_copy.target_met());
+        let missing = checks
+            .iter()
+            .find(|c| c.kernel == "gsdpa_decode_bf16_d128")
+            .unwrap();
+        assert_eq!(missing.value, None);
+        assert!(!missing.within_ceiling());
+    }
 }

@@ -1,4 +1,5 @@
-//! GPU benchmarks of the fused kernels, shared by `benches/forward.rs` (criterion) and `gsdpa bench`.
+//! GPU benchmarks of the fused kernels, shared by `benches/forward.rs` (criterion) and `gsdpa bench`
+//! (the paged decode's, measured in GB/s, are in [`super::decode_bench`], on the same timing loop).
 //!
 //! Method: CUDA events around the launches on one stream, warm-up first, the median of many timed
 //! repetitions, and inputs rotated over several copies so that shapes which fit in L2 are not flattered.
@@ -134,7 +135,7 @@ impl ForwardBench {
     }
 }
 
-fn cuda(what: &str, e: cudarc::driver::DriverError) -> GsdpaError {
+pub(super) fn cuda(what: &str, e: cudarc::driver::DriverError) -> GsdpaError {
     GsdpaError::Cuda(format!("{what}: {e:?}"))
 }
 
@@ -149,7 +150,7 @@ struct Buffers {
     lse: CudaSlice<f32>,
 }
 
-fn random_bf16(
+pub(super) fn random_bf16(
     stream: &std::sync::Arc<CudaStream>,
     len: usize,
     seed: u64,
@@ -369,7 +370,7 @@ impl BackwardBench {
 }
 
 /// Milliseconds that `iters` calls of `once` take on `stream`, between two CUDA events.
-fn elapsed_ms(
+pub(super) fn elapsed_ms(
     stream: &CudaStream,
     iters: usize,
     mut once: impl FnMut() -> Result<()>,
@@ -389,7 +390,7 @@ fn elapsed_ms(
 
 /// Median milliseconds per call of `once`, over `reps` batches of `iters` calls timed with CUDA events on
 /// `stream`, after a warm-up of 3 calls.
-fn median_ms(
+pub(super) fn median_ms(
     stream: &CudaStream,
     iters: usize,
     reps: usize,
