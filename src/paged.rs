@@ -448,6 +448,17 @@ pub fn validate_decode_problem(problem: &DecodeProblem) -> Result<()> {
         "max_blocks * block_size (+ one key tile)",
     )?;
     to_i32(problem.total_q(), "total query tokens")?;
+    // The combine numbers output rows (token, query head) in 32 bits.
+    if problem
+        .total_q()
+        .checked_mul(problem.heads_q)
+        .is_none_or(|rows| rows >= 1usize << 32)
+    {
+        return Err(GsdpaError::SizeOverflow(
+            "total query tokens * heads_q must be below 2^32 (output rows are numbered in 32 bits)"
+                .into(),
+        ));
+    }
     to_i32(
         problem.group_size().saturating_mul(problem.seqlen_q),
         "query rows per kv head (group * seqlen_q)",

@@ -22,10 +22,12 @@ GSDPA_DEVICE void combine(const GsdpaDecodeParams &p) {
     const int64_t total = int64_t(p.total_q) * p.heads_q * CHUNKS;
     const int64_t stride = int64_t(gridDim.x) * blockDim.x;
     for (int64_t idx = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; idx < total; idx += stride) {
-        const int64_t row = idx / CHUNKS;
+        // Rows (token, head) are numbered in 32 bits (validation: total_q * heads_q < 2^32), so these
+        // divisions are inline 32-bit ones, not a 64-bit division subroutine.
+        const uint32_t row = uint32_t(idx / CHUNKS);
         const int c = int(idx % CHUNKS);
-        const int t = int(row / p.heads_q);
-        const int h = int(row % p.heads_q);
+        const int t = int(row / uint32_t(p.heads_q));
+        const int h = int(row % uint32_t(p.heads_q));
         // Not varlen: token t is query i of sequence b. Varlen: rows are addressed by t alone.
         const int b = varlen ? 0 : t / p.seqlen_q;
         const int i = varlen ? t : t % p.seqlen_q;
@@ -51,7 +53,7 @@ GSDPA_DEVICE void combine(const GsdpaDecodeParams &p) {
             float sum = 0.0f;
             for (int s = 0; s < p.num_splits; ++s) {
                 const int64_t pr = partial_row(p, s, t, h);
-                const float w = fast_exp2((p.lse_partial[pr] - max_lse) * 1.4426950408889634f);
+                const float w = fast_exp2((p.lse_partial[pr] - max_lse) * kLog2e);
                 sum += w;
                 const float4 *src = reinterpret_cast<const float4 *>(p.o_partial + pr * D + c * 8);
                 const float4 lo = src[0], hi = src[1];
@@ -64,7 +66,7 @@ GSDPA_DEVICE void combine(const GsdpaDecodeParams &p) {
                 o[6] += w * hi.z;
                 o[7] += w * hi.w;
             }
-            const float inv = 1.0f / sum;
+            const float inv = fast_rcp(sum);  // sum >= 1: the split holding the max adds e^0
             for (int e = 0; e < 8; ++e) o[e] *= inv;
             lse = max_lse + logf(sum);
             gated = true;
