@@ -11,7 +11,7 @@
 //!     --block-table bt.npy --cache-seqlens 17,5,300 [--g g.npy] --gate none|elementwise|headwise
 //!     --act sigmoid|silu [--causal] [--scale F] [--num-splits N] --out y.npy [--lse lse.npy]
 //! gsdpa demo [--backend NAME] [--seqlen N]
-//! gsdpa bench [--json] [--shape NAME]
+//! gsdpa bench [--json] [--shape NAME] [--backward | --decode]
 //! gsdpa sass [--json] [--arch sm_80] [--kernel PATTERN] [--fatbin FILE]
 //! ```
 //! Bad input: one line on stderr naming the problem, exit code 2, no output file touched. Outputs are
@@ -59,8 +59,9 @@ usage:
   gsdpa demo [--backend NAME] [--seqlen N]
       Qwen3-Next-shaped gated attention (D 256, 16 q heads, 2 kv heads), forward and backward on the
       best backend here, checked against the CPU reference
-  gsdpa bench [--json] [--shape NAME]
-      forward TFLOP/s, gate overhead and fused-vs-unfused speedup (needs a GPU)
+  gsdpa bench [--json] [--shape NAME] [--backward | --decode]
+      forward TFLOP/s, gate overhead and fused-vs-unfused speedup (needs a GPU); --backward adds the
+      backward and the whole layer; --decode: paged decode GB/s against the HBM peak, gate overhead
   gsdpa sass [--json] [--arch sm_80] [--kernel PATTERN] [--fatbin FILE]
       static SASS analysis (needs cuobjdump): main-loop instruction mix, occupancy, budgets
 
