@@ -94,6 +94,14 @@ struct FwdTraits {
     GSDPA_DEVICE static int smem_k(int n) { return SMEM_K + (KV_STAGES == 2 ? (n & 1) : 0) * TILE_KV; }
     GSDPA_DEVICE static int smem_v(int n) { return SMEM_V + (KV_STAGES == 2 ? (n & 1) : 0) * TILE_KV; }
 
+    // The two stages' K (V) tiles at offsets that differ only in these bits, with every in-tile offset
+    // below them (TILE_KV a power of two dividing both stage offsets): switching the stage of a
+    // precomputed address is one XOR (forward.cu).
+    static constexpr int K_STAGE_FLIP = SMEM_K ^ (SMEM_K + TILE_KV);
+    static constexpr int V_STAGE_FLIP = SMEM_V ^ (SMEM_V + TILE_KV);
+    static_assert((TILE_KV & (TILE_KV - 1)) == 0 && SMEM_K % TILE_KV == 0 && SMEM_V % TILE_KV == 0,
+                  "stage offsets switch by XOR");
+
     static_assert(sizeof(T) == 2, "16-bit element types only");
     static_assert(BLOCK_M == 16 * WARPS, "each warp owns 16 query rows");
     static_assert(BLOCK_N % 16 == 0 && D % 64 == 0, "whole mma tiles and swizzled 128-byte rows");
