@@ -73,8 +73,8 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             cp_async_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row,
                                                seq.seqlen_k - n * BLOCK_N, tid);
         };
-        // The same for a tile the loop prefetches (n < n_tiles - 1): every tile before the last key tile is
-        // full, so no row test per chunk.
+        // The same for a tile the loop prefetches (n < n_tiles - 1): it is full (its keys end at
+        // (n + 1) * BLOCK_N <= (n_tiles - 1) * BLOCK_N < seqlen_k), so no row test per chunk.
         auto prefetch_k = [&](int n) {
             cp_async_full_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_k(n), k + int64_t(n) * BLOCK_N * k_row, k_row, tid);
         };
@@ -104,12 +104,12 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             for (int kk = 0; kk < Tr::K_STEPS_QK; ++kk) ldsm_a<D>(q_frag[0][kk], s_q, warp_row0, kk * 16, lane);
         }
 
-        // This lane's ldmatrix offsets into tile n's K and V stages (and, re-read per tile, Q), computed once:
-        // inside the loop every fragment address is a base register plus an immediate, and the stage
-        // changes by flipping one bit pattern (common/fragments.h, LdsmLaneOffsets).
-        LdsmLaneOffsets<D> k_frag = ldsm_b_offsets<D>(Tr::smem_k(n), lane);
-        LdsmLaneOffsets<D> v_frag = ldsm_b_trans_offsets<D>(Tr::smem_v(n), lane);
-        const LdsmLaneOffsets<D> q_frag_smem = ldsm_a_offsets<D>(Tr::SMEM_Q + warp_row0 * D, lane);
+        // This lane's ldmatrix addresses into tile n's K and V stages (and into Q, where Q is re-read per
+        // tile), computed once: inside the loop every fragment address is a base register plus an immediate,
+        // and the next tile's stage is one XOR away (common/fragments.h, LdsmLaneOffsets).
+        LdsmLaneOffsets<D> k_offsets = ldsm_b_offsets<D>(Tr::smem_k(n), lane);
+        LdsmLaneOffsets<D> v_offsets = ldsm_b_trans_offsets<D>(Tr::smem_v(n), lane);
+        const LdsmLaneOffsets<D> q_offsets = ldsm_a_offsets<D>(Tr::SMEM_Q + warp_row0 * D, lane);
 
         for (; n >= 0; --n) {
             cp_async_wait<0>();
@@ -133,10 +133,10 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             zero_acc(s);
             if constexpr (Tr::Q_IN_REGS) {
                 const FragmentOperandA<1, Tr::K_STEPS_QK> q_src{q_frag};
-                warp_gemm_offsets<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_frag, lane);
+                warp_gemm_offsets<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_offsets, lane);
             } else {
-                const SmemOffsetsOperandA<D, T> q_src{smem, q_frag_smem, 0};
-                warp_gemm_offsets<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_frag, lane);
+                const SmemOffsetsOperandA<D, T> q_src{smem, q_offsets, 0};
+                warp_gemm_offsets<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_offsets, lane);
             }
             if (tile_needs_mask<BLOCK_N>(n * BLOCK_N, m0, seq, causal)) {
                 // Key limits of this thread's rows; recomputed here (rarely) rather than kept live.
@@ -159,10 +159,10 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             // O += P V: P (the numerators now in s) rounded to T and reused in registers as the A operand;
             // V stored [key][dim] = [k][n].
             const AccumulatorOperandA<T, 1, Tr::K_STEPS_PV> p_src{s};
-            warp_gemm_offsets<T, 1, Tr::N_TILES_O, Tr::K_STEPS_PV, true, D>(acc_o, p_src, smem, v_frag, lane);
+            warp_gemm_offsets<T, 1, Tr::N_TILES_O, Tr::K_STEPS_PV, true, D>(acc_o, p_src, smem, v_offsets, lane);
             if constexpr (Tr::KV_STAGES == 2) {
-                k_frag.flip(Tr::K_STAGE_FLIP);  // on to tile n - 1's stage
-                v_frag.flip(Tr::V_STAGE_FLIP);
+                k_offsets.flip(Tr::K_STAGE_FLIP);  // on to tile n - 1's stage
+                v_offsets.flip(Tr::V_STAGE_FLIP);
             }
         }
     }
