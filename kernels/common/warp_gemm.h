@@ -12,7 +12,8 @@
 //   B stored [n][k] -> ldsm_b (K, V as the right-hand side of Q K^T, dO V^T)
 //   B stored [k][n] -> ldsm_b_trans (V for P V; dO, Q, K as the right-hand side of P^T dO, dS^T Q, dS K)
 // Per k-step the TM A fragments are fetched first, then B two n-tiles at a time (one ldmatrix.x4; a single
-// n-tile with ldmatrix.x2), each B fragment feeding TM mmas.
+// n-tile with ldmatrix.x2), each B fragment feeding TM mmas. warp_gemm_offsets is the same loop for a key
+// loop that hoists the lane's ldmatrix addresses (LdsmLaneOffsets, common/fragments.h; the forward).
 #pragma once
 
 #include "fragments.h"
