@@ -73,6 +73,14 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             cp_async_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row,
                                                seq.seqlen_k - n * BLOCK_N, tid);
         };
+        // The same for a tile the loop prefetches (n < n_tiles - 1): it is full (its keys end at
+        // (n + 1) * BLOCK_N <= (n_tiles - 1) * BLOCK_N < seqlen_k), so no row test per chunk.
+        auto prefetch_k = [&](int n) {
+            cp_async_full_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_k(n), k + int64_t(n) * BLOCK_N * k_row, k_row, tid);
+        };
+        auto prefetch_v = [&](int n) {
+            cp_async_full_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row, tid);
+        };
         // The elementwise gate tile replaces Q once Q is no longer needed in shared memory.
         auto load_gate = [&]() {
             cp_async_tile<BLOCK_M, D, THREADS>(s_q, static_cast<const T *>(p.g) + seq.q_offset(p.g_stride, m0, h),
@@ -96,13 +104,20 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             for (int kk = 0; kk < Tr::K_STEPS_QK; ++kk) ldsm_a<D>(q_frag[0][kk], s_q, warp_row0, kk * 16, lane);
         }
 
+        // This lane's ldmatrix addresses into tile n's K and V stages (and into Q, where Q is re-read per
+        // tile), computed once: inside the loop every fragment address is a base register plus an immediate,
+        // and the next tile's stage is one XOR away (common/fragments.h, LdsmLaneOffsets).
+        LdsmLaneOffsets<D> k_offsets = ldsm_b_offsets<D>(Tr::smem_k(n), lane);
+        LdsmLaneOffsets<D> v_offsets = ldsm_b_trans_offsets<D>(Tr::smem_v(n), lane);
+        const LdsmLaneOffsets<D> q_offsets = ldsm_a_offsets<D>(Tr::SMEM_Q + warp_row0 * D, lane);
+
         for (; n >= 0; --n) {
             cp_async_wait<0>();
             if constexpr (Tr::KV_STAGES == 2) {
                 __syncthreads();  // K(n), V(n) visible to all; every warp is done with tile n + 1's stage
                 if (n > 0) {
-                    load_k(n - 1);
-                    load_v(n - 1);
+                    prefetch_k(n - 1);
+                    prefetch_v(n - 1);
                 } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
                     load_gate();  // Q is in registers: its tile is free; the load hides under the last tile
                 }
@@ -117,11 +132,11 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             float s[1][Tr::N_TILES_S][4];
             zero_acc(s);
             if constexpr (Tr::Q_IN_REGS) {
-                warp_gemm_rs<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_frag, smem + Tr::smem_k(n), 0, 0,
-                                                                             lane);
+                const FragmentOperandA<1, Tr::K_STEPS_QK> q_src{q_frag};
+                warp_gemm_offsets<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_offsets, lane);
             } else {
-                warp_gemm<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, false, D, D>(s, s_q, warp_row0, 0,
-                                                                                   smem + Tr::smem_k(n), 0, 0, lane);
+                const SmemOffsetsOperandA<D, T> q_src{smem, q_offsets, 0};
+                warp_gemm_offsets<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_offsets, lane);
             }
             if (tile_needs_mask<BLOCK_N>(n * BLOCK_N, m0, seq, causal)) {
                 // Key limits of this thread's rows; recomputed here (rarely) rather than kept live.
@@ -133,7 +148,7 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
                 cp_async_wait<0>();
                 __syncthreads();  // V(n) visible to all; every warp is done with K(n) and (last tile) Q
                 if (n > 0) {
-                    load_k(n - 1);
+                    prefetch_k(n - 1);
                 } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
                     load_gate();  // hides under the last O += P V
                 }
@@ -143,7 +158,12 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             softmax.update(s[0], acc_o[0], p.scale_log2);
             // O += P V: P (the numerators now in s) rounded to T and reused in registers as the A operand;
             // V stored [key][dim] = [k][n].
-            warp_gemm_rs<T, 1, Tr::N_TILES_O, Tr::K_STEPS_PV, true, D>(acc_o, s, smem + Tr::smem_v(n), 0, 0, lane);
+            const AccumulatorOperandA<T, 1, Tr::K_STEPS_PV> p_src{s};
+            warp_gemm_offsets<T, 1, Tr::N_TILES_O, Tr::K_STEPS_PV, true, D>(acc_o, p_src, smem, v_offsets, lane);
+            if constexpr (Tr::KV_STAGES == 2) {
+                k_offsets.flip(Tr::K_STAGE_FLIP);  // on to tile n - 1's stage
+                v_offsets.flip(Tr::V_STAGE_FLIP);
+            }
         }
     }
     cp_async_wait<0>();

@@ -71,6 +71,61 @@ GSDPA_DEVICE void ldsm_b_trans(uint32_t (&b)[4], const T *tile, int row0, int co
     ldmatrix_x4_trans(b, tile + swizzle<COLS>(row, col));
 }
 
+// A lane's ldmatrix.x4 addresses for every 16 x 16 fragment of a swizzled tile of 16-bit elements,
+// computed once (outside a key loop) instead of per ldmatrix. The ldsm_* functions above address, per
+// lane, tile row row0 + lane_row and column col0 + 8 lane_chunk (lane_row, lane_chunk fixed by the lane
+// and the pattern). For row0 % 8 == 0 and col0 % 16 == 0 the swizzle of that element is
+//   row0 * COLS + (col0 & ~63) + lane_row * COLS + ((((col0 / 16) % 4) * 2 + lane_chunk) ^ (lane_row % 8)) * 8
+// (common/swizzle.h): the lane's part depends on the fragment only through (col0 / 16) % 4, so four base
+// offsets per lane cover the tile and every fragment's address is a base register plus a compile-time
+// immediate once the GEMM loops are unrolled. The bases are kept in bytes (ldmatrix's address unit, so
+// no per-use scaling) and include the tile's offset from the shared-memory base.
+template <int COLS>
+struct LdsmLaneOffsets {
+    static_assert(COLS % 64 == 0, "a swizzled tile row must be a whole number of 128-byte lines");
+    static constexpr int ELEM_BYTES = 2;
+    int base_bytes[4];
+    // tile_offset: the tile's offset from the shared-memory base, in elements.
+    GSDPA_DEVICE LdsmLaneOffsets(int tile_offset, int lane_row, int lane_chunk) {
+#pragma unroll
+        for (int v = 0; v < 4; ++v) {
+            base_bytes[v] =
+                ELEM_BYTES * (tile_offset + lane_row * COLS + (((2 * v + lane_chunk) ^ (lane_row & 7)) << 3));
+        }
+    }
+    // The lane's ldmatrix row address of the fragment at (row0, col0) of the tile (row0 % 8 == 0,
+    // col0 % 16 == 0), from the shared-memory base `smem`.
+    template <class T>
+    GSDPA_DEVICE const T *at(const T *smem, int row0, int col0) const {
+        return reinterpret_cast<const T *>(reinterpret_cast<const char *>(smem) + base_bytes[(col0 >> 4) & 3] +
+                                           ELEM_BYTES * (row0 * COLS + (col0 & ~63)));
+    }
+    // Moves the addresses to a tile whose offset differs from this one's only in the bits of
+    // flip_elements (and whose in-tile offsets lie below those bits).
+    GSDPA_DEVICE void flip(int flip_elements) {
+#pragma unroll
+        for (int v = 0; v < 4; ++v) base_bytes[v] ^= ELEM_BYTES * flip_elements;
+    }
+};
+
+// The lane offsets of the ldsm_a pattern (A stored [m][k]).
+template <int COLS>
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_a_offsets(int tile_offset, int lane) {
+    return LdsmLaneOffsets<COLS>(tile_offset, lane & 15, lane >> 4);
+}
+// The lane offsets of the ldsm_b pattern (B stored [n][k], two n-tiles).
+template <int COLS>
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_b_offsets(int tile_offset, int lane) {
+    const int j = lane >> 3;
+    return LdsmLaneOffsets<COLS>(tile_offset, (lane & 7) + ((j >> 1) << 3), j & 1);
+}
+// The lane offsets of the ldsm_b_trans pattern (B stored [k][n], two n-tiles).
+template <int COLS>
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_b_trans_offsets(int tile_offset, int lane) {
+    const int j = lane >> 3;
+    return LdsmLaneOffsets<COLS>(tile_offset, (lane & 7) + ((j & 1) << 3), j >> 1);
+}
+
 // The f32 accumulators of two adjacent 16 x 8 tiles (columns 0-7 in c0, 8-15 in c1), rounded to T and
 // packed: exactly the A operand of an m16n8k16 over k = those 16 columns (the register-reuse corollary in
 // docs/ptx-primitives.md: the forward's P never leaves registers).

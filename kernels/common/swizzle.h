@@ -71,6 +71,27 @@ GSDPA_DEVICE void cp_async_tile(T *smem, const T *gmem, int64_t row_stride, int 
     }
 }
 
+// cp_async_tile for a tile whose ROWS rows are all valid (a key loop's full tiles): the same copies,
+// without a row test (and its predicate) per chunk.
+template <int ROWS, int COLS, int THREADS, class T>
+GSDPA_DEVICE void cp_async_full_tile(T *smem, const T *gmem, int64_t row_stride, int tid) {
+    constexpr int CHUNKS = COLS / 8;
+    constexpr int TOTAL = ROWS * CHUNKS;
+    static_assert(TOTAL % THREADS == 0, "every thread copies the same number of chunks");
+    static_assert(THREADS % CHUNKS == 0, "a thread's chunks share one column (keeps the address math cheap)");
+    constexpr int ROW_STEP = THREADS / CHUNKS;
+    const int chunk = tid % CHUNKS;
+    const int row0 = tid / CHUNKS;
+    const int64_t step = int64_t(ROW_STEP) * row_stride;  // one running source pointer, as in cp_async_tile
+    const T *src = gmem + int64_t(row0) * row_stride + chunk * 8;
+    const SwizzledColumn<COLS, ROW_STEP> dst(row0, chunk * 8);
+#pragma unroll
+    for (int i = 0; i < TOTAL / THREADS; ++i) {
+        cp_async_16(smem + dst(i), src, true);
+        src += step;
+    }
+}
+
 // Copies rows [0, valid_rows) of a swizzled ROWS x COLS tile from shared memory to gmem (row r at
 // gmem + r * row_stride) with 16-byte stores; consecutive threads write consecutive chunks of a row, so
 // a warp's stores coalesce. Called by all THREADS threads; the caller synchronises before (the tile is

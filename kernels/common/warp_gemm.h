@@ -12,7 +12,8 @@
 //   B stored [n][k] -> ldsm_b (K, V as the right-hand side of Q K^T, dO V^T)
 //   B stored [k][n] -> ldsm_b_trans (V for P V; dO, Q, K as the right-hand side of P^T dO, dS^T Q, dS K)
 // Per k-step the TM A fragments are fetched first, then B two n-tiles at a time (one ldmatrix.x4; a single
-// n-tile with ldmatrix.x2), each B fragment feeding TM mmas.
+// n-tile with ldmatrix.x2), each B fragment feeding TM mmas. warp_gemm_offsets is the same loop for a key
+// loop that hoists the lane's ldmatrix addresses (LdsmLaneOffsets, common/fragments.h; the forward).
 #pragma once
 
 #include "fragments.h"
@@ -34,6 +35,18 @@ struct SmemOperandA {
         } else {
             ldsm_a<COLS>(a, tile, m0 + mi * 16, k0 + ks * 16, lane);
         }
+    }
+};
+
+// A in a swizzled shared-memory tile stored [m][k], addressed through the lane's precomputed offsets
+// (ldsm_a_offsets; the tile's own offset included, from `smem`), the warp's rows from m0.
+template <int COLS, class T>
+struct SmemOffsetsOperandA {
+    const T *smem;
+    const LdsmLaneOffsets<COLS> &offsets;
+    int m0;
+    GSDPA_DEVICE void load(uint32_t (&a)[4], int ks, int mi, int) const {
+        ldmatrix_x4(a, offsets.at(smem, m0 + mi * 16, ks * 16));
     }
 };
 
@@ -95,6 +108,38 @@ GSDPA_DEVICE void warp_gemm_from(float (&acc)[TM][TN][4], const OperandA &a_src,
                     mma_m16n8k16<T>(acc[mi][nj], a[mi], b0, acc[mi][nj]);
                     mma_m16n8k16<T>(acc[mi][nj + 1], a[mi], b1, acc[mi][nj + 1]);
                 }
+            }
+        }
+    }
+}
+
+// The same GEMM over a whole B tile (b_n0 = b_k0 = 0), B addressed through the lane's precomputed offsets
+// (LdsmLaneOffsets, common/fragments.h: ldsm_b_offsets for B stored [n][k], ldsm_b_trans_offsets for
+// [k][n]; the tile's own offset included, from `smem`): every ldmatrix address is one of four base
+// registers plus an immediate, nothing is recomputed per k-step. TN even.
+template <class T, int TM, int TN, int K_STEPS, bool B_KN, int B_COLS, class OperandA>
+GSDPA_DEVICE void warp_gemm_offsets(float (&acc)[TM][TN][4], const OperandA &a_src, const T *smem,
+                                    const LdsmLaneOffsets<B_COLS> &b_offsets, int lane) {
+    static_assert(TN % 2 == 0, "B operands are loaded two n-tiles at a time");
+#pragma unroll
+    for (int ks = 0; ks < K_STEPS; ++ks) {
+        uint32_t a[TM][4];
+#pragma unroll
+        for (int mi = 0; mi < TM; ++mi) a_src.load(a[mi], ks, mi, lane);
+#pragma unroll
+        for (int nj = 0; nj < TN; nj += 2) {
+            uint32_t b[4];
+            if constexpr (B_KN) {
+                ldmatrix_x4_trans(b, b_offsets.at(smem, ks * 16, nj * 8));
+            } else {
+                ldmatrix_x4(b, b_offsets.at(smem, nj * 8, ks * 16));
+            }
+            const uint32_t b0[2] = {b[0], b[1]};
+            const uint32_t b1[2] = {b[2], b[3]};
+#pragma unroll
+            for (int mi = 0; mi < TM; ++mi) {
+                mma_m16n8k16<T>(acc[mi][nj], a[mi], b0, acc[mi][nj]);
+                mma_m16n8k16<T>(acc[mi][nj + 1], a[mi], b1, acc[mi][nj + 1]);
             }
         }
     }

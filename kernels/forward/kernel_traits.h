@@ -15,10 +15,27 @@
 //                                                      a 64-key score tile (64 x 64 spills at 255 registers);
 //                                                      64 KiB also fits two blocks per SM on A100 (164 KiB).
 //
-// ptxas (CUDA 13.0, no spills, no stack): 178 / 182 / 241 registers for D = 64 / 128 / 256 on sm_80
-// (170 / 179 / 255 on sm_90a). So D = 64 and 128 run one 8-warp block per SM (forcing two, i.e. 128
+// ptxas (CUDA 13.0, no spills, no stack): 170 / 177 / 241 registers for D = 64 / 128 / 256 on sm_80
+// (178 / 178 / 243 on sm_90a). So D = 64 and 128 run one 8-warp block per SM (forcing two, i.e. 128
 // registers, spills), and D = 256 two 4-warp blocks. With one block per SM the shared memory beyond a
 // single K/V buffer is free, hence double buffering there.
+//
+// Addresses in the key loop (integer + predicate instructions per warp per key tile on the steady path,
+// docs/sass.md; sm_80 / sm_90a, nvcc 13.0):
+//   D    choice                                                        why
+//   64   K / V ldmatrix: 4 + 4 per-lane base registers, computed once,  the swizzle recomputed per ldmatrix was
+//        the stage flipped by one XOR each (LdsmLaneOffsets); K / V     ~6 instructions per LDSM, and the row
+//        prefetch: no row test (full tiles)                             test one ISETP per cp.async: 257 ->
+//                                                                       46 / 45. The 8 registers are
+//                                                                       loop-carried, so ptxas cannot
+//                                                                       rematerialise them in the loop.
+//   128  the same                                                       283 -> 39 / 37; 177 registers, 5
+//                                                                       fewer than before.
+//   256  the same, Q too (re-read per tile): one stage, so the bases    337 -> 156 on sm_80 (102 -> 100 on
+//        are loop-invariant; K prefetch without row test; the V load   sm_90a). At 241 / 243 registers ptxas
+//        of tile n keeps its row test (tile n may be the partial last)  still rebuilds some bases in the loop.
+// Per-tile 64-bit source pointers (tile * BLOCK_N * row_stride) are recomputed, not stepped: a running
+// pointer per tensor was measured 2-20 instructions worse (two more loop-carried register pairs).
 //
 // Pipeline. Double-buffered (D <= 128): at the top of iteration n (one barrier) K(n-1) and V(n-1) are
 // issued into the other stage, so each load has a whole iteration (both GEMMs and the softmax) to land.
@@ -93,6 +110,14 @@ struct FwdTraits {
     static constexpr int SMEM_BYTES = SMEM_ELEMS * int(sizeof(T));
     GSDPA_DEVICE static int smem_k(int n) { return SMEM_K + (KV_STAGES == 2 ? (n & 1) : 0) * TILE_KV; }
     GSDPA_DEVICE static int smem_v(int n) { return SMEM_V + (KV_STAGES == 2 ? (n & 1) : 0) * TILE_KV; }
+
+    // The two stages' K (V) tiles at offsets that differ only in these bits, with every in-tile offset
+    // below them (TILE_KV a power of two dividing both stage offsets): switching the stage of a
+    // precomputed address is one XOR (forward.cu).
+    static constexpr int K_STAGE_FLIP = SMEM_K ^ (SMEM_K + TILE_KV);
+    static constexpr int V_STAGE_FLIP = SMEM_V ^ (SMEM_V + TILE_KV);
+    static_assert((TILE_KV & (TILE_KV - 1)) == 0 && SMEM_K % TILE_KV == 0 && SMEM_V % TILE_KV == 0,
+                  "stage offsets switch by XOR");
 
     static_assert(sizeof(T) == 2, "16-bit element types only");
     static_assert(BLOCK_M == 16 * WARPS, "each warp owns 16 query rows");
