@@ -136,8 +136,8 @@ impl DType {
     }
     fn bits(self, x: f64) -> u16 {
         match self {
-            DType::BF16 => half::bf16::from_f64(x).to_bits(),
-            DType::F16 => half::f16::from_f64(x).to_bits(),
+            DType::BF16 => <half::bf16 as gated_sdpa::Element>::from_f64(x).to_bits(),
+            DType::F16 => <half::f16 as gated_sdpa::Element>::from_f64(x).to_bits(),
         }
     }
     /// The spacing of representable values at `v` (mantissa bits, smallest normal exponent).

@@ -2,8 +2,8 @@
 
 use gated_sdpa::reference::{backward_f64, forward_f64, BackwardResultF64, ForwardResultF64};
 use gated_sdpa::{
-    split_q_proj, Activation, AttentionProblem, BackwardArgs, BackwardOptions, ForwardArgs,
-    GateMode, HostBackend, Layout, Reference, Tensor, Varlen,
+    split_q_proj, Activation, AttentionProblem, BackwardArgs, BackwardOptions, Element,
+    ForwardArgs, GateMode, HostBackend, Layout, Reference, Tensor, Varlen,
 };
 use half::bf16;
 use rand::{rngs::StdRng, SeedableRng};
@@ -455,8 +455,10 @@ fn varlen_equals_separate_runs() {
     }
 }
 
+/// Correct rounding of each value (the crate's `Element::from_f64`, not `half`'s own, which can round
+/// twice through f32: tests/element.rs).
 fn to_bf16(x: &[f64]) -> Vec<bf16> {
-    x.iter().map(|&v| bf16::from_f64(v)).collect()
+    x.iter().map(|&v| <bf16 as Element>::from_f64(v)).collect()
 }
 
 fn to_f64(x: &[bf16]) -> Vec<f64> {

@@ -355,7 +355,12 @@ mod tests {
             let mut rng = StdRng::seed_from_u64(5);
             let mut draw = |n: usize, amplitude: f64| -> Vec<f64> {
                 (0..n)
-                    .map(|_| bf16::from_f64(rng.random_range(-amplitude..amplitude)).to_f64())
+                    .map(|_| {
+                        <bf16 as gated_sdpa::Element>::from_f64(
+                            rng.random_range(-amplitude..amplitude),
+                        )
+                        .to_f64()
+                    })
                     .collect()
             };
             let (qn, kvn) = (seqlen * 4 * 64, seqlen * 2 * 64);
@@ -385,7 +390,10 @@ mod tests {
                 let check = |actual: &[f64]| error_vs_magnitude(actual, exact, mag);
                 assert_eq!(check(exact), 0.0);
                 // Rounded to bf16, as the kernels' outputs are: passes.
-                let rounded: Vec<f64> = exact.iter().map(|&x| bf16::from_f64(x).to_f64()).collect();
+                let rounded: Vec<f64> = exact
+                    .iter()
+                    .map(|&x| <bf16 as gated_sdpa::Element>::from_f64(x).to_f64())
+                    .collect();
                 assert!(check(&rounded) < GRADIENT_BOUND / 2.0, "{name} S={seqlen}");
                 // Rounding errors the size of bf16's on every term, in a consistent direction: passes.
                 let drift: Vec<f64> = exact.iter().zip(mag).map(|(e, m)| e + m / 512.0).collect();

@@ -95,7 +95,9 @@ fn round_bf16(x: &[f32]) -> Vec<f64> {
 }
 
 fn as_bf16_f32(x: &[f64]) -> Vec<f32> {
-    x.iter().map(|&v| bf16::from_f64(v).to_f32()).collect()
+    x.iter()
+        .map(|&v| <bf16 as gated_sdpa::Element>::from_f64(v).to_f32())
+        .collect()
 }
 
 #[test]

@@ -49,8 +49,8 @@ pub fn random_buffer<T: Element>(rng: &mut StdRng, len: usize, amplitude: f32) -
 /// `x` rounded to `dtype` (to nearest even) and widened back.
 pub fn round_to(dtype: DType, x: f64) -> f64 {
     match dtype {
-        DType::BF16 => half::bf16::from_f64(x).to_f64(),
-        DType::F16 => half::f16::from_f64(x).to_f64(),
+        DType::BF16 => <half::bf16 as gated_sdpa::Element>::from_f64(x).to_f64(),
+        DType::F16 => <half::f16 as gated_sdpa::Element>::from_f64(x).to_f64(),
     }
 }
 
