@@ -151,8 +151,9 @@ template <int COLS, class T>
 GSDPA_DEVICE void store_c_frag(T *tile, int row0, int col0, const float (&c)[4], int lane) {
 #pragma unroll
     for (int row_half = 0; row_half < 2; ++row_half) {
-        *reinterpret_cast<uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, row_half, lane)) =
-            pack_float2<T>(c[2 * row_half], c[2 * row_half + 1]);
+        // st_shared: a plain store on the GPU; on the emulator the race detector sees it.
+        st_shared(reinterpret_cast<uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, row_half, lane)),
+                  pack_float2<T>(c[2 * row_half], c[2 * row_half + 1]));
     }
 }
 
@@ -161,7 +162,7 @@ GSDPA_DEVICE void store_c_frag(T *tile, int row0, int col0, const float (&c)[4],
 template <int COLS, class T>
 GSDPA_DEVICE float2 load_c_pair(const T *tile, int row0, int col0, int row_half, int lane) {
     return unpack_float2<T>(
-        *reinterpret_cast<const uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, row_half, lane)));
+        ld_shared(reinterpret_cast<const uint32_t *>(tile + c_frag_offset<COLS>(row0, col0, row_half, lane))));
 }
 
 // Max / sum over the 4 lanes of a quad (the lanes holding one accumulator row); every lane gets the result.

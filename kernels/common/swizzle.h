@@ -111,7 +111,7 @@ GSDPA_DEVICE void store_tile(T *gmem, int64_t row_stride, const T *smem, int val
 #pragma unroll
     for (int i = 0; i < TOTAL / THREADS; ++i) {
         if (row0 + i * ROW_STEP < valid_rows) {
-            store_vec16(dst, load_vec16(smem + src(i)));
+            store_vec16(dst, ld_shared(reinterpret_cast<const uint4 *>(smem + src(i))));
         }
         dst += step;
     }

@@ -56,8 +56,8 @@ GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&a
                 const float2 g = load_c_pair<D>(s_g, warp_row0, nt * 8, row_half, lane);
                 const float2 o = make_float2(acc_o[nt][2 * row_half], acc_o[nt][2 * row_half + 1]);
                 const float2 y = apply_gate(o, g, activation);
-                *reinterpret_cast<uint32_t *>(s_y + c_frag_offset<D>(warp_row0, nt * 8, row_half, lane)) =
-                    pack_float2<T>(y.x, y.y);
+                st_shared(reinterpret_cast<uint32_t *>(s_y + c_frag_offset<D>(warp_row0, nt * 8, row_half, lane)),
+                          pack_float2<T>(y.x, y.y));
             }
         }
     } else {
@@ -72,8 +72,8 @@ GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&a
             for (int row_half = 0; row_half < 2; ++row_half) {
                 const float2 o = make_float2(acc_o[nt][2 * row_half], acc_o[nt][2 * row_half + 1]);
                 const float2 y = apply_gate(o, factor[row_half]);
-                *reinterpret_cast<uint32_t *>(s_y + c_frag_offset<D>(warp_row0, nt * 8, row_half, lane)) =
-                    pack_float2<T>(y.x, y.y);
+                st_shared(reinterpret_cast<uint32_t *>(s_y + c_frag_offset<D>(warp_row0, nt * 8, row_half, lane)),
+                          pack_float2<T>(y.x, y.y));
             }
         }
     }
