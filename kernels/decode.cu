@@ -5,10 +5,11 @@
 // Two kernels (design, safety argument and split heuristic: docs/decode.md):
 //  - gsdpa_decode_*: one block per (row block, split) x kv head x batch. GQA packing: the block's rows
 //    are (query position, query head of the kv head's group) pairs, so every K/V byte of a split is read
-//    once per kv head (decode/traits.h). Per key tile of the split: K gathered page by page
-//    (decode/paged_tile.h, unloaded keys zero-filled), S = Q K^T (mma.sync), mask, online softmax, P
-//    rounded to 16 bit and reused in registers for O += P V. With one split the epilogue writes the gated
-//    Y and the LSE; with several, a partial O and LSE per split into the caller's workspace.
+//    once per kv head (decode/traits.h). Per key tile of the split: K gathered from its at most two
+//    pages, located once per tile (decode/paged_tile.h, unloaded keys zero-filled), S = Q K^T
+//    (mma.sync), mask, online softmax, P rounded to 16 bit and reused in registers for O += P V. With
+//    one split the epilogue writes the gated Y and the LSE; with several, a partial O and LSE per split
+//    into the caller's workspace.
 //  - gsdpa_decode_combine_*: merges the splits by LSE and applies the gate (decode/combine.h).
 // Device-side lengths, block ids and cu_seqlens_q are checked before use (decode/split.h): hostile
 // values give NaN rows and a status word, never an access outside the cache or the table.
@@ -28,6 +29,7 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
     constexpr int BLOCK_M = Tr::BLOCK_M;
     constexpr int BLOCK_N = Tr::BLOCK_N;
     constexpr int THREADS = Tr::THREADS;
+    static_assert(BLOCK_N == 32, "PagePosition::advance_one_tile steps 32 keys; PagedTile spans two pages");
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
@@ -92,12 +94,16 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
             const RowQuery rq = rows.query(rr);
             return token_offset(p.q_stride, varlen, b, rq.i, rq.t, rq.h);
         };
+        // Page and slot of the next tile's first key: K(n) and V(n) use it, then it moves to tile n + 1.
+        PagePosition at = PagePosition::of_key(range.begin * BLOCK_N, seq.block_size);
         const auto load_k = [&](int n) {
-            const auto key_row = [&](int r) { return seq.key_offset(n * BLOCK_N + r, p.k_stride); };
+            const PagedTile tile(seq, n * BLOCK_N, at, p.k_stride);
+            const auto key_row = [&](int r) { return tile.row_offset(r); };
             cp_async_gather<BLOCK_N, D, THREADS>(s_k, k_cache, key_row, tid);
         };
         const auto load_v = [&](int n) {
-            const auto key_row = [&](int r) { return seq.key_offset(n * BLOCK_N + r, p.v_stride); };
+            const PagedTile tile(seq, n * BLOCK_N, at, p.v_stride);
+            const auto key_row = [&](int r) { return tile.row_offset(r); };
             cp_async_gather<BLOCK_N, D, THREADS>(s_v, v_cache, key_row, tid);
         };
 
@@ -131,6 +137,7 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
 
             cp_async_wait<0>();
             __syncthreads();  // V(n) visible to all; every warp is done with K(n)
+            at.advance_one_tile(seq.block_size);
             if (n + 1 < visit_end) load_k(n + 1);
             cp_async_commit();
 

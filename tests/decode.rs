@@ -388,6 +388,19 @@ fn more_splits_than_tiles_headwise_sigmoid() {
 }
 
 #[test]
+fn block_sizes_not_powers_of_two_tiles_straddle_pages() {
+    // A tile's 32 keys start at slot j0 % block_size and wrap once onto the next page: bs 48 puts
+    // tiles 1 and 4 across two pages (slots 32..47 then 0..15), bs 80 tile 2 (slots 64..79, 0..15);
+    // the lengths end inside a second page (150: 22 keys of tile 4) and inside a first (77).
+    for (bs, seed) in [(48, 12), (80, 13)] {
+        let mut c = case((2, 1, 4, 1, 64), bs, 4, &[150, 77]);
+        c.problem = c.problem.gate(GateMode::Headwise);
+        c.splits = NumSplits::Fixed(2);
+        check_case::<bf16>(&c, seed);
+    }
+}
+
+#[test]
 fn varlen_chunked_prefill_over_pages() {
     // Packed queries 3, 0, 4 (chunked prefill), causal, GQA 2, two splits.
     let mut c = case((3, 4, 4, 2, 64), 16, 6, &[40, 9, 90]);

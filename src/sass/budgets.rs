@@ -163,7 +163,7 @@ pub struct DecodeBudget {
 // - Integer work (copy path): those 6 address instructions per copy, D / 16 copies per thread per
 //   tile: 96 at D = 256, 48 at 128, 24 at 64.
 // - Table reads: a thread's rows of a 32-key tile lie in at most 2 pages at block size 16, for K and
-//   for V: 4 (today one per copy: the ids are re-read rather than kept live, kernels/decode/paged_tile.h).
+//   for V: 4 (met: each tile's at most two ids are read once, kernels/decode/paged_tile.h).
 // - Blocks per SM: bytes in flight. Little's law at 4.8 TB/s and about 1 us of DRAM latency asks for
 //   about 36 KB in flight per SM; one block has one 16 KB tile (D = 256) in flight at a time, so 2 blocks
 //   at D = 256 and 4 at D = 128 and 64, whose tiles are a half and a quarter of that.
@@ -185,22 +185,23 @@ macro_rules! decode_budget {
     };
 }
 
-/// Every budgeted decode kernel and arch. Ceilings: the values measured on 2026-12-01 (nvcc 13.0.88;
-/// BENCHMARKS.md) plus about 3% (ratios) or 5% (integer counts); table reads and blocks as measured.
+/// Every budgeted decode kernel and arch. Ceilings: the values measured on 2026-12-02 (nvcc 13.0.88,
+/// after the per-tile page location of kernels/decode/paged_tile.h) plus about 3% (ratios) or 5%
+/// (integer counts); table reads and blocks as measured.
 #[rustfmt::skip]
 pub const DECODE_BUDGETS: &[DecodeBudget] = &[
-    decode_budget!("gsdpa_decode_bf16_d128", "sm_80", limit(DEC_INSTS_PER_COPY, 69.53), limit(DEC_MATH_INSTS_PER_COPY, 90.52), limit(48.0, 438.0), limit(DEC_TABLE_READS, 8.0), limit(4.0, 3.0)),
-    decode_budget!("gsdpa_decode_bf16_d128", "sm_90a", limit(DEC_INSTS_PER_COPY, 70.30), limit(DEC_MATH_INSTS_PER_COPY, 91.16), limit(48.0, 438.0), limit(DEC_TABLE_READS, 8.0), limit(4.0, 3.0)),
-    decode_budget!("gsdpa_decode_bf16_d256", "sm_80", limit(DEC_INSTS_PER_COPY, 67.92), limit(DEC_MATH_INSTS_PER_COPY, 88.39), limit(96.0, 859.0), limit(DEC_TABLE_READS, 16.0), limit(2.0, 2.0)),
-    decode_budget!("gsdpa_decode_bf16_d256", "sm_90a", limit(DEC_INSTS_PER_COPY, 68.62), limit(DEC_MATH_INSTS_PER_COPY, 89.10), limit(96.0, 852.0), limit(DEC_TABLE_READS, 16.0), limit(2.0, 2.0)),
-    decode_budget!("gsdpa_decode_bf16_d64", "sm_80", limit(DEC_INSTS_PER_COPY, 75.71), limit(DEC_MATH_INSTS_PER_COPY, 98.37), limit(24.0, 234.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
-    decode_budget!("gsdpa_decode_bf16_d64", "sm_90a", limit(DEC_INSTS_PER_COPY, 75.45), limit(DEC_MATH_INSTS_PER_COPY, 97.85), limit(24.0, 229.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
-    decode_budget!("gsdpa_decode_f16_d128", "sm_80", limit(DEC_INSTS_PER_COPY, 69.53), limit(DEC_MATH_INSTS_PER_COPY, 90.39), limit(48.0, 441.0), limit(DEC_TABLE_READS, 8.0), limit(4.0, 3.0)),
-    decode_budget!("gsdpa_decode_f16_d128", "sm_90a", limit(DEC_INSTS_PER_COPY, 70.30), limit(DEC_MATH_INSTS_PER_COPY, 91.16), limit(48.0, 431.0), limit(DEC_TABLE_READS, 8.0), limit(4.0, 3.0)),
-    decode_budget!("gsdpa_decode_f16_d256", "sm_80", limit(DEC_INSTS_PER_COPY, 67.92), limit(DEC_MATH_INSTS_PER_COPY, 88.46), limit(96.0, 853.0), limit(DEC_TABLE_READS, 16.0), limit(2.0, 2.0)),
-    decode_budget!("gsdpa_decode_f16_d256", "sm_90a", limit(DEC_INSTS_PER_COPY, 68.62), limit(DEC_MATH_INSTS_PER_COPY, 89.10), limit(96.0, 837.0), limit(DEC_TABLE_READS, 16.0), limit(2.0, 2.0)),
-    decode_budget!("gsdpa_decode_f16_d64", "sm_80", limit(DEC_INSTS_PER_COPY, 75.71), limit(DEC_MATH_INSTS_PER_COPY, 98.37), limit(24.0, 229.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
-    decode_budget!("gsdpa_decode_f16_d64", "sm_90a", limit(DEC_INSTS_PER_COPY, 75.45), limit(DEC_MATH_INSTS_PER_COPY, 98.11), limit(24.0, 218.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
+    decode_budget!("gsdpa_decode_bf16_d128", "sm_80", limit(DEC_INSTS_PER_COPY, 46.23), limit(DEC_MATH_INSTS_PER_COPY, 67.08), limit(48.0, 342.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 3.0)),
+    decode_budget!("gsdpa_decode_bf16_d128", "sm_90a", limit(DEC_INSTS_PER_COPY, 47.13), limit(DEC_MATH_INSTS_PER_COPY, 67.98), limit(48.0, 343.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 3.0)),
+    decode_budget!("gsdpa_decode_bf16_d256", "sm_80", limit(DEC_INSTS_PER_COPY, 38.18), limit(DEC_MATH_INSTS_PER_COPY, 58.65), limit(96.0, 578.0), limit(DEC_TABLE_READS, 4.0), limit(2.0, 2.0)),
+    decode_budget!("gsdpa_decode_bf16_d256", "sm_90a", limit(DEC_INSTS_PER_COPY, 38.57), limit(DEC_MATH_INSTS_PER_COPY, 59.03), limit(96.0, 577.0), limit(DEC_TABLE_READS, 4.0), limit(2.0, 2.0)),
+    decode_budget!("gsdpa_decode_bf16_d64", "sm_80", limit(DEC_INSTS_PER_COPY, 63.35), limit(DEC_MATH_INSTS_PER_COPY, 85.75), limit(24.0, 226.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
+    decode_budget!("gsdpa_decode_bf16_d64", "sm_90a", limit(DEC_INSTS_PER_COPY, 64.89), limit(DEC_MATH_INSTS_PER_COPY, 87.30), limit(24.0, 225.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
+    decode_budget!("gsdpa_decode_f16_d128", "sm_80", limit(DEC_INSTS_PER_COPY, 46.23), limit(DEC_MATH_INSTS_PER_COPY, 66.95), limit(48.0, 342.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 3.0)),
+    decode_budget!("gsdpa_decode_f16_d128", "sm_90a", limit(DEC_INSTS_PER_COPY, 47.13), limit(DEC_MATH_INSTS_PER_COPY, 67.98), limit(48.0, 344.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 3.0)),
+    decode_budget!("gsdpa_decode_f16_d256", "sm_80", limit(DEC_INSTS_PER_COPY, 38.18), limit(DEC_MATH_INSTS_PER_COPY, 58.65), limit(96.0, 576.0), limit(DEC_TABLE_READS, 4.0), limit(2.0, 2.0)),
+    decode_budget!("gsdpa_decode_f16_d256", "sm_90a", limit(DEC_INSTS_PER_COPY, 38.57), limit(DEC_MATH_INSTS_PER_COPY, 59.03), limit(96.0, 576.0), limit(DEC_TABLE_READS, 4.0), limit(2.0, 2.0)),
+    decode_budget!("gsdpa_decode_f16_d64", "sm_80", limit(DEC_INSTS_PER_COPY, 63.35), limit(DEC_MATH_INSTS_PER_COPY, 85.75), limit(24.0, 225.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
+    decode_budget!("gsdpa_decode_f16_d64", "sm_90a", limit(DEC_INSTS_PER_COPY, 64.89), limit(DEC_MATH_INSTS_PER_COPY, 87.30), limit(24.0, 225.0), limit(DEC_TABLE_READS, 4.0), limit(4.0, 4.0)),
 ];
 
 /// Checks every decode budget whose arch is among the reports' archs, as [`check`] does.
