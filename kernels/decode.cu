@@ -13,11 +13,11 @@
 //  - gsdpa_decode_combine_*: merges the splits by LSE and applies the gate (decode/combine.h).
 // Device-side lengths, block ids and cu_seqlens_q are checked before use (decode/split.h): hostile
 // values give NaN rows and a status word, never an access outside the cache or the table.
+#include "common/mask.h"
+#include "common/warp_gemm.h"
 #include "decode/combine.h"
 #include "decode/epilogue.h"
-#include "decode/mask.h"
 #include "decode/split.h"
-#include "decode/warp_gemm.h"
 
 namespace gsdpa {
 namespace decode {
@@ -75,12 +75,9 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
     T *s_k = smem + Tr::SMEM_K;
     T *s_v = smem + Tr::SMEM_V;
 
-    float acc_o[Tr::N_TILES_O][4];
-#pragma unroll
-    for (int nt = 0; nt < Tr::N_TILES_O; ++nt) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) acc_o[nt][i] = 0.0f;
-    }
+    // One warp is one m-tile of 16 rows: the [1][...] arrays of common/warp_gemm.h.
+    float acc_o[1][Tr::N_TILES_O][4];
+    zero_acc(acc_o);
     fwd::OnlineSoftmax softmax;
     softmax.init();
 
@@ -120,9 +117,12 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
 
             // A warp whose 16 rows are all padding (decode: group * Sq < 64) skips the math; it still
             // issues its share of the copies and meets every barrier.
-            float s[Tr::N_TILES_S][4];
+            float s[1][Tr::N_TILES_S][4];
             if (warp_active) {
-                gemm_qk<Tr>(s, s_q, s_k, warp_row0, lane);
+                // S = Q K^T: Q rows from warp_row0 of the Q tile, K stored [key][dim] = [n][k].
+                zero_acc(s);
+                warp_gemm<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, false, D, D>(s, s_q, warp_row0, 0, s_k, 0, 0,
+                                                                                    lane);
                 if ((n + 1) * BLOCK_N - 1 > limit_first) {
                     // Limits of this thread's two rows (padding rows take the last real row's).
                     int limit[2];
@@ -131,7 +131,9 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
                         const int rr = tmin(rows.m0 + warp_row0 + (lane >> 2) + 8 * half, rows.rows_total - 1);
                         limit[half] = key_limit(rr / group, span.seqlen_q, seq.seqlen_k, causal);
                     }
-                    mask_scores(s, n * BLOCK_N, limit, lane);
+                    // -inf keeps a zero-filled (unloaded) key out of the softmax; the zero fill keeps a
+                    // NaN in an unused slot out of O += P V (0 * NaN would be NaN).
+                    mask_scores(s[0], n * BLOCK_N, limit, lane);
                 }
             }
 
@@ -142,14 +144,16 @@ GSDPA_DEVICE void decode(const GsdpaDecodeParams &p) {
             cp_async_commit();
 
             if (warp_active) {
-                softmax.update(s, acc_o, p.scale_log2);
-                gemm_pv<Tr>(acc_o, s, s_v, lane);
+                softmax.update(s[0], acc_o[0], p.scale_log2);
+                // O += P V: P (the softmax numerators in s) reused in registers as the A operand; V stored
+                // [key][dim] = [k][n].
+                warp_gemm_rs<T, 1, Tr::N_TILES_O, Tr::K_STEPS_PV, true, D>(acc_o, s, s_v, 0, 0, lane);
             }
         }
         cp_async_wait<0>();
     }
 
-    write_decode_outputs<Tr>(p, rows, acc_o, softmax, invalid, split, tid);
+    write_decode_outputs<Tr>(p, rows, acc_o[0], softmax, invalid, split, tid);
 }
 
 }  // namespace decode

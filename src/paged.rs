@@ -56,7 +56,7 @@ pub struct DecodeProblem {
     pub max_blocks: usize,
     pub causal: bool,
     /// Softmax scale; `None`: `1 / sqrt(head_dim)`.
-    pub scale: Option<f32>,
+    pub softmax_scale: Option<f32>,
     pub gate: GateMode,
     pub activation: Activation,
     /// `Some(total)`: packed queries `[total, Hq, D]` delimited by `cu_seqlens_q` (given in the args).
@@ -86,7 +86,7 @@ impl DecodeProblem {
             num_blocks,
             max_blocks,
             causal: false,
-            scale: None,
+            softmax_scale: None,
             gate: GateMode::None,
             activation: Activation::Sigmoid,
             varlen_total_q: None,
@@ -95,11 +95,6 @@ impl DecodeProblem {
 
     pub fn causal(mut self, causal: bool) -> Self {
         self.causal = causal;
-        self
-    }
-
-    pub fn scale(mut self, scale: f32) -> Self {
-        self.scale = Some(scale);
         self
     }
 
@@ -119,8 +114,9 @@ impl DecodeProblem {
         self
     }
 
+    /// The softmax scale in effect: the explicit one, or `1 / sqrt(head_dim)`.
     pub fn softmax_scale(&self) -> f32 {
-        self.scale
+        self.softmax_scale
             .unwrap_or_else(|| 1.0 / (self.head_dim.max(1) as f32).sqrt())
     }
 
@@ -432,12 +428,7 @@ pub fn validate_decode_problem(problem: &DecodeProblem) -> Result<()> {
             ffi::GSDPA_DECODE_MAX_BLOCK_SIZE
         )));
     }
-    let scale = problem.softmax_scale();
-    if !(scale.is_finite() && scale > 0.0) {
-        return Err(GsdpaError::InvalidArgument(format!(
-            "the softmax scale must be finite and positive, got {scale}"
-        )));
-    }
+    validate::check_softmax_scale(problem.softmax_scale())?;
     to_i32(problem.batch, "batch")?;
     to_i32(problem.seqlen_q, "seqlen_q")?;
     to_i32(problem.num_blocks, "num_blocks")?;

@@ -34,6 +34,20 @@ pub const MAX_GRID_YZ: usize = 65535;
 /// Alignment of each region of the backward workspace, in bytes.
 pub const WORKSPACE_ALIGN: usize = 256;
 
+/// The softmax scales every kernel accepts (the forward, the backward and the paged decode share the
+/// online softmax): finite, positive and at most [`MAX_SOFTMAX_SCALE`]. The kernels fold the scale into
+/// the exponent after taking the row maximum of the unscaled scores (as FlashAttention does), which is
+/// only right for a positive scale, and compute that exponent in f32, which bounds it.
+pub(crate) fn check_softmax_scale(scale: f32) -> Result<()> {
+    if !(scale.is_finite() && scale > 0.0 && scale <= MAX_SOFTMAX_SCALE) {
+        return Err(GsdpaError::UnsupportedScale {
+            scale,
+            max: MAX_SOFTMAX_SCALE,
+        });
+    }
+    Ok(())
+}
+
 /// Checks the problem alone (no tensors): head dim, head ratio, scale, varlen consistency, size limits.
 pub fn validate_problem(problem: &AttentionProblem) -> Result<()> {
     if !SUPPORTED_HEAD_DIMS.contains(&problem.head_dim) {
@@ -48,16 +62,7 @@ pub fn validate_problem(problem: &AttentionProblem) -> Result<()> {
             heads_kv: problem.heads_kv,
         });
     }
-    // The kernels fold the scale into the exponent after taking the row maximum of the unscaled
-    // scores (as FlashAttention does), which is only right for a positive scale, and compute that
-    // exponent in f32, which bounds it (see MAX_SOFTMAX_SCALE).
-    let scale = problem.softmax_scale();
-    if !(scale.is_finite() && scale > 0.0 && scale <= MAX_SOFTMAX_SCALE) {
-        return Err(GsdpaError::UnsupportedScale {
-            scale,
-            max: MAX_SOFTMAX_SCALE,
-        });
-    }
+    check_softmax_scale(problem.softmax_scale())?;
     if let Some(varlen) = &problem.varlen {
         varlen.validate()?;
         if varlen.batch() != problem.batch {

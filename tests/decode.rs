@@ -520,6 +520,24 @@ fn host_validation_is_typed() {
         Err(GsdpaError::InvalidArgument(_))
     ));
     let p = DecodeProblem::new(1, 1, 2, 1, 64, 16, 4, 2);
+    // Softmax scales: the same bound as the forward (the decode runs the same online softmax).
+    for scale in [
+        1e37f32,
+        f32::INFINITY,
+        0.0,
+        -1.0,
+        gated_sdpa::MAX_SOFTMAX_SCALE * 2.0,
+    ] {
+        let mut bad = p.clone();
+        bad.softmax_scale = Some(scale);
+        assert!(matches!(
+            gated_sdpa::paged::validate_decode_problem(&bad),
+            Err(GsdpaError::UnsupportedScale { .. })
+        ));
+    }
+    let mut largest = p.clone();
+    largest.softmax_scale = Some(gated_sdpa::MAX_SOFTMAX_SCALE);
+    assert!(gated_sdpa::paged::validate_decode_problem(&largest).is_ok());
     assert!(check_paged_values(&p, &t, &[32], None).is_ok());
     assert!(matches!(
         check_paged_values(&p, &t, &[33], None),

@@ -209,7 +209,7 @@ fn load(flags: &Flags) -> Result<Request, CliError> {
         .gate(gate)
         .activation(activation);
     if let Some(scale) = flags.parsed::<f32>("scale")? {
-        problem = problem.scale(scale);
+        problem.softmax_scale = Some(scale);
     }
     let splits = match flags.parsed::<usize>("num-splits")? {
         None => NumSplits::Auto,

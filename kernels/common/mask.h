@@ -12,10 +12,14 @@
 
 namespace gsdpa {
 
-// The last key query row `row` may see (-1 or less when it sees none).
+// The last key query row `row` of a sequence with these lengths may see (-1 or less when it sees none).
+// The decode, whose sequences are paged, calls this form; the others pass their SeqlenInfo.
+GSDPA_DEVICE int key_limit(int row, int seqlen_q, int seqlen_k, bool causal) {
+    const int last = seqlen_k - 1;
+    return causal ? tmin(last, row + (seqlen_k - seqlen_q)) : last;
+}
 GSDPA_DEVICE int key_limit(int row, const SeqlenInfo &seq, bool causal) {
-    const int last = seq.seqlen_k - 1;
-    return causal ? tmin(last, row + seq.causal_diagonal()) : last;
+    return key_limit(row, seq.seqlen_q, seq.seqlen_k, causal);
 }
 
 // The first query row that sees key `key` at all (causal; every row does otherwise). Rows before it can be
