@@ -517,26 +517,25 @@ impl CudaBackend {
     }
 }
 
-type Guard<'a> = cudarc::driver::SyncOnDrop<'a>;
+/// Keeps cudarc's stream-ordering record of a device buffer's use alive for the launch.
+pub(crate) type Guard<'a> = cudarc::driver::SyncOnDrop<'a>;
 
-fn input<'a, T>(
+/// A device input as the validation layer sees it (its address and length), its use recorded in `guards`.
+pub(crate) fn input<'a, T>(
     tensor: &'a Tensor<CudaView<'_, T>>,
     stream: &'a CudaStream,
     guards: &mut Vec<Guard<'a>>,
 ) -> Tensor<DeviceMemory<'a, T>> {
     let (addr, guard) = tensor.data.device_ptr(stream);
     guards.push(guard);
-    Tensor {
-        data: DeviceMemory {
-            addr,
-            len: tensor.data.len(),
-            _borrow: PhantomData,
-        },
-        layout: tensor.layout.clone(),
-    }
+    Tensor::new(
+        DeviceMemory::new(addr, tensor.data.len()),
+        tensor.layout.clone(),
+    )
 }
 
-fn output<'a, T>(
+/// A device output as the validation layer sees it, its use recorded in `guards`.
+pub(crate) fn output<'a, T>(
     tensor: &'a mut Tensor<CudaViewMut<'_, T>>,
     stream: &'a CudaStream,
     guards: &mut Vec<Guard<'a>>,
@@ -545,14 +544,7 @@ fn output<'a, T>(
     let len = tensor.data.len();
     let (addr, guard) = tensor.data.device_ptr_mut(stream);
     guards.push(guard);
-    Tensor {
-        data: DeviceMemory {
-            addr,
-            len,
-            _borrow: PhantomData,
-        },
-        layout,
-    }
+    Tensor::new(DeviceMemory::new(addr, len), layout)
 }
 
 /// Device addresses of the cu_seqlens (0 when the problem is not varlen).

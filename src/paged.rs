@@ -1237,8 +1237,8 @@ mod emulator_backend {
 
 mod cuda_backend {
     use super::*;
-    use crate::cuda::{CudaBackend, DeviceMemory};
-    use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceRepr};
+    use crate::cuda::{input, output, CudaBackend};
+    use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtrMut, DeviceRepr};
 
     // SAFETY: #[repr(C)], mirror the C structs the kernels take by value, Copy, no references.
     unsafe impl DeviceRepr for GsdpaDecodeParams {}
@@ -1251,33 +1251,6 @@ mod cuda_backend {
     /// Decode arguments on the device.
     pub type CudaDecodeArgs<'a, T> =
         DecodeArgs<CudaView<'a, T>, CudaView<'a, i32>, CudaViewMut<'a, T>, CudaViewMut<'a, f32>>;
-
-    type Guard<'a> = cudarc::driver::SyncOnDrop<'a>;
-
-    fn view<'a, T>(
-        tensor: &'a Tensor<CudaView<'_, T>>,
-        stream: &'a CudaStream,
-        guards: &mut Vec<Guard<'a>>,
-    ) -> Tensor<DeviceMemory<'a, T>> {
-        let (addr, guard) = tensor.data.device_ptr(stream);
-        guards.push(guard);
-        Tensor::new(
-            DeviceMemory::new(addr, tensor.data.len()),
-            tensor.layout.clone(),
-        )
-    }
-
-    fn view_mut<'a, T>(
-        tensor: &'a mut Tensor<CudaViewMut<'_, T>>,
-        stream: &'a CudaStream,
-        guards: &mut Vec<Guard<'a>>,
-    ) -> Tensor<DeviceMemory<'a, T>> {
-        let layout = tensor.layout.clone();
-        let len = tensor.data.len();
-        let (addr, guard) = tensor.data.device_ptr_mut(stream);
-        guards.push(guard);
-        Tensor::new(DeviceMemory::new(addr, len), layout)
-    }
 
     impl CudaBackend {
         /// The paged decode on `stream`: no allocation, no synchronization, capturable. `num_splits`
@@ -1296,20 +1269,20 @@ mod cuda_backend {
         ) -> Result<()> {
             let mut guards = Vec::new();
             let dev = DecodeArgs {
-                q: view(&args.q, stream, &mut guards),
+                q: input(&args.q, stream, &mut guards),
                 kv: PagedKv {
-                    k_cache: view(&args.kv.k_cache, stream, &mut guards),
-                    v_cache: view(&args.kv.v_cache, stream, &mut guards),
-                    block_table: view(&args.kv.block_table, stream, &mut guards),
-                    cache_seqlens: view(&args.kv.cache_seqlens, stream, &mut guards),
+                    k_cache: input(&args.kv.k_cache, stream, &mut guards),
+                    v_cache: input(&args.kv.v_cache, stream, &mut guards),
+                    block_table: input(&args.kv.block_table, stream, &mut guards),
+                    cache_seqlens: input(&args.kv.cache_seqlens, stream, &mut guards),
                 },
                 cu_seqlens_q: args
                     .cu_seqlens_q
                     .as_ref()
-                    .map(|t| view(t, stream, &mut guards)),
-                g: args.g.as_ref().map(|t| view(t, stream, &mut guards)),
-                y: view_mut(&mut args.y, stream, &mut guards),
-                lse: args.lse.as_mut().map(|t| view_mut(t, stream, &mut guards)),
+                    .map(|t| input(t, stream, &mut guards)),
+                g: args.g.as_ref().map(|t| input(t, stream, &mut guards)),
+                y: output(&mut args.y, stream, &mut guards),
+                lse: args.lse.as_mut().map(|t| output(t, stream, &mut guards)),
             };
             let mut params = validate_decode(problem, &dev, num_splits)?;
             let (ws_addr, ws_len) = match workspace {
@@ -1352,12 +1325,12 @@ mod cuda_backend {
         ) -> Result<()> {
             let mut guards = Vec::new();
             let dev = AppendKvArgs {
-                k_new: view(&args.k_new, stream, &mut guards),
-                v_new: view(&args.v_new, stream, &mut guards),
-                k_cache: view_mut(&mut args.k_cache, stream, &mut guards),
-                v_cache: view_mut(&mut args.v_cache, stream, &mut guards),
-                block_table: view(&args.block_table, stream, &mut guards),
-                cache_seqlens: view(&args.cache_seqlens, stream, &mut guards),
+                k_new: input(&args.k_new, stream, &mut guards),
+                v_new: input(&args.v_new, stream, &mut guards),
+                k_cache: output(&mut args.k_cache, stream, &mut guards),
+                v_cache: output(&mut args.v_cache, stream, &mut guards),
+                block_table: input(&args.block_table, stream, &mut guards),
+                cache_seqlens: input(&args.cache_seqlens, stream, &mut guards),
             };
             let mut params = validate_append_kv(problem, seqlen_new, &dev)?;
             if let Some(status) = status {

@@ -293,7 +293,7 @@ fn driver(what: &str) -> impl Fn(cudarc::driver::DriverError) -> GsdpaError + '_
 }
 
 /// A device copy of `data` (at least one element long: the driver refuses empty allocations).
-fn upload<T: DeviceRepr + ValidAsZeroBits>(
+pub fn upload<T: DeviceRepr + ValidAsZeroBits>(
     stream: &std::sync::Arc<CudaStream>,
     data: &[T],
 ) -> Result<CudaSlice<T>> {
@@ -319,7 +319,7 @@ fn zeros<T: DeviceRepr + ValidAsZeroBits>(
 }
 
 /// Copies the first `len` elements of a device buffer into an aligned host buffer.
-fn download<T: DeviceRepr + Copy + Default>(
+pub fn download<T: DeviceRepr + Copy + Default>(
     stream: &std::sync::Arc<CudaStream>,
     slice: &CudaSlice<T>,
     len: usize,

@@ -11,10 +11,8 @@
 //! uploads everything, runs on the default stream with a device status word, and downloads Y and LSE.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use gated_sdpa::cuda::CudaBackend;
 use gated_sdpa::paged::{
     check_paged_values, resolve_num_splits, DecodeArgs, DecodeProblem, NumSplits, PagedKv,
@@ -24,7 +22,7 @@ use half::{bf16, f16};
 
 use crate::args::{parse_i32_list, Flags};
 use crate::attention::{parse_activation, parse_dtype, parse_gate};
-use crate::backends::{AnyElement, Backend};
+use crate::backends::{download, upload, AnyElement, Backend};
 use crate::npy::{self, Array};
 use crate::outputs::OutputPlan;
 use crate::CliError;
@@ -303,36 +301,6 @@ fn driver(what: &'static str) -> impl Fn(cudarc::driver::DriverError) -> CliErro
     }
 }
 
-/// A device copy of `data` (at least one element: the driver refuses empty allocations).
-fn upload<T: DeviceRepr + ValidAsZeroBits>(
-    stream: &Arc<CudaStream>,
-    data: &[T],
-) -> Result<CudaSlice<T>, CliError> {
-    let mut slice = stream
-        .alloc_zeros::<T>(data.len().max(1))
-        .map_err(driver("cuMemAlloc"))?;
-    if !data.is_empty() {
-        stream
-            .memcpy_htod(data, &mut slice.slice_mut(0..data.len()))
-            .map_err(driver("copy to the device"))?;
-    }
-    Ok(slice)
-}
-
-/// Copies the first `out.len()` elements of a device buffer into `out`.
-fn download<T: DeviceRepr>(
-    stream: &Arc<CudaStream>,
-    slice: &CudaSlice<T>,
-    out: &mut [T],
-) -> Result<(), CliError> {
-    if !out.is_empty() {
-        stream
-            .memcpy_dtoh(&slice.slice(0..out.len()), out)
-            .map_err(driver("copy from the device"))?;
-    }
-    Ok(())
-}
-
 /// Uploads the rounded inputs, runs the decode on the default stream with a device status word and
 /// the workspace the split count needs, downloads Y and the LSE.
 fn run_cuda<T: AnyElement>(
@@ -396,19 +364,16 @@ fn run_cuda<T: AnyElement>(
     )?;
     drop((args, ws_view, status_view));
     stream.synchronize().map_err(driver("synchronize"))?;
-    let mut out = DecodeOut {
-        y: HostBuffer::<T>::new(q_len),
-        lse: HostBuffer::<f32>::new(lse_len),
+    let out = DecodeOut {
+        y: download(&stream, &y, q_len)?,
+        lse: download(&stream, &lse, lse_len)?,
     };
-    let mut word = [0i32];
-    download(&stream, &status, &mut word)?;
-    download(&stream, &y, out.y.as_mut_slice())?;
-    download(&stream, &lse, out.lse.as_mut_slice())?;
-    if word[0] != 0 {
+    let word = download(&stream, &status, 1)?.as_slice()[0];
+    if word != 0 {
         // The host checked the values: a status here is a kernel bug, not bad input.
         return Err(CliError {
             code: 1,
-            message: format!("the decode kernel reported status {}", word[0]),
+            message: format!("the decode kernel reported status {word}"),
         });
     }
     Ok(out)
