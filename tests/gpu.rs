@@ -5,8 +5,6 @@
 //!
 //! Run on a GPU machine: `GSDPA_REQUIRE_GPU=1 cargo test --release --test gpu`.
 
-use std::io::Write;
-
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use gated_sdpa::cuda::{CudaBackend, CudaSeqlens};
 use gated_sdpa::reference;
@@ -17,32 +15,7 @@ use gated_sdpa::{
 use rand::{rngs::StdRng, SeedableRng};
 
 mod common;
-use common::{forward_tolerance, numel, random_values, rel_frobenius};
-
-/// The backend on device 0, or `None` (the test then returns early) after saying so where the user sees
-/// it: libtest captures what the print macros write, and a test that returns early reads "ok" in the
-/// summary, so the reason goes straight to the process's stderr, one line per skipped test.
-fn gpu() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(backend) => Some(backend),
-        Err(e) => {
-            if std::env::var("GSDPA_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("GSDPA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
-            }
-            let thread = std::thread::current();
-            let test = thread.name().unwrap_or("a GPU test");
-            // A write on the handle itself bypasses the capture (only the macros are redirected). One
-            // write, starting on a line of its own: libtest may be midway through "test name ... ".
-            let _ = std::io::stderr().write_all(
-                format!(
-                    "\nSKIPPED {test}: no usable GPU ({e}); GSDPA_REQUIRE_GPU=1 makes this a failure\n"
-                )
-                .as_bytes(),
-            );
-            None
-        }
-    }
-}
+use common::{forward_tolerance, gpu, numel, random_values, rel_frobenius};
 
 /// Rounds to T and back, so the reference sees exactly the kernel's inputs.
 fn round<T: Element>(x: &[f64]) -> (Vec<T>, Vec<f64>) {

@@ -4,6 +4,8 @@
 //!
 //! Run on a GPU machine: `GSDPA_REQUIRE_GPU=1 cargo test --release --test gpu_decode`.
 
+mod common;
+use common::gpu;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use gated_sdpa::cuda::CudaBackend;
 use gated_sdpa::ffi;
@@ -14,19 +16,6 @@ use gated_sdpa::paged::{
 use gated_sdpa::{Activation, GateMode, Reference, Tensor};
 use half::bf16;
 use rand::{rngs::StdRng, seq::SliceRandom, RngExt, SeedableRng};
-
-fn gpu() -> Option<CudaBackend> {
-    match CudaBackend::new(0) {
-        Ok(backend) => Some(backend),
-        Err(e) => {
-            if std::env::var("GSDPA_REQUIRE_GPU").as_deref() == Ok("1") {
-                panic!("GSDPA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
-            }
-            eprintln!("skipping GPU test: {e}");
-            None
-        }
-    }
-}
 
 fn upload<T: DeviceRepr + ValidAsZeroBits>(
     stream: &std::sync::Arc<CudaStream>,

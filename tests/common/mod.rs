@@ -2,6 +2,8 @@
 //! between 16-bit tensors and dense f64 arrays, and error norms. Each test crate uses a subset.
 #![allow(dead_code)]
 
+use std::io::Write;
+
 use gated_sdpa::{Activation, DType, Element, GateMode, HostBuffer, Layout};
 use rand::{rngs::StdRng, RngExt};
 
@@ -81,4 +83,29 @@ pub fn rel_frobenius(got: &[f64], want: &[f64]) -> f64 {
     }
     let err = norm(got.iter().zip(want).map(|(g, w)| g - w));
     err / norm(want.iter().copied()).max(f64::MIN_POSITIVE)
+}
+
+/// The backend on device 0, or `None` (the test then returns early) after saying so where the user sees
+/// it: libtest captures what the print macros write, and a test that returns early reads "ok" in the
+/// summary, so the reason goes straight to the process's stderr, one line per skipped test.
+pub fn gpu() -> Option<gated_sdpa::CudaBackend> {
+    match gated_sdpa::CudaBackend::new(0) {
+        Ok(backend) => Some(backend),
+        Err(e) => {
+            if std::env::var("GSDPA_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("GSDPA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
+            }
+            let thread = std::thread::current();
+            let test = thread.name().unwrap_or("a GPU test");
+            // A write on the handle itself bypasses the capture (only the macros are redirected). One
+            // write, starting on a line of its own: libtest may be midway through "test name ... ".
+            let _ = std::io::stderr().write_all(
+                format!(
+                    "\nSKIPPED {test}: no usable GPU ({e}); GSDPA_REQUIRE_GPU=1 makes this a failure\n"
+                )
+                .as_bytes(),
+            );
+            None
+        }
+    }
 }
