@@ -34,6 +34,7 @@ fn emulated_forward(c: &mut Criterion) {
                 y: Tensor::new(&mut y[..], Layout::contiguous(&shape)),
                 o: None,
                 lse: Some(Tensor::new(&mut lse[..], Layout::contiguous(&[b, h, s]))),
+                diagnostics: None,
             };
             emulator
                 .forward(black_box(&problem), &mut args)

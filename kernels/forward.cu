@@ -8,7 +8,8 @@
 //   S = Q K^T (mma.sync m16n8k16, f32 accumulators; ldmatrix for Q and K), mask if the tile needs it,
 //   online softmax in registers (scale folded into exp2), P rounded to 16 bit and reused in registers as
 //   the A operand of O += P V (ldmatrix.trans for V).
-// Epilogue (epilogue.h): O = acc / l, the gate, staged 16-byte stores, LSE.
+// Epilogue (epilogue.h): O = acc / l, the gate, staged 16-byte stores, LSE. Optional diagnostics (sink
+// mass, gate partial sums): forward/diagnostics.h.
 // Tiles, shared-memory layout and the K/V pipeline: forward/kernel_traits.h. Masking: common/mask.h. Both
 // GEMMs: common/warp_gemm.h (one warp = one m-tile of 16 rows, hence the [1][...] accumulator arrays).
 // Sequence offsets (padded or varlen): common/seqlen_info.h.
@@ -40,14 +41,24 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
 
     const SeqlenInfo seq(p, b);
     const int m0 = m_block * BLOCK_M;
-    if (m0 >= seq.seqlen_q) return;  // varlen: the grid is sized for the longest sequence
+    // This block's gate partial sums (one per warp), when the gate statistics are requested; computed
+    // where used, so that nothing is kept live across the key loop.
+    auto gate_partials = [&]() -> float * {
+        return p.gate_partials + (int64_t(b) * p.heads_q + h) * p.gate_partials_per_head + m_block * Tr::WARPS;
+    };
+    if (m0 >= seq.seqlen_q) {  // varlen: the grid is sized for the longest sequence
+        // The statistics kernel sums every partial of a head: this block's count as zero.
+        if (p.gate_partials != nullptr && (tid & 31) == 0) gate_partials()[tid >> 5] = 0.0f;
+        return;
+    }
     const int rows = tmin(BLOCK_M, seq.seqlen_q - m0);
     const bool causal = p.causal != 0;
     const int kv_head = h / (p.heads_q / p.heads_kv);
 
     const int n_tiles = key_tile_count<BLOCK_M, BLOCK_N>(m0, seq, causal);
-    // A block none of whose rows sees a key writes Y = O = 0 and LSE = -inf without reading G.
-    const int gate_mode = n_tiles > 0 ? p.gate_mode : int(GSDPA_GATE_NONE);
+    // A block none of whose rows sees a key writes Y = O = 0 and LSE = -inf without reading G, unless the
+    // gate statistics need G's activations (Y is then 0 * act(G), as for such rows in other blocks).
+    const int gate_mode = n_tiles > 0 || p.gate_partials != nullptr ? p.gate_mode : int(GSDPA_GATE_NONE);
 
     T *smem = reinterpret_cast<T *>(dynamic_smem());
     T *s_q = smem + Tr::SMEM_Q;
@@ -59,6 +70,14 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     zero_acc(acc_o);
     OnlineSoftmax softmax;
     softmax.init();
+    SinkMass sink;
+    sink.init();
+
+    // The elementwise gate tile replaces Q once Q is no longer needed in shared memory.
+    auto load_gate = [&]() {
+        cp_async_tile<BLOCK_M, D, THREADS>(s_q, static_cast<const T *>(p.g) + seq.q_offset(p.g_stride, m0, h),
+                                           p.g_stride.row, rows, tid);
+    };
 
     if (n_tiles > 0) {
         const T *k = static_cast<const T *>(p.k) + seq.k_offset(p.k_stride, 0, kv_head);
@@ -81,12 +100,6 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
         auto prefetch_v = [&](int n) {
             cp_async_full_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row, tid);
         };
-        // The elementwise gate tile replaces Q once Q is no longer needed in shared memory.
-        auto load_gate = [&]() {
-            cp_async_tile<BLOCK_M, D, THREADS>(s_q, static_cast<const T *>(p.g) + seq.q_offset(p.g_stride, m0, h),
-                                               p.g_stride.row, rows, tid);
-        };
-
         // Prologue: Q, the last K tile and (double-buffered) the last V tile in one group.
         int n = n_tiles - 1;
         cp_async_tile<BLOCK_M, D, THREADS>(s_q, static_cast<const T *>(p.q) + seq.q_offset(p.q_stride, m0, h),
@@ -111,6 +124,9 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
         LdsmLaneOffsets<D> v_offsets = ldsm_b_trans_offsets<D>(Tr::smem_v(n), lane);
         const LdsmLaneOffsets<D> q_offsets = ldsm_a_offsets<D>(Tr::SMEM_Q + warp_row0 * D, lane);
 
+        // Tiles [0, sink_tiles) hold keys below n_sink (none when the sink mass is not requested).
+        const int sink_tiles = (p.n_sink + BLOCK_N - 1) / BLOCK_N;
+        const CommonKeyTiles common_tiles = common_key_tiles<BLOCK_N>(m0, seq, causal, sink_tiles);
         for (; n >= 0; --n) {
             cp_async_wait<0>();
             if constexpr (Tr::KV_STAGES == 2) {
@@ -138,10 +154,12 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
                 const SmemOffsetsOperandA<D, T> q_src{smem, q_offsets, 0};
                 warp_gemm_offsets<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_offsets, lane);
             }
-            if (tile_needs_mask<BLOCK_N>(n * BLOCK_N, m0, seq, causal)) {
+            // The rare path: tiles that need masking, and tiles holding sink keys (the last ones visited).
+            if (!common_tiles.contains(n)) {
                 // Key limits of this thread's rows; recomputed here (rarely) rather than kept live.
                 const int limit[2] = {key_limit(m0 + my_row[0], seq, causal), key_limit(m0 + my_row[1], seq, causal)};
                 mask_scores(s[0], n * BLOCK_N, limit, lane);
+                if (n < sink_tiles) sink.add(s[0], n * BLOCK_N, p.n_sink, p.scale_log2, lane);
             }
 
             if constexpr (Tr::KV_STAGES == 1) {
@@ -165,6 +183,9 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
                 v_offsets.flip(Tr::V_STAGE_FLIP);
             }
         }
+    } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
+        load_gate();  // no key tile (gate statistics only): G is read for its activations
+        cp_async_commit();
     }
     cp_async_wait<0>();
     __syncthreads();  // the gate tile is visible; every warp is done with K, V and Q
@@ -186,10 +207,14 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     out.o = p.o != nullptr ? static_cast<T *>(p.o) + seq.q_offset(p.o_stride, m0, h) : nullptr;
     // LSE is optional (null: not requested).
     out.lse = p.lse != nullptr ? p.lse + seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, h) + m0 : nullptr;
+    out.sink_mass = p.sink_mass != nullptr
+                        ? p.sink_mass + seq.lse_offset(p.sink_batch_stride, p.sink_head_stride, h) + m0
+                        : nullptr;
+    out.gate_partials = p.gate_partials != nullptr ? gate_partials() : nullptr;
     out.y_row_stride = p.y_stride.row;
     out.o_row_stride = p.o_stride.row;
     out.rows = rows;
-    write_outputs<Tr>(out, acc_o[0], softmax, p.scale_log2, gate_mode, p.activation, gate_logit, smem, tid);
+    write_outputs<Tr>(out, acc_o[0], softmax, sink, p.scale_log2, gate_mode, p.activation, gate_logit, smem, tid);
 }
 
 }  // namespace fwd

@@ -69,6 +69,25 @@ typedef struct GsdpaFwdParams {
     int32_t activation;            /* enum GsdpaActivation */
     float scale;                   /* softmax scale, default 1/sqrt(D) */
     float scale_log2;              /* scale * log2(e): the kernels use exp2 */
+
+    /*
+     * Diagnostics (docs/diagnostics.md), each off when its pointer is null.
+     * sink_mass: f32 like lse (same indexing, its own strides): each row's attention probability on the
+     * first n_sink keys of its sequence. gate_stats: f32 [B, Hq] at b * batch + h * head, the mean act(G)
+     * over the sequence's rows (and D for the elementwise gate). It takes two launches: the forward
+     * writes one partial sum per (batch, head, query block, warp) into gate_partials, a caller-provided
+     * workspace of gate_partials_per_head floats per (batch, head), in that order; gsdpa_diag_gate_stats
+     * then sums each head's partials in a fixed order (deterministic) and divides.
+     */
+    float *sink_mass;
+    int64_t sink_batch_stride;
+    int64_t sink_head_stride;
+    int32_t n_sink;                /* >= 1 when sink_mass is requested */
+    int32_t gate_partials_per_head; /* query blocks of the grid x warps per block */
+    float *gate_partials;
+    float *gate_stats;
+    int64_t gate_stats_batch_stride;
+    int64_t gate_stats_head_stride;
 } GsdpaFwdParams;
 
 /* Standalone gate (the unfused baseline): Y = O * act(G) over [B, S, H, D] tensors. */
@@ -184,6 +203,12 @@ typedef struct GsdpaSelftestParams {
 enum GsdpaSelftestLayout {
     GSDPA_SELFTEST_THREADS = 64,
     GSDPA_SELFTEST_SMEM = 1024
+};
+
+/* gsdpa_diag_gate_stats (the diagnostics' second launch, GsdpaFwdParams): one warp per (head, batch),
+ * grid (heads_q, batch). */
+enum GsdpaGateStatsGeometry {
+    GSDPA_GATE_STATS_THREADS = 32
 };
 
 /*

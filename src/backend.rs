@@ -26,6 +26,71 @@ pub struct ForwardArgs<I, O, F> {
     /// Natural-log softmax denominator, `-inf` for rows that see no key; written only when given
     /// (the backward needs it, inference does not: FlashAttention's `return_softmax_lse`).
     pub lse: Option<Tensor<F>>,
+    /// The gated-attention paper's diagnostics, measured by the kernel; `None` (the default) costs
+    /// nothing.
+    pub diagnostics: Option<ForwardDiagnostics<F>>,
+}
+
+/// Optional measurements of a forward call (docs/diagnostics.md): the attention sink and the gate's
+/// sparsity, the two numbers per layer that the gated-attention paper reports. Each output is written
+/// only when given.
+#[derive(Debug)]
+pub struct ForwardDiagnostics<F> {
+    /// `[B, Hq, Sq]` f32 (varlen `[Hq, Tq]`), laid out like lse: for each query row, the attention
+    /// probability on the first `n_sink` keys of its sequence, normalised as the output is (0 for a
+    /// row that sees no key).
+    pub sink_mass: Option<Tensor<F>>,
+    /// How many leading keys of each sequence count as the sink (at least 1; default 1).
+    pub n_sink: usize,
+    /// `[B, Hq]` f32: the mean of act(G) over each sequence's query rows (and over D for the
+    /// elementwise gate); 0 for an empty sequence. Needs a gate and `gate_workspace`.
+    pub gate_stats: Option<Tensor<F>>,
+    /// `[`[`gate_stats_workspace_len`]`(problem)]` f32 scratch for `gate_stats`: the per-block partial
+    /// sums that a second kernel adds in a fixed order, so that the statistics are deterministic.
+    /// Overwritten; required exactly when `gate_stats` is given.
+    pub gate_workspace: Option<Tensor<F>>,
+}
+
+impl<F> Default for ForwardDiagnostics<F> {
+    fn default() -> Self {
+        ForwardDiagnostics {
+            sink_mass: None,
+            n_sink: 1,
+            gate_stats: None,
+            gate_workspace: None,
+        }
+    }
+}
+
+impl<F> ForwardDiagnostics<F> {
+    /// Requests the sink mass of the first `n_sink` keys into `sink_mass`.
+    pub fn with_sink_mass(mut self, sink_mass: Tensor<F>, n_sink: usize) -> Self {
+        self.sink_mass = Some(sink_mass);
+        self.n_sink = n_sink;
+        self
+    }
+
+    /// Requests the mean gate score per (batch, head) into `gate_stats`, with its scratch `workspace`.
+    pub fn with_gate_stats(mut self, gate_stats: Tensor<F>, workspace: Tensor<F>) -> Self {
+        self.gate_stats = Some(gate_stats);
+        self.gate_workspace = Some(workspace);
+        self
+    }
+}
+
+/// f32 elements of [`ForwardDiagnostics::gate_workspace`] a forward of `problem` needs: one partial sum
+/// per (batch, query head, query block, warp) of the forward's grid. Errors for an unsupported head dim
+/// or a size that overflows.
+pub fn gate_stats_workspace_len(problem: &AttentionProblem) -> Result<usize> {
+    crate::launch::gate_partials_per_head(problem).and_then(|per_head| {
+        problem
+            .batch
+            .checked_mul(problem.heads_q)
+            .and_then(|n| n.checked_mul(per_head))
+            .ok_or_else(|| {
+                crate::error::GsdpaError::SizeOverflow("gate statistics workspace".into())
+            })
+    })
 }
 
 /// Tensors of a backward call. `y` and `lse` are the forward's outputs (`lse` is required here), `o` the forward's ungated output
@@ -50,6 +115,9 @@ pub struct BackwardArgs<I, L, O> {
 
 /// Forward arguments over host slices.
 pub type HostForwardArgs<'a, T> = ForwardArgs<&'a [T], &'a mut [T], &'a mut [f32]>;
+
+/// Forward diagnostics over host slices.
+pub type HostForwardDiagnostics<'a> = ForwardDiagnostics<&'a mut [f32]>;
 
 /// Backward arguments over host slices.
 pub type HostBackwardArgs<'a, T> = BackwardArgs<&'a [T], &'a [f32], &'a mut [T]>;

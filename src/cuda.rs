@@ -2,8 +2,9 @@
 //!
 //! Built for engines' hot loops:
 //! - every launch goes on the stream you pass, allocates no device memory and never synchronizes;
-//! - workspace (the backward's dQ accumulator and friends) is sized by
-//!   [`crate::backward_workspace_bytes`] and passed in by you;
+//! - workspace (the backward's dQ accumulator and friends, the forward's gate-statistics partials) is
+//!   sized by [`crate::backward_workspace_bytes`] / [`crate::gate_stats_workspace_len`] and passed in by
+//!   you;
 //! - launches can be captured in CUDA graphs. cudarc's event tracking records events around every
 //!   buffer use; disable it on the context (`ctx.disable_event_tracking()`) before capturing, and order
 //!   your streams yourself, as you would for any captured kernel.
@@ -26,7 +27,9 @@ use cudarc::driver::{
 };
 
 use crate::arch::{self, KernelLimits, TargetArch};
-use crate::backend::{BackwardArgs, BackwardOptions, ForwardArgs, GateArgs, GateBackwardArgs};
+use crate::backend::{
+    BackwardArgs, BackwardOptions, ForwardArgs, ForwardDiagnostics, GateArgs, GateBackwardArgs,
+};
 use crate::build_info;
 use crate::error::{GsdpaError, Result};
 
@@ -409,15 +412,38 @@ impl CudaBackend {
                 .lse
                 .as_mut()
                 .map(|lse| output(lse, stream, &mut guards)),
+            diagnostics: args.diagnostics.as_mut().map(|d| ForwardDiagnostics {
+                sink_mass: d.sink_mass.as_mut().map(|t| output(t, stream, &mut guards)),
+                n_sink: d.n_sink,
+                gate_stats: d
+                    .gate_stats
+                    .as_mut()
+                    .map(|t| output(t, stream, &mut guards)),
+                gate_workspace: d
+                    .gate_workspace
+                    .as_mut()
+                    .map(|t| output(t, stream, &mut guards)),
+            }),
         };
         let mut params = validate::validate_forward(problem, &dev)?;
-        if problem.is_empty() {
+        let gate_stats_requested = !params.gate_stats.is_null();
+        if problem.is_empty() && !gate_stats_requested {
             return Ok(());
         }
         let (cu_q, cu_k) = device_seqlens(problem, seqlens, stream, &mut guards)?;
         params.cu_seqlens_q = cu_q as *const i32;
         params.cu_seqlens_k = cu_k as *const i32;
-        self.launch(stream, &launch::forward(problem, T::DTYPE)?, &params)
+        if problem.is_empty() {
+            // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
+            params.gate_partials_per_head = 0;
+        } else {
+            self.launch(stream, &launch::forward(problem, T::DTYPE)?, &params)?;
+        }
+        if gate_stats_requested {
+            // Same stream: it reads the partials the forward wrote.
+            self.launch(stream, &launch::gate_stats(problem)?, &params)?;
+        }
+        Ok(())
     }
 
     /// The backward: dQ, dK, dV and dG. `workspace` must hold [`crate::backward_workspace_bytes`] bytes

@@ -414,6 +414,10 @@ fn optional_output_copy<T: Copy>(
     tensor.as_ref().map(output_copy).transpose()
 }
 
+fn diagnostics_output_copy(tensor: Option<&Tensor<&mut [f32]>>) -> Result<Option<GuardedBuffer>> {
+    tensor.map(output_copy).transpose()
+}
+
 fn ptr_or_null(buffer: &Option<GuardedBuffer>) -> *mut c_void {
     buffer
         .as_ref()
@@ -444,7 +448,8 @@ impl HostBackend for Emulator {
         args: &mut HostForwardArgs<'_, T>,
     ) -> Result<()> {
         let mut params = validate::validate_forward(problem, args)?;
-        if problem.is_empty() {
+        let gate_stats_requested = !params.gate_stats.is_null();
+        if problem.is_empty() && !gate_stats_requested {
             return Ok(());
         }
         let config = launch::forward(problem, T::DTYPE)?;
@@ -455,6 +460,11 @@ impl HostBackend for Emulator {
         let y = output_copy(&args.y)?;
         let o = optional_output_copy(&args.o)?;
         let lse = optional_output_copy(&args.lse)?;
+        let diagnostics = args.diagnostics.as_ref();
+        let sink_mass = diagnostics_output_copy(diagnostics.and_then(|d| d.sink_mass.as_ref()))?;
+        let gate_stats = diagnostics_output_copy(diagnostics.and_then(|d| d.gate_stats.as_ref()))?;
+        let gate_workspace =
+            diagnostics_output_copy(diagnostics.and_then(|d| d.gate_workspace.as_ref()))?;
         let (cu_q, cu_k) = cu_seqlens_copies(problem)?;
         params.q = q.ptr();
         params.k = k.ptr();
@@ -465,15 +475,39 @@ impl HostBackend for Emulator {
         params.lse = ptr_or_null(&lse).cast();
         params.cu_seqlens_q = ptr_or_null(&cu_q).cast();
         params.cu_seqlens_k = ptr_or_null(&cu_k).cast();
+        params.sink_mass = ptr_or_null(&sink_mass).cast();
+        params.gate_stats = ptr_or_null(&gate_stats).cast();
+        params.gate_partials = ptr_or_null(&gate_workspace).cast();
         // SAFETY: every pointer in params refers to a guarded buffer alive until the end of this function,
         // sized like the validated tensor it copies.
-        unsafe { self.launch::<ffi::GsdpaFwdParams>(&config, &params)? };
+        if problem.is_empty() {
+            // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
+            params.gate_partials_per_head = 0;
+        } else {
+            unsafe { self.launch::<ffi::GsdpaFwdParams>(&config, &params)? };
+        }
+        let stats_config = launch::gate_stats(problem)?;
+        if gate_stats_requested && !stats_config.is_empty() {
+            // SAFETY: as above; the statistics kernel reads the partials the forward just wrote.
+            unsafe { self.launch::<ffi::GsdpaFwdParams>(&stats_config, &params)? };
+        }
         y.copy_to(args.y.data);
         if let (Some(buffer), Some(tensor)) = (&o, &mut args.o) {
             buffer.copy_to(tensor.data);
         }
         if let (Some(buffer), Some(tensor)) = (&lse, &mut args.lse) {
             buffer.copy_to(tensor.data);
+        }
+        if let Some(diagnostics) = args.diagnostics.as_mut() {
+            for (buffer, tensor) in [
+                (&sink_mass, &mut diagnostics.sink_mass),
+                (&gate_stats, &mut diagnostics.gate_stats),
+                (&gate_workspace, &mut diagnostics.gate_workspace),
+            ] {
+                if let (Some(buffer), Some(tensor)) = (buffer, tensor) {
+                    buffer.copy_to(tensor.data);
+                }
+            }
         }
         Ok(())
     }

@@ -70,6 +70,28 @@ pub fn forward(problem: &AttentionProblem, dtype: DType) -> Result<LaunchConfig>
     })
 }
 
+/// Partial sums per (batch, query head) that the forward writes for the gate statistics: one per warp
+/// of each query block of its grid (kernels/forward/diagnostics.h).
+pub fn gate_partials_per_head(problem: &AttentionProblem) -> Result<usize> {
+    let (block_m, threads, _) = forward_geometry(problem.head_dim)?;
+    Ok(problem.seqlen_q.div_ceil(block_m) * (threads as usize / 32))
+}
+
+/// The gate statistics' second launch (kernels/gate_stats.cu), after [`forward`] on the same stream and
+/// with the same params: one warp per (query head, batch).
+pub fn gate_stats(problem: &AttentionProblem) -> Result<LaunchConfig> {
+    Ok(LaunchConfig {
+        kernel: "gsdpa_diag_gate_stats".to_string(),
+        grid: [
+            grid_dim(problem.heads_q, "heads_q")?,
+            grid_dim(problem.batch, "batch")?,
+            1,
+        ],
+        block: [ffi::GSDPA_GATE_STATS_THREADS, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
 /// Backward tile geometry for a head dim: (dkdv block_n, dkdv threads, dkdv smem, dq block_m, dq threads,
 /// dq smem).
 fn backward_geometry(head_dim: usize) -> Result<[u32; 6]> {

@@ -58,6 +58,7 @@
 //!     y: Tensor::contiguous(y.as_mut_slice(), &qs),
 //!     o: None,
 //!     lse: Some(Tensor::contiguous(lse.as_mut_slice(), &ls)), // None: inference, no LSE
+//!     diagnostics: None, // sink mass and gate statistics: docs/diagnostics.md
 //! };
 //! Reference.forward(&p, &mut args)?;
 //! // Bad input is a typed error, never a panic.
@@ -119,6 +120,7 @@ pub use half;
 pub struct ReadmeDoctests;
 
 pub use arch::TargetArch;
+pub use backend::{gate_stats_workspace_len, ForwardDiagnostics, HostForwardDiagnostics};
 pub use backend::{
     BackwardArgs, BackwardOptions, ForwardArgs, HostBackend, HostBackwardArgs, HostForwardArgs,
 };

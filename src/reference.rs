@@ -31,6 +31,92 @@ pub struct ForwardResultF64 {
     pub lse: Vec<f64>,
 }
 
+/// The forward's diagnostics, unrounded (docs/diagnostics.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiagnosticsF64 {
+    /// Per query row, laid out like lse: the attention probability on the first `n_sink` keys of its
+    /// sequence (0 for a row that sees no key).
+    pub sink_mass: Vec<f64>,
+    /// `[B, Hq]`: the mean act(g) over the sequence's rows (and D for the elementwise gate); 0 for an
+    /// empty sequence; empty without a gate.
+    pub gate_stats: Vec<f64>,
+}
+
+/// The diagnostics on dense f64 arrays, computed on their own (not from the forward's running sums):
+/// each row's full probability vector is materialised and its first `n_sink` entries summed; the gate
+/// statistics are plain means of act(g).
+pub fn diagnostics_f64(
+    problem: &AttentionProblem,
+    q: &[f64],
+    k: &[f64],
+    g: Option<&[f64]>,
+    n_sink: usize,
+) -> Result<DiagnosticsF64> {
+    validate_problem(problem)?;
+    let d = problem.head_dim;
+    let (hq, hkv) = (problem.heads_q, problem.heads_kv);
+    let group = problem.group_size().max(1);
+    let scale = f64::from(problem.softmax_scale());
+    let tq = problem.total_q();
+    check_len("q", &problem.q_shape(), q.len())?;
+    check_len("k", &problem.kv_shape(), k.len())?;
+    let mut sink_mass = vec![0.0; tq * hq];
+    let gated = problem.gate != GateMode::None;
+    let mut gate_stats = vec![0.0; if gated { problem.batch * hq } else { 0 }];
+    let mut scores = Vec::new();
+    for b in 0..problem.batch {
+        let Some((q_tokens, k_tokens)) = problem.sequence(b) else {
+            continue;
+        };
+        let (sq, sk) = (q_tokens.len(), k_tokens.len());
+        for h in 0..hq {
+            let hk = h / group;
+            for i in 0..sq {
+                let t = q_tokens.start + i;
+                let q_row = &q[(t * hq + h) * d..(t * hq + h + 1) * d];
+                let n = visible_keys(problem.causal, i, sq, sk);
+                scores.clear();
+                scores.extend((0..n).map(|j| {
+                    let kr = ((k_tokens.start + j) * hkv + hk) * d;
+                    scale * dot(q_row, &k[kr..kr + d])
+                }));
+                let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                let sink: f64 = scores.iter().take(n_sink).map(|s| (s - max).exp()).sum();
+                let index = match problem.varlen {
+                    Some(_) => h * tq + t,
+                    None => (b * hq + h) * sq + i,
+                };
+                sink_mass[index] = if n == 0 { 0.0 } else { sink / total };
+            }
+            if let (true, Some(g)) = (gated, g) {
+                let act = problem.activation;
+                let values: Vec<f64> = match problem.gate {
+                    GateMode::Elementwise => {
+                        let start = (q_tokens.start * hq + h) * d;
+                        (0..sq)
+                            .flat_map(|i| {
+                                let row = start + i * hq * d;
+                                g[row..row + d].iter().map(|&x| act.apply(x))
+                            })
+                            .collect()
+                    }
+                    _ => q_tokens.clone().map(|t| act.apply(g[t * hq + h])).collect(),
+                };
+                gate_stats[b * hq + h] = if values.is_empty() {
+                    0.0
+                } else {
+                    values.iter().sum::<f64>() / values.len() as f64
+                };
+            }
+        }
+    }
+    Ok(DiagnosticsF64 {
+        sink_mass,
+        gate_stats,
+    })
+}
+
 /// Unrounded gradients, dense.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackwardResultF64 {
@@ -369,11 +455,22 @@ impl HostBackend for Reference {
         args: &mut HostForwardArgs<'_, T>,
     ) -> Result<()> {
         validate_forward(problem, args)?;
+        let (q, k) = (gather(&args.q), gather(&args.k));
+        let g = args.g.as_ref().map(gather);
+        if let Some(diagnostics) = args.diagnostics.as_mut() {
+            let n_sink = diagnostics.n_sink;
+            let result = diagnostics_f64(problem, &q, &k, g.as_deref(), n_sink)?;
+            if let Some(sink) = diagnostics.sink_mass.as_mut() {
+                scatter(sink.data, &sink.layout, &result.sink_mass, |x| x as f32);
+            }
+            if let Some(stats) = diagnostics.gate_stats.as_mut() {
+                scatter(stats.data, &stats.layout, &result.gate_stats, |x| x as f32);
+            }
+        }
         if problem.is_empty() {
             return Ok(());
         }
-        let (q, k, v) = (gather(&args.q), gather(&args.k), gather(&args.v));
-        let g = args.g.as_ref().map(gather);
+        let v = gather(&args.v);
         let result = run(
             problem,
             &Inputs {

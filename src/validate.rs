@@ -18,7 +18,10 @@
 
 use std::os::raw::c_void;
 
-use crate::backend::{BackwardArgs, ForwardArgs, GateArgs, GateBackwardArgs};
+use crate::backend::{
+    gate_stats_workspace_len, BackwardArgs, ForwardArgs, ForwardDiagnostics, GateArgs,
+    GateBackwardArgs,
+};
 use crate::error::{GsdpaError, Result};
 use crate::ffi::{
     GsdpaBwdParams, GsdpaFwdParams, GsdpaGateBackwardParams, GsdpaGateParams, GsdpaStrides,
@@ -363,6 +366,7 @@ fn cu_seqlens_ptrs(problem: &AttentionProblem) -> (*const i32, *const i32) {
 ///     y: Tensor::contiguous(&mut y[..], &p.q_shape()), // f16 output for bf16 inputs
 ///     o: None,
 ///     lse: Some(Tensor::contiguous(&mut lse[..], &p.lse_shape())),
+///     diagnostics: None,
 /// };
 /// let _ = validate_forward(&p, &args);
 /// ```
@@ -399,16 +403,29 @@ where
         true,
     )?;
 
+    let diagnostics = check_diagnostics(problem, &args.diagnostics)?;
+
     let mut inputs = vec![&q, &k, &v];
     inputs.extend(g.as_ref());
     let mut outputs = vec![&y];
     outputs.extend(o.as_ref());
     outputs.extend(lse.as_ref());
+    outputs.extend(diagnostics.sink_mass.as_ref());
+    outputs.extend(diagnostics.gate_stats.as_ref());
+    outputs.extend(diagnostics.gate_workspace.as_ref());
     check_overlaps(&inputs, &outputs)?;
 
     let (cu_q, cu_k) = cu_seqlens_ptrs(problem);
     let (lse_batch_stride, lse_head_stride) =
         lse.as_ref().map_or((0, 0), |lse| lse_strides(lse, varlen));
+    let (sink_batch_stride, sink_head_stride) = diagnostics
+        .sink_mass
+        .as_ref()
+        .map_or((0, 0), |sink| lse_strides(sink, varlen));
+    let (gate_stats_batch_stride, gate_stats_head_stride) = diagnostics
+        .gate_stats
+        .as_ref()
+        .map_or((0, 0), |stats| (stats.strides[0], stats.strides[1]));
     let zero = GsdpaStrides::default();
     let scale = problem.softmax_scale();
     Ok(GsdpaFwdParams {
@@ -440,6 +457,120 @@ where
         activation: problem.activation.to_ffi(),
         scale,
         scale_log2: scale * std::f32::consts::LOG2_E,
+        sink_mass: mut_ptr(&diagnostics.sink_mass).cast(),
+        sink_batch_stride,
+        sink_head_stride,
+        n_sink: diagnostics.n_sink,
+        gate_partials_per_head: diagnostics.gate_partials_per_head,
+        gate_partials: mut_ptr(&diagnostics.gate_workspace).cast(),
+        gate_stats: mut_ptr(&diagnostics.gate_stats).cast(),
+        gate_stats_batch_stride,
+        gate_stats_head_stride,
+    })
+}
+
+/// The checked diagnostics outputs of a forward, and what the kernel needs to know of them.
+struct CheckedDiagnostics {
+    sink_mass: Option<Checked>,
+    gate_stats: Option<Checked>,
+    gate_workspace: Option<Checked>,
+    /// 0 when the sink mass is not requested (the kernel's loop then never takes the sink path).
+    n_sink: i32,
+    gate_partials_per_head: i32,
+}
+
+fn check_diagnostics<F: Memory<Elem = f32>>(
+    problem: &AttentionProblem,
+    diagnostics: &Option<ForwardDiagnostics<F>>,
+) -> Result<CheckedDiagnostics> {
+    let none = CheckedDiagnostics {
+        sink_mass: None,
+        gate_stats: None,
+        gate_workspace: None,
+        n_sink: 0,
+        gate_partials_per_head: 0,
+    };
+    let Some(diagnostics) = diagnostics else {
+        return Ok(none);
+    };
+    let sink_mass = check_optional(
+        "sink_mass",
+        &diagnostics.sink_mass,
+        &problem.lse_shape(),
+        4,
+        Kind::Rows32,
+        true,
+    )?;
+    let n_sink = if sink_mass.is_some() {
+        if diagnostics.n_sink == 0 {
+            return Err(GsdpaError::InvalidArgument(
+                "n_sink must be at least 1".into(),
+            ));
+        }
+        // Keys beyond the longest sequence change nothing: clamp so that the kernel's int is enough.
+        diagnostics.n_sink.min(problem.seqlen_k.max(1)) as i32
+    } else {
+        0
+    };
+
+    let (gate_stats, gate_workspace, gate_partials_per_head) =
+        match (&diagnostics.gate_stats, &diagnostics.gate_workspace) {
+            (None, None) => (None, None, 0),
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(GsdpaError::InvalidArgument(
+                    "gate_stats and gate_workspace are given together".into(),
+                ))
+            }
+            (Some(stats), Some(workspace)) => {
+                if problem.gate == GateMode::None {
+                    return Err(GsdpaError::InvalidArgument(
+                        "gate_stats needs a gate (the problem's gate mode is none)".into(),
+                    ));
+                }
+                let stats = check_tensor(
+                    "gate_stats",
+                    stats,
+                    &[problem.batch, problem.heads_q],
+                    4,
+                    Kind::Rows32,
+                    true,
+                )?;
+                let len = gate_stats_workspace_len(problem)?;
+                let workspace_shape = workspace.shape().to_vec();
+                if workspace_shape.len() != 1 {
+                    return Err(GsdpaError::ShapeMismatch {
+                        tensor: "gate_workspace",
+                        expected: vec![len],
+                        actual: workspace_shape,
+                    });
+                }
+                if workspace_shape[0] < len {
+                    return Err(GsdpaError::WorkspaceTooSmall {
+                        needed: len * 4,
+                        got: workspace_shape[0] * 4,
+                    });
+                }
+                let workspace = check_tensor(
+                    "gate_workspace",
+                    workspace,
+                    &workspace_shape,
+                    4,
+                    Kind::Rows32,
+                    true,
+                )?;
+                let per_head = crate::launch::gate_partials_per_head(problem)?;
+                let per_head = i32::try_from(per_head).map_err(|_| {
+                    GsdpaError::SizeOverflow(format!("{per_head} gate partials per head"))
+                })?;
+                (Some(stats), Some(workspace), per_head)
+            }
+        };
+    Ok(CheckedDiagnostics {
+        sink_mass,
+        gate_stats,
+        gate_workspace,
+        n_sink,
+        gate_partials_per_head,
     })
 }
 

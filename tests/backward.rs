@@ -127,6 +127,7 @@ fn make_inputs<T: Element>(problem: &AttentionProblem, qg: bool, seed: u64) -> I
         y: Tensor::contiguous(y.as_mut_slice(), &q_shape),
         o: Some(Tensor::contiguous(o.as_mut_slice(), &q_shape)),
         lse: Some(Tensor::contiguous(lse.as_mut_slice(), &problem.lse_shape())),
+        diagnostics: None,
     };
     Reference
         .forward(problem, &mut args)

@@ -183,6 +183,7 @@ fn run_kernel<T: Element>(
         o: o.as_mut()
             .map(|o| Tensor::new(o.as_mut_slice(), out_layout.clone())),
         lse: (!options.no_lse).then(|| Tensor::new(lse.as_mut_slice(), lse_layout.clone())),
+        diagnostics: None,
     };
     Emulator::new()
         .with_seed(emu_seed)
@@ -573,6 +574,7 @@ fn unsupported_scales_are_rejected_and_the_largest_accepted_is_finite() {
             y: Tensor::contiguous(y.as_mut_slice(), &p.q_shape()),
             o: None,
             lse: Some(Tensor::contiguous(lse.as_mut_slice(), &p.lse_shape())),
+            diagnostics: None,
         };
         let expected = GsdpaError::UnsupportedScale {
             scale,

@@ -112,6 +112,15 @@ fn check_forward<T: Element + DeviceRepr>(
     let mut d_o = upload(&stream, &poison);
     let lse_shape = problem.lse_shape();
     let mut dlse = upload(&stream, &vec![f32::NAN; numel(&lse_shape)]);
+    // Odd seeds also ask for the diagnostics (docs/diagnostics.md), even seeds run without them.
+    let diagnose = seed % 2 == 1;
+    let n_sink = 1 + (seed as usize / 2) % 3;
+    let stats_shape = [problem.batch, problem.heads_q];
+    let gate_stats = diagnose && problem.gate != GateMode::None;
+    let mut dsink = upload(&stream, &vec![f32::NAN; numel(&lse_shape).max(1)]);
+    let mut dstats = upload(&stream, &vec![f32::NAN; numel(&stats_shape).max(1)]);
+    let ws_len = gated_sdpa::gate_stats_workspace_len(problem).expect("workspace length");
+    let mut dws = upload(&stream, &vec![f32::NAN; ws_len.max(1)]);
     let seqlens_host = problem.varlen.clone();
     let cu = seqlens_host.as_ref().map(|v| {
         (
@@ -136,6 +145,17 @@ fn check_forward<T: Element + DeviceRepr>(
             dlse.as_view_mut(),
             Layout::contiguous(&lse_shape),
         )),
+        diagnostics: diagnose.then(|| gated_sdpa::ForwardDiagnostics {
+            sink_mass: Some(Tensor::new(
+                dsink.as_view_mut(),
+                Layout::contiguous(&lse_shape),
+            )),
+            n_sink,
+            gate_stats: gate_stats
+                .then(|| Tensor::new(dstats.as_view_mut(), Layout::contiguous(&stats_shape))),
+            gate_workspace: gate_stats
+                .then(|| Tensor::new(dws.as_view_mut(), Layout::contiguous(&[ws_len]))),
+        }),
     };
     backend
         .forward(&stream, problem, &mut args, seqlens.as_ref())
@@ -152,6 +172,32 @@ fn check_forward<T: Element + DeviceRepr>(
         .collect();
     let tol = forward_tolerance(T::DTYPE);
     let label = format!("{problem:?}");
+    if diagnose {
+        let want = reference::diagnostics_f64(problem, &qf, &kf, gf.as_deref(), n_sink).unwrap();
+        let sink = stream.clone_dtoh(&dsink).unwrap();
+        let stats = stream.clone_dtoh(&dstats).unwrap();
+        let mut pairs: Vec<(&str, f32, f64)> = want
+            .sink_mass
+            .iter()
+            .zip(&sink)
+            .map(|(&w, &g)| ("sink_mass", g, w))
+            .collect();
+        if gate_stats {
+            pairs.extend(
+                want.gate_stats
+                    .iter()
+                    .zip(&stats)
+                    .map(|(&w, &g)| ("gate_stats", g, w)),
+            );
+        }
+        for (what, got, w) in pairs {
+            let got = f64::from(got);
+            assert!(
+                (got - w).abs() <= 1e-4 + 1e-3 * w.abs(),
+                "{what} {got} vs {w}: {label}"
+            );
+        }
+    }
     assert!(
         rel_frobenius(&y, &want.y) <= tol,
         "Y error {} > {tol}: {label}",

@@ -488,6 +488,7 @@ fn backend_rounds_the_f64_results() {
         y: Tensor::contiguous(&mut y[..], &qs),
         o: Some(Tensor::contiguous(&mut o[..], &qs)),
         lse: Some(Tensor::contiguous(&mut lse[..], &ls)),
+        diagnostics: None,
     };
     Reference.forward(&p, &mut args).unwrap();
     let exact = forward_f64(&p, &to_f64(&q), &to_f64(&k), &to_f64(&v), Some(&to_f64(&g))).unwrap();
@@ -567,6 +568,7 @@ fn qwen3_next_strided_view_equals_dense_copy() {
             y: Tensor::new(&mut y[..], y_layout),
             o: None,
             lse: Some(Tensor::contiguous(&mut lse[..], &ls)),
+            diagnostics: None,
         };
         Reference.forward(&p, &mut args).unwrap();
         (y, lse)

@@ -60,6 +60,7 @@ impl<T: Copy + Default> Buffers<T> {
             y: Tensor::contiguous(self.y.as_mut_slice(), &qs),
             o: Some(Tensor::contiguous(self.o.as_mut_slice(), &qs)),
             lse: Some(Tensor::contiguous(self.lse.as_mut_slice(), &p.lse_shape())),
+            diagnostics: None,
         }
     }
 
@@ -407,6 +408,7 @@ fn overlap_between_outputs_and_inputs() {
             y: raw::<bf16>(y_addr, qn, &qs),
             o: Some(raw::<bf16>(o_addr, qn, &qs)),
             lse: Some(raw::<f32>(lse_addr, ln, &ls)),
+            diagnostics: None,
         };
         validate_forward(&p, &args)
     };
@@ -440,6 +442,44 @@ fn overlap_between_outputs_and_inputs() {
     );
     // Adjacent but disjoint spans are fine: y starts right after q's last byte.
     forward(mb + qn * 2, 6 * mb, 7 * mb).unwrap();
+
+    // The diagnostics outputs are outputs too: sink_mass over lse, the gate statistics inside their
+    // own workspace.
+    let ws_len = gated_sdpa::gate_stats_workspace_len(&p).unwrap();
+    let stats_shape = [p.batch, p.heads_q];
+    let diagnosed = |sink_addr: usize, stats_addr: usize| {
+        let args = ForwardArgs {
+            q: raw::<bf16>(mb, qn, &qs),
+            k: raw::<bf16>(2 * mb, kvn, &kvs),
+            v: raw::<bf16>(3 * mb, kvn, &kvs),
+            g: Some(raw::<bf16>(4 * mb, qn, &qs)),
+            y: raw::<bf16>(5 * mb, qn, &qs),
+            o: None,
+            lse: Some(raw::<f32>(7 * mb, ln, &ls)),
+            diagnostics: Some(gated_sdpa::ForwardDiagnostics {
+                sink_mass: Some(raw::<f32>(sink_addr, ln, &ls)),
+                n_sink: 1,
+                gate_stats: Some(raw::<f32>(stats_addr, numel(&stats_shape), &stats_shape)),
+                gate_workspace: Some(raw::<f32>(9 * mb, ws_len, &[ws_len])),
+            }),
+        };
+        validate_forward(&p, &args)
+    };
+    diagnosed(8 * mb, 10 * mb).unwrap();
+    assert_eq!(
+        diagnosed(7 * mb + 4, 10 * mb).unwrap_err(),
+        GsdpaError::Overlap {
+            output: "sink_mass",
+            other: "lse"
+        }
+    );
+    assert_eq!(
+        diagnosed(8 * mb, 9 * mb).unwrap_err(),
+        GsdpaError::Overlap {
+            output: "gate_workspace",
+            other: "gate_stats"
+        }
+    );
 
     // Backward: dk over dq, dg over dy.
     let backward = |dk_addr: usize, dg_addr: usize| {
@@ -584,6 +624,7 @@ fn sizes_that_overflow_the_kernels_index_arithmetic() {
             y: raw(1 << 20, 0, &p.q_shape()),
             o: None,
             lse: Some(raw(1 << 20, 0, &p.lse_shape())),
+            diagnostics: None,
         };
         assert!(matches!(
             validate_forward(&p, &args),
@@ -602,6 +643,7 @@ fn sizes_that_overflow_the_kernels_index_arithmetic() {
         y: raw::<bf16>(4 << 20, 512, &p.q_shape()),
         o: None,
         lse: Some(raw::<f32>(5 << 20, 8, &p.lse_shape())),
+        diagnostics: None,
     };
     let err = validate_forward(&p, &args).unwrap_err();
     assert!(matches!(err, GsdpaError::SizeOverflow(_)), "{err}");
@@ -841,6 +883,7 @@ fn zero_sized_problems_are_valid_no_ops() {
             y: Tensor::contiguous(&mut [][..], &p.q_shape()),
             o: None,
             lse: Some(Tensor::contiguous(&mut [][..], &p.lse_shape())),
+            diagnostics: None,
         };
         Reference.forward::<bf16>(&p, &mut args).unwrap();
         assert!(backward_workspace_bytes(&p).is_ok());

@@ -1,4 +1,4 @@
-//! `gsdpa forward` and `gsdpa backward`: attention on `.npy` inputs.
+//! `gsdpa forward`, `gsdpa backward` and `gsdpa diagnose`: attention on `.npy` inputs.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +8,7 @@ use gated_sdpa::{
 use half::{bf16, f16};
 
 use crate::args::{parse_i32_list, Flags};
-use crate::backends::{AnyElement, Backend, HostInputs};
+use crate::backends::{AnyElement, Backend, Diagnose, HostInputs};
 use crate::npy::{self, Array};
 use crate::outputs::{OutputPlan, Transaction};
 use crate::CliError;
@@ -32,6 +32,8 @@ const VALUE_FLAGS: [&str; 16] = [
     "dy",
 ];
 const BACKWARD_ONLY_FLAGS: [&str; 1] = ["out-dir"];
+/// The forward's (and diagnose's) diagnostics outputs and their parameter (docs/diagnostics.md).
+const DIAGNOSTICS_FLAGS: [&str; 3] = ["sink-mass", "n-sink", "gate-stats"];
 
 fn parse_flags(args: &[String], backward: bool) -> Result<Flags, CliError> {
     let mut values: Vec<&str> = VALUE_FLAGS.to_vec();
@@ -41,8 +43,33 @@ fn parse_flags(args: &[String], backward: bool) -> Result<Flags, CliError> {
         switches.push("deterministic");
     } else {
         values.retain(|f| *f != "dy");
+        values.extend(DIAGNOSTICS_FLAGS);
     }
     Ok(Flags::parse(args, &values, &switches)?)
+}
+
+/// The diagnostics the flags ask for; `all` (diagnose) asks for every one the problem has.
+fn diagnose_request(
+    flags: &Flags,
+    problem: &AttentionProblem,
+    all: bool,
+) -> Result<Diagnose, String> {
+    let n_sink = flags.parsed::<usize>("n-sink")?;
+    if n_sink == Some(0) {
+        return Err("--n-sink must be at least 1".into());
+    }
+    let sink = all || flags.value("sink-mass").is_some();
+    if n_sink.is_some() && !sink {
+        return Err("--n-sink needs --sink-mass".into());
+    }
+    let gate_stats = flags.value("gate-stats").is_some() || (all && problem.gate != GateMode::None);
+    if gate_stats && problem.gate == GateMode::None {
+        return Err("--gate-stats needs a gate (--gate is none)".into());
+    }
+    Ok(Diagnose {
+        n_sink: sink.then(|| n_sink.unwrap_or(1)),
+        gate_stats,
+    })
 }
 
 pub fn parse_dtype(text: &str) -> Result<DType, String> {
@@ -290,8 +317,14 @@ fn print_warnings(request: &Request) {
     }
 }
 
-/// The forward's optional outputs, `(output name, flag)`: the backward writes them too when asked.
-const FORWARD_EXTRA_OUTPUTS: [(&str, &str); 2] = [("lse", "lse"), ("o", "o")];
+/// The forward's optional outputs, `(output name, flag)`: the backward writes them too when asked
+/// (it does not take the diagnostics flags).
+const FORWARD_EXTRA_OUTPUTS: [(&str, &str); 4] = [
+    ("lse", "lse"),
+    ("o", "o"),
+    ("sink_mass", "sink-mass"),
+    ("gate_stats", "gate-stats"),
+];
 
 fn plan_forward_extras(flags: &Flags, plan: &mut OutputPlan) -> Result<(), String> {
     for (output, flag) in FORWARD_EXTRA_OUTPUTS {
@@ -309,11 +342,31 @@ pub fn forward(args: &[String]) -> Result<(), CliError> {
     plan.add("y", "out", Path::new(flags.required("out")?))?;
     plan_forward_extras(&flags, &mut plan)?;
     let request = load(&flags, false)?;
+    let diagnose = diagnose_request(&flags, &request.problem, false)?;
     print_warnings(&request);
     let backend = open_backend(&flags)?;
     match request.dtype {
-        DType::BF16 => forward_typed::<bf16>(&flags, &request, &backend, plan),
-        DType::F16 => forward_typed::<f16>(&flags, &request, &backend, plan),
+        DType::BF16 => forward_typed::<bf16>(&flags, &request, &backend, plan, diagnose, false),
+        DType::F16 => forward_typed::<f16>(&flags, &request, &backend, plan, diagnose, false),
+    }
+}
+
+/// `gsdpa diagnose <forward flags>`: the forward with every diagnostic, and the per-head report
+/// (diagnose.rs). `--out` and the other outputs are optional here.
+pub fn diagnose(args: &[String]) -> Result<(), CliError> {
+    let flags = parse_flags(args, false)?;
+    let mut plan = OutputPlan::default();
+    if let Some(path) = flags.value("out") {
+        plan.add("y", "out", Path::new(path))?;
+    }
+    plan_forward_extras(&flags, &mut plan)?;
+    let request = load(&flags, false)?;
+    let diagnose = diagnose_request(&flags, &request.problem, true)?;
+    print_warnings(&request);
+    let backend = open_backend(&flags)?;
+    match request.dtype {
+        DType::BF16 => forward_typed::<bf16>(&flags, &request, &backend, plan, diagnose, true),
+        DType::F16 => forward_typed::<f16>(&flags, &request, &backend, plan, diagnose, true),
     }
 }
 
@@ -338,20 +391,38 @@ fn write_forward<T: AnyElement>(
     if let (Some(_), Some(o)) = (flags.value("o"), &forward.o) {
         outputs.write("o", &p.q_shape(), widened(o))?;
     }
+    if let (Some(_), Some(sink)) = (flags.value("sink-mass"), &forward.sink_mass) {
+        outputs.write("sink_mass", &p.lse_shape(), sink.as_slice().iter().copied())?;
+    }
+    if let (Some(_), Some(stats)) = (flags.value("gate-stats"), &forward.gate_stats) {
+        let shape = [p.batch, p.heads_q];
+        outputs.write("gate_stats", &shape, stats.as_slice().iter().copied())?;
+    }
     Ok(())
 }
 
+/// The forward; with `report` (diagnose) also the per-head diagnostics table on stdout, and y only
+/// when `--out` names it.
 fn forward_typed<T: AnyElement>(
     flags: &Flags,
     request: &Request,
     backend: &Backend,
     plan: OutputPlan,
+    diagnose: Diagnose,
+    report: bool,
 ) -> Result<(), CliError> {
     let inputs = host_inputs::<T>(flags, request)?;
     let mut outputs = plan.reserve()?;
-    let result = backend.forward(&inputs, flags.value("o").is_some())?;
-    write_forward(flags, &inputs.problem, &result, true, &mut outputs)?;
+    let result = backend.forward_diagnosed(&inputs, flags.value("o").is_some(), diagnose)?;
+    let with_y = !report || flags.value("out").is_some();
+    write_forward(flags, &inputs.problem, &result, with_y, &mut outputs)?;
     outputs.commit()?;
+    if report {
+        print!(
+            "{}",
+            crate::diagnose::report(&inputs.problem, &result, diagnose, backend.name())
+        );
+    }
     Ok(())
 }
 

@@ -9,8 +9,9 @@ use std::time::Instant;
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use gated_sdpa::cuda::{CudaBackend, CudaSeqlens};
 use gated_sdpa::{
-    split_q_proj, AttentionProblem, BackwardArgs, BackwardOptions, Element, ForwardArgs,
-    GsdpaError, HostBackend, HostBuffer, Layout, Reference, Result, Tensor,
+    gate_stats_workspace_len, split_q_proj, AttentionProblem, BackwardArgs, BackwardOptions,
+    Element, ForwardArgs, ForwardDiagnostics, GsdpaError, HostBackend, HostBuffer, Layout,
+    Reference, Result, Tensor,
 };
 
 /// Element types every backend can run: bf16 and f16.
@@ -76,11 +77,21 @@ impl Backend {
         inputs: &HostInputs<T>,
         want_o: bool,
     ) -> Result<ForwardOut<T>> {
+        self.forward_diagnosed(inputs, want_o, Diagnose::default())
+    }
+
+    /// The forward with the diagnostics `diagnose` asks for.
+    pub fn forward_diagnosed<T: AnyElement>(
+        &self,
+        inputs: &HostInputs<T>,
+        want_o: bool,
+        diagnose: Diagnose,
+    ) -> Result<ForwardOut<T>> {
         match self {
-            Backend::Reference(r) => host_forward(r, inputs, want_o),
+            Backend::Reference(r) => host_forward(r, inputs, want_o, diagnose),
             #[cfg(feature = "emulator")]
-            Backend::Emulator(e) => host_forward(e, inputs, want_o),
-            Backend::Cuda(c) => cuda_forward(c, inputs, want_o),
+            Backend::Emulator(e) => host_forward(e, inputs, want_o, diagnose),
+            Backend::Cuda(c) => cuda_forward(c, inputs, want_o, diagnose),
         }
     }
 
@@ -193,11 +204,24 @@ impl<T: Copy + Default> HostInputs<T> {
     }
 }
 
+/// Which diagnostics a forward computes (docs/diagnostics.md).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Diagnose {
+    /// The sink mass of the first `n` keys.
+    pub n_sink: Option<usize>,
+    /// The mean gate score per (batch, head).
+    pub gate_stats: bool,
+}
+
 /// Forward outputs, dense in the problem's shapes.
 pub struct ForwardOut<T: Copy + Default> {
     pub y: HostBuffer<T>,
     pub o: Option<HostBuffer<T>>,
     pub lse: HostBuffer<f32>,
+    /// Like lse, when asked for.
+    pub sink_mass: Option<HostBuffer<f32>>,
+    /// `[B, Hq]`, when asked for.
+    pub gate_stats: Option<HostBuffer<f32>>,
     /// Seconds the backend call took (excluding host-device transfers).
     pub seconds: f64,
 }
@@ -215,14 +239,42 @@ fn host_forward<B: HostBackend, T: AnyElement>(
     backend: &B,
     inputs: &HostInputs<T>,
     want_o: bool,
+    diagnose: Diagnose,
 ) -> Result<ForwardOut<T>> {
     let p = &inputs.problem;
     let (qs, kvs, ls) = (p.q_shape(), p.kv_shape(), p.lse_shape());
+    let stats_shape = [p.batch, p.heads_q];
     let mut y = HostBuffer::<T>::try_new(numel(&qs))?;
     let mut o = want_o
         .then(|| HostBuffer::<T>::try_new(numel(&qs)))
         .transpose()?;
     let mut lse = HostBuffer::<f32>::try_new(numel(&ls))?;
+    let mut sink_mass = diagnose
+        .n_sink
+        .map(|_| HostBuffer::<f32>::try_new(numel(&ls)))
+        .transpose()?;
+    let workspace_len = match diagnose.gate_stats {
+        true => gate_stats_workspace_len(p)?,
+        false => 0,
+    };
+    let mut gate_stats = diagnose
+        .gate_stats
+        .then(|| HostBuffer::<f32>::try_new(numel(&stats_shape)))
+        .transpose()?;
+    let mut workspace = HostBuffer::<f32>::try_new(workspace_len)?;
+    let diagnostics =
+        (diagnose.n_sink.is_some() || diagnose.gate_stats).then(|| ForwardDiagnostics {
+            sink_mass: sink_mass
+                .as_mut()
+                .map(|b| Tensor::contiguous(b.as_mut_slice(), &ls)),
+            n_sink: diagnose.n_sink.unwrap_or(1),
+            gate_stats: gate_stats
+                .as_mut()
+                .map(|b| Tensor::contiguous(b.as_mut_slice(), &stats_shape)),
+            gate_workspace: diagnose
+                .gate_stats
+                .then(|| Tensor::contiguous(workspace.as_mut_slice(), &[workspace_len])),
+        });
     let mut args = ForwardArgs {
         q: inputs.q_tensor()?,
         k: Tensor::contiguous(inputs.k.as_slice(), &kvs),
@@ -232,11 +284,20 @@ fn host_forward<B: HostBackend, T: AnyElement>(
         o: o.as_mut()
             .map(|o| Tensor::contiguous(o.as_mut_slice(), &qs)),
         lse: Some(Tensor::contiguous(lse.as_mut_slice(), &ls)),
+        diagnostics,
     };
     let start = Instant::now();
     backend.forward(p, &mut args)?;
     let seconds = start.elapsed().as_secs_f64();
-    Ok(ForwardOut { y, o, lse, seconds })
+    drop(args);
+    Ok(ForwardOut {
+        y,
+        o,
+        lse,
+        sink_mass,
+        gate_stats,
+        seconds,
+    })
 }
 
 fn host_backward<B: HostBackend, T: AnyElement>(
@@ -399,9 +460,11 @@ fn cuda_forward<T: AnyElement>(
     backend: &CudaBackend,
     inputs: &HostInputs<T>,
     want_o: bool,
+    diagnose: Diagnose,
 ) -> Result<ForwardOut<T>> {
     let p = &inputs.problem;
     let (qs, kvs, ls) = (p.q_shape(), p.kv_shape(), p.lse_shape());
+    let stats_shape = [p.batch, p.heads_q];
     let stream = backend.context().default_stream();
     let dev = DeviceInputs::new(&stream, inputs)?;
     let mut y = zeros::<T>(&stream, numel(&qs))?;
@@ -409,6 +472,19 @@ fn cuda_forward<T: AnyElement>(
         .then(|| zeros::<T>(&stream, numel(&qs)))
         .transpose()?;
     let mut lse = zeros::<f32>(&stream, numel(&ls))?;
+    let mut sink_mass = diagnose
+        .n_sink
+        .map(|_| zeros::<f32>(&stream, numel(&ls)))
+        .transpose()?;
+    let workspace_len = match diagnose.gate_stats {
+        true => gate_stats_workspace_len(p)?,
+        false => 0,
+    };
+    let mut gate_stats = diagnose
+        .gate_stats
+        .then(|| zeros::<f32>(&stream, numel(&stats_shape)))
+        .transpose()?;
+    let mut workspace = zeros::<f32>(&stream, workspace_len)?;
     let (q, g) = dev.q_g(inputs);
     let seqlens = dev.seqlens();
     let mut args = ForwardArgs {
@@ -423,6 +499,26 @@ fn cuda_forward<T: AnyElement>(
             lse.slice_mut(0..numel(&ls).max(1)),
             Layout::contiguous(&ls),
         )),
+        diagnostics: (diagnose.n_sink.is_some() || diagnose.gate_stats).then(|| {
+            ForwardDiagnostics {
+                sink_mass: sink_mass.as_mut().map(|b| {
+                    Tensor::new(b.slice_mut(0..numel(&ls).max(1)), Layout::contiguous(&ls))
+                }),
+                n_sink: diagnose.n_sink.unwrap_or(1),
+                gate_stats: gate_stats.as_mut().map(|b| {
+                    Tensor::new(
+                        b.slice_mut(0..numel(&stats_shape).max(1)),
+                        Layout::contiguous(&stats_shape),
+                    )
+                }),
+                gate_workspace: diagnose.gate_stats.then(|| {
+                    Tensor::new(
+                        workspace.slice_mut(0..workspace_len.max(1)),
+                        Layout::contiguous(&[workspace_len]),
+                    )
+                }),
+            }
+        }),
     };
     stream.synchronize().map_err(driver("synchronize"))?;
     let start = Instant::now();
@@ -436,6 +532,14 @@ fn cuda_forward<T: AnyElement>(
             .map(|o| download(&stream, o, numel(&qs)))
             .transpose()?,
         lse: download(&stream, &lse, numel(&ls))?,
+        sink_mass: sink_mass
+            .as_ref()
+            .map(|b| download(&stream, b, numel(&ls)))
+            .transpose()?,
+        gate_stats: gate_stats
+            .as_ref()
+            .map(|b| download(&stream, b, numel(&stats_shape)))
+            .transpose()?,
         seconds,
     })
 }

@@ -6,7 +6,9 @@
 //! gsdpa forward --backend reference|emulator|cuda --dtype bf16|f16 --q q.npy --k k.npy --v v.npy
 //!     [--g g.npy | --qg qg.npy] --gate none|elementwise|headwise --act sigmoid|silu [--causal]
 //!     [--scale F] [--cu-seqlens-q 0,5,12 --cu-seqlens-k 0,7,9] --out y.npy [--lse lse.npy] [--o o.npy]
-//! gsdpa backward <forward flags> --dy dy.npy --out-dir DIR [--deterministic]
+//!     [--sink-mass sm.npy] [--n-sink N] [--gate-stats gs.npy]
+//! gsdpa diagnose <forward flags, --out optional>
+//! gsdpa backward <forward flags without the diagnostics> --dy dy.npy --out-dir DIR [--deterministic]
 //! gsdpa decode --backend B --dtype bf16|f16 --q q.npy --k-cache kc.npy --v-cache vc.npy
 //!     --block-table bt.npy --cache-seqlens 17,5,300 [--g g.npy] --gate none|elementwise|headwise
 //!     --act sigmoid|silu [--causal] [--scale F] [--num-splits N] --out y.npy [--lse lse.npy]
@@ -24,6 +26,7 @@ mod backends;
 mod bench;
 mod decode;
 mod demo;
+mod diagnose;
 mod info;
 mod npy;
 mod outputs;
@@ -50,6 +53,12 @@ usage:
                                           varlen: packed [T, H, D] inputs
       --lse lse.npy                       also write LSE [B, Hq, Sq] (varlen [Hq, Tq])
       --o o.npy                           also write the ungated output O
+      --sink-mass sm.npy [--n-sink N]     also write each row's attention on the first N keys (default
+                                          1), f32 like LSE
+      --gate-stats gs.npy                 also write the mean gate score act(G) per [B, Hq] (needs a gate)
+  gsdpa diagnose <forward flags>
+      the forward with both diagnostics: per head, the mean sink mass over rows and the mean gate
+      score, and the layer means (--out and the other outputs optional)
   gsdpa backward <forward flags> --dy dy.npy --out-dir DIR [--deterministic]
       writes DIR/dq.npy, dk.npy, dv.npy and, with a gate, dg.npy
   gsdpa decode --q q.npy --k-cache kc.npy --v-cache vc.npy --block-table bt.npy
@@ -123,6 +132,7 @@ fn run(args: &[String]) -> Result<(), CliError> {
     match command.as_str() {
         "info" => info::run(rest),
         "forward" => attention::forward(rest),
+        "diagnose" => attention::diagnose(rest),
         "backward" => attention::backward(rest),
         "decode" => decode::run(rest),
         "demo" => demo::run(rest),

@@ -21,18 +21,18 @@ impl TempDir {
         TempDir(dir)
     }
 
-    fn path(&self, file: &str) -> String {
+    pub(crate) fn path(&self, file: &str) -> String {
         self.0.join(file).to_string_lossy().into_owned()
     }
 
-    fn write(&self, file: &str, shape: &[usize], data: &[f32]) -> String {
+    pub(crate) fn write(&self, file: &str, shape: &[usize], data: &[f32]) -> String {
         let path = self.path(file);
         std::fs::write(&path, npy::to_bytes(shape, data)).unwrap();
         path
     }
 
     /// Reads an output (the CLI writes float32).
-    fn read(&self, file: &str) -> Output {
+    pub(crate) fn read(&self, file: &str) -> Output {
         let array = npy::read(Path::new(&self.path(file))).unwrap();
         match array.data {
             npy::Data::F32(data) => Output {
@@ -55,7 +55,7 @@ impl TempDir {
     }
 
     /// The names in the directory, sorted.
-    fn names(&self) -> Vec<String> {
+    pub(crate) fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.0)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -67,9 +67,9 @@ impl TempDir {
 
 /// A float32 output file.
 #[derive(Debug, PartialEq)]
-struct Output {
-    shape: Vec<usize>,
-    data: Vec<f32>,
+pub(crate) struct Output {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: Vec<f32>,
 }
 
 impl Drop for TempDir {
@@ -78,19 +78,19 @@ impl Drop for TempDir {
     }
 }
 
-fn run(args: &[&str]) -> Result<(), crate::CliError> {
+pub(crate) fn run(args: &[&str]) -> Result<(), crate::CliError> {
     let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     crate::run(&args)
 }
 
-fn random(rng: &mut StdRng, n: usize, amplitude: f32) -> Vec<f32> {
+pub(crate) fn random(rng: &mut StdRng, n: usize, amplitude: f32) -> Vec<f32> {
     (0..n)
         .map(|_| rng.random_range(-amplitude..amplitude))
         .collect()
 }
 
 /// What the CLI computes: the f64 reference on inputs rounded to bf16, then rounded to bf16.
-fn round_bf16(x: &[f32]) -> Vec<f64> {
+pub(crate) fn round_bf16(x: &[f32]) -> Vec<f64> {
     x.iter().map(|&v| bf16::from_f32(v).to_f64()).collect()
 }
 
@@ -385,7 +385,7 @@ fn small_inputs(dir: &TempDir) -> [String; 4] {
     ]
 }
 
-fn expect_usage_error(args: &[&str]) -> String {
+pub(crate) fn expect_usage_error(args: &[&str]) -> String {
     let err = run(args).expect_err("should fail");
     assert_eq!(err.code, 2, "{args:?}: {}", err.message);
     assert!(!err.message.contains('\n'), "{}", err.message);

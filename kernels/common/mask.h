@@ -53,6 +53,25 @@ GSDPA_DEVICE bool tile_needs_mask(int key0, int m0, const SeqlenInfo &seq, bool 
     return last_key > key_limit(m0, seq, causal);
 }
 
+// The key tiles [first, first + count) on a key loop's common path: every row of the block (first row
+// m0) sees every key of the tile, and the tile is not one of the `first` tiles at the start that need
+// other rare work (the forward's sink tiles, forward/diagnostics.h; 0 for none). One subtraction and
+// one unsigned comparison per tile tell the common tile from the rare one; the masked tiles are those
+// past the range (the partial last tile and, causal, the tiles across the diagonal).
+struct CommonKeyTiles {
+    int first;
+    unsigned count;
+    GSDPA_DEVICE bool contains(int n) const { return unsigned(n - first) < count; }
+};
+template <int BLOCK_N>
+GSDPA_DEVICE CommonKeyTiles common_key_tiles(int m0, const SeqlenInfo &seq, bool causal, int first) {
+    // Tiles [0, full) end at or before the first row's key limit, the smallest of the block's
+    // (tile_needs_mask is false for exactly these).
+    const int visible = key_limit(m0, seq, causal) + 1;
+    const int full = visible <= 0 ? 0 : visible / BLOCK_N;
+    return CommonKeyTiles{first, unsigned(tmax(0, full - first))};
+}
+
 // The key of element e (0..3) of a lane's part of the 16 x 8 accumulator tile whose first key is key0
 // (C layout, common/primitives.h: columns 2t and 2t + 1, t = lane % 4).
 GSDPA_DEVICE int c_frag_key(int key0, int e, int lane) { return key0 + 2 * (lane & 3) + (e & 1); }

@@ -4,22 +4,26 @@
 // headwise G one register per row); both rounded to the output type and staged through swizzled shared
 // memory (Y in the K+V region, O in the Q region once G has been consumed) so that global stores are
 // whole 16-byte chunks, consecutive threads on consecutive chunks of a row. Only rows < seqlen_q are
-// written. LSE is written by lane t = 0 of each quad, one f32 per row.
+// written. LSE is written by lane t = 0 of each quad, one f32 per row; so is the sink mass, when asked
+// for. The gate partial sums (diagnostics.h) are taken from the act(G) values the gate multiplies with.
 #pragma once
 
+#include "diagnostics.h"
 #include "gate.h"
-#include "online_softmax.h"
 
 namespace gsdpa {
 namespace fwd {
 
-// Where this block writes: row 0 of the block (query row m0 of its sequence) in y, o and lse (o, lse
-// null: not requested), and how many rows are real.
+// Where this block writes: row 0 of the block (query row m0 of its sequence) in y, o, lse and sink_mass
+// (o, lse, sink_mass null: not requested), this block's first gate partial (one per warp; null: not
+// requested), and how many rows are real.
 template <class T>
 struct FwdOutputs {
     T *y;
     T *o;
     float *lse;
+    float *sink_mass;
+    float *gate_partials;
     int64_t y_row_stride;
     int64_t o_row_stride;
     int rows;
@@ -30,12 +34,16 @@ struct FwdOutputs {
 // mode; for HEADWISE, gate_logit[row_half] holds the logit of the thread's row g (0) or g + 8 (1).
 template <class Tr>
 GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&acc_o)[Tr::N_TILES_O][4],
-                                OnlineSoftmax &softmax, float scale_log2, int gate_mode, int activation,
-                                const float (&gate_logit)[2], typename Tr::T *smem, int tid) {
+                                OnlineSoftmax &softmax, const SinkMass &sink, float scale_log2, int gate_mode,
+                                int activation, const float (&gate_logit)[2], typename Tr::T *smem, int tid) {
     using T = typename Tr::T;
     constexpr int D = Tr::D;
     const int lane = tid & 31;
     const int warp_row0 = (tid >> 5) * 16;
+    // Whether each of the thread's two rows is real (its act(G) values count in the gate partials).
+    const bool row_real[2] = {warp_row0 + (lane >> 2) < out.rows, warp_row0 + (lane >> 2) + 8 < out.rows};
+    const bool gate_partials = out.gate_partials != nullptr;
+    float gate_sum = 0.0f;
 
     float inv_sum[2], lse[2];
     softmax.finish(scale_log2, inv_sum, lse);
@@ -55,7 +63,9 @@ GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&a
             for (int row_half = 0; row_half < 2; ++row_half) {
                 const float2 g = load_c_pair<D>(s_g, warp_row0, nt * 8, row_half, lane);
                 const float2 o = make_float2(acc_o[nt][2 * row_half], acc_o[nt][2 * row_half + 1]);
-                const float2 y = apply_gate(o, g, activation);
+                const float2 a = gate_activations(g, activation);
+                if (gate_partials && row_real[row_half]) gate_sum += a.x + a.y;
+                const float2 y = apply_gate(o, a);
                 st_shared(reinterpret_cast<uint32_t *>(s_y + c_frag_offset<D>(warp_row0, nt * 8, row_half, lane)),
                           pack_float2<T>(y.x, y.y));
             }
@@ -65,6 +75,10 @@ GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&a
         if (gate_mode == GSDPA_GATE_HEADWISE) {
             factor[0] = gate_activation(gate_logit[0], activation);
             factor[1] = gate_activation(gate_logit[1], activation);
+            // One value per row: lane t = 0 of each quad counts it.
+            if (gate_partials && (lane & 3) == 0) {
+                gate_sum = (row_real[0] ? factor[0] : 0.0f) + (row_real[1] ? factor[1] : 0.0f);
+            }
         }
 #pragma unroll
         for (int nt = 0; nt < Tr::N_TILES_O; ++nt) {
@@ -85,6 +99,22 @@ GSDPA_DEVICE void write_outputs(const FwdOutputs<typename Tr::T> &out, float (&a
             const int row = warp_row0 + (lane >> 2) + 8 * row_half;
             if (row < out.rows) out.lse[row] = lse[row_half];
         }
+    }
+    // Diagnostics (diagnostics.h): both branches are uniform over the block.
+    if (out.sink_mass != nullptr) {
+        float mass[2];
+        sink.finish(softmax, scale_log2, inv_sum, mass);
+        if ((lane & 3) == 0) {
+#pragma unroll
+            for (int row_half = 0; row_half < 2; ++row_half) {
+                const int row = warp_row0 + (lane >> 2) + 8 * row_half;
+                if (row < out.rows) out.sink_mass[row] = mass[row_half];
+            }
+        }
+    }
+    if (gate_partials) {
+        gate_sum = warp_sum(gate_sum);
+        if (lane == 0) out.gate_partials[tid >> 5] = gate_sum;
     }
 
     __syncthreads();  // Y staged; every warp is done reading G from the Q region

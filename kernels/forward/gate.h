@@ -9,10 +9,13 @@
 namespace gsdpa {
 namespace fwd {
 
-// Y for one pair of adjacent output elements: o * act(g) elementwise.
-GSDPA_DEVICE float2 apply_gate(float2 o, float2 g, int activation) {
-    return make_float2(o.x * gate_activation(g.x, activation), o.y * gate_activation(g.y, activation));
+// act(g) for one pair of adjacent logits.
+GSDPA_DEVICE float2 gate_activations(float2 g, int activation) {
+    return make_float2(gate_activation(g.x, activation), gate_activation(g.y, activation));
 }
+
+// Y for one pair of adjacent output elements, elementwise: o * a with a = act(g).
+GSDPA_DEVICE float2 apply_gate(float2 o, float2 a) { return make_float2(o.x * a.x, o.y * a.y); }
 
 // Y for one pair of adjacent output elements of a row whose (headwise) gate factor act(g) is `factor`.
 GSDPA_DEVICE float2 apply_gate(float2 o, float factor) { return make_float2(o.x * factor, o.y * factor); }

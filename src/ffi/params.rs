@@ -57,10 +57,19 @@ pub struct GsdpaFwdParams {
     pub activation: i32,
     pub scale: f32,
     pub scale_log2: f32,
+    pub sink_mass: *mut f32,
+    pub sink_batch_stride: i64,
+    pub sink_head_stride: i64,
+    pub n_sink: i32,
+    pub gate_partials_per_head: i32,
+    pub gate_partials: *mut f32,
+    pub gate_stats: *mut f32,
+    pub gate_stats_batch_stride: i64,
+    pub gate_stats_head_stride: i64,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of GsdpaFwdParams"][::std::mem::size_of::<GsdpaFwdParams>() - 280usize];
+    ["Size of GsdpaFwdParams"][::std::mem::size_of::<GsdpaFwdParams>() - 344usize];
     ["Alignment of GsdpaFwdParams"][::std::mem::align_of::<GsdpaFwdParams>() - 8usize];
     ["Offset of field: GsdpaFwdParams::q"][::std::mem::offset_of!(GsdpaFwdParams, q) - 0usize];
     ["Offset of field: GsdpaFwdParams::k"][::std::mem::offset_of!(GsdpaFwdParams, k) - 8usize];
@@ -111,6 +120,24 @@ const _: () = {
         [::std::mem::offset_of!(GsdpaFwdParams, scale) - 268usize];
     ["Offset of field: GsdpaFwdParams::scale_log2"]
         [::std::mem::offset_of!(GsdpaFwdParams, scale_log2) - 272usize];
+    ["Offset of field: GsdpaFwdParams::sink_mass"]
+        [::std::mem::offset_of!(GsdpaFwdParams, sink_mass) - 280usize];
+    ["Offset of field: GsdpaFwdParams::sink_batch_stride"]
+        [::std::mem::offset_of!(GsdpaFwdParams, sink_batch_stride) - 288usize];
+    ["Offset of field: GsdpaFwdParams::sink_head_stride"]
+        [::std::mem::offset_of!(GsdpaFwdParams, sink_head_stride) - 296usize];
+    ["Offset of field: GsdpaFwdParams::n_sink"]
+        [::std::mem::offset_of!(GsdpaFwdParams, n_sink) - 304usize];
+    ["Offset of field: GsdpaFwdParams::gate_partials_per_head"]
+        [::std::mem::offset_of!(GsdpaFwdParams, gate_partials_per_head) - 308usize];
+    ["Offset of field: GsdpaFwdParams::gate_partials"]
+        [::std::mem::offset_of!(GsdpaFwdParams, gate_partials) - 312usize];
+    ["Offset of field: GsdpaFwdParams::gate_stats"]
+        [::std::mem::offset_of!(GsdpaFwdParams, gate_stats) - 320usize];
+    ["Offset of field: GsdpaFwdParams::gate_stats_batch_stride"]
+        [::std::mem::offset_of!(GsdpaFwdParams, gate_stats_batch_stride) - 328usize];
+    ["Offset of field: GsdpaFwdParams::gate_stats_head_stride"]
+        [::std::mem::offset_of!(GsdpaFwdParams, gate_stats_head_stride) - 336usize];
 };
 impl Default for GsdpaFwdParams {
     fn default() -> Self {
@@ -435,6 +462,8 @@ impl Default for GsdpaSelftestParams {
 pub const GSDPA_SELFTEST_THREADS: GsdpaSelftestLayout = 64;
 pub const GSDPA_SELFTEST_SMEM: GsdpaSelftestLayout = 1024;
 pub type GsdpaSelftestLayout = ::std::os::raw::c_uint;
+pub const GSDPA_GATE_STATS_THREADS: GsdpaGateStatsGeometry = 32;
+pub type GsdpaGateStatsGeometry = ::std::os::raw::c_uint;
 pub const GSDPA_FWD_BLOCK_M_D64: GsdpaFwdGeometry = 128;
 pub const GSDPA_FWD_BLOCK_N_D64: GsdpaFwdGeometry = 128;
 pub const GSDPA_FWD_THREADS_D64: GsdpaFwdGeometry = 256;

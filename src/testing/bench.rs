@@ -246,6 +246,7 @@ fn run_variant(
             b.lse.as_view_mut(),
             Layout::contiguous(&[shape.batch, shape.heads_q, shape.seqlen]),
         )),
+        diagnostics: None,
     };
     backend.forward(stream, &problem, &mut args, None)?;
     drop(args);
