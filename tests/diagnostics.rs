@@ -304,37 +304,17 @@ fn bit_identical_across_emulator_seeds() {
 #[test]
 fn bad_diagnostics_are_typed_errors() {
     let p = problem(1, 8, 8, 2, 1, 64).gate(GateMode::Headwise);
-    let x = Inputs::<bf16>::random(&p, 1);
-    let qs = p.q_shape();
     let ls = p.lse_shape();
-    let attempt = |diagnostics: ForwardDiagnostics<&mut [f32]>| {
-        let mut y = HostBuffer::<bf16>::new(numel(&qs));
-        let mut args = ForwardArgs {
-            q: Tensor::contiguous(x.q.as_slice(), &qs),
-            k: Tensor::contiguous(x.k.as_slice(), &p.kv_shape()),
-            v: Tensor::contiguous(x.v.as_slice(), &p.kv_shape()),
-            g: Some(Tensor::contiguous(
-                x.g.as_ref().unwrap().as_slice(),
-                &p.gate_shape().unwrap(),
-            )),
-            y: Tensor::contiguous(y.as_mut_slice(), &qs),
-            o: None,
-            lse: None,
-            diagnostics: Some(diagnostics),
-        };
-        let emulated = Emulator::new().forward(&p, &mut args).unwrap_err();
-        let reference = Reference.forward(&p, &mut args).unwrap_err();
-        assert_eq!(emulated.to_string(), reference.to_string());
-        emulated
-    };
     let len = gate_stats_workspace_len(&p).unwrap();
     let (mut sink, mut stats, mut ws) = (vec![0f32; numel(&ls)], vec![0f32; 2], vec![0f32; len]);
 
-    let err = attempt(
+    let err = forward_error(
+        &p,
         ForwardDiagnostics::default().with_sink_mass(Tensor::contiguous(&mut sink[..], &ls), 0),
     );
     assert!(matches!(err, GsdpaError::InvalidArgument(_)), "{err}");
-    let err = attempt(
+    let err = forward_error(
+        &p,
         ForwardDiagnostics::default()
             .with_sink_mass(Tensor::contiguous(&mut sink[..8], &[1, 8]), 1),
     );
@@ -348,20 +328,29 @@ fn bad_diagnostics_are_typed_errors() {
         ),
         "{err}"
     );
-    let err = attempt(ForwardDiagnostics::default().with_gate_stats(
-        Tensor::contiguous(&mut stats[..], &[1, 2]),
-        Tensor::contiguous(&mut ws[..len - 1], &[len - 1]),
-    ));
+    let err = forward_error(
+        &p,
+        ForwardDiagnostics::default().with_gate_stats(
+            Tensor::contiguous(&mut stats[..], &[1, 2]),
+            Tensor::contiguous(&mut ws[..len - 1], &[len - 1]),
+        ),
+    );
     assert!(matches!(err, GsdpaError::WorkspaceTooSmall { .. }), "{err}");
-    let err = attempt(ForwardDiagnostics {
-        gate_stats: Some(Tensor::contiguous(&mut stats[..], &[1, 2])),
-        ..ForwardDiagnostics::default()
-    });
+    let err = forward_error(
+        &p,
+        ForwardDiagnostics {
+            gate_stats: Some(Tensor::contiguous(&mut stats[..], &[1, 2])),
+            ..ForwardDiagnostics::default()
+        },
+    );
     assert!(matches!(err, GsdpaError::InvalidArgument(_)), "{err}");
-    let err = attempt(ForwardDiagnostics::default().with_gate_stats(
-        Tensor::contiguous(&mut stats[..], &[2, 1]),
-        Tensor::contiguous(&mut ws[..], &[len]),
-    ));
+    let err = forward_error(
+        &p,
+        ForwardDiagnostics::default().with_gate_stats(
+            Tensor::contiguous(&mut stats[..], &[2, 1]),
+            Tensor::contiguous(&mut ws[..], &[len]),
+        ),
+    );
     assert!(
         matches!(
             err,
@@ -374,22 +363,36 @@ fn bad_diagnostics_are_typed_errors() {
     );
 
     // Gate statistics of an ungated problem.
-    let ungated = problem(1, 8, 8, 2, 1, 64);
-    let x = Inputs::<bf16>::random(&ungated, 1);
+    let err = forward_error(
+        &problem(1, 8, 8, 2, 1, 64),
+        ForwardDiagnostics::default().with_gate_stats(
+            Tensor::contiguous(&mut stats[..], &[1, 2]),
+            Tensor::contiguous(&mut ws[..], &[len]),
+        ),
+    );
+    assert!(matches!(err, GsdpaError::InvalidArgument(_)), "{err}");
+}
+
+/// The error a forward of `p` with `diagnostics` returns on the emulator (the reference must agree).
+fn forward_error(p: &AttentionProblem, diagnostics: ForwardDiagnostics<&mut [f32]>) -> GsdpaError {
+    let x = Inputs::<bf16>::random(p, 1);
+    let (qs, kvs) = (p.q_shape(), p.kv_shape());
     let mut y = HostBuffer::<bf16>::new(numel(&qs));
+    let gate_shape = p.gate_shape();
     let mut args = ForwardArgs {
         q: Tensor::contiguous(x.q.as_slice(), &qs),
-        k: Tensor::contiguous(x.k.as_slice(), &ungated.kv_shape()),
-        v: Tensor::contiguous(x.v.as_slice(), &ungated.kv_shape()),
-        g: None,
+        k: Tensor::contiguous(x.k.as_slice(), &kvs),
+        v: Tensor::contiguous(x.v.as_slice(), &kvs),
+        g: x.g
+            .as_ref()
+            .map(|g| Tensor::contiguous(g.as_slice(), gate_shape.as_ref().unwrap())),
         y: Tensor::contiguous(y.as_mut_slice(), &qs),
         o: None,
         lse: None,
-        diagnostics: Some(ForwardDiagnostics::default().with_gate_stats(
-            Tensor::contiguous(&mut stats[..], &[1, 2]),
-            Tensor::contiguous(&mut ws[..], &[len]),
-        )),
+        diagnostics: Some(diagnostics),
     };
-    let err = Emulator::new().forward(&ungated, &mut args).unwrap_err();
-    assert!(matches!(err, GsdpaError::InvalidArgument(_)), "{err}");
+    let emulated = Emulator::new().forward(p, &mut args).unwrap_err();
+    let reference = Reference.forward(p, &mut args).unwrap_err();
+    assert_eq!(emulated.to_string(), reference.to_string());
+    emulated
 }

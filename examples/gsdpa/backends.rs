@@ -213,6 +213,21 @@ pub struct Diagnose {
     pub gate_stats: bool,
 }
 
+impl Diagnose {
+    /// Whether any diagnostic is asked for (the forward then gets `Some(ForwardDiagnostics)`).
+    pub fn requested(&self) -> bool {
+        self.n_sink.is_some() || self.gate_stats
+    }
+
+    /// Floats of gate-statistics workspace the forward needs (0 without gate statistics).
+    pub fn workspace_len(&self, p: &AttentionProblem) -> Result<usize> {
+        Ok(match self.gate_stats {
+            true => gate_stats_workspace_len(p)?,
+            false => 0,
+        })
+    }
+}
+
 /// Forward outputs, dense in the problem's shapes.
 pub struct ForwardOut<T: Copy + Default> {
     pub y: HostBuffer<T>,
@@ -253,28 +268,24 @@ fn host_forward<B: HostBackend, T: AnyElement>(
         .n_sink
         .map(|_| HostBuffer::<f32>::try_new(numel(&ls)))
         .transpose()?;
-    let workspace_len = match diagnose.gate_stats {
-        true => gate_stats_workspace_len(p)?,
-        false => 0,
-    };
+    let workspace_len = diagnose.workspace_len(p)?;
     let mut gate_stats = diagnose
         .gate_stats
         .then(|| HostBuffer::<f32>::try_new(numel(&stats_shape)))
         .transpose()?;
     let mut workspace = HostBuffer::<f32>::try_new(workspace_len)?;
-    let diagnostics =
-        (diagnose.n_sink.is_some() || diagnose.gate_stats).then(|| ForwardDiagnostics {
-            sink_mass: sink_mass
-                .as_mut()
-                .map(|b| Tensor::contiguous(b.as_mut_slice(), &ls)),
-            n_sink: diagnose.n_sink.unwrap_or(1),
-            gate_stats: gate_stats
-                .as_mut()
-                .map(|b| Tensor::contiguous(b.as_mut_slice(), &stats_shape)),
-            gate_workspace: diagnose
-                .gate_stats
-                .then(|| Tensor::contiguous(workspace.as_mut_slice(), &[workspace_len])),
-        });
+    let diagnostics = diagnose.requested().then(|| ForwardDiagnostics {
+        sink_mass: sink_mass
+            .as_mut()
+            .map(|b| Tensor::contiguous(b.as_mut_slice(), &ls)),
+        n_sink: diagnose.n_sink.unwrap_or(1),
+        gate_stats: gate_stats
+            .as_mut()
+            .map(|b| Tensor::contiguous(b.as_mut_slice(), &stats_shape)),
+        gate_workspace: diagnose
+            .gate_stats
+            .then(|| Tensor::contiguous(workspace.as_mut_slice(), &[workspace_len])),
+    });
     let mut args = ForwardArgs {
         q: inputs.q_tensor()?,
         k: Tensor::contiguous(inputs.k.as_slice(), &kvs),
@@ -476,10 +487,7 @@ fn cuda_forward<T: AnyElement>(
         .n_sink
         .map(|_| zeros::<f32>(&stream, numel(&ls)))
         .transpose()?;
-    let workspace_len = match diagnose.gate_stats {
-        true => gate_stats_workspace_len(p)?,
-        false => 0,
-    };
+    let workspace_len = diagnose.workspace_len(p)?;
     let mut gate_stats = diagnose
         .gate_stats
         .then(|| zeros::<f32>(&stream, numel(&stats_shape)))
@@ -499,25 +507,23 @@ fn cuda_forward<T: AnyElement>(
             lse.slice_mut(0..numel(&ls).max(1)),
             Layout::contiguous(&ls),
         )),
-        diagnostics: (diagnose.n_sink.is_some() || diagnose.gate_stats).then(|| {
-            ForwardDiagnostics {
-                sink_mass: sink_mass.as_mut().map(|b| {
-                    Tensor::new(b.slice_mut(0..numel(&ls).max(1)), Layout::contiguous(&ls))
-                }),
-                n_sink: diagnose.n_sink.unwrap_or(1),
-                gate_stats: gate_stats.as_mut().map(|b| {
-                    Tensor::new(
-                        b.slice_mut(0..numel(&stats_shape).max(1)),
-                        Layout::contiguous(&stats_shape),
-                    )
-                }),
-                gate_workspace: diagnose.gate_stats.then(|| {
-                    Tensor::new(
-                        workspace.slice_mut(0..workspace_len.max(1)),
-                        Layout::contiguous(&[workspace_len]),
-                    )
-                }),
-            }
+        diagnostics: diagnose.requested().then(|| ForwardDiagnostics {
+            sink_mass: sink_mass
+                .as_mut()
+                .map(|b| Tensor::new(b.slice_mut(0..numel(&ls).max(1)), Layout::contiguous(&ls))),
+            n_sink: diagnose.n_sink.unwrap_or(1),
+            gate_stats: gate_stats.as_mut().map(|b| {
+                Tensor::new(
+                    b.slice_mut(0..numel(&stats_shape).max(1)),
+                    Layout::contiguous(&stats_shape),
+                )
+            }),
+            gate_workspace: diagnose.gate_stats.then(|| {
+                Tensor::new(
+                    workspace.slice_mut(0..workspace_len.max(1)),
+                    Layout::contiguous(&[workspace_len]),
+                )
+            }),
         }),
     };
     stream.synchronize().map_err(driver("synchronize"))?;

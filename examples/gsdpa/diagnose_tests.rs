@@ -41,8 +41,8 @@ fn forward_writes_the_diagnostics_and_diagnose_agrees() {
     let want = diagnostics_f64(&p, &qr, &kr, Some(&gr), 2).unwrap();
     for backend in ["reference", "emulator"] {
         let (y, sm, gs) = (dir.path("y.npy"), dir.path("sm.npy"), dir.path("gs.npy"));
-        run(&[
-            "forward",
+        // The flags both subcommands get; each adds its own outputs.
+        let shared = [
             "--backend",
             backend,
             "--q",
@@ -53,16 +53,18 @@ fn forward_writes_the_diagnostics_and_diagnose_agrees() {
             &v,
             "--g",
             &g,
-            "--out",
-            &y,
-            "--sink-mass",
-            &sm,
             "--n-sink",
             "2",
-            "--gate-stats",
-            &gs,
-        ])
-        .unwrap();
+        ];
+        let command = |subcommand: &str, outputs: &[&str]| -> Vec<String> {
+            let all = std::iter::once(&subcommand).chain(&shared).chain(outputs);
+            all.map(|s| s.to_string()).collect()
+        };
+        let args = command(
+            "forward",
+            &["--out", &y, "--sink-mass", &sm, "--gate-stats", &gs],
+        );
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
         let sink = dir.read("sm.npy");
         assert_eq!(sink.shape, p.lse_shape());
         assert!(
@@ -80,26 +82,8 @@ fn forward_writes_the_diagnostics_and_diagnose_agrees() {
 
         // diagnose writes the same files (y optional) and succeeds.
         let (sm2, gs2) = (dir.path("sm2.npy"), dir.path("gs2.npy"));
-        run(&[
-            "diagnose",
-            "--backend",
-            backend,
-            "--q",
-            &q,
-            "--k",
-            &k,
-            "--v",
-            &v,
-            "--g",
-            &g,
-            "--sink-mass",
-            &sm2,
-            "--n-sink",
-            "2",
-            "--gate-stats",
-            &gs2,
-        ])
-        .unwrap();
+        let args = command("diagnose", &["--sink-mass", &sm2, "--gate-stats", &gs2]);
+        run(&args.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
         assert_eq!(dir.read("sm2.npy"), sink);
         assert_eq!(dir.read("gs2.npy"), stats);
         for file in ["y.npy", "sm.npy", "gs.npy", "sm2.npy", "gs2.npy"] {
