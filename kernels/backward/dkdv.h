@@ -97,11 +97,23 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     zero_acc(acc_dk);
     zero_acc(acc_dv);
 
+    // This lane's ldmatrix addresses for every GEMM operand, the warp's origin folded in, computed once
+    // (common/fragments.h, LdsmLaneOffsets): in the loop each fragment address is a base register plus an
+    // immediate. Tiles at a fixed distance share one set (V = K + BN D, dS = P + BM PC, both immediates);
+    // the two Q sets follow Q's double buffer by one XOR per iteration.
+    LdsmLaneOffsets<D> q_a = ldsm_a_offsets<D>(Tr::SMEM_Q + score_m0 * D, lane);         // Q as A of S
+    const LdsmLaneOffsets<D> do_a = ldsm_a_offsets<D>(Tr::SMEM_DO + score_m0 * D, lane);  // dO as A of dP
+    const LdsmLaneOffsets<D> kv_b = ldsm_b_operand_offsets<SCORE_TN, false, D>(Tr::SMEM_K, score_n0, lane);
+    const LdsmLaneOffsets<PC> p_at = ldsm_a_trans_offsets<PC>(Tr::SMEM_P, lane, dkdv_n0);  // P^T, dS^T
+    const LdsmLaneOffsets<D> do_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_DO, dkdv_d0, lane);
+    LdsmLaneOffsets<D> q_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_Q, dkdv_d0, lane);
+    const T *sV_from_K = smem + (Tr::SMEM_V - Tr::SMEM_K);  // K's offsets, read in V
+    const T *sdS_from_P = smem + (Tr::SMEM_DS - Tr::SMEM_P);
+
     TilePos tile{hkv * group, m_first * BM};
     for (int it = 0; it < iters; ++it, tile = next_tile(tile)) {
         const int h = tile.h, m0 = tile.m0;
         const TilePos next = next_tile(tile);
-        T *sQ_cur = sQ + (it & 1) * BM * D;
         cp_async_wait<0>();
         __syncthreads();  // Q(it), dO(it) (and K, V) landed; every warp is done with iteration it - 1
         if (it + 1 < iters) load_q(next, sQ + ((it + 1) & 1) * BM * D);
@@ -115,28 +127,36 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
         float s[SCORE_TM][SCORE_TN][4], dp[SCORE_TM][SCORE_TN][4];
         zero_acc(s);
         zero_acc(dp);
-        warp_gemm<T, SCORE_TM, SCORE_TN, D / 16, false, false, D, D>(s, sQ_cur, score_m0, 0, sK, score_n0, 0, lane);
-        warp_gemm<T, SCORE_TM, SCORE_TN, D / 16, false, false, D, D>(dp, sdO, score_m0, 0, sV, score_n0, 0, lane);
+        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(s, SmemOffsetsOperandA<D, T>{smem, q_a, 0}, smem,
+                                                                     kv_b, lane);
+        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(dp, SmemOffsetsOperandA<D, T>{smem, do_a, 0},
+                                                                     sV_from_K, kv_b, lane);
         const bool mask = tile_needs_mask<BN>(n0, m0, seq, causal);
-        softmax_grad<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
+        softmax_grad_tile<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
         store_acc<PC>(sP, s, score_m0, score_n0, 1.0f, lane);
         store_acc<PC>(sdS, dp, score_m0, score_n0, 1.0f, lane);
         __syncthreads();  // P, dS complete
 
         // dV += P^T dO: A = P^T from the [query][key] tile, B = dO stored [query][dim] = [k][n].
-        warp_gemm<T, DKDV_TN, DKDV_TD, BM / 16, true, true, PC, D>(acc_dv, sP, dkdv_n0, 0, sdO, dkdv_d0, 0, lane);
+        warp_gemm_offsets<T, DKDV_TN, DKDV_TD, BM / 16, true, D>(
+            acc_dv, SmemOffsetsOperandA<PC, T, true>{smem, p_at, 0}, smem, do_b, lane);
         __syncthreads();  // every warp is done with dO(it): refill it
         if (it + 1 < iters) load_do(next);
         cp_async_commit();
 
         // dK += dS^T Q (scaled at the end).
-        warp_gemm<T, DKDV_TN, DKDV_TD, BM / 16, true, true, PC, D>(acc_dk, sdS, dkdv_n0, 0, sQ_cur, dkdv_d0, 0, lane);
+        warp_gemm_offsets<T, DKDV_TN, DKDV_TD, BM / 16, true, D>(
+            acc_dk, SmemOffsetsOperandA<PC, T, true>{sdS_from_P, p_at, 0}, smem, q_b, lane);
 
         if (p.deterministic == 0) {
             // dQ(rows of this tile) += scale * dS K: A = dS [query][key], B = K stored [key][dim] = [k][n].
             float dq[DQ_TM][DQ_TD][4];
             zero_acc(dq);
-            warp_gemm<T, DQ_TM, DQ_TD, BN / 16, false, true, PC, D>(dq, sdS, dq_m0, 0, sK, dq_d0, 0, lane);
+            // Built here rather than kept live across the loop (the fast mode alone reads them).
+            const LdsmLaneOffsets<PC> ds_a = ldsm_a_offsets<PC>(Tr::SMEM_DS + dq_m0 * PC, lane);
+            const LdsmLaneOffsets<D> k_b = ldsm_b_operand_offsets<DQ_TD, true, D>(Tr::SMEM_K, dq_d0, lane);
+            warp_gemm_offsets<T, DQ_TM, DQ_TD, BN / 16, true, D>(dq, SmemOffsetsOperandA<PC, T>{smem, ds_a, 0}, smem,
+                                                                  k_b, lane);
 #pragma unroll
             for (int mi = 0; mi < DQ_TM; ++mi) {
 #pragma unroll
@@ -153,6 +173,8 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
                 }
             }
         }
+        q_a.flip(Tr::Q_STAGE_FLIP);  // on to the next iteration's Q buffer
+        q_b.flip(Tr::Q_STAGE_FLIP);
     }
 
     // Epilogue: stage dK (scaled) in the K region and dV in the V region, then 16-byte coalesced stores.

@@ -73,9 +73,18 @@ GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
     float acc_dq[DQ_TM][DQ_TD][4];
     zero_acc(acc_dq);
 
+    // This lane's ldmatrix addresses, the warp's origin folded in, computed once (common/fragments.h,
+    // LdsmLaneOffsets). dO = Q + BM D shares Q's set (an immediate); the two K sets follow K's double buffer
+    // by one XOR per tile.
+    const LdsmLaneOffsets<D> q_a = ldsm_a_offsets<D>(Tr::SMEM_Q + score_m0 * D, lane);  // Q, dO as A
+    LdsmLaneOffsets<D> k_b = ldsm_b_operand_offsets<SCORE_TN, false, D>(Tr::SMEM_K, score_n0, lane);
+    const LdsmLaneOffsets<D> v_b = ldsm_b_operand_offsets<SCORE_TN, false, D>(Tr::SMEM_V, score_n0, lane);
+    const LdsmLaneOffsets<PC> ds_a = ldsm_a_offsets<PC>(Tr::SMEM_DS + dq_m0 * PC, lane);
+    LdsmLaneOffsets<D> k_bt = ldsm_b_operand_offsets<DQ_TD, true, D>(Tr::SMEM_K, dq_d0, lane);
+    const T *sdO_from_Q = smem + (Tr::SMEM_DO - Tr::SMEM_Q);
+
     for (int n = 0; n < n_tiles; ++n) {
         const int n0 = n * BN;
-        T *sK_cur = sK + (n & 1) * BN * D;
         cp_async_wait<0>();
         __syncthreads();  // K(n), V(n) (and Q, dO) landed; every warp is done with iteration n - 1
         if (n + 1 < n_tiles) load_k(n + 1, sK + ((n + 1) & 1) * BN * D);
@@ -85,17 +94,22 @@ GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
         float s[SCORE_TM][SCORE_TN][4], dp[SCORE_TM][SCORE_TN][4];
         zero_acc(s);
         zero_acc(dp);
-        warp_gemm<T, SCORE_TM, SCORE_TN, D / 16, false, false, D, D>(s, sQ, score_m0, 0, sK_cur, score_n0, 0, lane);
-        warp_gemm<T, SCORE_TM, SCORE_TN, D / 16, false, false, D, D>(dp, sdO, score_m0, 0, sV, score_n0, 0, lane);
+        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(s, SmemOffsetsOperandA<D, T>{smem, q_a, 0}, smem,
+                                                                     k_b, lane);
+        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(
+            dp, SmemOffsetsOperandA<D, T>{sdO_from_Q, q_a, 0}, smem, v_b, lane);
         const bool mask = tile_needs_mask<BN>(n0, m0, seq, causal);
-        softmax_grad<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
+        softmax_grad_tile<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
         store_acc<PC>(sdS, dp, score_m0, score_n0, 1.0f, lane);
         __syncthreads();  // dS complete; every warp is done with V(n): refill it
         if (n + 1 < n_tiles) load_v(n + 1);
         cp_async_commit();
 
         // dQ += dS K: A = dS [query][key], B = K stored [key][dim] = [k][n] (scaled at the end).
-        warp_gemm<T, DQ_TM, DQ_TD, BN / 16, false, true, PC, D>(acc_dq, sdS, dq_m0, 0, sK_cur, dq_d0, 0, lane);
+        warp_gemm_offsets<T, DQ_TM, DQ_TD, BN / 16, true, D>(acc_dq, SmemOffsetsOperandA<PC, T>{smem, ds_a, 0}, smem,
+                                                              k_bt, lane);
+        k_b.flip(Tr::K_STAGE_FLIP);  // on to tile n + 1's K buffer
+        k_bt.flip(Tr::K_STAGE_FLIP);
     }
 
     cp_async_wait<0>();

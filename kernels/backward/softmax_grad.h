@@ -36,15 +36,17 @@ GSDPA_DEVICE void load_row_stats(float (&lse2)[Tr::SCORE_WARP_TILES_M][2], float
 }
 
 // Turns the S accumulators into P and the dP accumulators into dS = P * (dP - Delta), in place.
-// (row0, col0): the warp's first query row / key in the sequence. With `mask` (tile_needs_mask,
-// common/mask.h), keys past their row's key limit (key_visible is false) get P = 0. The mask is applied to P after the
-// exponential, not to S before it: a masked key then contributes exactly 0 even when the row's LSE is
-// not finite.
-template <class Tr>
+// (row0, col0): the warp's first query row / key in the sequence. With MASKED (the tile needs masking:
+// tile_needs_mask, common/mask.h), keys past their row's key limit (key_visible is false) get P = 0. The
+// mask is applied to P after the exponential, not to S before it: a masked key then contributes exactly 0
+// even when the row's LSE is not finite. MASKED is a template parameter so that the kernels branch once
+// per tile between the two bodies (softmax_grad_tile): with a run-time flag ptxas predicates the mask's
+// compares into the common, unmasked tile's path.
+template <class Tr, bool MASKED>
 GSDPA_DEVICE void softmax_grad(float (&s)[Tr::SCORE_WARP_TILES_M][Tr::SCORE_WARP_TILES_N][4],
                                float (&dp)[Tr::SCORE_WARP_TILES_M][Tr::SCORE_WARP_TILES_N][4],
                                const float (&lse2)[Tr::SCORE_WARP_TILES_M][2],
-                               const float (&delta)[Tr::SCORE_WARP_TILES_M][2], float scale_log2, bool mask,
+                               const float (&delta)[Tr::SCORE_WARP_TILES_M][2], float scale_log2,
                                const SeqlenInfo &seq, bool causal, int row0, int col0, int lane) {
 #pragma unroll
     for (int mi = 0; mi < Tr::SCORE_WARP_TILES_M; ++mi) {
@@ -54,7 +56,7 @@ GSDPA_DEVICE void softmax_grad(float (&s)[Tr::SCORE_WARP_TILES_M][Tr::SCORE_WARP
             for (int e = 0; e < 4; ++e) {
                 const int row_half = e >> 1;
                 float pv = fast_exp2(s[mi][ni][e] * scale_log2 - lse2[mi][row_half]);
-                if (mask) {
+                if constexpr (MASKED) {
                     const int row = row0 + mi * 16 + (lane >> 2) + 8 * row_half;
                     if (!key_visible(c_frag_key(col0 + ni * 8, e, lane), row, seq, causal)) pv = 0.0f;
                 }
@@ -62,6 +64,20 @@ GSDPA_DEVICE void softmax_grad(float (&s)[Tr::SCORE_WARP_TILES_M][Tr::SCORE_WARP
                 dp[mi][ni][e] = pv * (dp[mi][ni][e] - delta[mi][row_half]);
             }
         }
+    }
+}
+
+// softmax_grad for one score tile, masked or not (uniform over the block).
+template <class Tr>
+GSDPA_DEVICE void softmax_grad_tile(float (&s)[Tr::SCORE_WARP_TILES_M][Tr::SCORE_WARP_TILES_N][4],
+                                    float (&dp)[Tr::SCORE_WARP_TILES_M][Tr::SCORE_WARP_TILES_N][4],
+                                    const float (&lse2)[Tr::SCORE_WARP_TILES_M][2],
+                                    const float (&delta)[Tr::SCORE_WARP_TILES_M][2], float scale_log2, bool mask,
+                                    const SeqlenInfo &seq, bool causal, int row0, int col0, int lane) {
+    if (mask) {
+        softmax_grad<Tr, true>(s, dp, lse2, delta, scale_log2, seq, causal, row0, col0, lane);
+    } else {
+        softmax_grad<Tr, false>(s, dp, lse2, delta, scale_log2, seq, causal, row0, col0, lane);
     }
 }
 

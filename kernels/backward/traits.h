@@ -142,6 +142,11 @@ struct DkdvTraits : DkdvTileShape<T, D> {
     static constexpr int SMEM_DS = SMEM_P + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
     static constexpr int SMEM_ELEMS = SMEM_DS + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
     static constexpr int SMEM_BYTES = SMEM_ELEMS * 2;
+    // Q's two buffers at offsets that differ only in these bits, every in-buffer offset below them: the
+    // lane's ldmatrix addresses switch buffers with one XOR (dkdv.h).
+    static constexpr int Q_TILE = Shape::BLOCK_M * D;
+    static constexpr int Q_STAGE_FLIP = SMEM_Q ^ (SMEM_Q + Q_TILE);
+    static_assert((Q_TILE & (Q_TILE - 1)) == 0 && SMEM_Q % Q_TILE == 0, "Q buffers switch by XOR");
     static_assert(SMEM_BYTES == BwdGeometry<D>::DKDV_SMEM, "GSDPA_BWD_DKDV_SMEM_* must match the layout");
     static_assert(SMEM_BYTES <= 99 * 1024, "must fit sm_86 / sm_89 (99 KiB per block)");
 };
@@ -156,6 +161,10 @@ struct DqTraits : DqTileShape<T, D> {
     static constexpr int SMEM_DS = SMEM_V + Shape::BLOCK_N * D;
     static constexpr int SMEM_ELEMS = SMEM_DS + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
     static constexpr int SMEM_BYTES = SMEM_ELEMS * 2;
+    // K's two buffers switch by XOR, as Q's in DkdvTraits (dq.h).
+    static constexpr int K_TILE = Shape::BLOCK_N * D;
+    static constexpr int K_STAGE_FLIP = SMEM_K ^ (SMEM_K + K_TILE);
+    static_assert((K_TILE & (K_TILE - 1)) == 0 && SMEM_K % K_TILE == 0, "K buffers switch by XOR");
     static_assert(SMEM_BYTES == BwdGeometry<D>::DQ_SMEM, "GSDPA_BWD_DQ_SMEM_* must match the layout");
     static_assert(SMEM_BYTES <= 99 * 1024, "must fit sm_86 / sm_89 (99 KiB per block)");
 };

@@ -80,17 +80,23 @@ GSDPA_DEVICE void ldsm_b_trans(uint32_t (&b)[4], const T *tile, int row0, int co
 // offsets per lane cover the tile and every fragment's address is a base register plus a compile-time
 // immediate once the GEMM loops are unrolled. The bases are kept in bytes (ldmatrix's address unit, so
 // no per-use scaling) and include the tile's offset from the shared-memory base.
+// A warp that works on a sub-tile folds its origin in once: its first row (a multiple of 8) into the
+// tile offset (row * COLS), its first column (a multiple of 16) as col_origin. Base v then addresses
+// column col_origin + 16 v, whose 64-column line and swizzle chunk the constructor resolves; a fragment at
+// col0 past that origin is base (col0 / 16) % 4 plus 64-column lines as an immediate, as before (the
+// chunk of a column repeats every 64 columns, common/swizzle.h).
 template <int COLS>
 struct LdsmLaneOffsets {
     static_assert(COLS % 64 == 0, "a swizzled tile row must be a whole number of 128-byte lines");
     static constexpr int ELEM_BYTES = 2;
     int base_bytes[4];
-    // tile_offset: the tile's offset from the shared-memory base, in elements.
-    GSDPA_DEVICE LdsmLaneOffsets(int tile_offset, int lane_row, int lane_chunk) {
+    // tile_offset: the tile's offset from the shared-memory base, in elements; col_origin: see above.
+    GSDPA_DEVICE LdsmLaneOffsets(int tile_offset, int lane_row, int lane_chunk, int col_origin = 0) {
 #pragma unroll
         for (int v = 0; v < 4; ++v) {
-            base_bytes[v] =
-                ELEM_BYTES * (tile_offset + lane_row * COLS + (((2 * v + lane_chunk) ^ (lane_row & 7)) << 3));
+            const int col = col_origin + 16 * v;  // the lane's column is col + 8 lane_chunk
+            base_bytes[v] = ELEM_BYTES * (tile_offset + lane_row * COLS + (col & ~63) +
+                                          (((((col >> 3) & 7) + lane_chunk) ^ (lane_row & 7)) << 3));
         }
     }
     // The lane's ldmatrix row address of the fragment at (row0, col0) of the tile (row0 % 8 == 0,
@@ -108,22 +114,37 @@ struct LdsmLaneOffsets {
     }
 };
 
-// The lane offsets of the ldsm_a pattern (A stored [m][k]).
+// The lane offsets of each ldsm_* pattern above (col_origin: see LdsmLaneOffsets).
+// ldsm_a (A stored [m][k]).
 template <int COLS>
-GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_a_offsets(int tile_offset, int lane) {
-    return LdsmLaneOffsets<COLS>(tile_offset, lane & 15, lane >> 4);
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_a_offsets(int tile_offset, int lane, int col_origin = 0) {
+    return LdsmLaneOffsets<COLS>(tile_offset, lane & 15, lane >> 4, col_origin);
 }
-// The lane offsets of the ldsm_b pattern (B stored [n][k], two n-tiles).
+// ldsm_b (B stored [n][k], two n-tiles); ldsm_a_trans addresses the same rows and columns.
 template <int COLS>
-GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_b_offsets(int tile_offset, int lane) {
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_b_offsets(int tile_offset, int lane, int col_origin = 0) {
     const int j = lane >> 3;
-    return LdsmLaneOffsets<COLS>(tile_offset, (lane & 7) + ((j >> 1) << 3), j & 1);
+    return LdsmLaneOffsets<COLS>(tile_offset, (lane & 7) + ((j >> 1) << 3), j & 1, col_origin);
 }
-// The lane offsets of the ldsm_b_trans pattern (B stored [k][n], two n-tiles).
 template <int COLS>
-GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_b_trans_offsets(int tile_offset, int lane) {
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_a_trans_offsets(int tile_offset, int lane, int col_origin = 0) {
+    return ldsm_b_offsets<COLS>(tile_offset, lane, col_origin);
+}
+// ldsm_b_trans (B stored [k][n], two n-tiles).
+template <int COLS>
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_b_trans_offsets(int tile_offset, int lane, int col_origin = 0) {
     const int j = lane >> 3;
-    return LdsmLaneOffsets<COLS>(tile_offset, (lane & 7) + ((j & 1) << 3), j >> 1);
+    return LdsmLaneOffsets<COLS>(tile_offset, (lane & 7) + ((j & 1) << 3), j >> 1, col_origin);
+}
+// ldsm_b_x2 (B stored [n][k], one n-tile; lanes 16-31 repeat lanes 0-15, which ldmatrix.x2 ignores).
+template <int COLS>
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_b_x2_offsets(int tile_offset, int lane, int col_origin = 0) {
+    return LdsmLaneOffsets<COLS>(tile_offset, lane & 7, (lane >> 3) & 1, col_origin);
+}
+// ldsm_b_x2_trans (B stored [k][n], one n-tile).
+template <int COLS>
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_b_x2_trans_offsets(int tile_offset, int lane, int col_origin = 0) {
+    return LdsmLaneOffsets<COLS>(tile_offset, lane & 15, 0, col_origin);
 }
 
 // The f32 accumulators of two adjacent 16 x 8 tiles (columns 0-7 in c0, 8-15 in c1), rounded to T and

@@ -38,15 +38,20 @@ struct SmemOperandA {
     }
 };
 
-// A in a swizzled shared-memory tile stored [m][k], addressed through the lane's precomputed offsets
-// (ldsm_a_offsets; the tile's own offset included, from `smem`), the warp's rows from m0.
-template <int COLS, class T>
+// A in a swizzled shared-memory tile stored [m][k] (TRANSPOSED = false: the ldsm_a_offsets pattern) or
+// [k][m] (TRANSPOSED = true: ldsm_a_trans_offsets), addressed through the lane's precomputed offsets (the
+// tile's own offset and the warp's origin included, from `smem`), the warp's rows from m0 past that.
+template <int COLS, class T, bool TRANSPOSED = false>
 struct SmemOffsetsOperandA {
     const T *smem;
     const LdsmLaneOffsets<COLS> &offsets;
     int m0;
     GSDPA_DEVICE void load(uint32_t (&a)[4], int ks, int mi, int) const {
-        ldmatrix_x4(a, offsets.at(smem, m0 + mi * 16, ks * 16));
+        if constexpr (TRANSPOSED) {
+            ldmatrix_x4_trans(a, offsets.at(smem, ks * 16, m0 + mi * 16));
+        } else {
+            ldmatrix_x4(a, offsets.at(smem, m0 + mi * 16, ks * 16));
+        }
     }
 };
 
@@ -114,34 +119,59 @@ GSDPA_DEVICE void warp_gemm_from(float (&acc)[TM][TN][4], const OperandA &a_src,
 }
 
 // The same GEMM over a whole B tile (b_n0 = b_k0 = 0), B addressed through the lane's precomputed offsets
-// (LdsmLaneOffsets, common/fragments.h: ldsm_b_offsets for B stored [n][k], ldsm_b_trans_offsets for
-// [k][n]; the tile's own offset included, from `smem`): every ldmatrix address is one of four base
-// registers plus an immediate, nothing is recomputed per k-step. TN even.
+// (LdsmLaneOffsets, common/fragments.h; the tile's own offset and the warp's origin included, from `smem`;
+// build them with ldsm_b_operand_offsets below): every ldmatrix address is one of four base registers plus
+// an immediate, nothing is recomputed per k-step.
 template <class T, int TM, int TN, int K_STEPS, bool B_KN, int B_COLS, class OperandA>
 GSDPA_DEVICE void warp_gemm_offsets(float (&acc)[TM][TN][4], const OperandA &a_src, const T *smem,
                                     const LdsmLaneOffsets<B_COLS> &b_offsets, int lane) {
-    static_assert(TN % 2 == 0, "B operands are loaded two n-tiles at a time");
+    static_assert(TN % 2 == 0 || TN == 1, "B operands are loaded two n-tiles at a time, or one");
 #pragma unroll
     for (int ks = 0; ks < K_STEPS; ++ks) {
         uint32_t a[TM][4];
 #pragma unroll
         for (int mi = 0; mi < TM; ++mi) a_src.load(a[mi], ks, mi, lane);
-#pragma unroll
-        for (int nj = 0; nj < TN; nj += 2) {
-            uint32_t b[4];
+        if constexpr (TN == 1) {
+            uint32_t b[2];
             if constexpr (B_KN) {
-                ldmatrix_x4_trans(b, b_offsets.at(smem, ks * 16, nj * 8));
+                ldmatrix_x2_trans(b, b_offsets.at(smem, ks * 16, 0));
             } else {
-                ldmatrix_x4(b, b_offsets.at(smem, nj * 8, ks * 16));
+                ldmatrix_x2(b, b_offsets.at(smem, 0, ks * 16));
             }
-            const uint32_t b0[2] = {b[0], b[1]};
-            const uint32_t b1[2] = {b[2], b[3]};
 #pragma unroll
-            for (int mi = 0; mi < TM; ++mi) {
-                mma_m16n8k16<T>(acc[mi][nj], a[mi], b0, acc[mi][nj]);
-                mma_m16n8k16<T>(acc[mi][nj + 1], a[mi], b1, acc[mi][nj + 1]);
+            for (int mi = 0; mi < TM; ++mi) mma_m16n8k16<T>(acc[mi][0], a[mi], b, acc[mi][0]);
+        } else {
+#pragma unroll
+            for (int nj = 0; nj < TN; nj += 2) {
+                uint32_t b[4];
+                if constexpr (B_KN) {
+                    ldmatrix_x4_trans(b, b_offsets.at(smem, ks * 16, nj * 8));
+                } else {
+                    ldmatrix_x4(b, b_offsets.at(smem, nj * 8, ks * 16));
+                }
+                const uint32_t b0[2] = {b[0], b[1]};
+                const uint32_t b1[2] = {b[2], b[3]};
+#pragma unroll
+                for (int mi = 0; mi < TM; ++mi) {
+                    mma_m16n8k16<T>(acc[mi][nj], a[mi], b0, acc[mi][nj]);
+                    mma_m16n8k16<T>(acc[mi][nj + 1], a[mi], b1, acc[mi][nj + 1]);
+                }
             }
         }
+    }
+}
+
+// The lane offsets of the B loads warp_gemm_offsets issues for TN n-tiles of a tile stored [n][k]
+// (B_KN = false) or [k][n] (B_KN = true). The warp's B origin: its first n (a multiple of 8 for [n][k],
+// of 16 for [k][n]); tile_offset in elements.
+template <int TN, bool B_KN, int COLS>
+GSDPA_DEVICE LdsmLaneOffsets<COLS> ldsm_b_operand_offsets(int tile_offset, int n_origin, int lane) {
+    if constexpr (B_KN) {
+        return TN == 1 ? ldsm_b_x2_trans_offsets<COLS>(tile_offset, lane, n_origin)
+                       : ldsm_b_trans_offsets<COLS>(tile_offset, lane, n_origin);
+    } else {
+        return TN == 1 ? ldsm_b_x2_offsets<COLS>(tile_offset + n_origin * COLS, lane)
+                       : ldsm_b_offsets<COLS>(tile_offset + n_origin * COLS, lane);
     }
 }
 
