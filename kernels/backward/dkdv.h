@@ -44,8 +44,6 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     T *sV = smem + Tr::SMEM_V;
     T *sQ = smem + Tr::SMEM_Q;
     T *sdO = smem + Tr::SMEM_DO;
-    T *sP = smem + Tr::SMEM_P;
-    T *sdS = smem + Tr::SMEM_DS;
 
     const T *q_base = static_cast<const T *>(p.q);
     const T *do_base = grad_out_base<T>(p);
@@ -108,7 +106,19 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     const LdsmLaneOffsets<D> do_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_DO, dkdv_d0, lane);
     LdsmLaneOffsets<D> q_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_Q, dkdv_d0, lane);
     const T *sV_from_K = smem + (Tr::SMEM_V - Tr::SMEM_K);  // K's offsets, read in V
-    const T *sdS_from_P = smem + (Tr::SMEM_DS - Tr::SMEM_P);
+    T *sdS_from_P = smem + (Tr::SMEM_DS - Tr::SMEM_P);
+    // Where this lane stores its part of the warp's P and dS tiles (same distance again), where that pays
+    // (traits.h, HOIST_SCORE_STORES).
+    const CFragOffsets<PC, SCORE_TN> score_store(Tr::SMEM_P, score_m0, score_n0, lane);
+    auto store_scores = [&](const float (&p_tile)[SCORE_TM][SCORE_TN][4], const float (&ds_tile)[SCORE_TM][SCORE_TN][4]) {
+        if constexpr (Tr::HOIST_SCORE_STORES) {
+            store_acc_offsets(smem, score_store, p_tile, 1.0f);
+            store_acc_offsets(sdS_from_P, score_store, ds_tile, 1.0f);
+        } else {
+            store_acc<PC>(smem + Tr::SMEM_P, p_tile, score_m0, score_n0, 1.0f, lane);
+            store_acc<PC>(smem + Tr::SMEM_DS, ds_tile, score_m0, score_n0, 1.0f, lane);
+        }
+    };
 
     TilePos tile{hkv * group, m_first * BM};
     for (int it = 0; it < iters; ++it, tile = next_tile(tile)) {
@@ -133,8 +143,7 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
                                                                      sV_from_K, kv_b, lane);
         const bool mask = tile_needs_mask<BN>(n0, m0, seq, causal);
         softmax_grad_tile<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
-        store_acc<PC>(sP, s, score_m0, score_n0, 1.0f, lane);
-        store_acc<PC>(sdS, dp, score_m0, score_n0, 1.0f, lane);
+        store_scores(s, dp);
         __syncthreads();  // P, dS complete
 
         // dV += P^T dO: A = P^T from the [query][key] tile, B = dO stored [query][dim] = [k][n].

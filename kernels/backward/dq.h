@@ -36,7 +36,6 @@ GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
     T *sdO = smem + Tr::SMEM_DO;
     T *sK = smem + Tr::SMEM_K;
     T *sV = smem + Tr::SMEM_V;
-    T *sdS = smem + Tr::SMEM_DS;
 
     const T *k_base = static_cast<const T *>(p.k);
     const T *v_base = static_cast<const T *>(p.v);
@@ -100,7 +99,7 @@ GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
             dp, SmemOffsetsOperandA<D, T>{sdO_from_Q, q_a, 0}, smem, v_b, lane);
         const bool mask = tile_needs_mask<BN>(n0, m0, seq, causal);
         softmax_grad_tile<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
-        store_acc<PC>(sdS, dp, score_m0, score_n0, 1.0f, lane);
+        store_acc<PC>(smem + Tr::SMEM_DS, dp, score_m0, score_n0, 1.0f, lane);
         __syncthreads();  // dS complete; every warp is done with V(n): refill it
         if (n + 1 < n_tiles) load_v(n + 1);
         cp_async_commit();

@@ -142,6 +142,11 @@ struct DkdvTraits : DkdvTileShape<T, D> {
     static constexpr int SMEM_DS = SMEM_P + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
     static constexpr int SMEM_ELEMS = SMEM_DS + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
     static constexpr int SMEM_BYTES = SMEM_ELEMS * 2;
+    // The P and dS stores through per-lane offsets computed once (CFragOffsets, common/fragments.h) rather
+    // than swizzled per store: ptxas otherwise rebuilds those addresses in the loop at D = 64 and 128
+    // (int+pred per tile 248 -> 182 and 239 -> 186 on sm_80). At D = 256, 242 registers already, the
+    // extra live registers make it rebuild others instead (146 -> 164), so not there.
+    static constexpr bool HOIST_SCORE_STORES = D <= 128;
     // Q's two buffers at offsets that differ only in these bits, every in-buffer offset below them: the
     // lane's ldmatrix addresses switch buffers with one XOR (dkdv.h).
     static constexpr int Q_TILE = Shape::BLOCK_M * D;

@@ -178,6 +178,22 @@ GSDPA_DEVICE void store_c_frag(T *tile, int row0, int col0, const float (&c)[4],
     }
 }
 
+// A lane's store offsets into a swizzled tile with COLS columns for a warp's TN accumulator tiles along
+// a row, computed once outside a loop: the element of (row0 + r, col0 + 8 ni + 2t) with r = g + 8 row_half
+// + 16 mi. The swizzle depends on a row only through row % 8 (g here, whatever mi and row_half), so the
+// row part is linear, an immediate; the column part differs per n-tile (its chunk is XORed with g) and is
+// one register each. row0 % 8 == 0.
+template <int COLS, int TN>
+struct CFragOffsets {
+    int base[TN];  // elements
+    GSDPA_DEVICE CFragOffsets(int tile_offset, int row0, int col0, int lane) {
+#pragma unroll
+        for (int ni = 0; ni < TN; ++ni) base[ni] = tile_offset + c_frag_offset<COLS>(row0, col0 + 8 * ni, 0, lane);
+    }
+    // The element offset of the pair at (mi, ni, row_half).
+    GSDPA_DEVICE int at(int mi, int ni, int row_half) const { return base[ni] + (16 * mi + 8 * row_half) * COLS; }
+};
+
 // Reads the two 16-bit values at the positions a lane holds of a 16 x 8 accumulator tile at
 // (row0, col0), row half `row_half`, as floats.
 template <int COLS, class T>

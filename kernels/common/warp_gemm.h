@@ -225,4 +225,22 @@ GSDPA_DEVICE void store_acc(T *tile, const float (&acc)[TM][TN][4], int m0, int 
     }
 }
 
+// store_acc through precomputed lane offsets (CFragOffsets, common/fragments.h; the tile's offset and
+// the warp's origin included, from `smem`).
+template <int COLS, class T, int TM, int TN>
+GSDPA_DEVICE void store_acc_offsets(T *smem, const CFragOffsets<COLS, TN> &offsets, const float (&acc)[TM][TN][4],
+                                    float mul) {
+#pragma unroll
+    for (int mi = 0; mi < TM; ++mi) {
+#pragma unroll
+        for (int ni = 0; ni < TN; ++ni) {
+#pragma unroll
+            for (int row_half = 0; row_half < 2; ++row_half) {
+                st_shared(reinterpret_cast<uint32_t *>(smem + offsets.at(mi, ni, row_half)),
+                          pack_float2<T>(acc[mi][ni][2 * row_half] * mul, acc[mi][ni][2 * row_half + 1] * mul));
+            }
+        }
+    }
+}
+
 }  // namespace gsdpa
