@@ -35,13 +35,16 @@
 // Addresses in the key loop (integer + predicate instructions per warp per key tile on the steady path,
 // docs/sass.md; sm_80 / sm_90a, nvcc 13.0):
 //   D    choice                                                        why
-//   64   K / V ldmatrix: 4 + 4 per-lane base registers, computed once,  the swizzle recomputed per ldmatrix was
-//        the stage flipped by one XOR each (LdsmLaneOffsets); K / V     ~6 instructions per LDSM, and the row
+//   64   8 x 16 rows: K / V ldmatrix: 4 + 4 per-lane base registers,    the swizzle recomputed per ldmatrix was
+//        computed once, the stage flipped by one XOR each; K / V        ~6 instructions per LDSM, and the row
 //        prefetch: no row test (full tiles)                             test one ISETP per cp.async: 257 ->
 //                                                                       46 / 45. The 8 registers are
 //                                                                       loop-carried, so ptxas cannot
 //                                                                       rematerialise them in the loop.
-//   128  the same                                                       283 -> 39 / 37; 177 registers, 5
+//        At 4 x 32 rows (single-buffered, Q re-read per k-step): the   103 / 50 (2026-12-02): on sm_80 ptxas
+//        Q bases are a third set; K prefetch without row test, V load  (233 registers) rebuilds Q's bases in
+//        of tile n with it (as D = 256)                                 the loop; sm_90a keeps them.
+//   128  as D = 64 at 8 x 16 (the first entry)                         283 -> 39 / 37; 177 registers, 5
 //                                                                       fewer than before.
 //   256  the same, Q too (re-read per tile): one stage, so the bases    337 -> 156 on sm_80 (102 -> 100 on
 //        are loop-invariant; K prefetch without row test; the V load   sm_90a). At 241 / 243 registers ptxas
