@@ -4,14 +4,16 @@
 //   optionally also the ungated O = softmax(...) V.
 //
 // One block computes BLOCK_M query rows of one (batch, query head): grid (ceil(seqlen_q / BLOCK_M),
-// heads_q, batch). Each warp owns 16 rows. Per key tile (visited last to first):
+// heads_q, batch). Each warp owns WARP_ROWS = 16 M_TILES rows (M_TILES m16 tiles, kernel_traits.h), so that
+// every K and V fragment loaded with ldmatrix feeds M_TILES mmas. Per key tile (visited last to first):
 //   S = Q K^T (mma.sync m16n8k16, f32 accumulators; ldmatrix for Q and K), mask if the tile needs it,
 //   online softmax in registers (scale folded into exp2), P rounded to 16 bit and reused in registers as
 //   the A operand of O += P V (ldmatrix.trans for V).
 // Epilogue (epilogue.h): O = acc / l, the gate, staged 16-byte stores, LSE. Optional diagnostics (sink
 // mass, gate partial sums): forward/diagnostics.h.
 // Tiles, shared-memory layout and the K/V pipeline: forward/kernel_traits.h. Masking: common/mask.h. Both
-// GEMMs: common/warp_gemm.h (one warp = one m-tile of 16 rows, hence the [1][...] accumulator arrays).
+// GEMMs: common/warp_gemm.h (one warp = M_TILES m-tiles of 16 rows: the [M_TILES][...] accumulator arrays).
+// The online softmax, the sink mass and the mask work per m-tile (one OnlineSoftmax per m-tile).
 // Sequence offsets (padded or varlen): common/seqlen_info.h.
 //
 // Run-time options: causal, gate mode (none / elementwise / headwise), activation (sigmoid / silu),
@@ -31,10 +33,11 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     constexpr int BLOCK_M = Tr::BLOCK_M;
     constexpr int BLOCK_N = Tr::BLOCK_N;
     constexpr int THREADS = Tr::THREADS;
+    constexpr int TM = Tr::M_TILES;
 
     const int tid = threadIdx.x;
     const int lane = tid & 31;
-    const int warp_row0 = (tid >> 5) * 16;  // first of this warp's 16 rows within the block
+    const int warp_row0 = (tid >> 5) * Tr::WARP_ROWS;  // first of this warp's rows within the block
     const int m_block = blockIdx.x;
     const int h = blockIdx.y;
     const int b = blockIdx.z;
@@ -63,15 +66,19 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     T *smem = reinterpret_cast<T *>(dynamic_smem());
     T *s_q = smem + Tr::SMEM_Q;
 
-    // This thread's two rows (g and g + 8 of its warp: row_half 0 and 1), relative to the block.
-    const int my_row[2] = {warp_row0 + (lane >> 2), warp_row0 + (lane >> 2) + 8};
+    // This thread's first row relative to the block: of m-tile mi, it holds rows my_row0 + 16 mi (row_half 0)
+    // and my_row0 + 16 mi + 8 (row_half 1).
+    const int my_row0 = warp_row0 + (lane >> 2);
 
-    float acc_o[1][Tr::N_TILES_O][4];
+    float acc_o[TM][Tr::N_TILES_O][4];
     zero_acc(acc_o);
-    OnlineSoftmax softmax;
-    softmax.init();
-    SinkMass sink;
-    sink.init();
+    OnlineSoftmax softmax[TM];
+    SinkMass sink[TM];
+#pragma unroll
+    for (int mi = 0; mi < TM; ++mi) {
+        softmax[mi].init();
+        sink[mi].init();
+    }
 
     // The elementwise gate tile replaces Q once Q is no longer needed in shared memory.
     auto load_gate = [&]() {
@@ -80,25 +87,31 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     };
 
     if (n_tiles > 0) {
-        const T *k = static_cast<const T *>(p.k) + seq.k_offset(p.k_stride, 0, kv_head);
-        const T *v = static_cast<const T *>(p.v) + seq.k_offset(p.v_stride, 0, kv_head);
+        // This thread's first chunk of key tile 0 of K and V (cp_async_lane_offset): one 64-bit pointer per
+        // tensor stays live across the loop, tile n's being n BLOCK_N rows further.
         const int64_t k_row = p.k_stride.row, v_row = p.v_stride.row;
+        const T *k = static_cast<const T *>(p.k) + seq.k_offset(p.k_stride, 0, kv_head) +
+                     cp_async_lane_offset<D, THREADS>(k_row, tid);
+        const T *v = static_cast<const T *>(p.v) + seq.k_offset(p.v_stride, 0, kv_head) +
+                     cp_async_lane_offset<D, THREADS>(v_row, tid);
         // Issue the copy of key tile n of K or V (rows past seqlen_k zero-filled) into a stage's buffer.
         auto load_k = [&](int n) {
-            cp_async_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_k(n), k + int64_t(n) * BLOCK_N * k_row, k_row,
-                                               seq.seqlen_k - n * BLOCK_N, tid);
+            cp_async_tile_from<BLOCK_N, D, THREADS>(smem + Tr::smem_k(n), k + int64_t(n) * BLOCK_N * k_row, k_row,
+                                                    seq.seqlen_k - n * BLOCK_N, tid);
         };
         auto load_v = [&](int n) {
-            cp_async_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row,
-                                               seq.seqlen_k - n * BLOCK_N, tid);
+            cp_async_tile_from<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row,
+                                                    seq.seqlen_k - n * BLOCK_N, tid);
         };
         // The same for a tile the loop prefetches (n < n_tiles - 1): it is full (its keys end at
         // (n + 1) * BLOCK_N <= (n_tiles - 1) * BLOCK_N < seqlen_k), so no row test per chunk.
         auto prefetch_k = [&](int n) {
-            cp_async_full_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_k(n), k + int64_t(n) * BLOCK_N * k_row, k_row, tid);
+            cp_async_full_tile_from<BLOCK_N, D, THREADS>(smem + Tr::smem_k(n), k + int64_t(n) * BLOCK_N * k_row, k_row,
+                                                         tid);
         };
         auto prefetch_v = [&](int n) {
-            cp_async_full_tile<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row, tid);
+            cp_async_full_tile_from<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row,
+                                                         tid);
         };
         // Prologue: Q, the last K tile and (double-buffered) the last V tile in one group.
         int n = n_tiles - 1;
@@ -108,13 +121,18 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
         if constexpr (Tr::KV_STAGES == 2) load_v(n);
         cp_async_commit();
 
-        // Q as mma A fragments of this warp's 16 rows, for every k-step over the head dim.
-        uint32_t q_frag[1][Tr::Q_IN_REGS ? Tr::K_STEPS_QK : 1][4];
+        // Q as mma A fragments of this warp's rows, for every k-step over the head dim.
+        uint32_t q_frag[Tr::Q_IN_REGS ? TM : 1][Tr::Q_IN_REGS ? Tr::K_STEPS_QK : 1][4];
         if constexpr (Tr::Q_IN_REGS) {
             cp_async_wait<0>();
             __syncthreads();
 #pragma unroll
-            for (int kk = 0; kk < Tr::K_STEPS_QK; ++kk) ldsm_a<D>(q_frag[0][kk], s_q, warp_row0, kk * 16, lane);
+            for (int mi = 0; mi < TM; ++mi) {
+#pragma unroll
+                for (int kk = 0; kk < Tr::K_STEPS_QK; ++kk) {
+                    ldsm_a<D>(q_frag[mi][kk], s_q, warp_row0 + 16 * mi, kk * 16, lane);
+                }
+            }
         }
 
         // This lane's ldmatrix addresses into tile n's K and V stages (and into Q, where Q is re-read per
@@ -144,22 +162,26 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
                 cp_async_commit();
             }
 
-            // S = Q K^T for this warp's 16 rows x BLOCK_N keys; K stored [key][dim] = [n][k].
-            float s[1][Tr::N_TILES_S][4];
+            // S = Q K^T for this warp's rows x BLOCK_N keys; K stored [key][dim] = [n][k].
+            float s[TM][Tr::N_TILES_S][4];
             zero_acc(s);
             if constexpr (Tr::Q_IN_REGS) {
-                const FragmentOperandA<1, Tr::K_STEPS_QK> q_src{q_frag};
-                warp_gemm_offsets<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_offsets, lane);
+                const FragmentOperandA<TM, Tr::K_STEPS_QK> q_src{q_frag};
+                warp_gemm_offsets<T, TM, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_offsets, lane);
             } else {
                 const SmemOffsetsOperandA<D, T> q_src{smem, q_offsets, 0};
-                warp_gemm_offsets<T, 1, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_offsets, lane);
+                warp_gemm_offsets<T, TM, Tr::N_TILES_S, Tr::K_STEPS_QK, false, D>(s, q_src, smem, k_offsets, lane);
             }
             // The rare path: tiles that need masking, and tiles holding sink keys (the last ones visited).
             if (!common_tiles.contains(n)) {
-                // Key limits of this thread's rows; recomputed here (rarely) rather than kept live.
-                const int limit[2] = {key_limit(m0 + my_row[0], seq, causal), key_limit(m0 + my_row[1], seq, causal)};
-                mask_scores(s[0], n * BLOCK_N, limit, lane);
-                if (n < sink_tiles) sink.add(s[0], n * BLOCK_N, p.n_sink, p.scale_log2, lane);
+#pragma unroll
+                for (int mi = 0; mi < TM; ++mi) {
+                    // Key limits of this thread's rows; recomputed here (rarely) rather than kept live.
+                    const int row = m0 + my_row0 + 16 * mi;
+                    const int limit[2] = {key_limit(row, seq, causal), key_limit(row + 8, seq, causal)};
+                    mask_scores(s[mi], n * BLOCK_N, limit, lane);
+                    if (n < sink_tiles) sink[mi].add(s[mi], n * BLOCK_N, p.n_sink, p.scale_log2, lane);
+                }
             }
 
             if constexpr (Tr::KV_STAGES == 1) {
@@ -173,11 +195,12 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
                 cp_async_commit();
             }
 
-            softmax.update(s[0], acc_o[0], p.scale_log2);
+#pragma unroll
+            for (int mi = 0; mi < TM; ++mi) softmax[mi].update(s[mi], acc_o[mi], p.scale_log2);
             // O += P V: P (the numerators now in s) rounded to T and reused in registers as the A operand;
             // V stored [key][dim] = [k][n].
-            const AccumulatorOperandA<T, 1, Tr::K_STEPS_PV> p_src{s};
-            warp_gemm_offsets<T, 1, Tr::N_TILES_O, Tr::K_STEPS_PV, true, D>(acc_o, p_src, smem, v_offsets, lane);
+            const AccumulatorOperandA<T, TM, Tr::K_STEPS_PV> p_src{s};
+            warp_gemm_offsets<T, TM, Tr::N_TILES_O, Tr::K_STEPS_PV, true, D>(acc_o, p_src, smem, v_offsets, lane);
             if constexpr (Tr::KV_STAGES == 2) {
                 k_offsets.flip(Tr::K_STAGE_FLIP);  // on to tile n - 1's stage
                 v_offsets.flip(Tr::V_STAGE_FLIP);
@@ -191,13 +214,19 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     __syncthreads();  // the gate tile is visible; every warp is done with K, V and Q
 
     // Headwise gate logits (one per row; read late, so nothing is kept live across the key loop).
-    float gate_logit[2] = {0.0f, 0.0f};
+    float gate_logit[TM][2];
+#pragma unroll
+    for (int mi = 0; mi < TM; ++mi) gate_logit[mi][0] = gate_logit[mi][1] = 0.0f;
     if (gate_mode == GSDPA_GATE_HEADWISE) {
 #pragma unroll
-        for (int row_half = 0; row_half < 2; ++row_half) {
-            if (my_row[row_half] < rows) {
-                gate_logit[row_half] =
-                    to_float(static_cast<const T *>(p.g)[seq.q_offset(p.g_stride, m0 + my_row[row_half], h)]);
+        for (int mi = 0; mi < TM; ++mi) {
+#pragma unroll
+            for (int row_half = 0; row_half < 2; ++row_half) {
+                const int row = my_row0 + 16 * mi + 8 * row_half;
+                if (row < rows) {
+                    gate_logit[mi][row_half] =
+                        to_float(static_cast<const T *>(p.g)[seq.q_offset(p.g_stride, m0 + row, h)]);
+                }
             }
         }
     }
@@ -214,13 +243,15 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
     out.y_row_stride = p.y_stride.row;
     out.o_row_stride = p.o_stride.row;
     out.rows = rows;
-    write_outputs<Tr>(out, acc_o[0], softmax, sink, p.scale_log2, gate_mode, p.activation, gate_logit, smem, tid);
+    write_outputs<Tr>(out, acc_o, softmax, sink, p.scale_log2, gate_mode, p.activation, gate_logit, smem, tid);
 }
 
 }  // namespace fwd
 }  // namespace gsdpa
 
-// Entry points: one per (dtype, head dim); geometry from gsdpa_params.h (GsdpaFwdGeometry).
+// Entry points: one per (dtype, head dim); geometry from gsdpa_params.h (GsdpaFwdGeometry). A 4-warp block
+// (D = 64, 256) fits twice in an SM's 64K registers at any count ptxas may use (<= 255 per thread), so the
+// launch bounds need no minimum-blocks hint; kernel_traits.h has the figures.
 #define GSDPA_FWD_KERNEL(TYPE, TYPE_NAME, HEAD_DIM)                                                        \
     extern "C" __global__ void __launch_bounds__(GSDPA_FWD_THREADS_D##HEAD_DIM)                           \
         gsdpa_fwd_##TYPE_NAME##_d##HEAD_DIM(const GsdpaFwdParams p) {                                     \

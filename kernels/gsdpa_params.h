@@ -214,14 +214,14 @@ enum GsdpaGateStatsGeometry {
 /*
  * Launch geometry, one definition for the kernels and for the Rust launchers (through bindgen).
  * Forward grid: (ceil(seqlen_q / BLOCK_M), heads_q, batch); block: THREADS; dynamic shared memory: SMEM
- * bytes (the same for bf16 and f16). Each warp owns 16 query rows, so BLOCK_M == 16 * THREADS / 32.
+ * bytes (the same for bf16 and f16). Each warp owns BLOCK_M / (THREADS / 32) query rows, a multiple of 16.
  * Why these tiles: see kernels/forward/kernel_traits.h.
  */
 enum GsdpaFwdGeometry {
     GSDPA_FWD_BLOCK_M_D64 = 128,
-    GSDPA_FWD_BLOCK_N_D64 = 128,
-    GSDPA_FWD_THREADS_D64 = 256,
-    GSDPA_FWD_SMEM_D64 = (128 + 4 * 128) * 64 * 2,     /* Q + 2 x (K + V) tiles, 16-bit: 80 KiB */
+    GSDPA_FWD_BLOCK_N_D64 = 64,
+    GSDPA_FWD_THREADS_D64 = 128,
+    GSDPA_FWD_SMEM_D64 = (128 + 2 * 64) * 64 * 2,      /* Q + K + V tiles (single-buffered), 16-bit: 32 KiB */
     GSDPA_FWD_BLOCK_M_D128 = 128,
     GSDPA_FWD_BLOCK_N_D128 = 64,
     GSDPA_FWD_THREADS_D128 = 256,

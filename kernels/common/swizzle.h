@@ -44,12 +44,23 @@ struct SwizzledColumn {
     GSDPA_DEVICE int operator()(int i) const { return base[i % VARIANTS] + i * STEP * COLS; }
 };
 
+// The element offset, from a tile's first row in global memory, of the first 16-byte chunk that thread
+// `tid` copies in cp_async_tile<ROWS, COLS, THREADS> (its later chunks follow THREADS / (COLS / 8) rows
+// apart). A key loop that copies many tiles from one tensor adds this to the tensor's base once, so that
+// only one 64-bit pointer per tensor is live across the loop (the *_from forms below take it).
+template <int COLS, int THREADS>
+GSDPA_DEVICE int64_t cp_async_lane_offset(int64_t row_stride, int tid) {
+    constexpr int CHUNKS = COLS / 8;
+    return int64_t(tid / CHUNKS) * row_stride + (tid % CHUNKS) * 8;
+}
+
 // Issues (does not commit) cp.async copies of a ROWS x COLS tile into `smem` (swizzled): row r < valid_rows
-// comes from gmem + r * row_stride (elements), rows >= valid_rows are zero-filled without reading global
-// memory (valid_rows may be <= 0 or >= ROWS). Called by all THREADS threads of the block with their thread
-// index; gmem and row_stride must keep every row 16-byte aligned.
+// comes from row r of the tile in global memory, r * row_stride elements after its first row, rows >=
+// valid_rows are zero-filled without reading global memory (valid_rows may be <= 0 or >= ROWS). Called by
+// all THREADS threads of the block with their thread index; `src` is the thread's first chunk (the tile's
+// first row plus cp_async_lane_offset); row_stride must keep every row 16-byte aligned.
 template <int ROWS, int COLS, int THREADS, class T>
-GSDPA_DEVICE void cp_async_tile(T *smem, const T *gmem, int64_t row_stride, int valid_rows, int tid) {
+GSDPA_DEVICE void cp_async_tile_from(T *smem, const T *src, int64_t row_stride, int valid_rows, int tid) {
     constexpr int CHUNKS = COLS / 8;
     constexpr int TOTAL = ROWS * CHUNKS;
     static_assert(TOTAL % THREADS == 0, "every thread copies the same number of chunks");
@@ -61,20 +72,43 @@ GSDPA_DEVICE void cp_async_tile(T *smem, const T *gmem, int64_t row_stride, int 
     // latter gives the compiler one loop-invariant 64-bit offset per chunk to keep live across the
     // caller's key loop (16 register pairs per tile at D = 256), which spills.
     const int64_t step = int64_t(ROW_STEP) * row_stride;
+    const SwizzledColumn<COLS, ROW_STEP> dst(row0, chunk * 8);
+    // Chunk i's row test as i * ROW_STEP < valid_rows - row0: one register and an immediate per chunk (the
+    // form row0 + i * ROW_STEP < valid_rows let the compiler keep every chunk's row live across a key loop).
+    const int rows_left = valid_rows - row0;
+#pragma unroll
+    for (int i = 0; i < TOTAL / THREADS; ++i) {
+        // An invalid row reads nothing (src-size 0), so its (possibly out-of-range) address is never used.
+        cp_async_16(smem + dst(i), src, i * ROW_STEP < rows_left);
+        src += step;
+    }
+}
+
+// The same, from the tile's first row `gmem`, with the row test written row0 + i * ROW_STEP < valid_rows
+// (the backward's register allocation is tuned to this form: the other spills its dQ kernel on sm_100).
+template <int ROWS, int COLS, int THREADS, class T>
+GSDPA_DEVICE void cp_async_tile(T *smem, const T *gmem, int64_t row_stride, int valid_rows, int tid) {
+    constexpr int CHUNKS = COLS / 8;
+    constexpr int TOTAL = ROWS * CHUNKS;
+    static_assert(TOTAL % THREADS == 0, "every thread copies the same number of chunks");
+    static_assert(THREADS % CHUNKS == 0, "a thread's chunks share one column (keeps the address math cheap)");
+    constexpr int ROW_STEP = THREADS / CHUNKS;
+    const int chunk = tid % CHUNKS;
+    const int row0 = tid / CHUNKS;
+    const int64_t step = int64_t(ROW_STEP) * row_stride;  // one running source pointer, as above
     const T *src = gmem + int64_t(row0) * row_stride + chunk * 8;
     const SwizzledColumn<COLS, ROW_STEP> dst(row0, chunk * 8);
 #pragma unroll
     for (int i = 0; i < TOTAL / THREADS; ++i) {
-        // An invalid row reads nothing (src-size 0), so its (possibly out-of-range) address is never used.
         cp_async_16(smem + dst(i), src, row0 + i * ROW_STEP < valid_rows);
         src += step;
     }
 }
 
-// cp_async_tile for a tile whose ROWS rows are all valid (a key loop's full tiles): the same copies,
+// cp_async_tile_from for a tile whose ROWS rows are all valid (a key loop's full tiles): the same copies,
 // without a row test (and its predicate) per chunk.
 template <int ROWS, int COLS, int THREADS, class T>
-GSDPA_DEVICE void cp_async_full_tile(T *smem, const T *gmem, int64_t row_stride, int tid) {
+GSDPA_DEVICE void cp_async_full_tile_from(T *smem, const T *src, int64_t row_stride, int tid) {
     constexpr int CHUNKS = COLS / 8;
     constexpr int TOTAL = ROWS * CHUNKS;
     static_assert(TOTAL % THREADS == 0, "every thread copies the same number of chunks");
@@ -83,13 +117,19 @@ GSDPA_DEVICE void cp_async_full_tile(T *smem, const T *gmem, int64_t row_stride,
     const int chunk = tid % CHUNKS;
     const int row0 = tid / CHUNKS;
     const int64_t step = int64_t(ROW_STEP) * row_stride;  // one running source pointer, as in cp_async_tile
-    const T *src = gmem + int64_t(row0) * row_stride + chunk * 8;
     const SwizzledColumn<COLS, ROW_STEP> dst(row0, chunk * 8);
 #pragma unroll
     for (int i = 0; i < TOTAL / THREADS; ++i) {
         cp_async_16(smem + dst(i), src, true);
         src += step;
     }
+}
+
+// The same, from the tile's first row `gmem`.
+template <int ROWS, int COLS, int THREADS, class T>
+GSDPA_DEVICE void cp_async_full_tile(T *smem, const T *gmem, int64_t row_stride, int tid) {
+    cp_async_full_tile_from<ROWS, COLS, THREADS>(smem, gmem + cp_async_lane_offset<COLS, THREADS>(row_stride, tid),
+                                                 row_stride, tid);
 }
 
 // Copies rows [0, valid_rows) of a swizzled ROWS x COLS tile from shared memory to gmem (row r at

@@ -1,35 +1,50 @@
 // kernel_traits.h: compile-time shape of the fused forward kernel for one (dtype, head dim).
 //
 // Tile sizes (the values live in gsdpa_params.h, GsdpaFwdGeometry, so Rust launches with the same ones).
-// Every warp owns 16 query rows (one m16 mma tile), so BLOCK_M = 16 * warps. Shared memory holds one
+// Every warp owns WARP_ROWS = 16 M_TILES query rows (M_TILES m16 mma tiles), so BLOCK_M = WARP_ROWS * warps,
+// and each K or V fragment loaded with ldmatrix feeds M_TILES mmas per n-tile. Shared memory holds one
 // Q tile [BLOCK_M][D] and KV_STAGES K and V tiles [BLOCK_N][D], all 16-bit and swizzled
 // (common/swizzle.h), and stays <= 99 KiB so the same binary runs on sm_86 / sm_89 (99 KiB per block):
 //
-//   D    BLOCK_M x BLOCK_N  warps  K/V stages  smem    why
-//   64   128 x 128          8      2           80 KiB  FA2's tile; Q (16 regs) kept in registers.
-//   128  128 x 64           8      2           96 KiB  FA2's tile; Q (32 regs) kept in registers: re-reading
-//                                                      it for every key tile would add a quarter to the
-//                                                      S = Q K^T shared-memory traffic.
-//   256  64 x 32            4      1           64 KiB  128 f32 O registers per thread leave no room for Q in
-//                                                      registers (re-read with ldmatrix per k-step) nor for
-//                                                      a 64-key score tile (64 x 64 spills at 255 registers);
-//                                                      64 KiB also fits two blocks per SM on A100 (164 KiB).
+//   D    BLOCK_M x BLOCK_N  warps x rows  K/V stages  smem    why
+//   64   128 x 64           4 x 32        1           32 KiB  FA2's organisation (4 warps x 32 rows, two
+//                                                             blocks per SM): every K/V ldmatrix feeds 4
+//                                                             mmas. O (64) + S (64) f32 registers per
+//                                                             thread; Q re-read with ldmatrix per k-step
+//                                                             (2 per k-step for 16 mmas): kept in registers
+//                                                             (32 more) it spills on sm_100 / sm_120 at 255.
+//                                                             64 keys, not 128: S at 128 keys adds 64
+//                                                             registers. Single-buffered, as D = 256.
+//   128  128 x 64           8 x 16        2           96 KiB  Not yet at FA2's 4 x 32: O (128) + S (64) f32
+//                                                             registers plus Q and K fragments, the loop's
+//                                                             addresses and the diagnostics' sink state
+//                                                             spill at 255 registers (16-90 bytes on sm_80
+//                                                             / sm_90a, measured). So one 8-warp block per
+//                                                             SM, Q (32 regs) kept in registers and K/V
+//                                                             double-buffered (the shared memory beyond one
+//                                                             buffer is free at one block per SM).
+//   256  64 x 32            4 x 16        1           64 KiB  128 f32 O registers per thread leave no room for Q in
+//                                                             registers (re-read with ldmatrix per k-step) nor for
+//                                                             a 64-key score tile (64 x 64 spills at 255 registers);
+//                                                             64 KiB also fits two blocks per SM on A100 (164 KiB).
 //
-// ptxas (CUDA 13.0, no spills, no stack): 170 / 177 / 241 registers for D = 64 / 128 / 256 on sm_80
-// (178 / 178 / 243 on sm_90a). So D = 64 and 128 run one 8-warp block per SM (forcing two, i.e. 128
-// registers, spills), and D = 256 two 4-warp blocks. With one block per SM the shared memory beyond a
-// single K/V buffer is free, hence double buffering there.
+// ptxas (CUDA 13.0, no spills, no stack; standalone compile of forward.cu): D = 64: 233 / 238 / 244 / 240
+// registers on sm_80 / sm_90a / sm_100 / sm_120, two 4-warp blocks per SM; D = 128: 212 / 215 / 207 / 214,
+// one 8-warp block (two would need <= 128 registers, which spills); D = 256: two 4-warp blocks.
 //
 // Addresses in the key loop (integer + predicate instructions per warp per key tile on the steady path,
 // docs/sass.md; sm_80 / sm_90a, nvcc 13.0):
 //   D    choice                                                        why
-//   64   K / V ldmatrix: 4 + 4 per-lane base registers, computed once,  the swizzle recomputed per ldmatrix was
-//        the stage flipped by one XOR each (LdsmLaneOffsets); K / V     ~6 instructions per LDSM, and the row
+//   64   8 x 16 rows: K / V ldmatrix: 4 + 4 per-lane base registers,    the swizzle recomputed per ldmatrix was
+//        computed once, the stage flipped by one XOR each; K / V        ~6 instructions per LDSM, and the row
 //        prefetch: no row test (full tiles)                             test one ISETP per cp.async: 257 ->
 //                                                                       46 / 45. The 8 registers are
 //                                                                       loop-carried, so ptxas cannot
 //                                                                       rematerialise them in the loop.
-//   128  the same                                                       283 -> 39 / 37; 177 registers, 5
+//        At 4 x 32 rows (single-buffered, Q re-read per k-step): the   103 / 50 (2026-12-02): on sm_80 ptxas
+//        Q bases are a third set; K prefetch without row test, V load  (233 registers) rebuilds Q's bases in
+//        of tile n with it (as D = 256)                                 the loop; sm_90a keeps them.
+//   128  as D = 64 at 8 x 16 (the first entry)                         283 -> 39 / 37; 177 registers, 5
 //                                                                       fewer than before.
 //   256  the same, Q too (re-read per tile): one stage, so the bases    337 -> 156 on sm_80 (102 -> 100 on
 //        are loop-invariant; K prefetch without row test; the V load   sm_90a). At 241 / 243 registers ptxas
@@ -37,9 +52,9 @@
 // Per-tile 64-bit source pointers (tile * BLOCK_N * row_stride) are recomputed, not stepped: a running
 // pointer per tensor was measured 2-20 instructions worse (two more loop-carried register pairs).
 //
-// Pipeline. Double-buffered (D <= 128): at the top of iteration n (one barrier) K(n-1) and V(n-1) are
+// Pipeline. Double-buffered (D = 128): at the top of iteration n (one barrier) K(n-1) and V(n-1) are
 // issued into the other stage, so each load has a whole iteration (both GEMMs and the softmax) to land.
-// Single-buffered (D = 256, FlashAttention-2's scheme): K and V have one buffer each and their loads
+// Single-buffered (D = 64 and 256, FlashAttention-2's scheme): K and V have one buffer each and their loads
 // alternate, each overlapping one GEMM: V(n) is fetched while S = Q K(n)^T is computed, K(n-1) while the
 // softmax and O += P V(n) run (two barriers per iteration). Double buffering at D = 256 (96 KiB) would
 // leave A100 one block per SM instead of two.
@@ -80,20 +95,23 @@ struct FwdTraits {
     static constexpr int BLOCK_N = FwdGeometry<D>::BLOCK_N;
     static constexpr int THREADS = FwdGeometry<D>::THREADS;
     static constexpr int WARPS = THREADS / 32;
+    // m16 mma tiles per warp: each warp owns M_TILES * 16 consecutive query rows of the block.
+    static constexpr int M_TILES = BLOCK_M / (16 * WARPS);
+    static constexpr int WARP_ROWS = 16 * M_TILES;
 
     // Q fragments for the whole head dim stay in registers (loaded once) instead of being re-read from
     // shared memory for every key tile. See the table above.
-    static constexpr bool Q_IN_REGS = D <= 128;
+    static constexpr bool Q_IN_REGS = D == 128;
 
     // Register fragment counts per thread.
     static constexpr int K_STEPS_QK = D / 16;      // k-steps of S = Q K^T (over the head dim)
-    static constexpr int N_TILES_S = BLOCK_N / 8;  // 16 x 8 score tiles per warp
+    static constexpr int N_TILES_S = BLOCK_N / 8;  // 16 x 8 score tiles per m-tile
     static constexpr int K_STEPS_PV = BLOCK_N / 16;  // k-steps of O += P V (over the keys)
-    static constexpr int N_TILES_O = D / 8;        // 16 x 8 output tiles per warp
+    static constexpr int N_TILES_O = D / 8;        // 16 x 8 output tiles per m-tile
 
-    // K/V buffers: two stages (double buffering) where Q lives in registers and shared memory allows;
-    // see the pipeline note above.
-    static constexpr int KV_STAGES = D <= 128 ? 2 : 1;
+    // K/V buffers: two stages (double buffering) where Q lives in registers (the gate tile then replaces Q
+    // at the start of the last key tile); see the pipeline note above.
+    static constexpr int KV_STAGES = Q_IN_REGS ? 2 : 1;
 
     // Shared memory, in elements of T from the dynamic shared memory base:
     //   [Q: BLOCK_M x D][K: KV_STAGES x BLOCK_N x D][V: KV_STAGES x BLOCK_N x D]
@@ -120,7 +138,7 @@ struct FwdTraits {
                   "stage offsets switch by XOR");
 
     static_assert(sizeof(T) == 2, "16-bit element types only");
-    static_assert(BLOCK_M == 16 * WARPS, "each warp owns 16 query rows");
+    static_assert(BLOCK_M == WARP_ROWS * WARPS && M_TILES >= 1, "each warp owns M_TILES x 16 query rows");
     static_assert(BLOCK_N % 16 == 0 && D % 64 == 0, "whole mma tiles and swizzled 128-byte rows");
     static_assert(BLOCK_M <= 2 * KV_STAGES * BLOCK_N, "the Y tile is staged in the K+V region");
     static_assert(KV_STAGES == 1 || Q_IN_REGS, "double buffering fetches G during the last S = Q K^T");
