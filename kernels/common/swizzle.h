@@ -44,14 +44,30 @@ struct SwizzledColumn {
     GSDPA_DEVICE int operator()(int i) const { return base[i % VARIANTS] + i * STEP * COLS; }
 };
 
+// How THREADS threads split a ROWS x COLS tile of 16-bit elements into 16-byte chunks (8 elements) for
+// the copies below: thread tid owns column chunk tid % CHUNKS of rows row0(tid), row0(tid) + ROW_STEP, ...
+// (PER_THREAD of them). Every thread gets the same number of chunks, all in one column, which keeps the
+// address math of the copies cheap.
+template <int ROWS, int COLS, int THREADS>
+struct TileChunks {
+    static constexpr int CHUNKS = COLS / 8;  // 16-byte chunks per row
+    static constexpr int TOTAL = ROWS * CHUNKS;
+    static constexpr int PER_THREAD = TOTAL / THREADS;
+    static constexpr int ROW_STEP = THREADS / CHUNKS;  // rows between a thread's consecutive chunks
+    static_assert(TOTAL % THREADS == 0, "every thread copies the same number of chunks");
+    static_assert(THREADS % CHUNKS == 0, "a thread's chunks share one column");
+    GSDPA_DEVICE static int row0(int tid) { return tid / CHUNKS; }
+    GSDPA_DEVICE static int col0(int tid) { return (tid % CHUNKS) * 8; }
+};
+
 // The element offset, from a tile's first row in global memory, of the first 16-byte chunk that thread
 // `tid` copies in cp_async_tile<ROWS, COLS, THREADS> (its later chunks follow THREADS / (COLS / 8) rows
 // apart). A key loop that copies many tiles from one tensor adds this to the tensor's base once, so that
 // only one 64-bit pointer per tensor is live across the loop (the *_from forms below take it).
 template <int COLS, int THREADS>
 GSDPA_DEVICE int64_t cp_async_lane_offset(int64_t row_stride, int tid) {
-    constexpr int CHUNKS = COLS / 8;
-    return int64_t(tid / CHUNKS) * row_stride + (tid % CHUNKS) * 8;
+    using C = TileChunks<THREADS / (COLS / 8), COLS, THREADS>;  // any tile shape: the split is per row
+    return int64_t(C::row0(tid)) * row_stride + C::col0(tid);
 }
 
 // Issues (does not commit) cp.async copies of a ROWS x COLS tile into `smem` (swizzled): row r < valid_rows
@@ -61,25 +77,20 @@ GSDPA_DEVICE int64_t cp_async_lane_offset(int64_t row_stride, int tid) {
 // first row plus cp_async_lane_offset); row_stride must keep every row 16-byte aligned.
 template <int ROWS, int COLS, int THREADS, class T>
 GSDPA_DEVICE void cp_async_tile_from(T *smem, const T *src, int64_t row_stride, int valid_rows, int tid) {
-    constexpr int CHUNKS = COLS / 8;
-    constexpr int TOTAL = ROWS * CHUNKS;
-    static_assert(TOTAL % THREADS == 0, "every thread copies the same number of chunks");
-    static_assert(THREADS % CHUNKS == 0, "a thread's chunks share one column (keeps the address math cheap)");
-    constexpr int ROW_STEP = THREADS / CHUNKS;  // rows between a thread's consecutive chunks
-    const int chunk = tid % CHUNKS;
-    const int row0 = tid / CHUNKS;
+    using C = TileChunks<ROWS, COLS, THREADS>;
+    const int row0 = C::row0(tid);
     // One running source pointer advanced by a fixed step, rather than row * row_stride per chunk: the
     // latter gives the compiler one loop-invariant 64-bit offset per chunk to keep live across the
     // caller's key loop (16 register pairs per tile at D = 256), which spills.
-    const int64_t step = int64_t(ROW_STEP) * row_stride;
-    const SwizzledColumn<COLS, ROW_STEP> dst(row0, chunk * 8);
+    const int64_t step = int64_t(C::ROW_STEP) * row_stride;
+    const SwizzledColumn<COLS, C::ROW_STEP> dst(row0, C::col0(tid));
     // Chunk i's row test as i * ROW_STEP < valid_rows - row0: one register and an immediate per chunk (the
     // form row0 + i * ROW_STEP < valid_rows let the compiler keep every chunk's row live across a key loop).
     const int rows_left = valid_rows - row0;
 #pragma unroll
-    for (int i = 0; i < TOTAL / THREADS; ++i) {
+    for (int i = 0; i < C::PER_THREAD; ++i) {
         // An invalid row reads nothing (src-size 0), so its (possibly out-of-range) address is never used.
-        cp_async_16(smem + dst(i), src, i * ROW_STEP < rows_left);
+        cp_async_16(smem + dst(i), src, i * C::ROW_STEP < rows_left);
         src += step;
     }
 }
@@ -88,19 +99,14 @@ GSDPA_DEVICE void cp_async_tile_from(T *smem, const T *src, int64_t row_stride, 
 // (the backward's register allocation is tuned to this form: the other spills its dQ kernel on sm_100).
 template <int ROWS, int COLS, int THREADS, class T>
 GSDPA_DEVICE void cp_async_tile(T *smem, const T *gmem, int64_t row_stride, int valid_rows, int tid) {
-    constexpr int CHUNKS = COLS / 8;
-    constexpr int TOTAL = ROWS * CHUNKS;
-    static_assert(TOTAL % THREADS == 0, "every thread copies the same number of chunks");
-    static_assert(THREADS % CHUNKS == 0, "a thread's chunks share one column (keeps the address math cheap)");
-    constexpr int ROW_STEP = THREADS / CHUNKS;
-    const int chunk = tid % CHUNKS;
-    const int row0 = tid / CHUNKS;
-    const int64_t step = int64_t(ROW_STEP) * row_stride;  // one running source pointer, as above
-    const T *src = gmem + int64_t(row0) * row_stride + chunk * 8;
-    const SwizzledColumn<COLS, ROW_STEP> dst(row0, chunk * 8);
+    using C = TileChunks<ROWS, COLS, THREADS>;
+    const int row0 = C::row0(tid);
+    const int64_t step = int64_t(C::ROW_STEP) * row_stride;  // one running source pointer, as above
+    const T *src = gmem + int64_t(row0) * row_stride + C::col0(tid);
+    const SwizzledColumn<COLS, C::ROW_STEP> dst(row0, C::col0(tid));
 #pragma unroll
-    for (int i = 0; i < TOTAL / THREADS; ++i) {
-        cp_async_16(smem + dst(i), src, row0 + i * ROW_STEP < valid_rows);
+    for (int i = 0; i < C::PER_THREAD; ++i) {
+        cp_async_16(smem + dst(i), src, row0 + i * C::ROW_STEP < valid_rows);
         src += step;
     }
 }
@@ -109,17 +115,11 @@ GSDPA_DEVICE void cp_async_tile(T *smem, const T *gmem, int64_t row_stride, int 
 // without a row test (and its predicate) per chunk.
 template <int ROWS, int COLS, int THREADS, class T>
 GSDPA_DEVICE void cp_async_full_tile_from(T *smem, const T *src, int64_t row_stride, int tid) {
-    constexpr int CHUNKS = COLS / 8;
-    constexpr int TOTAL = ROWS * CHUNKS;
-    static_assert(TOTAL % THREADS == 0, "every thread copies the same number of chunks");
-    static_assert(THREADS % CHUNKS == 0, "a thread's chunks share one column (keeps the address math cheap)");
-    constexpr int ROW_STEP = THREADS / CHUNKS;
-    const int chunk = tid % CHUNKS;
-    const int row0 = tid / CHUNKS;
-    const int64_t step = int64_t(ROW_STEP) * row_stride;  // one running source pointer, as in cp_async_tile
-    const SwizzledColumn<COLS, ROW_STEP> dst(row0, chunk * 8);
+    using C = TileChunks<ROWS, COLS, THREADS>;
+    const int64_t step = int64_t(C::ROW_STEP) * row_stride;  // one running source pointer, as in cp_async_tile
+    const SwizzledColumn<COLS, C::ROW_STEP> dst(C::row0(tid), C::col0(tid));
 #pragma unroll
-    for (int i = 0; i < TOTAL / THREADS; ++i) {
+    for (int i = 0; i < C::PER_THREAD; ++i) {
         cp_async_16(smem + dst(i), src, true);
         src += step;
     }
@@ -138,19 +138,14 @@ GSDPA_DEVICE void cp_async_full_tile(T *smem, const T *gmem, int64_t row_stride,
 // complete) and, if the tile is reused, after.
 template <int ROWS, int COLS, int THREADS, class T>
 GSDPA_DEVICE void store_tile(T *gmem, int64_t row_stride, const T *smem, int valid_rows, int tid) {
-    constexpr int CHUNKS = COLS / 8;
-    constexpr int TOTAL = ROWS * CHUNKS;
-    static_assert(TOTAL % THREADS == 0, "every thread stores the same number of chunks");
-    static_assert(THREADS % CHUNKS == 0, "a thread's chunks share one column");
-    constexpr int ROW_STEP = THREADS / CHUNKS;
-    const int chunk = tid % CHUNKS;
-    const int row0 = tid / CHUNKS;
-    const SwizzledColumn<COLS, ROW_STEP> src(row0, chunk * 8);
-    T *dst = gmem + int64_t(row0) * row_stride + chunk * 8;
-    const int64_t step = int64_t(ROW_STEP) * row_stride;
+    using C = TileChunks<ROWS, COLS, THREADS>;
+    const int row0 = C::row0(tid);
+    const SwizzledColumn<COLS, C::ROW_STEP> src(row0, C::col0(tid));
+    T *dst = gmem + int64_t(row0) * row_stride + C::col0(tid);
+    const int64_t step = int64_t(C::ROW_STEP) * row_stride;
 #pragma unroll
-    for (int i = 0; i < TOTAL / THREADS; ++i) {
-        if (row0 + i * ROW_STEP < valid_rows) {
+    for (int i = 0; i < C::PER_THREAD; ++i) {
+        if (row0 + i * C::ROW_STEP < valid_rows) {
             store_vec16(dst, ld_shared(reinterpret_cast<const uint4 *>(smem + src(i))));
         }
         dst += step;
