@@ -75,6 +75,20 @@ struct AccumulatorOperandA {
     }
 };
 
+// The mmas of one k-step for n-tiles nj and nj + 1 of every m-tile: b holds both n-tiles' B fragments as
+// one ldmatrix.x4 left them (b[0..1]: n-tile nj, b[2..3]: nj + 1), each feeding TM mmas.
+template <class T, int TM, int TN>
+GSDPA_DEVICE void mma_n_tile_pair(float (&acc)[TM][TN][4], const uint32_t (&a)[TM][4], const uint32_t (&b)[4],
+                                  int nj) {
+    const uint32_t b0[2] = {b[0], b[1]};
+    const uint32_t b1[2] = {b[2], b[3]};
+#pragma unroll
+    for (int mi = 0; mi < TM; ++mi) {
+        mma_m16n8k16<T>(acc[mi][nj], a[mi], b0, acc[mi][nj]);
+        mma_m16n8k16<T>(acc[mi][nj + 1], a[mi], b1, acc[mi][nj + 1]);
+    }
+}
+
 // acc += A[.., 16 K_STEPS] * B[16 K_STEPS, b_n0 .. b_n0 + 8 TN), A from a_src (above), B from b_tile
 // (B_COLS columns) stored [n][k] (B_KN = false: B[k][n] = b_tile[b_n0 + n][b_k0 + k]) or [k][n]
 // (B_KN = true: B[k][n] = b_tile[b_k0 + k][b_n0 + n]). All 32 lanes call it together.
@@ -106,13 +120,7 @@ GSDPA_DEVICE void warp_gemm_from(float (&acc)[TM][TN][4], const OperandA &a_src,
                 } else {
                     ldsm_b<B_COLS>(b, b_tile, b_n0 + nj * 8, b_k0 + k, lane);
                 }
-                const uint32_t b0[2] = {b[0], b[1]};
-                const uint32_t b1[2] = {b[2], b[3]};
-#pragma unroll
-                for (int mi = 0; mi < TM; ++mi) {
-                    mma_m16n8k16<T>(acc[mi][nj], a[mi], b0, acc[mi][nj]);
-                    mma_m16n8k16<T>(acc[mi][nj + 1], a[mi], b1, acc[mi][nj + 1]);
-                }
+                mma_n_tile_pair<T>(acc, a, b, nj);
             }
         }
     }
@@ -149,13 +157,7 @@ GSDPA_DEVICE void warp_gemm_offsets(float (&acc)[TM][TN][4], const OperandA &a_s
                 } else {
                     ldmatrix_x4(b, b_offsets.at(smem, nj * 8, ks * 16));
                 }
-                const uint32_t b0[2] = {b[0], b[1]};
-                const uint32_t b1[2] = {b[2], b[3]};
-#pragma unroll
-                for (int mi = 0; mi < TM; ++mi) {
-                    mma_m16n8k16<T>(acc[mi][nj], a[mi], b0, acc[mi][nj]);
-                    mma_m16n8k16<T>(acc[mi][nj + 1], a[mi], b1, acc[mi][nj + 1]);
-                }
+                mma_n_tile_pair<T>(acc, a, b, nj);
             }
         }
     }
