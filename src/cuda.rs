@@ -171,6 +171,80 @@ impl Drop for KernelModule {
     }
 }
 
+/// True when cudarc's driver calls will find libcuda, checked without calling cudarc (which panics
+/// when it cannot load the library).
+///
+/// cudarc either loads libcuda on the first driver call (`fallback-dynamic-loading`, this crate's
+/// default, looking for `libcuda.so` / `nvcuda.dll` first) or has it linked into the program
+/// (`dynamic-linking`, which candle-core's `cuda` feature selects and cargo then unifies for every crate
+/// of the build). Which mode the build has is not visible here, so both are probed: the library cudarc
+/// would load, or the driver's `libcuda.so.1` already mapped into the process, as it is at start-up when
+/// it was linked.
+pub(crate) fn driver_library_present() -> bool {
+    driver_probe::present()
+}
+
+#[cfg(target_os = "linux")]
+mod driver_probe {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+
+    extern "C" {
+        fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
+        fn dlclose(handle: *mut c_void) -> c_int;
+    }
+    // <dlfcn.h> on Linux (glibc and musl alike).
+    const RTLD_LAZY: c_int = 0x1;
+    const RTLD_NOLOAD: c_int = 0x4;
+
+    /// `dlopen(name, flags)` succeeds; the reference it took is dropped again.
+    fn opens(name: &CStr, flags: c_int) -> bool {
+        // SAFETY: `name` is NUL-terminated. Opening the driver library runs no code of ours; its
+        // initialisers are the ones any CUDA program runs. The handle is closed once, right away.
+        unsafe {
+            let handle = dlopen(name.as_ptr(), flags);
+            if handle.is_null() {
+                return false;
+            }
+            dlclose(handle);
+        }
+        true
+    }
+
+    pub(super) fn present() -> bool {
+        opens(c"libcuda.so", RTLD_LAZY) || opens(c"libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD)
+    }
+}
+
+#[cfg(windows)]
+mod driver_probe {
+    use std::ffi::{c_char, c_int, c_void};
+
+    extern "system" {
+        fn LoadLibraryA(name: *const c_char) -> *mut c_void;
+        fn FreeLibrary(module: *mut c_void) -> c_int;
+    }
+
+    pub(super) fn present() -> bool {
+        // SAFETY: the name is NUL-terminated; the module is freed once, right away.
+        unsafe {
+            let module = LoadLibraryA(c"nvcuda.dll".as_ptr());
+            if module.is_null() {
+                return false;
+            }
+            FreeLibrary(module);
+        }
+        true
+    }
+}
+
+/// No NVIDIA driver exists for other systems.
+#[cfg(not(any(target_os = "linux", windows)))]
+mod driver_probe {
+    pub(super) fn present() -> bool {
+        false
+    }
+}
+
 /// The driver's CUDA version (`cuDriverGetVersion`, e.g. 12040 for 12.4), `None` if the call fails.
 fn driver_version() -> Option<i32> {
     let mut version = 0;
@@ -251,8 +325,7 @@ impl CudaBackend {
     /// `/dev/nvidia*`), no device or no device `ordinal` is [`GsdpaError::NoDevice`].
     pub fn new(ordinal: usize) -> Result<Self> {
         // cudarc panics when libcuda is missing: check first.
-        // SAFETY: only probes whether the driver library can be loaded.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        if !driver_library_present() {
             return Err(GsdpaError::NoDriver(
                 "libcuda (the NVIDIA driver library) was not found".into(),
             ));
@@ -352,11 +425,29 @@ impl CudaBackend {
         config: &LaunchConfig,
         params: &P,
     ) -> Result<()> {
+        // SAFETY: `stream` is a live cudarc stream of the caller's; `params` was produced by
+        // validation from live device buffers of the sizes the kernel indexes, whose uses the caller
+        // recorded on `stream`.
+        unsafe { self.launch_on(stream.cu_stream(), config, params) }
+    }
+
+    /// Launches one kernel with its params struct on a raw driver stream (an engine's own, through
+    /// [`crate::raw`]), with the same resource checks as [`CudaBackend::launch`].
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of this backend's context (or null, the legacy default stream),
+    /// and every pointer in `params` must address device memory of that context, large enough for
+    /// every access the kernel makes with these params, alive until the kernel has run.
+    pub(crate) unsafe fn launch_on<P: DeviceRepr>(
+        &self,
+        stream: sys::CUstream,
+        config: &LaunchConfig,
+        params: &P,
+    ) -> Result<()> {
         if config.is_empty() {
             return Ok(());
         }
         let f = self.function(config)?;
-        // The driver's own view of the kernel: __launch_bounds__ (or what its registers allow) and registers.
         // SAFETY: `f` is a function of the live module.
         let attribute =
             |which| unsafe { cudarc::driver::result::function::get_function_attribute(f.0, which) };
@@ -373,16 +464,16 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(launching)?;
         // The kernels take one argument, the params struct by value: the driver copies it at launch.
         let mut kernel_args = [(params as *const P).cast_mut().cast::<c_void>()];
-        // SAFETY: `f` is a function of the live module, on this context (bound above), and `stream` is
-        // the caller's stream; `params` was produced by validation from live device buffers of the sizes
-        // the kernel indexes; the launch config is the one the kernel is written for.
+        // SAFETY: `f` is a function of the live module, on this context (bound above); the caller
+        // vouches for `stream` and for the buffers behind `params` (validated for the sizes the kernel
+        // indexes); the launch config is the one the kernel is written for.
         unsafe {
             cudarc::driver::result::launch_kernel(
                 f.0,
                 (config.grid[0], config.grid[1], config.grid[2]),
                 (config.block[0], config.block[1], config.block[2]),
                 config.shared_bytes,
-                stream.cu_stream(),
+                stream,
                 &mut kernel_args,
             )
         }

@@ -93,6 +93,8 @@
 pub mod arch;
 pub mod backend;
 pub mod build_info;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod cuda;
 #[cfg(feature = "emulator")]
 pub mod emulator;
