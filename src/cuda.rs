@@ -516,23 +516,54 @@ impl CudaBackend {
                     .map(|t| output(t, stream, &mut guards)),
             }),
         };
-        let mut params = validate::validate_forward(problem, &dev)?;
+        let cu = || device_seqlens(problem, seqlens, stream, &mut guards);
+        // SAFETY: the views are live device buffers of this context, their uses recorded on `stream`
+        // (the guards, alive until the end of this function); the seqlens are the problem's.
+        unsafe { self.forward_on(stream.cu_stream(), problem, &dev, cu) }
+    }
+
+    /// The forward on a raw driver stream over device addresses: the validation and launches of
+    /// [`CudaBackend::forward`], which [`crate::raw::forward`] exposes.
+    ///
+    /// # Safety
+    /// `stream` is a live stream of this context (or null); every tensor's address and length describe
+    /// live device memory of this context that stays valid, and that no other work writes, until the
+    /// kernels have run; `cu_seqlens` are 0 or the device addresses of the problem's `[batch + 1]`
+    /// prefix sums, equal to its host copies (`cu_seqlens` is asked for them after validation, and
+    /// only when something is launched).
+    pub(crate) unsafe fn forward_on<I, O, F>(
+        &self,
+        stream: sys::CUstream,
+        problem: &AttentionProblem,
+        args: &ForwardArgs<I, O, F>,
+        cu_seqlens: impl FnOnce() -> Result<(u64, u64)>,
+    ) -> Result<()>
+    where
+        I: Memory,
+        I::Elem: Element,
+        O: Memory<Elem = I::Elem>,
+        F: Memory<Elem = f32>,
+    {
+        let mut params = validate::validate_forward(problem, args)?;
         let gate_stats_requested = !params.gate_stats.is_null();
         if problem.is_empty() && !gate_stats_requested {
             return Ok(());
         }
-        let (cu_q, cu_k) = device_seqlens(problem, seqlens, stream, &mut guards)?;
+        let (cu_q, cu_k) = cu_seqlens()?;
         params.cu_seqlens_q = cu_q as *const i32;
         params.cu_seqlens_k = cu_k as *const i32;
+        // SAFETY (both launches): the params come from validation of the caller's buffers, which the
+        // caller vouches for.
         if problem.is_empty() {
             // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
             params.gate_partials_per_head = 0;
         } else {
-            self.launch(stream, &launch::forward(problem, T::DTYPE)?, &params)?;
+            let config = launch::forward(problem, <I::Elem as Element>::DTYPE)?;
+            unsafe { self.launch_on(stream, &config, &params)? };
         }
         if gate_stats_requested {
             // Same stream: it reads the partials the forward wrote.
-            self.launch(stream, &launch::gate_stats(problem)?, &params)?;
+            unsafe { self.launch_on(stream, &launch::gate_stats(problem)?, &params)? };
         }
         Ok(())
     }
@@ -563,19 +594,60 @@ impl CudaBackend {
             dv: output(&mut args.dv, stream, &mut guards),
             dg: args.dg.as_mut().map(|dg| output(dg, stream, &mut guards)),
         };
-        // No early return for empty problems: with queries absent but keys present, the dK/dV kernel
-        // still runs and writes zeros (launch::backward leaves out only the empty grids).
-        let mut params = validate::validate_backward(problem, &dev, options.deterministic)?;
         let workspace_len = workspace.len();
         let (ws_ptr, ws_guard) = workspace.device_ptr_mut(stream);
-        validate::set_backward_workspace(&mut params, problem, ws_ptr as usize, workspace_len)?;
-        let (cu_q, cu_k) = device_seqlens(problem, seqlens, stream, &mut guards)?;
+        let cu = || device_seqlens(problem, seqlens, stream, &mut guards);
+        // SAFETY: as in `forward`; the workspace is the caller's live buffer, its use recorded by
+        // `ws_guard`.
+        let result = unsafe {
+            self.backward_on(
+                stream.cu_stream(),
+                problem,
+                &dev,
+                (ws_ptr, workspace_len),
+                cu,
+                options,
+            )
+        };
+        drop(ws_guard);
+        result
+    }
+
+    /// The backward on a raw driver stream over device addresses: the validation and launches of
+    /// [`CudaBackend::backward`], which [`crate::raw::backward`] exposes. `workspace` is the address
+    /// and the length in bytes of the caller's workspace.
+    ///
+    /// # Safety
+    /// As [`CudaBackend::forward_on`], and the workspace is live device memory of this context of the
+    /// given length that nothing else uses until the kernels have run.
+    pub(crate) unsafe fn backward_on<I, L, O>(
+        &self,
+        stream: sys::CUstream,
+        problem: &AttentionProblem,
+        args: &BackwardArgs<I, L, O>,
+        workspace: (u64, usize),
+        cu_seqlens: impl FnOnce() -> Result<(u64, u64)>,
+        options: BackwardOptions,
+    ) -> Result<()>
+    where
+        I: Memory,
+        I::Elem: Element,
+        L: Memory<Elem = f32>,
+        O: Memory<Elem = I::Elem>,
+    {
+        // No early return for empty problems: with queries absent but keys present, the dK/dV kernel
+        // still runs and writes zeros (launch::backward leaves out only the empty grids).
+        let mut params = validate::validate_backward(problem, args, options.deterministic)?;
+        validate::set_backward_workspace(&mut params, problem, workspace.0 as usize, workspace.1)?;
+        let (cu_q, cu_k) = cu_seqlens()?;
         params.cu_seqlens_q = cu_q as *const i32;
         params.cu_seqlens_k = cu_k as *const i32;
-        for config in launch::backward(problem, T::DTYPE, options.deterministic)? {
-            self.launch(stream, &config, &params)?;
+        let dtype = <I::Elem as Element>::DTYPE;
+        for config in launch::backward(problem, dtype, options.deterministic)? {
+            // SAFETY: the params come from validation of the caller's buffers and workspace, which
+            // the caller vouches for.
+            unsafe { self.launch_on(stream, &config, &params)? };
         }
-        drop(ws_guard);
         Ok(())
     }
 

@@ -9,8 +9,9 @@
 //!
 //! - The output has the input dtype (bf16 or f16) and `q`'s shape `[B, S, Hq, D]` (varlen `[T, Hq, D]`),
 //!   contiguous, so `reshape((b, s, hq * d))` feeds `o_proj` with no copy.
-//! - CPU tensors run the kernels on the emulator (the same CUDA sources compiled for the host), so a
-//!   candle model using this runs, and is tested, on a machine without a GPU. CUDA tensors run them on
+//! - CPU tensors run the kernels on the emulator (the same CUDA sources compiled for the host; the
+//!   default feature `emulator`), so a candle model using this runs, and is tested, on a machine
+//!   without a GPU. CUDA tensors run them on
 //!   the device's candle stream, with no synchronization and no allocation beyond the outputs.
 //! - Autograd: [`gated_flash_attn_packed`] is a candle custom op with a backward, whose `q_proj`
 //!   gradient is dq and dg interleaved per head exactly as `q_proj` produced them. The elementwise
@@ -21,8 +22,48 @@
 //!
 //! `docs/candle.md` shows a Qwen3-Next attention layer built on it.
 
+#[cfg(feature = "emulator")]
 mod host;
 mod op;
+
+/// Without the `emulator` feature, CPU tensors have nothing to run on.
+#[cfg(not(feature = "emulator"))]
+mod host {
+    use super::op::{BackwardInputs, ForwardOut, ForwardViews, Gradients, PagedViews};
+    use crate::{paged::DecodeProblem, AttentionProblem, GsdpaError};
+    use candle_core::CpuStorage;
+
+    fn no_emulator() -> candle_core::Error {
+        super::to_candle(GsdpaError::KernelsNotBuilt(
+            "CPU tensors run on the emulator, which this build leaves out (feature `emulator`)"
+                .into(),
+        ))
+    }
+
+    pub(super) fn forward(
+        _: &AttentionProblem,
+        _: &ForwardViews<'_, CpuStorage>,
+        _: bool,
+    ) -> candle_core::Result<ForwardOut<CpuStorage>> {
+        Err(no_emulator())
+    }
+
+    pub(super) fn backward(
+        _: &AttentionProblem,
+        _: &BackwardInputs<'_>,
+    ) -> candle_core::Result<Gradients> {
+        Err(no_emulator())
+    }
+
+    pub(super) fn forward_paged(
+        _: &DecodeProblem,
+        _: &PagedViews<'_, CpuStorage>,
+        _: &[i32],
+        _: &[i32],
+    ) -> candle_core::Result<CpuStorage> {
+        Err(no_emulator())
+    }
+}
 
 #[cfg(feature = "candle-cuda")]
 mod device;
