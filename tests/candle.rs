@@ -10,6 +10,11 @@ use gated_sdpa::{Activation, GateMode, GsdpaError};
 
 const CPU: Device = Device::Cpu;
 
+/// The example's Qwen3-Next layer, checked here fused against unfused.
+#[allow(dead_code)]
+#[path = "../examples/qwen3_next_attention.rs"]
+mod qwen3_next_attention;
+
 /// A deterministic pseudo-random tensor in [-scale, scale) of `dtype`.
 fn rand(shape: &[usize], seed: u64, scale: f32, dtype: DType) -> Tensor {
     let n: usize = shape.iter().product();
@@ -463,4 +468,27 @@ fn headwise_backward_is_a_clear_error() {
             .contains("no backward for the headwise gate"),
         "{err}"
     );
+}
+
+#[test]
+fn qwen3_next_layer_fused_matches_unfused_forward_and_backward() {
+    use qwen3_next_attention::{relative_difference, Qwen3NextAttention, HIDDEN};
+    let layer = Qwen3NextAttention::new(DType::BF16, &CPU).unwrap();
+    let hidden = Var::from_tensor(&rand(&[1, 7, HIDDEN], 31, 1.0, DType::BF16)).unwrap();
+    let fused = layer.forward_fused(&hidden).unwrap();
+    let unfused = layer.forward_unfused(&hidden).unwrap();
+    let forward = relative_difference(&fused, &unfused).unwrap();
+    assert!(forward < 2e-2, "forward: relative difference {forward}");
+    // d/d hidden of sum(out * w): through the fused op's backward (q and the strided g view packed),
+    // and through candle's own ops.
+    let w = rand(fused.dims(), 32, 1.0, DType::F32);
+    let grad = |out: &Tensor| {
+        let loss = (out.to_dtype(DType::F32).unwrap() * &w)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        loss.backward().unwrap().get(&hidden).unwrap().clone()
+    };
+    let backward = relative_difference(&grad(&fused), &grad(&unfused)).unwrap();
+    assert!(backward < 3e-2, "backward: relative difference {backward}");
 }
