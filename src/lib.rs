@@ -17,7 +17,7 @@
 //!   and appending new tokens to the cache; see `docs/decode.md`.
 //! - Backends: [`Reference`] (naive CPU, f64 accumulation, every option), the kernel emulator (the CUDA
 //!   sources compiled for the host) and CUDA; [`raw`] takes a driver stream and device addresses, and
-//!   the `candle` feature adds [`candle`](crate::candle) tensors (docs/candle.md).
+//!   the `candle` feature adds the `candle` module for candle tensors (docs/candle.md).
 //!
 //! # Example
 //! ```

@@ -492,3 +492,36 @@ fn qwen3_next_layer_fused_matches_unfused_forward_and_backward() {
     let backward = relative_difference(&grad(&fused), &grad(&unfused)).unwrap();
     assert!(backward < 3e-2, "backward: relative difference {backward}");
 }
+
+#[test]
+fn no_gate_backward_matches_unfused_autograd() {
+    let s = &SMALL;
+    let (q, k, v, _) = inputs(s, DType::F16);
+    let (qv, kv, vv) = (
+        Var::from_tensor(&q).unwrap(),
+        Var::from_tensor(&k).unwrap(),
+        Var::from_tensor(&v).unwrap(),
+    );
+    let y = GatedAttention::new(0.125, true)
+        .gate(GateMode::None)
+        .forward(&qv, &kv, &vv, None)
+        .unwrap();
+    let w = rand(&[s.b, s.sq, s.hq, s.d], 41, 1.0, DType::F32);
+    let grads = (y.to_dtype(DType::F32).unwrap() * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let f = |t: &Tensor| Var::from_tensor(&t.to_dtype(DType::F32).unwrap()).unwrap();
+    let (q32, k32, v32) = (f(&q), f(&k), f(&v));
+    let y32 = reference(&q32, &k32, &v32, None, 0.125, true, Activation::Sigmoid).unwrap();
+    let grads32 = (&y32 * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    for (name, got, want) in [
+        ("dq", grads.get(&qv), grads32.get(&q32)),
+        ("dk", grads.get(&kv), grads32.get(&k32)),
+        ("dv", grads.get(&vv), grads32.get(&v32)),
+    ] {
+        assert_close(name, got.unwrap(), want.unwrap(), DType::F16);
+    }
+}

@@ -77,7 +77,7 @@ fn device_view<'a, T: CudaDType>(
 
 /// A fresh device buffer of `n` elements on `stream`; every element is written by the kernels that
 /// take it as an output (validation checks their shapes cover it).
-fn alloc<T: DeviceRepr>(stream: &CudaStream, n: usize) -> candle_core::Result<CudaSlice<T>> {
+fn alloc<T: DeviceRepr>(stream: &Arc<CudaStream>, n: usize) -> candle_core::Result<CudaSlice<T>> {
     // SAFETY: the buffer is only read after a kernel wrote all of it (it is an output of exactly
     // its size).
     unsafe { stream.alloc::<T>(n) }.map_err(driver("allocating an output"))
@@ -92,7 +92,7 @@ fn wrap<T: CudaDType>(slice: CudaSlice<T>, storage: &CudaStorage, shape: Vec<usi
 /// Device copies of a varlen problem's prefix sums (host copies: the problem's).
 fn seqlens(
     problem: &AttentionProblem,
-    stream: &CudaStream,
+    stream: &Arc<CudaStream>,
 ) -> candle_core::Result<Option<(CudaSlice<i32>, CudaSlice<i32>)>> {
     problem
         .varlen
@@ -209,24 +209,27 @@ fn backward_t<T: Element + DeviceRepr + CudaDType + WithDType>(
     for (storage, layout) in &locked {
         match &**storage {
             Storage::Cuda(s) => cuda.push((s, layout.start_offset())),
-            _ => return Err(dtype_error(tensors[0].dtype())),
+            _ => {
+                return Err(to_candle(GsdpaError::InvalidArgument(
+                    "the backward's tensors must all be on the forward's CUDA device".into(),
+                )))
+            }
         }
     }
     let first = cuda[0].0;
     let stream = first.device().cuda_stream();
     let backend = backend(&stream)?;
-    let at = |i: usize, layout: Layout, name: &'static str| -> candle_core::Result<_> {
+    // The tensors are contiguous: their views are their storage from the start offset on.
+    let at = |i: usize, layout: Layout, name: &'static str| {
         let (storage, offset) = cuda[i];
-        device_view::<T>(
-            // The tensors are contiguous: their views are their storage from the start offset on.
-            &View {
-                storage,
-                offset,
-                layout,
-            },
-            name,
-        )
-        .map(|t| GTensor::new(t.data, t.layout))
+        let slice = storage.as_cuda_slice::<T>()?;
+        let data = slice.try_slice(offset..).ok_or_else(|| {
+            to_candle(GsdpaError::BadStrides {
+                tensor: name,
+                reason: format!("the view starts past its storage of {}", slice.len()),
+            })
+        })?;
+        Ok::<_, candle_core::Error>(GTensor::new(data, layout))
     };
     let q_layout = if inputs.packed {
         Layout::q_proj_view(&q_shape)
@@ -306,6 +309,19 @@ fn backward_t<T: Element + DeviceRepr + CudaDType + WithDType>(
     })
 }
 
+/// The device view of a contiguous i32 index tensor.
+fn index_view<'a>(
+    storage: &'a CudaStorage,
+    layout: &candle_core::Layout,
+    dims: &[usize],
+) -> candle_core::Result<GTensor<CudaView<'a, i32>>> {
+    let slice = storage.as_cuda_slice::<i32>()?;
+    let data = slice
+        .try_slice(layout.start_offset()..)
+        .ok_or_else(|| to_candle(GsdpaError::InvalidArgument("index storage".into())))?;
+    Ok(GTensor::contiguous(data, dims))
+}
+
 /// An i32 device copy of an index tensor: the tensor itself when it is i32 on the device already,
 /// otherwise converted on the host (u32 indices, as candle-flash-attn takes them, cost one
 /// device-to-host copy, which waits for the stream).
@@ -347,13 +363,6 @@ fn forward_paged_t<T: Element + DeviceRepr + CudaDType + WithDType>(
     let (Storage::Cuda(table_cuda), Storage::Cuda(lens_cuda)) = (&*table_storage, &*lens_storage)
     else {
         return Err(dtype_error(CandleDType::I32));
-    };
-    let index_view = |s: &CudaStorage, layout: &candle_core::Layout, dims: &[usize]| {
-        let slice = s.as_cuda_slice::<i32>()?;
-        let data = slice
-            .try_slice(layout.start_offset()..)
-            .ok_or_else(|| to_candle(GsdpaError::InvalidArgument("index storage".into())))?;
-        Ok::<_, candle_core::Error>(GTensor::contiguous(data, dims))
     };
     let sm_count = backend
         .context()
