@@ -824,6 +824,16 @@ mod tests {
         }
     }
 
+    /// The loader probe that replaced cudarc's (which exists only in cudarc's loading mode, this
+    /// build's unless `cudarc-dynamic-linking` is on) gives its answer on this host.
+    #[test]
+    #[cfg(not(feature = "cudarc-dynamic-linking"))]
+    fn driver_probe_agrees_with_cudarcs_loader() {
+        // SAFETY: only probes whether the driver library can be loaded.
+        let cudarc = unsafe { sys::is_culib_present() };
+        assert_eq!(driver_library_present(), cudarc);
+    }
+
     #[test]
     fn module_load_message_names_driver_device_and_fatbin() {
         let archs = ["sm_80", "sm_90a", "compute_80"];

@@ -17,7 +17,8 @@
 //!   gradient is dq and dg interleaved per head exactly as `q_proj` produced them. The elementwise
 //!   [`gated_flash_attn`] and [`gated_flash_attn_varlen`] get theirs through the packed op when a gradient
 //!   is tracked (q and g are concatenated into one `[.., Hq, 2 D]` tensor first). The headwise gate and
-//!   the paged decode have no backward here: a backward through them fails with a message saying so.
+//!   the paged decode have no backward here: a backward through them (q, k or v tracked) fails with a
+//!   message saying so; a gate that is the only tracked input gets no gradient.
 //! - Every [`crate::GsdpaError`] becomes a [`candle_core::Error`] with the same message.
 //!
 //! `docs/candle.md` shows a Qwen3-Next attention layer built on it.
