@@ -171,6 +171,80 @@ impl Drop for KernelModule {
     }
 }
 
+/// True when cudarc's driver calls will find libcuda, checked without calling cudarc (which panics
+/// when it cannot load the library).
+///
+/// cudarc either loads libcuda on the first driver call (`fallback-dynamic-loading`, this crate's
+/// default, looking for `libcuda.so` / `nvcuda.dll` first) or has it linked into the program
+/// (`dynamic-linking`, which candle-core's `cuda` feature selects and cargo then unifies for every crate
+/// of the build). Which mode the build has is not visible here, so both are probed: the library cudarc
+/// would load, or the driver's `libcuda.so.1` already mapped into the process, as it is at start-up when
+/// it was linked.
+pub(crate) fn driver_library_present() -> bool {
+    driver_probe::present()
+}
+
+#[cfg(target_os = "linux")]
+mod driver_probe {
+    use std::ffi::{c_char, c_int, c_void, CStr};
+
+    extern "C" {
+        fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
+        fn dlclose(handle: *mut c_void) -> c_int;
+    }
+    // <dlfcn.h> on Linux (glibc and musl alike).
+    const RTLD_LAZY: c_int = 0x1;
+    const RTLD_NOLOAD: c_int = 0x4;
+
+    /// `dlopen(name, flags)` succeeds; the reference it took is dropped again.
+    fn opens(name: &CStr, flags: c_int) -> bool {
+        // SAFETY: `name` is NUL-terminated. Opening the driver library runs no code of ours; its
+        // initialisers are the ones any CUDA program runs. The handle is closed once, right away.
+        unsafe {
+            let handle = dlopen(name.as_ptr(), flags);
+            if handle.is_null() {
+                return false;
+            }
+            dlclose(handle);
+        }
+        true
+    }
+
+    pub(super) fn present() -> bool {
+        opens(c"libcuda.so", RTLD_LAZY) || opens(c"libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD)
+    }
+}
+
+#[cfg(windows)]
+mod driver_probe {
+    use std::ffi::{c_char, c_int, c_void};
+
+    extern "system" {
+        fn LoadLibraryA(name: *const c_char) -> *mut c_void;
+        fn FreeLibrary(module: *mut c_void) -> c_int;
+    }
+
+    pub(super) fn present() -> bool {
+        // SAFETY: the name is NUL-terminated; the module is freed once, right away.
+        unsafe {
+            let module = LoadLibraryA(c"nvcuda.dll".as_ptr());
+            if module.is_null() {
+                return false;
+            }
+            FreeLibrary(module);
+        }
+        true
+    }
+}
+
+/// No NVIDIA driver exists for other systems.
+#[cfg(not(any(target_os = "linux", windows)))]
+mod driver_probe {
+    pub(super) fn present() -> bool {
+        false
+    }
+}
+
 /// The driver's CUDA version (`cuDriverGetVersion`, e.g. 12040 for 12.4), `None` if the call fails.
 fn driver_version() -> Option<i32> {
     let mut version = 0;
@@ -251,8 +325,7 @@ impl CudaBackend {
     /// `/dev/nvidia*`), no device or no device `ordinal` is [`GsdpaError::NoDevice`].
     pub fn new(ordinal: usize) -> Result<Self> {
         // cudarc panics when libcuda is missing: check first.
-        // SAFETY: only probes whether the driver library can be loaded.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        if !driver_library_present() {
             return Err(GsdpaError::NoDriver(
                 "libcuda (the NVIDIA driver library) was not found".into(),
             ));
@@ -352,11 +425,29 @@ impl CudaBackend {
         config: &LaunchConfig,
         params: &P,
     ) -> Result<()> {
+        // SAFETY: `stream` is a live cudarc stream of the caller's; `params` was produced by
+        // validation from live device buffers of the sizes the kernel indexes, whose uses the caller
+        // recorded on `stream`.
+        unsafe { self.launch_on(stream.cu_stream(), config, params) }
+    }
+
+    /// Launches one kernel with its params struct on a raw driver stream (an engine's own, through
+    /// [`crate::raw`]), with the same resource checks as [`CudaBackend::launch`].
+    ///
+    /// # Safety
+    /// `stream` must be a live stream of this backend's context (or null, the legacy default stream),
+    /// and every pointer in `params` must address device memory of that context, large enough for
+    /// every access the kernel makes with these params, alive until the kernel has run.
+    pub(crate) unsafe fn launch_on<P: DeviceRepr>(
+        &self,
+        stream: sys::CUstream,
+        config: &LaunchConfig,
+        params: &P,
+    ) -> Result<()> {
         if config.is_empty() {
             return Ok(());
         }
         let f = self.function(config)?;
-        // The driver's own view of the kernel: __launch_bounds__ (or what its registers allow) and registers.
         // SAFETY: `f` is a function of the live module.
         let attribute =
             |which| unsafe { cudarc::driver::result::function::get_function_attribute(f.0, which) };
@@ -373,16 +464,16 @@ impl CudaBackend {
         self.ctx.bind_to_thread().map_err(launching)?;
         // The kernels take one argument, the params struct by value: the driver copies it at launch.
         let mut kernel_args = [(params as *const P).cast_mut().cast::<c_void>()];
-        // SAFETY: `f` is a function of the live module, on this context (bound above), and `stream` is
-        // the caller's stream; `params` was produced by validation from live device buffers of the sizes
-        // the kernel indexes; the launch config is the one the kernel is written for.
+        // SAFETY: `f` is a function of the live module, on this context (bound above); the caller
+        // vouches for `stream` and for the buffers behind `params` (validated for the sizes the kernel
+        // indexes); the launch config is the one the kernel is written for.
         unsafe {
             cudarc::driver::result::launch_kernel(
                 f.0,
                 (config.grid[0], config.grid[1], config.grid[2]),
                 (config.block[0], config.block[1], config.block[2]),
                 config.shared_bytes,
-                stream.cu_stream(),
+                stream,
                 &mut kernel_args,
             )
         }
@@ -425,23 +516,54 @@ impl CudaBackend {
                     .map(|t| output(t, stream, &mut guards)),
             }),
         };
-        let mut params = validate::validate_forward(problem, &dev)?;
+        let cu = || device_seqlens(problem, seqlens, stream, &mut guards);
+        // SAFETY: the views are live device buffers of this context, their uses recorded on `stream`
+        // (the guards, alive until the end of this function); the seqlens are the problem's.
+        unsafe { self.forward_on(stream.cu_stream(), problem, &dev, cu) }
+    }
+
+    /// The forward on a raw driver stream over device addresses: the validation and launches of
+    /// [`CudaBackend::forward`], which [`crate::raw::forward`] exposes.
+    ///
+    /// # Safety
+    /// `stream` is a live stream of this context (or null); every tensor's address and length describe
+    /// live device memory of this context that stays valid, and that no other work writes, until the
+    /// kernels have run; `cu_seqlens` are 0 or the device addresses of the problem's `[batch + 1]`
+    /// prefix sums, equal to its host copies (`cu_seqlens` is asked for them after validation, and
+    /// only when something is launched).
+    pub(crate) unsafe fn forward_on<I, O, F>(
+        &self,
+        stream: sys::CUstream,
+        problem: &AttentionProblem,
+        args: &ForwardArgs<I, O, F>,
+        cu_seqlens: impl FnOnce() -> Result<(u64, u64)>,
+    ) -> Result<()>
+    where
+        I: Memory,
+        I::Elem: Element,
+        O: Memory<Elem = I::Elem>,
+        F: Memory<Elem = f32>,
+    {
+        let mut params = validate::validate_forward(problem, args)?;
         let gate_stats_requested = !params.gate_stats.is_null();
         if problem.is_empty() && !gate_stats_requested {
             return Ok(());
         }
-        let (cu_q, cu_k) = device_seqlens(problem, seqlens, stream, &mut guards)?;
+        let (cu_q, cu_k) = cu_seqlens()?;
         params.cu_seqlens_q = cu_q as *const i32;
         params.cu_seqlens_k = cu_k as *const i32;
+        // SAFETY (both launches): the params come from validation of the caller's buffers, which the
+        // caller vouches for.
         if problem.is_empty() {
             // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
             params.gate_partials_per_head = 0;
         } else {
-            self.launch(stream, &launch::forward(problem, T::DTYPE)?, &params)?;
+            let config = launch::forward(problem, <I::Elem as Element>::DTYPE)?;
+            unsafe { self.launch_on(stream, &config, &params)? };
         }
         if gate_stats_requested {
             // Same stream: it reads the partials the forward wrote.
-            self.launch(stream, &launch::gate_stats(problem)?, &params)?;
+            unsafe { self.launch_on(stream, &launch::gate_stats(problem)?, &params)? };
         }
         Ok(())
     }
@@ -472,19 +594,60 @@ impl CudaBackend {
             dv: output(&mut args.dv, stream, &mut guards),
             dg: args.dg.as_mut().map(|dg| output(dg, stream, &mut guards)),
         };
-        // No early return for empty problems: with queries absent but keys present, the dK/dV kernel
-        // still runs and writes zeros (launch::backward leaves out only the empty grids).
-        let mut params = validate::validate_backward(problem, &dev, options.deterministic)?;
         let workspace_len = workspace.len();
         let (ws_ptr, ws_guard) = workspace.device_ptr_mut(stream);
-        validate::set_backward_workspace(&mut params, problem, ws_ptr as usize, workspace_len)?;
-        let (cu_q, cu_k) = device_seqlens(problem, seqlens, stream, &mut guards)?;
+        let cu = || device_seqlens(problem, seqlens, stream, &mut guards);
+        // SAFETY: as in `forward`; the workspace is the caller's live buffer, its use recorded by
+        // `ws_guard`.
+        let result = unsafe {
+            self.backward_on(
+                stream.cu_stream(),
+                problem,
+                &dev,
+                (ws_ptr, workspace_len),
+                cu,
+                options,
+            )
+        };
+        drop(ws_guard);
+        result
+    }
+
+    /// The backward on a raw driver stream over device addresses: the validation and launches of
+    /// [`CudaBackend::backward`], which [`crate::raw::backward`] exposes. `workspace` is the address
+    /// and the length in bytes of the caller's workspace.
+    ///
+    /// # Safety
+    /// As [`CudaBackend::forward_on`], and the workspace is live device memory of this context of the
+    /// given length that nothing else uses until the kernels have run.
+    pub(crate) unsafe fn backward_on<I, L, O>(
+        &self,
+        stream: sys::CUstream,
+        problem: &AttentionProblem,
+        args: &BackwardArgs<I, L, O>,
+        workspace: (u64, usize),
+        cu_seqlens: impl FnOnce() -> Result<(u64, u64)>,
+        options: BackwardOptions,
+    ) -> Result<()>
+    where
+        I: Memory,
+        I::Elem: Element,
+        L: Memory<Elem = f32>,
+        O: Memory<Elem = I::Elem>,
+    {
+        // No early return for empty problems: with queries absent but keys present, the dK/dV kernel
+        // still runs and writes zeros (launch::backward leaves out only the empty grids).
+        let mut params = validate::validate_backward(problem, args, options.deterministic)?;
+        validate::set_backward_workspace(&mut params, problem, workspace.0 as usize, workspace.1)?;
+        let (cu_q, cu_k) = cu_seqlens()?;
         params.cu_seqlens_q = cu_q as *const i32;
         params.cu_seqlens_k = cu_k as *const i32;
-        for config in launch::backward(problem, T::DTYPE, options.deterministic)? {
-            self.launch(stream, &config, &params)?;
+        let dtype = <I::Elem as Element>::DTYPE;
+        for config in launch::backward(problem, dtype, options.deterministic)? {
+            // SAFETY: the params come from validation of the caller's buffers and workspace, which
+            // the caller vouches for.
+            unsafe { self.launch_on(stream, &config, &params)? };
         }
-        drop(ws_guard);
         Ok(())
     }
 
@@ -659,6 +822,16 @@ mod tests {
                 GsdpaError::Cuda(format!("cuDeviceGetCount: {code:?}"))
             );
         }
+    }
+
+    /// The loader probe that replaced cudarc's (which exists only in cudarc's loading mode, this
+    /// build's unless `cudarc-dynamic-linking` is on) gives its answer on this host.
+    #[test]
+    #[cfg(not(feature = "cudarc-dynamic-linking"))]
+    fn driver_probe_agrees_with_cudarcs_loader() {
+        // SAFETY: only probes whether the driver library can be loaded.
+        let cudarc = unsafe { sys::is_culib_present() };
+        assert_eq!(driver_library_present(), cudarc);
     }
 
     #[test]

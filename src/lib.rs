@@ -16,7 +16,8 @@
 //! - [`paged`]: decode over a paged KV cache (block table, split-KV, the gate fused into the combine)
 //!   and appending new tokens to the cache; see `docs/decode.md`.
 //! - Backends: [`Reference`] (naive CPU, f64 accumulation, every option), the kernel emulator (the CUDA
-//!   sources compiled for the host) and CUDA.
+//!   sources compiled for the host) and CUDA; [`raw`] takes a driver stream and device addresses, and
+//!   the `candle` feature adds the `candle` module for candle tensors (docs/candle.md).
 //!
 //! # Example
 //! ```
@@ -93,6 +94,8 @@
 pub mod arch;
 pub mod backend;
 pub mod build_info;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod cuda;
 #[cfg(feature = "emulator")]
 pub mod emulator;
@@ -101,6 +104,7 @@ pub mod ffi;
 pub mod launch;
 pub mod paged;
 pub mod problem;
+pub mod raw;
 pub mod reference;
 #[doc(hidden)]
 pub mod sass;
