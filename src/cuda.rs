@@ -180,7 +180,7 @@ impl Drop for KernelModule {
 /// of the build). Which mode the build has is not visible here, so both are probed: the library cudarc
 /// would load, or the driver's `libcuda.so.1` already mapped into the process, as it is at start-up when
 /// it was linked.
-pub(crate) fn driver_library_present() -> bool {
+pub fn driver_library_present() -> bool {
     driver_probe::present()
 }
 

@@ -552,8 +552,8 @@ fn standalone_gate_kernels_match_the_formulas() {
 /// the build `KernelsNotBuilt`. Runs everywhere.
 #[test]
 fn creating_the_backend_without_a_gpu_is_a_typed_error() {
-    // SAFETY: only probes whether the driver library can be loaded.
-    let driver_present = unsafe { cudarc::driver::sys::is_culib_present() };
+    // The crate's probe, which works in cudarc's loading and linking modes alike.
+    let driver_present = gated_sdpa::cuda::driver_library_present();
     match CudaBackend::new(0) {
         Ok(_) => assert!(driver_present),
         Err(GsdpaError::NoDriver(reason)) => {
