@@ -8,8 +8,8 @@
 use gated_sdpa::emulator::Emulator;
 use gated_sdpa::ffi;
 use gated_sdpa::testing::hopper::{
-    run_hopper_selftest, run_mbarrier_on_emulator, run_tma_on_emulator, run_wgmma_on_emulator,
-    HopperSelfTest, TmaCase, WgmmaBatch,
+    run_hopper_selftest, run_mbarrier_on_emulator, run_stmatrix_on_emulator, run_tma_on_emulator,
+    run_wgmma_on_emulator, HopperSelfTest, TmaCase, WgmmaBatch,
 };
 use gated_sdpa::tma::{TensorMapParams, TmaElement, TmaSwizzle};
 
@@ -754,6 +754,55 @@ fn mbarrier_phase_sequences() {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// stmatrix and elect.sync
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn stmatrix_is_ldmatrix_inverted_and_elect_picks_one_lane() {
+    let got = run_stmatrix_on_emulator(&Emulator::new()).expect("stmatrix kernel runs");
+    let halves: Vec<u16> = got[..384]
+        .iter()
+        .flat_map(|w| [*w as u16, (*w >> 16) as u16])
+        .collect();
+    // Register j of lane l holds the halves 8 l + 2 j (low) and 8 l + 2 j + 1: elements
+    // M_j[l / 4][2 (l % 4)] and [.. + 1] (.trans: M_j[2 (l % 4)][l / 4] and M_j[2 (l % 4) + 1][l / 4]).
+    // Row r of matrix j goes to the address of lane 8 j + r.
+    let mut want = vec![0xffffu16; 768];
+    let mut store = |base: usize,
+                     row_halves: usize,
+                     num: usize,
+                     trans: bool,
+                     addr: &dyn Fn(usize) -> (usize, usize)| {
+        for lane in 0..32 {
+            for j in 0..num {
+                for h in 0..2 {
+                    let value = (8 * lane + 2 * j + h) as u16;
+                    let (r, c) = if trans {
+                        (2 * (lane % 4) + h, lane / 4)
+                    } else {
+                        (lane / 4, 2 * (lane % 4) + h)
+                    };
+                    let (row, col0) = addr(8 * j + r);
+                    want[base + row * row_halves + col0 + c] = value;
+                }
+            }
+        }
+    };
+    store(0, 16, 4, false, &|l| (l % 16, (l / 16) * 8));
+    store(256, 16, 4, true, &|l| (l % 16, (l / 16) * 8));
+    store(512, 8, 2, false, &|l| (l % 16, 0));
+    store(640, 8, 1, false, &|l| (l % 8, 0));
+    store(704, 8, 1, true, &|l| (l % 8, 0));
+    assert_eq!(halves, want);
+    let elected: Vec<u32> = got[384..].to_vec();
+    assert_eq!(
+        elected.iter().sum::<u32>(),
+        1,
+        "exactly one lane: {elected:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Self-tests: each bug is caught.
 // ---------------------------------------------------------------------------------------------------
 
@@ -767,13 +816,14 @@ fn selftest_tensor() -> Vec<u16> {
 fn hopper_selftest_correct_computes_t_t_transposed() {
     let t = selftest_tensor();
     let value = |r: usize, c: usize| half::bf16::from_bits(t[r * 64 + c]).to_f32();
-    for seed in [0, 3] {
-        let out = run_hopper_selftest(
-            &Emulator::new().with_seed(seed),
-            HopperSelfTest::Correct,
-            &t,
-        )
-        .expect("the correct Hopper self-test runs");
+    for (seed, test) in [
+        (0, HopperSelfTest::Correct),
+        (3, HopperSelfTest::Correct),
+        (0, HopperSelfTest::Pipelined),
+        (5, HopperSelfTest::Pipelined),
+    ] {
+        let out = run_hopper_selftest(&Emulator::new().with_seed(seed), test, &t)
+            .expect("the correct Hopper self-tests run");
         for thread in 0..128 {
             let (warp, g, tt) = (thread / 32, (thread % 32) / 4, thread % 4);
             for r in 0..32 {
@@ -783,7 +833,7 @@ fn hopper_selftest_correct_computes_t_t_transposed() {
                 assert_eq!(
                     out[thread * 32 + r],
                     want,
-                    "seed {seed} thread {thread} reg {r}"
+                    "{test:?} seed {seed} thread {thread} reg {r}"
                 );
             }
         }
@@ -791,9 +841,13 @@ fn hopper_selftest_correct_computes_t_t_transposed() {
 }
 
 fn selftest_error(test: HopperSelfTest) -> String {
-    run_hopper_selftest(&Emulator::new(), test, &selftest_tensor())
-        .expect_err("the bug must be caught")
-        .to_string()
+    match run_hopper_selftest(&Emulator::new(), test, &selftest_tensor()) {
+        Ok(out) => panic!(
+            "{test:?} was not caught ({} NaN outputs)",
+            out.iter().filter(|x| x.is_nan()).count()
+        ),
+        Err(e) => e.to_string(),
+    }
 }
 
 #[test]
@@ -830,6 +884,18 @@ fn wrong_expect_tx_byte_counts_are_caught() {
 fn reading_a_tma_destination_before_its_barrier_is_caught() {
     let e = selftest_error(HopperSelfTest::ReadBeforeBarrier);
     assert!(e.contains("is still writing"), "{e}");
+}
+
+#[test]
+fn wgmma_sources_and_accumulators_in_flight_are_guarded() {
+    let e = selftest_error(HopperSelfTest::OperandOverwritten);
+    assert!(
+        e.contains("operand A in shared memory")
+            && e.contains("changed while the wgmma was in flight"),
+        "{e}"
+    );
+    let e = selftest_error(HopperSelfTest::AccumulatorWritten);
+    assert!(e.contains("accumulator 3 was written"), "{e}");
 }
 
 #[test]

@@ -8,11 +8,12 @@ use crate::ffi;
 use crate::launch::LaunchConfig;
 use crate::tma::TensorMapParams;
 
-// SAFETY (all three): #[repr(C)] mirrors of the C structs, Copy, no references; bitwise copies are the
+// SAFETY (all four): #[repr(C)] mirrors of the C structs, Copy, no references; bitwise copies are the
 // kernel arguments.
 unsafe impl cudarc::driver::DeviceRepr for ffi::GsdpaWgmmaConformanceParams {}
 unsafe impl cudarc::driver::DeviceRepr for ffi::GsdpaTmaConformanceParams {}
 unsafe impl cudarc::driver::DeviceRepr for ffi::GsdpaMbarrierConformanceParams {}
+unsafe impl cudarc::driver::DeviceRepr for ffi::GsdpaStmatrixConformanceParams {}
 
 const THREADS: u32 = ffi::GSDPA_HOPPER_CONF_THREADS;
 
@@ -187,6 +188,8 @@ pub fn run_mbarrier_on_emulator(emulator: &Emulator, rounds: u32) -> Result<Vec<
 pub enum HopperSelfTest {
     /// Everything in order: outputs `T T^T` in the accumulator layout.
     Correct,
+    /// Correct too: the product in two wgmma groups, retired by `wait_group 1`, then `0`.
+    Pipelined,
     /// Accumulators read without `wgmma.wait_group`.
     MissingWgmmaWait,
     /// No `wgmma.fence` before the first wgmma.
@@ -197,28 +200,38 @@ pub enum HopperSelfTest {
     LongExpectTx,
     /// The TMA destination read before the barrier wait.
     ReadBeforeBarrier,
+    /// A wgmma's shared-memory operand overwritten before the wait.
+    OperandOverwritten,
+    /// An accumulator written while its wgmma is in flight.
+    AccumulatorWritten,
 }
 
 impl HopperSelfTest {
     /// Every Hopper self-test.
-    pub const ALL: [HopperSelfTest; 6] = [
+    pub const ALL: [HopperSelfTest; 9] = [
         HopperSelfTest::Correct,
+        HopperSelfTest::Pipelined,
         HopperSelfTest::MissingWgmmaWait,
         HopperSelfTest::MissingWgmmaFence,
         HopperSelfTest::ShortExpectTx,
         HopperSelfTest::LongExpectTx,
         HopperSelfTest::ReadBeforeBarrier,
+        HopperSelfTest::OperandOverwritten,
+        HopperSelfTest::AccumulatorWritten,
     ];
 
     /// The kernel's name.
     pub fn kernel(self) -> &'static str {
         match self {
             HopperSelfTest::Correct => "gsdpa_selftest_hopper_correct",
+            HopperSelfTest::Pipelined => "gsdpa_selftest_hopper_pipelined",
             HopperSelfTest::MissingWgmmaWait => "gsdpa_selftest_hopper_missing_wgmma_wait",
             HopperSelfTest::MissingWgmmaFence => "gsdpa_selftest_hopper_missing_wgmma_fence",
             HopperSelfTest::ShortExpectTx => "gsdpa_selftest_hopper_short_expect_tx",
             HopperSelfTest::LongExpectTx => "gsdpa_selftest_hopper_long_expect_tx",
             HopperSelfTest::ReadBeforeBarrier => "gsdpa_selftest_hopper_read_before_barrier",
+            HopperSelfTest::OperandOverwritten => "gsdpa_selftest_hopper_operand_overwritten",
+            HopperSelfTest::AccumulatorWritten => "gsdpa_selftest_hopper_accumulator_written",
         }
     }
 }
@@ -263,6 +276,25 @@ pub fn run_hopper_selftest(
     };
     // SAFETY: the map points at the guarded input, the output holds threads x 32 floats; both outlive the
     // launch.
+    unsafe { emulator.launch(&config, &params)? };
+    out_buffer.copy_to(&mut out);
+    Ok(out)
+}
+
+/// Runs the stmatrix / elect.sync kernel: `GSDPA_STMATRIX_CONF_WORDS` words.
+pub fn run_stmatrix_on_emulator(emulator: &Emulator) -> Result<Vec<u32>> {
+    let mut out = vec![0u32; ffi::GSDPA_STMATRIX_CONF_WORDS as usize];
+    let out_buffer = GuardedBuffer::copy_of(&out)?;
+    let params = ffi::GsdpaStmatrixConformanceParams {
+        out: out_buffer.ptr().cast(),
+    };
+    let config = LaunchConfig {
+        kernel: "gsdpa_conformance_stmatrix".into(),
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        shared_bytes: 2048,
+    };
+    // SAFETY: the output holds GSDPA_STMATRIX_CONF_WORDS words.
     unsafe { emulator.launch(&config, &params)? };
     out_buffer.copy_to(&mut out);
     Ok(out)
