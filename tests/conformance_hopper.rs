@@ -434,29 +434,32 @@ fn tensor(dims: &[u64], element: TmaElement) -> (Vec<u8>, Vec<u64>) {
     (bytes, strides)
 }
 
+/// Element `linear` of the box (dimension 0 fastest): whether it lies inside the tensor, and its byte
+/// offset in the tensor.
+fn element_of_box(map: &TensorMapParams, coords: &[i32], linear: usize) -> (bool, u64) {
+    let eb = map.element.bytes() as u64;
+    let mut rest = linear;
+    let mut address = 0u64;
+    let mut inside = true;
+    for (d, (&extent, &dim)) in map.box_dims.iter().zip(&map.dims).enumerate() {
+        let i = rest % extent as usize;
+        rest /= extent as usize;
+        let g = coords[d] as i64 + i as i64;
+        inside &= g >= 0 && (g as u64) < dim;
+        let stride = if d == 0 { eb } else { map.strides_bytes[d - 1] };
+        address = address.wrapping_add((g as u64).wrapping_mul(stride));
+    }
+    (inside, address)
+}
+
 /// The box as TMA lays it in shared memory at a 1024-aligned address: element by element, dimension 0
 /// innermost, each at its swizzled offset; out-of-bounds elements zero (or NaN).
 fn expected_box(map: &TensorMapParams, coords: &[i32], bytes: &[u8]) -> Vec<u8> {
     let eb = map.element.bytes() as usize;
     let mut out = vec![0u8; map.box_bytes() as usize];
-    let rank = map.rank();
     let total: usize = map.box_dims.iter().map(|&b| b as usize).product();
     for linear in 0..total {
-        let mut rest = linear;
-        let mut address = 0u64;
-        let mut inside = true;
-        for d in 0..rank {
-            let i = rest % map.box_dims[d] as usize;
-            rest /= map.box_dims[d] as usize;
-            let g = coords[d] as i64 + i as i64;
-            inside &= g >= 0 && (g as u64) < map.dims[d];
-            let stride = if d == 0 {
-                eb as u64
-            } else {
-                map.strides_bytes[d - 1]
-            };
-            address = address.wrapping_add((g as u64).wrapping_mul(stride));
-        }
+        let (inside, address) = element_of_box(map, coords, linear);
         let at = swizzle((linear * eb) as u32, map.swizzle.span_bytes()) as usize;
         if inside {
             out[at..at + eb].copy_from_slice(&bytes[address as usize..address as usize + eb]);
@@ -610,21 +613,7 @@ fn expected_store(
     let mut out = before.to_vec();
     let total: usize = map.box_dims.iter().map(|&b| b as usize).product();
     for linear in 0..total {
-        let mut rest = linear;
-        let mut address = 0u64;
-        let mut inside = true;
-        for d in 0..map.rank() {
-            let i = rest % map.box_dims[d] as usize;
-            rest /= map.box_dims[d] as usize;
-            let g = coords[d] as i64 + i as i64;
-            inside &= g >= 0 && (g as u64) < map.dims[d];
-            let stride = if d == 0 {
-                eb as u64
-            } else {
-                map.strides_bytes[d - 1]
-            };
-            address = address.wrapping_add((g as u64).wrapping_mul(stride));
-        }
+        let (inside, address) = element_of_box(map, coords, linear);
         if !inside {
             continue;
         }
