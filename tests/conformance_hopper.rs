@@ -5,11 +5,14 @@
 //! sequences, and the self-tests for the bugs the emulator must catch.
 #![cfg(feature = "emulator")]
 
+mod common;
+
 use gated_sdpa::emulator::Emulator;
 use gated_sdpa::ffi;
 use gated_sdpa::testing::hopper::{
-    run_hopper_selftest, run_mbarrier_on_emulator, run_stmatrix_on_emulator, run_tma_on_emulator,
-    run_wgmma_on_emulator, HopperSelfTest, TmaCase, WgmmaBatch,
+    run_hopper_selftest, run_mbarrier_on_emulator, run_mbarrier_on_gpu, run_stmatrix_on_emulator,
+    run_stmatrix_on_gpu, run_tma_loads_on_gpu, run_tma_on_emulator, run_wgmma_on_emulator,
+    run_wgmma_on_gpu, HopperSelfTest, TmaCase, WgmmaBatch,
 };
 use gated_sdpa::tma::{TensorMapParams, TmaElement, TmaSwizzle};
 
@@ -255,6 +258,10 @@ fn build_wgmma(specs: &[WgmmaSpec]) -> (WgmmaBatch, Vec<f32>) {
 fn check_wgmma(specs: &[WgmmaSpec]) {
     let (batch, expected) = build_wgmma(specs);
     let got = run_wgmma_on_emulator(&Emulator::new(), &batch).expect("wgmma conformance runs");
+    compare_wgmma(&batch, &got, &expected);
+}
+
+fn compare_wgmma(batch: &WgmmaBatch, got: &[f32], expected: &[f32]) {
     let mut problems = Vec::new();
     for (i, case) in batch.cases.iter().enumerate() {
         let regs = (case.n / 2) as usize;
@@ -289,10 +296,9 @@ const SPANS: [u32; 4] = [0, 32, 64, 128];
 /// The N the conformance kernel instantiates (kernels/conformance_hopper.cu).
 const SHAPES: [u32; 10] = [8, 16, 24, 32, 64, 96, 128, 176, 192, 256];
 
-#[test]
-fn wgmma_every_shape() {
-    // Every N, both types, A from shared memory and from registers; the swizzle modes rotate.
-    let specs: Vec<WgmmaSpec> = SHAPES
+/// Every N, both types, A from shared memory and from registers; the swizzle modes rotate.
+fn every_shape_specs() -> Vec<WgmmaSpec> {
+    SHAPES
         .iter()
         .enumerate()
         .flat_map(|(i, &n)| {
@@ -309,14 +315,17 @@ fn wgmma_every_shape() {
                 pad: i as u32 % 3,
             })
         })
-        .collect();
-    check_wgmma(&specs);
+        .collect()
 }
 
 #[test]
-fn wgmma_every_layout_and_swizzle() {
-    // N = 64, K = 64 (4 k steps, so the start address walks along swizzled rows and atom columns): every
-    // swizzle of A and of B, K-major and MN-major, with tight and padded strides.
+fn wgmma_every_shape() {
+    check_wgmma(&every_shape_specs());
+}
+
+/// N = 64, K = 64 (4 k steps, so the start address walks along swizzled rows and atom columns): every
+/// swizzle of A and of B, K-major and MN-major, with tight and padded strides.
+fn every_layout_specs() -> Vec<WgmmaSpec> {
     let mut specs = Vec::new();
     for (i, &a_span) in SPANS.iter().enumerate() {
         for (j, &b_span) in SPANS.iter().enumerate() {
@@ -336,7 +345,12 @@ fn wgmma_every_layout_and_swizzle() {
             }
         }
     }
-    check_wgmma(&specs);
+    specs
+}
+
+#[test]
+fn wgmma_every_layout_and_swizzle() {
+    check_wgmma(&every_layout_specs());
 }
 
 #[test]
@@ -487,8 +501,12 @@ fn load_case(map: TensorMapParams, coords: &[i32]) -> TmaCase {
 fn check_loads(dims: &[u64], element: TmaElement, cases: Vec<TmaCase>) {
     let (bytes, _) = tensor(dims, element);
     let got = run_tma_on_emulator(&Emulator::new(), &bytes, &cases).expect("TMA conformance runs");
+    compare_loads(&bytes, &cases, &got);
+}
+
+fn compare_loads(bytes: &[u8], cases: &[TmaCase], got: &[Vec<u8>]) {
     for (i, case) in cases.iter().enumerate() {
-        let want = expected_box(&case.map, &case.coords, &bytes);
+        let want = expected_box(&case.map, &case.coords, bytes);
         assert!(
             got[i] == want,
             "case {i} (box {:?} at {:?}, swizzle {:?}): the box differs",
@@ -504,9 +522,10 @@ fn map(element: TmaElement, dims: &[u64], box_dims: &[u32]) -> TensorMapParams {
     TensorMapParams::tiled(element, 0, dims, &strides, box_dims)
 }
 
-#[test]
-fn tma_2d_boxes_at_every_edge_and_swizzle() {
-    let dims = [72u64, 37];
+const DIMS_2D: [u64; 2] = [72, 37];
+
+fn edge_cases_2d() -> Vec<TmaCase> {
+    let dims = DIMS_2D;
     let mut cases = Vec::new();
     for (swizzle, inner) in [
         (TmaSwizzle::None, 16u32),
@@ -533,7 +552,12 @@ fn tma_2d_boxes_at_every_edge_and_swizzle() {
     let mut nan = map(TmaElement::Bf16, &dims, &[16, 8]);
     nan.oob_nan = true;
     cases.push(load_case(nan, &[64, 32]));
-    check_loads(&dims, TmaElement::Bf16, cases);
+    cases
+}
+
+#[test]
+fn tma_2d_boxes_at_every_edge_and_swizzle() {
+    check_loads(&DIMS_2D, TmaElement::Bf16, edge_cases_2d());
 }
 
 #[test]
@@ -892,4 +916,53 @@ fn every_hopper_selftest_kernel_is_compiled() {
     for test in HopperSelfTest::ALL {
         assert!(Emulator::has_kernel(test.kernel()), "{}", test.kernel());
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// On a Hopper GPU: the hardware against the same formulas (skipped without one).
+// ---------------------------------------------------------------------------------------------------
+
+fn hopper_gpu() -> Option<gated_sdpa::CudaBackend> {
+    let gpu = common::gpu()?;
+    if gpu.arch() != gated_sdpa::TargetArch::SM90 {
+        eprintln!("SKIPPED: the Hopper conformance needs an sm_90 GPU");
+        return None;
+    }
+    Some(gpu)
+}
+
+#[test]
+fn gpu_wgmma_matches_the_ptx_layouts() {
+    let Some(gpu) = hopper_gpu() else { return };
+    for specs in [every_shape_specs(), every_layout_specs()] {
+        let (batch, expected) = build_wgmma(&specs);
+        let got = run_wgmma_on_gpu(&gpu, &batch).expect("wgmma conformance on the GPU");
+        compare_wgmma(&batch, &got, &expected);
+    }
+}
+
+#[test]
+fn gpu_tma_loads_match_the_formulas() {
+    let Some(gpu) = hopper_gpu() else { return };
+    let cases = edge_cases_2d();
+    let (bytes, _) = tensor(&DIMS_2D, TmaElement::Bf16);
+    let got = run_tma_loads_on_gpu(&gpu, &bytes, &cases).expect("TMA conformance on the GPU");
+    compare_loads(&bytes, &cases, &got);
+}
+
+#[test]
+fn gpu_mbarrier_and_stmatrix_match_the_emulator() {
+    let Some(gpu) = hopper_gpu() else { return };
+    let rounds = ffi::GSDPA_MBARRIER_CONF_ROUNDS;
+    assert_eq!(
+        run_mbarrier_on_gpu(&gpu, rounds).unwrap(),
+        run_mbarrier_on_emulator(&Emulator::new(), rounds).unwrap()
+    );
+    let (on_gpu, emulated) = (
+        run_stmatrix_on_gpu(&gpu).unwrap(),
+        run_stmatrix_on_emulator(&Emulator::new()).unwrap(),
+    );
+    // Which lane elect.sync picks is the hardware's choice: only the stores must agree.
+    assert_eq!(on_gpu[..384], emulated[..384]);
+    assert_eq!(on_gpu[384..].iter().sum::<u32>(), 1);
 }
