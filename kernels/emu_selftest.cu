@@ -191,6 +191,7 @@ enum class Bug {
     ReadBeforeBarrier,
     OperandOverwritten,
     AccumulatorWritten,
+    WriteInFlight,
 };
 
 constexpr uint32_t kBoxBytes = GSDPA_HOPPER_SELFTEST_ROWS * 64 * 2;
@@ -222,6 +223,9 @@ GSDPA_DEVICE void run(const GsdpaHopperSelftestParams &p) {
     named_barrier_sync(1, GSDPA_HOPPER_SELFTEST_THREADS);
     float early = 0.0f;
     if constexpr (B == Bug::ReadBeforeBarrier) early = to_float(ld_shared(reinterpret_cast<const bf16 *>(smem) + tid));
+    if constexpr (B == Bug::WriteInFlight) {
+        if (tid == 7) st_shared(reinterpret_cast<bf16 *>(smem) + 64 * 9, from_float<bf16>(1.0f));
+    }
     mbarrier_wait(full, 0);
     // K-major, 128B swizzle: rows of 128 bytes (64 elements), 8-row groups 1024 bytes apart; each k step
     // of 16 elements moves the start 32 bytes along the row.
@@ -300,3 +304,5 @@ GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_read_before_barrier, ReadBeforeBarri
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_operand_overwritten, OperandOverwritten)
 // Bug: an accumulator is written while its wgmma is in flight.
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_accumulator_written, AccumulatorWritten)
+// Bug: a consumer writes into the box while the TMA load is still writing it.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_write_in_flight, WriteInFlight)

@@ -896,7 +896,15 @@ fn wrong_expect_tx_byte_counts_are_caught() {
 #[test]
 fn reading_a_tma_destination_before_its_barrier_is_caught() {
     let e = selftest_error(HopperSelfTest::ReadBeforeBarrier);
-    assert!(e.contains("is still writing"), "{e}");
+    assert!(
+        e.contains("reads shared address") && e.contains("is still writing"),
+        "{e}"
+    );
+    let e = selftest_error(HopperSelfTest::WriteInFlight);
+    assert!(
+        e.contains("writes shared address 1152") && e.contains("is still writing"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -211,11 +211,13 @@ pub enum HopperSelfTest {
     OperandOverwritten,
     /// An accumulator written while its wgmma is in flight.
     AccumulatorWritten,
+    /// A store into the TMA box while the load is still writing it.
+    WriteInFlight,
 }
 
 impl HopperSelfTest {
     /// Every Hopper self-test.
-    pub const ALL: [HopperSelfTest; 9] = [
+    pub const ALL: [HopperSelfTest; 10] = [
         HopperSelfTest::Correct,
         HopperSelfTest::Pipelined,
         HopperSelfTest::MissingWgmmaWait,
@@ -225,6 +227,7 @@ impl HopperSelfTest {
         HopperSelfTest::ReadBeforeBarrier,
         HopperSelfTest::OperandOverwritten,
         HopperSelfTest::AccumulatorWritten,
+        HopperSelfTest::WriteInFlight,
     ];
 
     /// The kernel's name.
@@ -239,6 +242,7 @@ impl HopperSelfTest {
             HopperSelfTest::ReadBeforeBarrier => "gsdpa_selftest_hopper_read_before_barrier",
             HopperSelfTest::OperandOverwritten => "gsdpa_selftest_hopper_operand_overwritten",
             HopperSelfTest::AccumulatorWritten => "gsdpa_selftest_hopper_accumulator_written",
+            HopperSelfTest::WriteInFlight => "gsdpa_selftest_hopper_write_in_flight",
         }
     }
 }
