@@ -192,6 +192,7 @@ extern "C" __global__ void __launch_bounds__(GSDPA_HOPPER_CONF_THREADS)
             if (tid == 0) out[word] = (mbarrier_test_wait(bar, 0) ? 1u : 0u) | (mbarrier_test_wait(bar, 1) ? 2u : 0u);
         };
         record(0);
+        __syncthreads();  // thread 0 has recorded before the first arrival
         uint32_t word = 1;
         for (uint32_t i = 0; i < 3 * count; ++i) {
             if (tid == static_cast<int>((37 * i + r) % GSDPA_HOPPER_CONF_THREADS)) mbarrier_arrive(bar);

@@ -741,7 +741,18 @@ fn tma_parameters_are_validated() {
 fn mbarrier_phase_sequences() {
     let rounds = ffi::GSDPA_MBARRIER_CONF_ROUNDS;
     let words = ffi::GSDPA_MBARRIER_CONF_WORDS as usize;
-    let got = run_mbarrier_on_emulator(&Emulator::new(), rounds).expect("mbarrier kernel runs");
+    // Seeds reorder the arriving threads between the barriers that sequence them.
+    for seed in [0, 7] {
+        check_mbarrier_rounds(
+            &run_mbarrier_on_emulator(&Emulator::new().with_seed(seed), rounds)
+                .expect("mbarrier kernel runs"),
+            rounds,
+            words,
+        );
+    }
+}
+
+fn check_mbarrier_rounds(got: &[u32], rounds: u32, words: usize) {
     for r in 0..rounds as usize {
         // A phase completes when its pending arrivals reach zero; test_wait(p) is true once the phase of
         // parity p has completed, i.e. when the current phase's parity differs from p.
