@@ -167,3 +167,142 @@ extern "C" __global__ void __launch_bounds__(GSDPA_SELFTEST_THREADS)
     }
 }
 GSDPA_REGISTER_KERNEL(gsdpa_selftest_refill_race, GsdpaSelftestParams, GSDPA_SELFTEST_THREADS)
+
+// ----- Hopper (sm_90a) self-tests: one consumer warpgroup (threads 0-127) and one producer warp
+// (128-159). The producer loads the 64 x 64 bf16 tensor with TMA (128B swizzle) onto a "full" mbarrier;
+// the consumers wait on it and compute T T^T (64 x 64) with four wgmmas (K = 64) straight from the TMA
+// box, which doubles as a check that the TMA and wgmma swizzles agree. Each thread outputs its 32
+// accumulators. Every variant but the correct one carries one bug. -----
+#include "common/hopper/mbarrier.h"
+#include "common/hopper/tma.h"
+#include "common/hopper/wgmma.h"
+
+#if GSDPA_HOPPER
+namespace gsdpa {
+namespace hopper_selftest {
+
+enum class Bug {
+    None,
+    Pipelined,  // correct too: two groups, wait_group 1 then 0
+    MissingWgmmaWait,
+    MissingWgmmaFence,
+    ShortExpectTx,
+    LongExpectTx,
+    ReadBeforeBarrier,
+    OperandOverwritten,
+    AccumulatorWritten,
+    WriteInFlight,
+};
+
+constexpr uint32_t kBoxBytes = GSDPA_HOPPER_SELFTEST_ROWS * 64 * 2;
+
+template <Bug B>
+GSDPA_DEVICE void run(const GsdpaHopperSelftestParams &p) {
+    char *smem = dynamic_smem();  // the box at 0 (1024-aligned), the barrier after it
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + kBoxBytes);
+    const int tid = threadIdx.x;
+    if (tid == 128) {
+        mbarrier_init(full, 1);
+        fence_barrier_init();
+    }
+    __syncthreads();
+    if (tid >= 128) {
+        if (elect_one_sync()) {
+            const uint32_t bytes = B == Bug::ShortExpectTx ? kBoxBytes - 128 : B == Bug::LongExpectTx ? kBoxBytes + 128
+                                                                                                      : kBoxBytes;
+            mbarrier_arrive_expect_tx(full, bytes);
+            const int32_t coords[2] = {0, 0};
+            tma_load<2>(smem, p.map, full, coords);
+        }
+        // Tells the consumers the load is issued (not that it has landed: only the mbarrier says that).
+        named_barrier_arrive(1, GSDPA_HOPPER_SELFTEST_THREADS);
+        for (int i = 0; i < 32; ++i) p.output[tid * 32 + i] = 0.0f;
+        return;
+    }
+    setmaxnreg_inc<232>();
+    named_barrier_sync(1, GSDPA_HOPPER_SELFTEST_THREADS);
+    float early = 0.0f;
+    if constexpr (B == Bug::ReadBeforeBarrier) early = to_float(ld_shared(reinterpret_cast<const bf16 *>(smem) + tid));
+    if constexpr (B == Bug::WriteInFlight) {
+        if (tid == 7) st_shared(reinterpret_cast<bf16 *>(smem) + 64 * 9, from_float<bf16>(1.0f));
+    }
+    mbarrier_wait(full, 0);
+    // K-major, 128B swizzle: rows of 128 bytes (64 elements), 8-row groups 1024 bytes apart; each k step
+    // of 16 elements moves the start 32 bytes along the row.
+    const uint64_t desc = wgmma_descriptor(smem, 16, 1024, WgmmaSwizzle::B128);
+    float d[32];
+    if constexpr (B == Bug::Pipelined) {
+        // k 0..31 into d, k 32..63 into e, two groups: wait_group 1 retires the first only.
+        float e[32];
+        wgmma_fence();
+        wgmma_ss<bf16, 64>(d, desc, desc, false);
+        wgmma_ss<bf16, 64>(d, wgmma_descriptor_advance(desc, 32), wgmma_descriptor_advance(desc, 32), true);
+        wgmma_commit();
+        wgmma_ss<bf16, 64>(e, wgmma_descriptor_advance(desc, 64), wgmma_descriptor_advance(desc, 64), false);
+        wgmma_ss<bf16, 64>(e, wgmma_descriptor_advance(desc, 96), wgmma_descriptor_advance(desc, 96), true);
+        wgmma_commit();
+        wgmma_wait<1>();
+        float first[32];
+#pragma unroll
+        for (int i = 0; i < 32; ++i) first[i] = d[i];
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < 32; ++i) d[i] = first[i] + e[i];
+    } else {
+        if constexpr (B != Bug::MissingWgmmaFence) wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const uint64_t step = wgmma_descriptor_advance(desc, 32 * k);
+            wgmma_ss<bf16, 64>(d, step, step, k > 0);
+        }
+        wgmma_commit();
+        // The tile is overwritten (the next TMA into this stage would do it) before the wgmma is retired.
+        // (The named barrier makes every consumer wait after the store: the wgmma completes at the first
+        // wait that retires it.)
+        if constexpr (B == Bug::OperandOverwritten) {
+            if (tid == 5) st_shared(reinterpret_cast<bf16 *>(smem) + 8, from_float<bf16>(3.0f));
+            named_barrier_sync(2, 128);
+        }
+        if constexpr (B == Bug::AccumulatorWritten) d[3] = 0.0f;
+        if constexpr (B != Bug::MissingWgmmaWait) wgmma_wait<0>();
+    }
+#pragma unroll
+    for (int i = 0; i < 32; ++i) p.output[tid * 32 + i] = d[i] + 0.0f * early;
+}
+
+}  // namespace hopper_selftest
+}  // namespace gsdpa
+#endif
+
+#if GSDPA_HOPPER
+#define GSDPA_HOPPER_SELFTEST_BODY(BUG) gsdpa::hopper_selftest::run<gsdpa::hopper_selftest::Bug::BUG>(p);
+#else
+#define GSDPA_HOPPER_SELFTEST_BODY(BUG)
+#endif
+#define GSDPA_HOPPER_SELFTEST(name, BUG)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GSDPA_HOPPER_SELFTEST_THREADS)                           \
+        name(const __grid_constant__ GsdpaHopperSelftestParams p) {                                      \
+        GSDPA_HOPPER_SELFTEST_BODY(BUG)                                                                    \
+    }                                                                                                      \
+    GSDPA_REGISTER_KERNEL(name, GsdpaHopperSelftestParams, GSDPA_HOPPER_SELFTEST_THREADS)
+
+// Correct: TMA onto the barrier, wait, fence, wgmmas, commit, wait.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_correct, None)
+// Correct: the same product in two wgmma groups, retired by wait_group 1 and then 0.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_pipelined, Pipelined)
+// Bug: the accumulators are read without wgmma.wait_group (NaN, and the wgmma is still in flight at exit).
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_missing_wgmma_wait, MissingWgmmaWait)
+// Bug: no wgmma.fence before the first wgmma.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_missing_wgmma_fence, MissingWgmmaFence)
+// Bug: expect_tx announces 128 bytes fewer than the box (more bytes arrive than expected).
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_short_expect_tx, ShortExpectTx)
+// Bug: expect_tx announces 128 bytes more than the box (the phase never completes: a deadlock).
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_long_expect_tx, LongExpectTx)
+// Bug: a consumer reads the TMA destination before waiting on its barrier.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_read_before_barrier, ReadBeforeBarrier)
+// Bug: a wgmma's shared-memory operand is overwritten before the wait retires it.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_operand_overwritten, OperandOverwritten)
+// Bug: an accumulator is written while its wgmma is in flight.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_accumulator_written, AccumulatorWritten)
+// Bug: a consumer writes into the box while the TMA load is still writing it.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_write_in_flight, WriteInFlight)

@@ -205,6 +205,137 @@ enum GsdpaSelftestLayout {
     GSDPA_SELFTEST_SMEM = 1024
 };
 
+/*
+ * Hopper (sm_90a) primitives: kernels/common/hopper/, emulated by kernels/emu/{mbarrier,wgmma,tma}.cpp.
+ *
+ * A TMA tensor map as the kernels receive it: the driver's opaque 128-byte CUtensorMap (from
+ * cuTensorMapEncodeTiled) on the GPU, the emulator's encoding of the same parameters on the host. Kernels
+ * take it inside their params, declared `const __grid_constant__`, and never look inside.
+ */
+typedef struct GsdpaTensorMap {
+    uint64_t opaque[16];
+} __attribute__((aligned(64))) GsdpaTensorMap;
+
+/* The parameters of cuTensorMapEncodeTiled (src/tma.rs builds them for both backends). */
+typedef struct GsdpaTensorMapParams {
+    uint64_t global_address;
+    uint64_t global_dims[5];       /* elements, innermost first */
+    uint64_t global_strides[4];    /* bytes, of dims 1..rank-1 (dim 0 is contiguous) */
+    uint32_t box_dims[5];          /* elements, 1..256 each */
+    uint32_t element_strides[5];   /* 1..8 */
+    uint32_t rank;                 /* 1..5 */
+    uint32_t element_bytes;        /* 2 (bf16, f16) or 4 (f32) */
+    uint32_t element_kind;         /* GsdpaTmaElement */
+    uint32_t swizzle;              /* GsdpaTmaSwizzle */
+    uint32_t oob_fill_nan;         /* 0: out-of-bounds elements read as zero; 1: as NaN */
+} GsdpaTensorMapParams;
+
+enum GsdpaTmaElement {
+    GSDPA_TMA_BF16 = 0,
+    GSDPA_TMA_F16 = 1,
+    GSDPA_TMA_F32 = 2
+};
+
+/* Swizzle modes of TMA boxes and wgmma descriptors (the byte span of one swizzled row). */
+enum GsdpaTmaSwizzle {
+    GSDPA_SWIZZLE_NONE = 0,
+    GSDPA_SWIZZLE_32B = 1,
+    GSDPA_SWIZZLE_64B = 2,
+    GSDPA_SWIZZLE_128B = 3
+};
+
+/*
+ * wgmma conformance (kernels/conformance_hopper.cu): one block of one warpgroup per case. The block copies
+ * the case's shared-memory image (A and B tiles laid out for the descriptors) to shared memory offset 0,
+ * loads its accumulators from c_init (or not: accumulate == 0), issues k_steps wgmmas with the case's
+ * descriptors and dumps every thread's accumulators: out[out_offset + thread * n / 2 + i].
+ */
+typedef struct GsdpaWgmmaCase {
+    uint64_t desc_a[4];            /* per k step; unused when A comes from registers */
+    uint64_t desc_b[4];
+    uint32_t n;                    /* 8..256 */
+    uint32_t dtype;                /* 0: bf16, 1: f16 */
+    uint32_t a_from_registers;     /* 1: A fragments loaded from a_rows (row-major 64 x 16 k_steps) */
+    uint32_t trans_a;              /* 1: A is MN-major in shared memory */
+    uint32_t trans_b;              /* 1: B is MN-major in shared memory */
+    uint32_t k_steps;              /* 1..4 */
+    uint32_t accumulate;           /* 1: the first wgmma adds to c_init; 0: it overwrites */
+    uint32_t image_bytes;          /* multiple of 16, at most GSDPA_WGMMA_CONF_SMEM */
+    uint64_t image_offset;         /* bytes into images */
+    uint64_t a_offset;             /* elements into a_rows */
+    uint64_t c_offset;             /* floats into c_init (128 threads x n / 2) */
+    uint64_t out_offset;           /* floats into out */
+} GsdpaWgmmaCase;
+
+typedef struct GsdpaWgmmaConformanceParams {
+    const GsdpaWgmmaCase *cases;   /* [gridDim.x] */
+    const uint8_t *images;
+    const uint16_t *a_rows;
+    const float *c_init;
+    float *out;
+} GsdpaWgmmaConformanceParams;
+
+/*
+ * TMA conformance: one block of GSDPA_HOPPER_CONF_THREADS threads per case. Load: the box at `coords` lands
+ * in shared memory offset 0 on an mbarrier; the block dumps the box's bytes raw (swizzled as they lie) to
+ * out + out_offset. Store (is_store): the block fills shared memory with the case's box image (from
+ * `image`) and stores it (or adds it: reduce_add) to the tensor at `coords` of store_map.
+ */
+typedef struct GsdpaTmaCase {
+    GsdpaTensorMap map;
+    int32_t coords[5];
+    uint32_t rank;
+    uint32_t box_bytes;            /* bytes the box occupies in shared memory (the expect_tx count) */
+    uint32_t is_store;
+    uint32_t reduce_add;
+    uint32_t pad;
+    uint64_t out_offset;           /* bytes into out (loads) or into image (stores) */
+} GsdpaTmaCase;
+
+typedef struct GsdpaTmaConformanceParams {
+    const GsdpaTmaCase *cases;     /* [gridDim.x] */
+    const uint8_t *image;          /* store sources */
+    uint8_t *out;                  /* load dumps */
+} GsdpaTmaConformanceParams;
+
+/*
+ * mbarrier phase conformance: one block of GSDPA_HOPPER_CONF_THREADS threads. Each round r of `rounds`
+ * (at most GSDPA_MBARRIER_CONF_ROUNDS), threads arrive on a barrier initialised with `count`
+ * arrivals in a pattern fixed by r, and thread 0 records, after each arrival, whether each parity's wait
+ * would succeed (try_wait.parity, non-blocking): out[r * GSDPA_MBARRIER_CONF_WORDS + i].
+ */
+typedef struct GsdpaMbarrierConformanceParams {
+    uint32_t rounds;
+    uint32_t *out;
+} GsdpaMbarrierConformanceParams;
+
+/*
+ * stmatrix and elect.sync conformance: one warp stores known registers with each stmatrix shape into
+ * poisoned shared memory and dumps it (GSDPA_STMATRIX_CONF_WORDS words; layout in conformance_hopper.cu).
+ */
+typedef struct GsdpaStmatrixConformanceParams {
+    uint32_t *out;
+} GsdpaStmatrixConformanceParams;
+
+/* Hopper self-tests (kernels/emu_selftest.cu): one warpgroup plus one producer warp. */
+typedef struct GsdpaHopperSelftestParams {
+    GsdpaTensorMap map;            /* a 2D bf16 tensor of GSDPA_HOPPER_SELFTEST_ROWS x 64 */
+    const uint16_t *input;         /* the tensor, row-major */
+    float *output;                 /* [GSDPA_HOPPER_SELFTEST_THREADS * 32] */
+} GsdpaHopperSelftestParams;
+
+enum GsdpaHopperConformanceLayout {
+    GSDPA_HOPPER_CONF_THREADS = 128,
+    GSDPA_WGMMA_CONF_SMEM = 96 * 1024,
+    GSDPA_TMA_CONF_SMEM = 64 * 1024,
+    GSDPA_MBARRIER_CONF_ROUNDS = 8,
+    GSDPA_MBARRIER_CONF_WORDS = 64,
+    GSDPA_STMATRIX_CONF_WORDS = 416,
+    GSDPA_HOPPER_SELFTEST_THREADS = 160,
+    GSDPA_HOPPER_SELFTEST_ROWS = 64,
+    GSDPA_HOPPER_SELFTEST_SMEM = 32 * 1024
+};
+
 /* gsdpa_diag_gate_stats (the diagnostics' second launch, GsdpaFwdParams): one warp per (head, batch),
  * grid (heads_q, batch). */
 enum GsdpaGateStatsGeometry {

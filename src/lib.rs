@@ -111,6 +111,7 @@ pub mod sass;
 pub mod tensor;
 #[doc(hidden)]
 pub mod testing;
+pub mod tma;
 pub mod validate;
 
 /// The CUDA driver bindings the [`cuda`] backend's device buffers, streams and contexts come from.

@@ -10,6 +10,7 @@
 
 #include "emu.h"
 #include "fiber.h"
+#include "hopper_state.h"
 
 namespace gsdpa_emu {
 
@@ -20,10 +21,13 @@ enum class FiberState {
     Runnable,      // will run at the next scheduler pass
     AtCollective,  // parked at a warp collective, waiting for the other lanes
     AtBarrier,     // parked at __syncthreads
+    AtWarpgroup,   // parked at a warpgroup collective (wgmma), waiting for the other 127 threads
+    AtMbarrier,    // parked in mbarrier_wait until the barrier's phase completes
+    AtNamedBarrier,  // parked at bar.sync id, count
     Done,          // returned from the kernel
 };
 
-enum class CollectiveKind { SyncWarp, Shuffle, Mma, Ldmatrix };
+enum class CollectiveKind { SyncWarp, Shuffle, Mma, Ldmatrix, Stmatrix };
 
 const char *collective_name(CollectiveKind kind);
 
@@ -49,7 +53,7 @@ struct PendingCollective {
     uint32_t *ldm_regs = nullptr;
     int ldm_num = 0;
     bool ldm_trans = false;
-    const void *ldm_addr = nullptr;
+    const void *ldm_addr = nullptr;  // also stmatrix's row address, with ldm_regs its source
 };
 
 // When a shared-memory access happened, as the race detector orders accesses: the block's barrier epoch
@@ -113,6 +117,7 @@ struct Fiber {
     Site barrier_site{"", 0};
     std::vector<AsyncCopy> uncommitted;
     std::deque<std::vector<AsyncCopy>> committed;  // oldest first
+    HopperFiber hopper;
 };
 
 struct Launch;
@@ -127,6 +132,7 @@ struct BlockRunner {
     size_t smem_bytes = 0;
     uint64_t rng_state = 0;
     RaceDetector race;
+    HopperBlock hopper;
     sigjmp_buf on_failure;  // where fail() and the fault handler return to
     bool in_block = false;
 };
@@ -160,6 +166,26 @@ AccessStamp racecheck_stamp(const BlockRunner &runner, const Fiber &fiber);
 std::string racecheck_read(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site);
 std::string racecheck_write(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site,
                             const AccessStamp *in_flight_since = nullptr);
+
+// ----- Hopper primitives (mbarrier.cpp, wgmma.cpp, tma.cpp): the scheduler's hooks. -----
+void hopper_block_start(BlockRunner &runner);
+// Releases what the Hopper primitives hold: complete warpgroup collectives, named barriers, mbarrier
+// waits whose phase completed. With `stuck` (nothing else can proceed), first lands the TMA loads in
+// flight. Returns true when it made progress.
+bool hopper_resolve(BlockRunner &runner, bool stuck);
+// Where a parked thread waits, for the deadlock report; empty when not at a Hopper primitive.
+std::string hopper_describe_wait(const BlockRunner &runner, const Fiber &fiber);
+// The block's threads all finished: performs outstanding bulk stores, reports wgmmas never waited for.
+void hopper_block_end(BlockRunner &runner);
+// __syncthreads released: every thread now sees what any of them observed of the mbarriers.
+void hopper_barrier_released(BlockRunner &runner, int first_thread, int threads);
+// A tracked shared-memory read (ld_shared, ldmatrix, wgmma descriptors) of [addr, addr + bytes): fails
+// when a TMA load still writes those bytes or delivered them on a phase this thread has not observed.
+void hopper_check_read(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site);
+// A tracked shared-memory write (st_shared, stmatrix): fails on bytes a TMA load is still writing;
+// landed loads it overlaps are forgotten.
+void hopper_note_write(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site);
+std::string format_site(Site site);
 
 // Guard pages: the fault handler turns a fault inside a fiber into a launch error.
 void install_fault_handler();

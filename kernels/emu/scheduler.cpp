@@ -21,6 +21,7 @@
 #include <thread>
 #include <unordered_map>
 
+#include "hopper.h"
 #include "internal.h"
 
 namespace gsdpa_emu {
@@ -92,7 +93,7 @@ static std::string format_dim3(const dim3 &d) {
     return "(" + std::to_string(d.x) + "," + std::to_string(d.y) + "," + std::to_string(d.z) + ")";
 }
 
-static std::string format_site(Site site) { return std::string(site.file) + ":" + std::to_string(site.line); }
+std::string format_site(Site site) { return std::string(site.file) + ":" + std::to_string(site.line); }
 
 std::string kernel_name(const BlockRunner &runner) { return runner.launch->kernel; }
 
@@ -171,6 +172,15 @@ void ldmatrix(uint32_t *regs, int num_matrices, bool trans, const void *smem_row
     park_current(FiberState::AtCollective);
 }
 
+void stmatrix(const uint32_t *regs, int num_matrices, bool trans, void *smem_row, Site site) {
+    PendingCollective &p = begin_collective("stmatrix", CollectiveKind::Stmatrix, 0xffffffffu, site);
+    p.ldm_regs = const_cast<uint32_t *>(regs);
+    p.ldm_num = num_matrices;
+    p.ldm_trans = trans;
+    p.ldm_addr = smem_row;
+    park_current(FiberState::AtCollective);
+}
+
 [[noreturn]] void fail(const char *message, Site site) {
     BlockRunner &runner = runner_or_die("fail");
     fail_current_block(describe_thread(runner, *runner.current, site) + ": " + message);
@@ -182,6 +192,7 @@ const char *collective_name(CollectiveKind kind) {
         case CollectiveKind::Shuffle: return "a shuffle";
         case CollectiveKind::Mma: return "mma.sync";
         case CollectiveKind::Ldmatrix: return "ldmatrix";
+        case CollectiveKind::Stmatrix: return "stmatrix";
     }
     return "?";
 }
@@ -271,6 +282,7 @@ static bool resolve_barrier(BlockRunner &runner) {
         if (f.state == FiberState::AtBarrier) f.state = FiberState::Runnable;
     }
     racecheck_barrier(runner);
+    hopper_barrier_released(runner, 0, static_cast<int>(runner.fibers.size()));
     return true;
 }
 
@@ -283,10 +295,13 @@ static bool resolve_barrier(BlockRunner &runner) {
         std::map<std::string, int> where;
         for (int i = w * kWarpSize; i < std::min(n, (w + 1) * kWarpSize); ++i) {
             const Fiber &f = runner.fibers[i];
-            std::string at = f.state == FiberState::Done         ? "exited"
-                             : f.state == FiberState::AtBarrier  ? "__syncthreads " + format_site(f.barrier_site)
-                                                                 : std::string(collective_name(f.pending.kind)) + " " +
-                                                                      format_site(f.pending.site);
+            std::string at = hopper_describe_wait(runner, f);
+            if (at.empty()) {
+                at = f.state == FiberState::Done        ? "exited"
+                     : f.state == FiberState::AtBarrier ? "__syncthreads " + format_site(f.barrier_site)
+                                                        : std::string(collective_name(f.pending.kind)) + " " +
+                                                              format_site(f.pending.site);
+            }
             where[at]++;
         }
         bool first = true;
@@ -327,10 +342,12 @@ static void run_block(BlockRunner &runner, uint64_t block_linear) {
         f.state = FiberState::Runnable;
         f.uncommitted.clear();
         f.committed.clear();
+        f.hopper = HopperFiber{};
     }
     for (Fiber &f : runner.fibers) fiber_init(f.context, f.stack, kFiberStackBytes, &fiber_entry);
     runner.rng_state = launch.seed ^ (block_linear * 0x2545f4914f6cdd1dull);
     racecheck_block_start(runner);
+    hopper_block_start(runner);
 
     if (sigsetjmp(runner.on_failure, 1) != 0) {
         runner.in_block = false;
@@ -372,11 +389,16 @@ static void run_block(BlockRunner &runner, uint64_t block_linear) {
         bool progressed = ran;
         for (int w = 0; w * kWarpSize < n; ++w) progressed |= resolve_warp(runner, w);
         progressed |= resolve_barrier(runner);
+        progressed |= hopper_resolve(runner, false);
         bool all_done = std::all_of(runner.fibers.begin(), runner.fibers.end(),
                                     [](const Fiber &f) { return f.state == FiberState::Done; });
         if (all_done) break;
+        // Nothing else can move: the TMA loads in flight land now (as late as possible, so that a read
+        // before the barrier wait sees poison), which may complete barrier phases.
+        if (!progressed) progressed = hopper_resolve(runner, true);
         if (!progressed) report_deadlock(runner);
     }
+    hopper_block_end(runner);
     runner.in_block = false;
 }
 

@@ -107,6 +107,7 @@ static std::string execute_ldmatrix(BlockRunner &runner, Fiber *const lanes[kWar
             // ldmatrix does not order memory: the lane's row must be ordered after its last writer.
             std::string race = racecheck_read(runner, *lanes[lane], row, 16, p.site);
             if (!race.empty()) fail_current_block(race);
+            hopper_check_read(runner, *lanes[lane], row, 16, p.site);
             std::memcpy(M[j][r], row, 16);
         }
     }
@@ -117,6 +118,46 @@ static std::string execute_ldmatrix(BlockRunner &runner, Fiber *const lanes[kWar
             const uint16_t lo = trans ? M[j][col][row] : M[j][row][col];
             const uint16_t hi = trans ? M[j][col + 1][row] : M[j][row][col + 1];
             regs[j] = uint32_t(lo) | (uint32_t(hi) << 16);
+        }
+    }
+    return {};
+}
+
+// stmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16: the inverse of ldmatrix. Register j of lane
+// l holds M_j[l/4][2(l%4)..+1] (.trans: M_j[2(l%4)..+1][l/4]); row r of matrix j goes to the address of
+// lane 8j + r.
+static std::string execute_stmatrix(BlockRunner &runner, Fiber *const lanes[kWarpSize]) {
+    const int num = lanes[0]->pending.ldm_num;
+    const bool trans = lanes[0]->pending.ldm_trans;
+    uint16_t M[4][8][8];
+    for (int lane = 0; lane < kWarpSize; ++lane) {
+        const PendingCollective &p = lanes[lane]->pending;
+        if (p.ldm_num != num || p.ldm_trans != trans) return "stmatrix lanes disagree on the shape";
+        const int row = lane / 4, col = 2 * (lane % 4);
+        for (int j = 0; j < num; ++j) {
+            const uint32_t reg = p.ldm_regs[j];
+            (trans ? M[j][col][row] : M[j][row][col]) = static_cast<uint16_t>(reg & 0xffff);
+            (trans ? M[j][col + 1][row] : M[j][row][col + 1]) = static_cast<uint16_t>(reg >> 16);
+        }
+    }
+    for (int j = 0; j < num; ++j) {
+        for (int r = 0; r < 8; ++r) {
+            const int lane = 8 * j + r;
+            const PendingCollective &p = lanes[lane]->pending;
+            char *row = static_cast<char *>(const_cast<void *>(p.ldm_addr));
+            char buf[200];
+            if (row < runner.smem || row + 16 > runner.smem + runner.smem_bytes ||
+                reinterpret_cast<uintptr_t>(row) % 16 != 0) {
+                std::snprintf(buf, sizeof buf,
+                              "stmatrix row %d of matrix %d (lane %d) at %p is outside the block's shared memory "
+                              "or not 16-byte aligned",
+                              r, j, lane, static_cast<const void *>(row));
+                return buf;
+            }
+            std::string race = racecheck_write(runner, *lanes[lane], row, 16, p.site);
+            if (!race.empty()) fail_current_block(race);
+            hopper_note_write(runner, *lanes[lane], row, 16, p.site);
+            std::memcpy(row, M[j][r], 16);
         }
     }
     return {};
@@ -138,6 +179,7 @@ std::string execute_collective(BlockRunner &runner, Fiber *const lanes[kWarpSize
         }
         case CollectiveKind::Mma: return execute_mma(lanes);
         case CollectiveKind::Ldmatrix: return execute_ldmatrix(runner, lanes);
+        case CollectiveKind::Stmatrix: return execute_stmatrix(runner, lanes);
     }
     return "unknown collective";
 }

@@ -462,6 +462,319 @@ impl Default for GsdpaSelftestParams {
 pub const GSDPA_SELFTEST_THREADS: GsdpaSelftestLayout = 64;
 pub const GSDPA_SELFTEST_SMEM: GsdpaSelftestLayout = 1024;
 pub type GsdpaSelftestLayout = ::std::os::raw::c_uint;
+#[repr(C)]
+#[repr(align(64))]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaTensorMap {
+    pub opaque: [u64; 16usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaTensorMap"][::std::mem::size_of::<GsdpaTensorMap>() - 128usize];
+    ["Alignment of GsdpaTensorMap"][::std::mem::align_of::<GsdpaTensorMap>() - 64usize];
+    ["Offset of field: GsdpaTensorMap::opaque"]
+        [::std::mem::offset_of!(GsdpaTensorMap, opaque) - 0usize];
+};
+impl Default for GsdpaTensorMap {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct GsdpaTensorMapParams {
+    pub global_address: u64,
+    pub global_dims: [u64; 5usize],
+    pub global_strides: [u64; 4usize],
+    pub box_dims: [u32; 5usize],
+    pub element_strides: [u32; 5usize],
+    pub rank: u32,
+    pub element_bytes: u32,
+    pub element_kind: u32,
+    pub swizzle: u32,
+    pub oob_fill_nan: u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaTensorMapParams"][::std::mem::size_of::<GsdpaTensorMapParams>() - 144usize];
+    ["Alignment of GsdpaTensorMapParams"][::std::mem::align_of::<GsdpaTensorMapParams>() - 8usize];
+    ["Offset of field: GsdpaTensorMapParams::global_address"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, global_address) - 0usize];
+    ["Offset of field: GsdpaTensorMapParams::global_dims"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, global_dims) - 8usize];
+    ["Offset of field: GsdpaTensorMapParams::global_strides"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, global_strides) - 48usize];
+    ["Offset of field: GsdpaTensorMapParams::box_dims"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, box_dims) - 80usize];
+    ["Offset of field: GsdpaTensorMapParams::element_strides"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, element_strides) - 100usize];
+    ["Offset of field: GsdpaTensorMapParams::rank"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, rank) - 120usize];
+    ["Offset of field: GsdpaTensorMapParams::element_bytes"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, element_bytes) - 124usize];
+    ["Offset of field: GsdpaTensorMapParams::element_kind"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, element_kind) - 128usize];
+    ["Offset of field: GsdpaTensorMapParams::swizzle"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, swizzle) - 132usize];
+    ["Offset of field: GsdpaTensorMapParams::oob_fill_nan"]
+        [::std::mem::offset_of!(GsdpaTensorMapParams, oob_fill_nan) - 136usize];
+};
+pub const GSDPA_TMA_BF16: GsdpaTmaElement = 0;
+pub const GSDPA_TMA_F16: GsdpaTmaElement = 1;
+pub const GSDPA_TMA_F32: GsdpaTmaElement = 2;
+pub type GsdpaTmaElement = ::std::os::raw::c_uint;
+pub const GSDPA_SWIZZLE_NONE: GsdpaTmaSwizzle = 0;
+pub const GSDPA_SWIZZLE_32B: GsdpaTmaSwizzle = 1;
+pub const GSDPA_SWIZZLE_64B: GsdpaTmaSwizzle = 2;
+pub const GSDPA_SWIZZLE_128B: GsdpaTmaSwizzle = 3;
+pub type GsdpaTmaSwizzle = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct GsdpaWgmmaCase {
+    pub desc_a: [u64; 4usize],
+    pub desc_b: [u64; 4usize],
+    pub n: u32,
+    pub dtype: u32,
+    pub a_from_registers: u32,
+    pub trans_a: u32,
+    pub trans_b: u32,
+    pub k_steps: u32,
+    pub accumulate: u32,
+    pub image_bytes: u32,
+    pub image_offset: u64,
+    pub a_offset: u64,
+    pub c_offset: u64,
+    pub out_offset: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaWgmmaCase"][::std::mem::size_of::<GsdpaWgmmaCase>() - 128usize];
+    ["Alignment of GsdpaWgmmaCase"][::std::mem::align_of::<GsdpaWgmmaCase>() - 8usize];
+    ["Offset of field: GsdpaWgmmaCase::desc_a"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, desc_a) - 0usize];
+    ["Offset of field: GsdpaWgmmaCase::desc_b"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, desc_b) - 32usize];
+    ["Offset of field: GsdpaWgmmaCase::n"][::std::mem::offset_of!(GsdpaWgmmaCase, n) - 64usize];
+    ["Offset of field: GsdpaWgmmaCase::dtype"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, dtype) - 68usize];
+    ["Offset of field: GsdpaWgmmaCase::a_from_registers"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, a_from_registers) - 72usize];
+    ["Offset of field: GsdpaWgmmaCase::trans_a"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, trans_a) - 76usize];
+    ["Offset of field: GsdpaWgmmaCase::trans_b"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, trans_b) - 80usize];
+    ["Offset of field: GsdpaWgmmaCase::k_steps"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, k_steps) - 84usize];
+    ["Offset of field: GsdpaWgmmaCase::accumulate"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, accumulate) - 88usize];
+    ["Offset of field: GsdpaWgmmaCase::image_bytes"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, image_bytes) - 92usize];
+    ["Offset of field: GsdpaWgmmaCase::image_offset"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, image_offset) - 96usize];
+    ["Offset of field: GsdpaWgmmaCase::a_offset"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, a_offset) - 104usize];
+    ["Offset of field: GsdpaWgmmaCase::c_offset"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, c_offset) - 112usize];
+    ["Offset of field: GsdpaWgmmaCase::out_offset"]
+        [::std::mem::offset_of!(GsdpaWgmmaCase, out_offset) - 120usize];
+};
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaWgmmaConformanceParams {
+    pub cases: *const GsdpaWgmmaCase,
+    pub images: *const u8,
+    pub a_rows: *const u16,
+    pub c_init: *const f32,
+    pub out: *mut f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaWgmmaConformanceParams"]
+        [::std::mem::size_of::<GsdpaWgmmaConformanceParams>() - 40usize];
+    ["Alignment of GsdpaWgmmaConformanceParams"]
+        [::std::mem::align_of::<GsdpaWgmmaConformanceParams>() - 8usize];
+    ["Offset of field: GsdpaWgmmaConformanceParams::cases"]
+        [::std::mem::offset_of!(GsdpaWgmmaConformanceParams, cases) - 0usize];
+    ["Offset of field: GsdpaWgmmaConformanceParams::images"]
+        [::std::mem::offset_of!(GsdpaWgmmaConformanceParams, images) - 8usize];
+    ["Offset of field: GsdpaWgmmaConformanceParams::a_rows"]
+        [::std::mem::offset_of!(GsdpaWgmmaConformanceParams, a_rows) - 16usize];
+    ["Offset of field: GsdpaWgmmaConformanceParams::c_init"]
+        [::std::mem::offset_of!(GsdpaWgmmaConformanceParams, c_init) - 24usize];
+    ["Offset of field: GsdpaWgmmaConformanceParams::out"]
+        [::std::mem::offset_of!(GsdpaWgmmaConformanceParams, out) - 32usize];
+};
+impl Default for GsdpaWgmmaConformanceParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[repr(align(64))]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaTmaCase {
+    pub map: GsdpaTensorMap,
+    pub coords: [i32; 5usize],
+    pub rank: u32,
+    pub box_bytes: u32,
+    pub is_store: u32,
+    pub reduce_add: u32,
+    pub pad: u32,
+    pub out_offset: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaTmaCase"][::std::mem::size_of::<GsdpaTmaCase>() - 192usize];
+    ["Alignment of GsdpaTmaCase"][::std::mem::align_of::<GsdpaTmaCase>() - 64usize];
+    ["Offset of field: GsdpaTmaCase::map"][::std::mem::offset_of!(GsdpaTmaCase, map) - 0usize];
+    ["Offset of field: GsdpaTmaCase::coords"]
+        [::std::mem::offset_of!(GsdpaTmaCase, coords) - 128usize];
+    ["Offset of field: GsdpaTmaCase::rank"][::std::mem::offset_of!(GsdpaTmaCase, rank) - 148usize];
+    ["Offset of field: GsdpaTmaCase::box_bytes"]
+        [::std::mem::offset_of!(GsdpaTmaCase, box_bytes) - 152usize];
+    ["Offset of field: GsdpaTmaCase::is_store"]
+        [::std::mem::offset_of!(GsdpaTmaCase, is_store) - 156usize];
+    ["Offset of field: GsdpaTmaCase::reduce_add"]
+        [::std::mem::offset_of!(GsdpaTmaCase, reduce_add) - 160usize];
+    ["Offset of field: GsdpaTmaCase::pad"][::std::mem::offset_of!(GsdpaTmaCase, pad) - 164usize];
+    ["Offset of field: GsdpaTmaCase::out_offset"]
+        [::std::mem::offset_of!(GsdpaTmaCase, out_offset) - 168usize];
+};
+impl Default for GsdpaTmaCase {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaTmaConformanceParams {
+    pub cases: *const GsdpaTmaCase,
+    pub image: *const u8,
+    pub out: *mut u8,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaTmaConformanceParams"]
+        [::std::mem::size_of::<GsdpaTmaConformanceParams>() - 24usize];
+    ["Alignment of GsdpaTmaConformanceParams"]
+        [::std::mem::align_of::<GsdpaTmaConformanceParams>() - 8usize];
+    ["Offset of field: GsdpaTmaConformanceParams::cases"]
+        [::std::mem::offset_of!(GsdpaTmaConformanceParams, cases) - 0usize];
+    ["Offset of field: GsdpaTmaConformanceParams::image"]
+        [::std::mem::offset_of!(GsdpaTmaConformanceParams, image) - 8usize];
+    ["Offset of field: GsdpaTmaConformanceParams::out"]
+        [::std::mem::offset_of!(GsdpaTmaConformanceParams, out) - 16usize];
+};
+impl Default for GsdpaTmaConformanceParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaMbarrierConformanceParams {
+    pub rounds: u32,
+    pub out: *mut u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaMbarrierConformanceParams"]
+        [::std::mem::size_of::<GsdpaMbarrierConformanceParams>() - 16usize];
+    ["Alignment of GsdpaMbarrierConformanceParams"]
+        [::std::mem::align_of::<GsdpaMbarrierConformanceParams>() - 8usize];
+    ["Offset of field: GsdpaMbarrierConformanceParams::rounds"]
+        [::std::mem::offset_of!(GsdpaMbarrierConformanceParams, rounds) - 0usize];
+    ["Offset of field: GsdpaMbarrierConformanceParams::out"]
+        [::std::mem::offset_of!(GsdpaMbarrierConformanceParams, out) - 8usize];
+};
+impl Default for GsdpaMbarrierConformanceParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaStmatrixConformanceParams {
+    pub out: *mut u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaStmatrixConformanceParams"]
+        [::std::mem::size_of::<GsdpaStmatrixConformanceParams>() - 8usize];
+    ["Alignment of GsdpaStmatrixConformanceParams"]
+        [::std::mem::align_of::<GsdpaStmatrixConformanceParams>() - 8usize];
+    ["Offset of field: GsdpaStmatrixConformanceParams::out"]
+        [::std::mem::offset_of!(GsdpaStmatrixConformanceParams, out) - 0usize];
+};
+impl Default for GsdpaStmatrixConformanceParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[repr(align(64))]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaHopperSelftestParams {
+    pub map: GsdpaTensorMap,
+    pub input: *const u16,
+    pub output: *mut f32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaHopperSelftestParams"]
+        [::std::mem::size_of::<GsdpaHopperSelftestParams>() - 192usize];
+    ["Alignment of GsdpaHopperSelftestParams"]
+        [::std::mem::align_of::<GsdpaHopperSelftestParams>() - 64usize];
+    ["Offset of field: GsdpaHopperSelftestParams::map"]
+        [::std::mem::offset_of!(GsdpaHopperSelftestParams, map) - 0usize];
+    ["Offset of field: GsdpaHopperSelftestParams::input"]
+        [::std::mem::offset_of!(GsdpaHopperSelftestParams, input) - 128usize];
+    ["Offset of field: GsdpaHopperSelftestParams::output"]
+        [::std::mem::offset_of!(GsdpaHopperSelftestParams, output) - 136usize];
+};
+impl Default for GsdpaHopperSelftestParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub const GSDPA_HOPPER_CONF_THREADS: GsdpaHopperConformanceLayout = 128;
+pub const GSDPA_WGMMA_CONF_SMEM: GsdpaHopperConformanceLayout = 98304;
+pub const GSDPA_TMA_CONF_SMEM: GsdpaHopperConformanceLayout = 65536;
+pub const GSDPA_MBARRIER_CONF_ROUNDS: GsdpaHopperConformanceLayout = 8;
+pub const GSDPA_MBARRIER_CONF_WORDS: GsdpaHopperConformanceLayout = 64;
+pub const GSDPA_STMATRIX_CONF_WORDS: GsdpaHopperConformanceLayout = 416;
+pub const GSDPA_HOPPER_SELFTEST_THREADS: GsdpaHopperConformanceLayout = 160;
+pub const GSDPA_HOPPER_SELFTEST_ROWS: GsdpaHopperConformanceLayout = 64;
+pub const GSDPA_HOPPER_SELFTEST_SMEM: GsdpaHopperConformanceLayout = 32768;
+pub type GsdpaHopperConformanceLayout = ::std::os::raw::c_uint;
 pub const GSDPA_GATE_STATS_THREADS: GsdpaGateStatsGeometry = 32;
 pub type GsdpaGateStatsGeometry = ::std::os::raw::c_uint;
 pub const GSDPA_FWD_BLOCK_M_D64: GsdpaFwdGeometry = 128;

@@ -5,5 +5,6 @@
 pub mod bench;
 pub mod conformance;
 pub mod decode_bench;
+pub mod hopper;
 #[cfg(feature = "emulator")]
 pub mod selftest;
