@@ -6,7 +6,8 @@
 #   2. the GPU tests (GSDPA_REQUIRE_GPU=1, so a missing GPU fails): conformance GPU vs emulator, forward and
 #      backward grids vs the f64 reference (test-gpu), the paged decode and append vs the f64 reference
 #      (test-gpu_decode)
-#   3. the emulator-side tests that also cover the kernels (forward, backward, conformance)
+#   3. the Hopper conformance on the GPU (wgmma, TMA, mbarrier vs the emulator; sm_90 only, else skipped)
+#      and the emulator-side tests that also cover the kernels (forward, conformance)
 #   4. compute-sanitizer memcheck and racecheck on a small case, where compute-sanitizer exists
 #   5. the forward bench (gsdpa bench --backward) and the decode bench (gsdpa bench --decode --json, a
 #      subset of its shapes: GSDPA_DECODE_BENCH_SHAPE, comma-separated name substrings), unless
@@ -42,7 +43,8 @@ else
     summary+=("FAIL gpu-decode-tests: test-gpu_decode is not in the bundle")
     status=1
 fi
-for t in conformance forward backward; do
+run hopper-conformance "$BIN/test-conformance_hopper" gpu_ --test-threads=1
+for t in conformance forward; do
     [ -x "$BIN/test-$t" ] && run "emulator-$t" "$BIN/test-$t"
 done
 

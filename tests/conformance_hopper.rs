@@ -944,7 +944,7 @@ fn every_hopper_selftest_kernel_is_compiled() {
 fn hopper_gpu() -> Option<gated_sdpa::CudaBackend> {
     let gpu = common::gpu()?;
     if gpu.arch() != gated_sdpa::TargetArch::SM90 {
-        eprintln!("SKIPPED: the Hopper conformance needs an sm_90 GPU");
+        common::report_skip("the Hopper conformance needs an sm_90 GPU");
         return None;
     }
     Some(gpu)

@@ -95,17 +95,19 @@ pub fn gpu() -> Option<gated_sdpa::CudaBackend> {
             if std::env::var("GSDPA_REQUIRE_GPU").as_deref() == Ok("1") {
                 panic!("GSDPA_REQUIRE_GPU=1 but the CUDA backend is unavailable: {e}");
             }
-            let thread = std::thread::current();
-            let test = thread.name().unwrap_or("a GPU test");
-            // A write on the handle itself bypasses the capture (only the macros are redirected). One
-            // write, starting on a line of its own: libtest may be midway through "test name ... ".
-            let _ = std::io::stderr().write_all(
-                format!(
-                    "\nSKIPPED {test}: no usable GPU ({e}); GSDPA_REQUIRE_GPU=1 makes this a failure\n"
-                )
-                .as_bytes(),
-            );
+            report_skip(&format!(
+                "no usable GPU ({e}); GSDPA_REQUIRE_GPU=1 makes this a failure"
+            ));
             None
         }
     }
+}
+
+/// Says that the current test is skipped, and why, where the user sees it: a write on the stderr handle
+/// itself bypasses libtest's capture (only the print macros are redirected). One write, starting on a
+/// line of its own: libtest may be midway through "test name ... ".
+pub fn report_skip(reason: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a GPU test");
+    let _ = std::io::stderr().write_all(format!("\nSKIPPED {test}: {reason}\n").as_bytes());
 }
