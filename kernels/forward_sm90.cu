@@ -203,10 +203,10 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
 // Entry points: one per (dtype, head dim); empty on every arch but sm_90a (and never launched there).
 #define GSDPA_FWD_SM90_KERNEL(TYPE, TYPE_NAME, HEAD_DIM)                                                   \
     extern "C" __global__ void __launch_bounds__(GSDPA_FWD_SM90_THREADS, 1)                               \
-        gsdpa_fwd_sm90_##TYPE_NAME##_d##HEAD_DIM(const __grid_constant__ GsdpaFwdSm90Params p) {          \
+        gsdpa_fwd90_##TYPE_NAME##_d##HEAD_DIM(const __grid_constant__ GsdpaFwdSm90Params p) {          \
         GSDPA_FWD_SM90_BODY(TYPE, HEAD_DIM)                                                                \
     }                                                                                                      \
-    GSDPA_REGISTER_KERNEL(gsdpa_fwd_sm90_##TYPE_NAME##_d##HEAD_DIM, GsdpaFwdSm90Params, GSDPA_FWD_SM90_THREADS)
+    GSDPA_REGISTER_KERNEL(gsdpa_fwd90_##TYPE_NAME##_d##HEAD_DIM, GsdpaFwdSm90Params, GSDPA_FWD_SM90_THREADS)
 
 #if GSDPA_HOPPER
 #define GSDPA_FWD_SM90_BODY(TYPE, HEAD_DIM) gsdpa::fwd90::forward<gsdpa::fwd90::Sm90Traits<TYPE, HEAD_DIM>>(p);

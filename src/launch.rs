@@ -73,9 +73,18 @@ pub fn forward(problem: &AttentionProblem, dtype: DType) -> Result<LaunchConfig>
 /// Key tile of the Hopper forward for a head dim.
 fn forward_sm90_geometry(head_dim: usize) -> Result<(u32, u32)> {
     Ok(match head_dim {
-        64 => (ffi::GSDPA_FWD_SM90_BLOCK_N_D64, ffi::GSDPA_FWD_SM90_SMEM_D64),
-        128 => (ffi::GSDPA_FWD_SM90_BLOCK_N_D128, ffi::GSDPA_FWD_SM90_SMEM_D128),
-        256 => (ffi::GSDPA_FWD_SM90_BLOCK_N_D256, ffi::GSDPA_FWD_SM90_SMEM_D256),
+        64 => (
+            ffi::GSDPA_FWD_SM90_BLOCK_N_D64,
+            ffi::GSDPA_FWD_SM90_SMEM_D64,
+        ),
+        128 => (
+            ffi::GSDPA_FWD_SM90_BLOCK_N_D128,
+            ffi::GSDPA_FWD_SM90_SMEM_D128,
+        ),
+        256 => (
+            ffi::GSDPA_FWD_SM90_BLOCK_N_D256,
+            ffi::GSDPA_FWD_SM90_SMEM_D256,
+        ),
         _ => return Err(GsdpaError::UnsupportedHeadDim { head_dim }),
     })
 }
@@ -86,7 +95,7 @@ pub fn forward_sm90(problem: &AttentionProblem, dtype: DType) -> Result<LaunchCo
     let (_, shared_bytes) = forward_sm90_geometry(problem.head_dim)?;
     let block_m = ffi::GSDPA_FWD_SM90_BLOCK_M as usize;
     Ok(LaunchConfig {
-        kernel: format!("gsdpa_fwd_sm90_{}_d{}", dtype.name(), problem.head_dim),
+        kernel: format!("gsdpa_fwd90_{}_d{}", dtype.name(), problem.head_dim),
         grid: [
             grid_dim(problem.seqlen_q.div_ceil(block_m), "query tiles")?,
             grid_dim(problem.heads_q, "heads_q")?,
@@ -108,7 +117,9 @@ pub fn hopper_forward_unsupported(
         return Some("varlen (cu_seqlens) is not supported by the Hopper forward yet");
     }
     if !params.sink_mass.is_null() || !params.gate_partials.is_null() {
-        return Some("the diagnostics (sink mass, gate statistics) are not supported by the Hopper forward");
+        return Some(
+            "the diagnostics (sink mass, gate statistics) are not supported by the Hopper forward",
+        );
     }
     if forward_sm90_geometry(problem.head_dim).is_err() {
         return Some("head dim not supported by the Hopper forward");

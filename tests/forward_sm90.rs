@@ -17,8 +17,8 @@
 use gated_sdpa::emulator::Emulator;
 use gated_sdpa::reference::{forward_f64, ForwardResultF64};
 use gated_sdpa::{
-    split_q_proj, Activation, AttentionProblem, DType, Element, ForwardArgs, ForwardKernel, GateMode,
-    GsdpaError, HostBackend, HostBuffer, Layout, TargetArch, Tensor, Varlen,
+    split_q_proj, Activation, AttentionProblem, DType, Element, ForwardArgs, ForwardKernel,
+    GateMode, GsdpaError, HostBackend, HostBuffer, Layout, TargetArch, Tensor, Varlen,
 };
 use half::{bf16, f16};
 use rand::{rngs::StdRng, SeedableRng};
@@ -196,8 +196,8 @@ fn run_kernel<T: Element>(
     // The dispatch: the Hopper kernel, or (varlen) the mma.sync one.
     let kernel = emulator.last_forward_kernel().unwrap_or_default();
     let expected = format!(
-        "gsdpa_fwd_{}{}_d{}",
-        if p.varlen.is_some() { "" } else { "sm90_" },
+        "gsdpa_fwd{}_{}_d{}",
+        if p.varlen.is_some() { "" } else { "90" },
         T::DTYPE.name(),
         p.head_dim
     );
@@ -602,10 +602,10 @@ fn kernel_run_by(emulator: &Emulator) -> Result<String, GsdpaError> {
 #[test]
 fn dispatch_selects_the_kernel() {
     let sm90 = hopper_emulator();
-    assert_eq!(kernel_run_by(&sm90).unwrap(), "gsdpa_fwd_sm90_bf16_d64");
+    assert_eq!(kernel_run_by(&sm90).unwrap(), "gsdpa_fwd90_bf16_d64");
     assert_eq!(
         kernel_run_by(&sm90.clone().with_forward_kernel(ForwardKernel::Hopper)).unwrap(),
-        "gsdpa_fwd_sm90_bf16_d64"
+        "gsdpa_fwd90_bf16_d64"
     );
     assert_eq!(
         kernel_run_by(&sm90.with_forward_kernel(ForwardKernel::MmaSync)).unwrap(),
@@ -618,7 +618,13 @@ fn dispatch_selects_the_kernel() {
         kernel_run_by(&sm80.with_forward_kernel(ForwardKernel::Hopper)),
         Err(GsdpaError::InvalidArgument(_))
     ));
-    assert_eq!(ForwardKernel::parse("hopper").unwrap(), ForwardKernel::Hopper);
-    assert_eq!(ForwardKernel::parse("mma-sync").unwrap(), ForwardKernel::MmaSync);
+    assert_eq!(
+        ForwardKernel::parse("hopper").unwrap(),
+        ForwardKernel::Hopper
+    );
+    assert_eq!(
+        ForwardKernel::parse("mma-sync").unwrap(),
+        ForwardKernel::MmaSync
+    );
     assert!(ForwardKernel::parse("tensor-core").is_err());
 }
