@@ -1,6 +1,6 @@
 //! The Hopper forward kernel (`kernels/forward_sm90.cu`: warp-specialized, TMA and wgmma) on the
-//! emulator with an sm_90 target, against the f64 reference: the grid of tests/forward.rs, leaner (the
-//! emulated wgmma is slow), with the same checks:
+//! emulator with an sm_90 target, against the f64 reference: the grid of tests/forward.rs (larger
+//! tiles here, so also lengths spanning several of them), with the same checks:
 //! - Y and O: relative error in Frobenius norm <= 1e-2 (bf16) or 2e-3 (f16), and no NaN anywhere (every
 //!   element written: the outputs start as NaN);
 //! - LSE: `|lse - ref| <= 1e-4 * max(1, |ref|)` where the reference is finite, exactly `-inf` where the
@@ -362,66 +362,71 @@ fn every_dtype_head_dim_causal_gate_and_activation() {
             }
         }
     }
-    // Every gate configuration at one small size.
-    for (gate, activation) in GATES {
-        seed += 1;
-        let p = AttentionProblem::new(2, 37, 70, 2, 1, 64)
-            .causal(seed % 2 == 0)
-            .gate(gate)
-            .activation(activation);
-        check_case(&p, DType::BF16, with_o(), seed);
+    // Every gate configuration with every dtype, head dim and causal at one small size (one partial
+    // query block, one or two key tiles), as tests/forward.rs.
+    for dtype in [DType::BF16, DType::F16] {
+        for d in HEAD_DIMS {
+            for causal in [false, true] {
+                for (gate, activation) in GATES {
+                    seed += 1;
+                    let p = AttentionProblem::new(2, 37, 70, 2, 1, d)
+                        .causal(causal)
+                        .gate(gate)
+                        .activation(activation);
+                    check_case(&p, dtype, with_o(), seed);
+                }
+            }
+        }
     }
 }
 
 #[test]
 fn odd_lengths_both_ways() {
-    const PAIRS: [(usize, usize); 7] = [
-        (1, 1),
-        (1, 300),
-        (300, 1),
-        (17, 129),
-        (129, 17),
-        (129, 300),
-        (300, 129),
-    ];
+    // Every (Sq, Sk) pair of odd lengths, causal and not, per head dim; dtype and gate rotate over the
+    // cases so each appears with every head dim.
+    const LENGTHS: [usize; 5] = [1, 17, 100, 129, 300];
     let mut case = 0usize;
     for d in HEAD_DIMS {
-        for (sq, sk) in PAIRS {
-            case += 1;
-            let dtype = if case % 2 == 0 {
-                DType::BF16
-            } else {
-                DType::F16
-            };
-            let (gate, activation) = GATES[case % GATES.len()];
-            let p = AttentionProblem::new(1, sq, sk, 1, 1, d)
-                .causal(case % 3 != 0)
-                .gate(gate)
-                .activation(activation);
-            let options = LayoutOptions {
-                with_o: case % 3 == 0,
-                ..LayoutOptions::default()
-            };
-            check_case(&p, dtype, options, 1000 + case as u64);
+        for sq in LENGTHS {
+            for sk in LENGTHS {
+                for causal in [false, true] {
+                    case += 1;
+                    let dtype = if case % 2 == 0 {
+                        DType::BF16
+                    } else {
+                        DType::F16
+                    };
+                    let (gate, activation) = GATES[case % GATES.len()];
+                    let p = AttentionProblem::new(1, sq, sk, 1, 1, d)
+                        .causal(causal)
+                        .gate(gate)
+                        .activation(activation);
+                    let options = LayoutOptions {
+                        with_o: case % 3 == 0,
+                        ..LayoutOptions::default()
+                    };
+                    check_case(&p, dtype, options, 1000 + case as u64);
+                }
+            }
         }
     }
 }
 
 #[test]
 fn gqa_ratios_1_4_8() {
-    let mut case = 0;
     for d in HEAD_DIMS {
         for (heads_q, heads_kv) in [(2, 2), (8, 2), (8, 1)] {
-            case += 1;
-            let p = AttentionProblem::new(1, 40, 57, heads_q, heads_kv, d)
-                .causal(case % 2 == 0)
-                .gate(GateMode::Elementwise);
-            check_case(
-                &p,
-                DType::BF16,
-                with_o(),
-                2000 + heads_q as u64 * 10 + heads_kv as u64,
-            );
+            for causal in [false, true] {
+                let p = AttentionProblem::new(1, 40, 57, heads_q, heads_kv, d)
+                    .causal(causal)
+                    .gate(GateMode::Elementwise);
+                check_case(
+                    &p,
+                    DType::BF16,
+                    with_o(),
+                    2000 + heads_q as u64 * 10 + heads_kv as u64,
+                );
+            }
         }
     }
 }
