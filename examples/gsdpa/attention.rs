@@ -312,9 +312,13 @@ fn open_backend(flags: &Flags) -> Result<Backend, CliError> {
     let name = flags.value("backend").unwrap_or("reference");
     let backend = Backend::open(name)
         .map_err(|e| CliError::usage(format!("backend {name} not available: {e}")))?;
+    // `sm90` as well as `sm_90`, `sm_90a`, `90` and `9.0`.
     let arch = flags
         .value("arch")
-        .map(gated_sdpa::TargetArch::parse)
+        .map(|text| match text.strip_prefix("sm") {
+            Some(rest) if !rest.starts_with('_') => gated_sdpa::TargetArch::parse(rest),
+            _ => gated_sdpa::TargetArch::parse(text),
+        })
         .transpose()
         .map_err(|e| CliError::usage(format!("--arch: {e}")))?;
     let kernel = flags
