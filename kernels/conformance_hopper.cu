@@ -6,7 +6,9 @@
 //   gsdpa_conformance_wgmma     one warpgroup per case (GsdpaWgmmaCase): every accumulator of every thread
 //   gsdpa_conformance_tma       one block per case (GsdpaTmaCase): a loaded box's raw bytes, or a store
 //   gsdpa_conformance_mbarrier  mbarrier phase sequences, as test_wait sees them
+//   gsdpa_conformance_stmatrix  every stmatrix shape, and elect.sync
 #include "common/hopper/mbarrier.h"
+#include "common/hopper/stmatrix.h"
 #include "common/hopper/tma.h"
 #include "common/hopper/wgmma.h"
 
@@ -190,6 +192,7 @@ extern "C" __global__ void __launch_bounds__(GSDPA_HOPPER_CONF_THREADS)
             if (tid == 0) out[word] = (mbarrier_test_wait(bar, 0) ? 1u : 0u) | (mbarrier_test_wait(bar, 1) ? 2u : 0u);
         };
         record(0);
+        __syncthreads();  // thread 0 has recorded before the first arrival
         uint32_t word = 1;
         for (uint32_t i = 0; i < 3 * count; ++i) {
             if (tid == static_cast<int>((37 * i + r) % GSDPA_HOPPER_CONF_THREADS)) mbarrier_arrive(bar);
@@ -201,3 +204,36 @@ extern "C" __global__ void __launch_bounds__(GSDPA_HOPPER_CONF_THREADS)
 #endif
 }
 GSDPA_REGISTER_KERNEL(gsdpa_conformance_mbarrier, GsdpaMbarrierConformanceParams, GSDPA_HOPPER_CONF_THREADS)
+
+// One warp. Lane l holds r[j] = {8 l + 2 j, 8 l + 2 j + 1} (16-bit halves, low first) and stores:
+//   words   0..127  stmatrix_x4        into a 16 x 16 tile (32-byte rows), lane l at &T[l % 16][(l / 16) * 8]
+//   words 128..255  stmatrix_x4_trans  the same addresses, another tile
+//   words 256..319  stmatrix_x2        into a 16 x 8 tile (16-byte rows), lane l at &T[l % 16][0]
+//   words 320..351  stmatrix_x1        into an 8 x 8 tile, lane l at &T[l % 8][0]
+//   words 352..383  stmatrix_x1_trans  likewise
+//   words 384..415  elect_one_sync() of each lane
+// Every tile starts poisoned (0xffff), so a half not written shows.
+extern "C" __global__ void __launch_bounds__(32) gsdpa_conformance_stmatrix(const GsdpaStmatrixConformanceParams p) {
+#if GSDPA_HOPPER
+    using namespace gsdpa;
+    char *smem = dynamic_smem();
+    const int lane = threadIdx.x;
+    for (int i = lane; i < 384; i += 32) reinterpret_cast<uint32_t *>(smem)[i] = 0xffffffffu;
+    __syncwarp();
+    uint32_t r[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) r[j] = uint32_t(8 * lane + 2 * j) | (uint32_t(8 * lane + 2 * j + 1) << 16);
+    const uint32_t x4[4] = {r[0], r[1], r[2], r[3]};
+    const uint32_t x2[2] = {r[0], r[1]};
+    const uint32_t x1[1] = {r[0]};
+    stmatrix_x4(smem + (lane % 16) * 32 + (lane / 16) * 16, x4);
+    stmatrix_x4_trans(smem + 512 + (lane % 16) * 32 + (lane / 16) * 16, x4);
+    stmatrix_x2(smem + 1024 + (lane % 16) * 16, x2);
+    stmatrix_x1(smem + 1280 + (lane % 8) * 16, x1);
+    stmatrix_x1_trans(smem + 1408 + (lane % 8) * 16, x1);
+    __syncwarp();
+    for (int i = lane; i < 384; i += 32) p.out[i] = ld_shared(reinterpret_cast<const uint32_t *>(smem) + i);
+    p.out[384 + lane] = elect_one_sync() ? 1u : 0u;
+#endif
+}
+GSDPA_REGISTER_KERNEL(gsdpa_conformance_stmatrix, GsdpaStmatrixConformanceParams, 32)

@@ -181,7 +181,18 @@ GSDPA_REGISTER_KERNEL(gsdpa_selftest_refill_race, GsdpaSelftestParams, GSDPA_SEL
 namespace gsdpa {
 namespace hopper_selftest {
 
-enum class Bug { None, MissingWgmmaWait, MissingWgmmaFence, ShortExpectTx, LongExpectTx, ReadBeforeBarrier };
+enum class Bug {
+    None,
+    Pipelined,  // correct too: two groups, wait_group 1 then 0
+    MissingWgmmaWait,
+    MissingWgmmaFence,
+    ShortExpectTx,
+    LongExpectTx,
+    ReadBeforeBarrier,
+    OperandOverwritten,
+    AccumulatorWritten,
+    WriteInFlight,
+};
 
 constexpr uint32_t kBoxBytes = GSDPA_HOPPER_SELFTEST_ROWS * 64 * 2;
 
@@ -212,19 +223,49 @@ GSDPA_DEVICE void run(const GsdpaHopperSelftestParams &p) {
     named_barrier_sync(1, GSDPA_HOPPER_SELFTEST_THREADS);
     float early = 0.0f;
     if constexpr (B == Bug::ReadBeforeBarrier) early = to_float(ld_shared(reinterpret_cast<const bf16 *>(smem) + tid));
+    if constexpr (B == Bug::WriteInFlight) {
+        if (tid == 7) st_shared(reinterpret_cast<bf16 *>(smem) + 64 * 9, from_float<bf16>(1.0f));
+    }
     mbarrier_wait(full, 0);
     // K-major, 128B swizzle: rows of 128 bytes (64 elements), 8-row groups 1024 bytes apart; each k step
     // of 16 elements moves the start 32 bytes along the row.
     const uint64_t desc = wgmma_descriptor(smem, 16, 1024, WgmmaSwizzle::B128);
     float d[32];
-    if constexpr (B != Bug::MissingWgmmaFence) wgmma_fence();
+    if constexpr (B == Bug::Pipelined) {
+        // k 0..31 into d, k 32..63 into e, two groups: wait_group 1 retires the first only.
+        float e[32];
+        wgmma_fence();
+        wgmma_ss<bf16, 64>(d, desc, desc, false);
+        wgmma_ss<bf16, 64>(d, wgmma_descriptor_advance(desc, 32), wgmma_descriptor_advance(desc, 32), true);
+        wgmma_commit();
+        wgmma_ss<bf16, 64>(e, wgmma_descriptor_advance(desc, 64), wgmma_descriptor_advance(desc, 64), false);
+        wgmma_ss<bf16, 64>(e, wgmma_descriptor_advance(desc, 96), wgmma_descriptor_advance(desc, 96), true);
+        wgmma_commit();
+        wgmma_wait<1>();
+        float first[32];
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        const uint64_t step = wgmma_descriptor_advance(desc, 32 * k);
-        wgmma_ss<bf16, 64>(d, step, step, k > 0);
+        for (int i = 0; i < 32; ++i) first[i] = d[i];
+        wgmma_wait<0>();
+#pragma unroll
+        for (int i = 0; i < 32; ++i) d[i] = first[i] + e[i];
+    } else {
+        if constexpr (B != Bug::MissingWgmmaFence) wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+            const uint64_t step = wgmma_descriptor_advance(desc, 32 * k);
+            wgmma_ss<bf16, 64>(d, step, step, k > 0);
+        }
+        wgmma_commit();
+        // The tile is overwritten (the next TMA into this stage would do it) before the wgmma is retired.
+        // (The named barrier makes every consumer wait after the store: the wgmma completes at the first
+        // wait that retires it.)
+        if constexpr (B == Bug::OperandOverwritten) {
+            if (tid == 5) st_shared(reinterpret_cast<bf16 *>(smem) + 8, from_float<bf16>(3.0f));
+            named_barrier_sync(2, 128);
+        }
+        if constexpr (B == Bug::AccumulatorWritten) d[3] = 0.0f;
+        if constexpr (B != Bug::MissingWgmmaWait) wgmma_wait<0>();
     }
-    wgmma_commit();
-    if constexpr (B != Bug::MissingWgmmaWait) wgmma_wait<0>();
 #pragma unroll
     for (int i = 0; i < 32; ++i) p.output[tid * 32 + i] = d[i] + 0.0f * early;
 }
@@ -247,6 +288,8 @@ GSDPA_DEVICE void run(const GsdpaHopperSelftestParams &p) {
 
 // Correct: TMA onto the barrier, wait, fence, wgmmas, commit, wait.
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_correct, None)
+// Correct: the same product in two wgmma groups, retired by wait_group 1 and then 0.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_pipelined, Pipelined)
 // Bug: the accumulators are read without wgmma.wait_group (NaN, and the wgmma is still in flight at exit).
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_missing_wgmma_wait, MissingWgmmaWait)
 // Bug: no wgmma.fence before the first wgmma.
@@ -257,3 +300,9 @@ GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_short_expect_tx, ShortExpectTx)
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_long_expect_tx, LongExpectTx)
 // Bug: a consumer reads the TMA destination before waiting on its barrier.
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_read_before_barrier, ReadBeforeBarrier)
+// Bug: a wgmma's shared-memory operand is overwritten before the wait retires it.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_operand_overwritten, OperandOverwritten)
+// Bug: an accumulator is written while its wgmma is in flight.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_accumulator_written, AccumulatorWritten)
+// Bug: a consumer writes into the box while the TMA load is still writing it.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_write_in_flight, WriteInFlight)

@@ -309,6 +309,14 @@ typedef struct GsdpaMbarrierConformanceParams {
     uint32_t *out;
 } GsdpaMbarrierConformanceParams;
 
+/*
+ * stmatrix and elect.sync conformance: one warp stores known registers with each stmatrix shape into
+ * poisoned shared memory and dumps it (GSDPA_STMATRIX_CONF_WORDS words; layout in conformance_hopper.cu).
+ */
+typedef struct GsdpaStmatrixConformanceParams {
+    uint32_t *out;
+} GsdpaStmatrixConformanceParams;
+
 /* Hopper self-tests (kernels/emu_selftest.cu): one warpgroup plus one producer warp. */
 typedef struct GsdpaHopperSelftestParams {
     GsdpaTensorMap map;            /* a 2D bf16 tensor of GSDPA_HOPPER_SELFTEST_ROWS x 64 */
@@ -322,6 +330,7 @@ enum GsdpaHopperConformanceLayout {
     GSDPA_TMA_CONF_SMEM = 64 * 1024,
     GSDPA_MBARRIER_CONF_ROUNDS = 8,
     GSDPA_MBARRIER_CONF_WORDS = 64,
+    GSDPA_STMATRIX_CONF_WORDS = 416,
     GSDPA_HOPPER_SELFTEST_THREADS = 160,
     GSDPA_HOPPER_SELFTEST_ROWS = 64,
     GSDPA_HOPPER_SELFTEST_SMEM = 32 * 1024

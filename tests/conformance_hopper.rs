@@ -5,11 +5,14 @@
 //! sequences, and the self-tests for the bugs the emulator must catch.
 #![cfg(feature = "emulator")]
 
+mod common;
+
 use gated_sdpa::emulator::Emulator;
 use gated_sdpa::ffi;
 use gated_sdpa::testing::hopper::{
-    run_hopper_selftest, run_mbarrier_on_emulator, run_tma_on_emulator, run_wgmma_on_emulator,
-    HopperSelfTest, TmaCase, WgmmaBatch,
+    run_hopper_selftest, run_mbarrier_on_emulator, run_mbarrier_on_gpu, run_stmatrix_on_emulator,
+    run_stmatrix_on_gpu, run_tma_loads_on_gpu, run_tma_on_emulator, run_wgmma_on_emulator,
+    run_wgmma_on_gpu, HopperSelfTest, TmaCase, WgmmaBatch,
 };
 use gated_sdpa::tma::{TensorMapParams, TmaElement, TmaSwizzle};
 
@@ -255,6 +258,10 @@ fn build_wgmma(specs: &[WgmmaSpec]) -> (WgmmaBatch, Vec<f32>) {
 fn check_wgmma(specs: &[WgmmaSpec]) {
     let (batch, expected) = build_wgmma(specs);
     let got = run_wgmma_on_emulator(&Emulator::new(), &batch).expect("wgmma conformance runs");
+    compare_wgmma(&batch, &got, &expected);
+}
+
+fn compare_wgmma(batch: &WgmmaBatch, got: &[f32], expected: &[f32]) {
     let mut problems = Vec::new();
     for (i, case) in batch.cases.iter().enumerate() {
         let regs = (case.n / 2) as usize;
@@ -289,10 +296,9 @@ const SPANS: [u32; 4] = [0, 32, 64, 128];
 /// The N the conformance kernel instantiates (kernels/conformance_hopper.cu).
 const SHAPES: [u32; 10] = [8, 16, 24, 32, 64, 96, 128, 176, 192, 256];
 
-#[test]
-fn wgmma_every_shape() {
-    // Every N, both types, A from shared memory and from registers; the swizzle modes rotate.
-    let specs: Vec<WgmmaSpec> = SHAPES
+/// Every N, both types, A from shared memory and from registers; the swizzle modes rotate.
+fn every_shape_specs() -> Vec<WgmmaSpec> {
+    SHAPES
         .iter()
         .enumerate()
         .flat_map(|(i, &n)| {
@@ -309,14 +315,17 @@ fn wgmma_every_shape() {
                 pad: i as u32 % 3,
             })
         })
-        .collect();
-    check_wgmma(&specs);
+        .collect()
 }
 
 #[test]
-fn wgmma_every_layout_and_swizzle() {
-    // N = 64, K = 64 (4 k steps, so the start address walks along swizzled rows and atom columns): every
-    // swizzle of A and of B, K-major and MN-major, with tight and padded strides.
+fn wgmma_every_shape() {
+    check_wgmma(&every_shape_specs());
+}
+
+/// N = 64, K = 64 (4 k steps, so the start address walks along swizzled rows and atom columns): every
+/// swizzle of A and of B, K-major and MN-major, with tight and padded strides.
+fn every_layout_specs() -> Vec<WgmmaSpec> {
     let mut specs = Vec::new();
     for (i, &a_span) in SPANS.iter().enumerate() {
         for (j, &b_span) in SPANS.iter().enumerate() {
@@ -336,7 +345,12 @@ fn wgmma_every_layout_and_swizzle() {
             }
         }
     }
-    check_wgmma(&specs);
+    specs
+}
+
+#[test]
+fn wgmma_every_layout_and_swizzle() {
+    check_wgmma(&every_layout_specs());
 }
 
 #[test]
@@ -434,29 +448,32 @@ fn tensor(dims: &[u64], element: TmaElement) -> (Vec<u8>, Vec<u64>) {
     (bytes, strides)
 }
 
+/// Element `linear` of the box (dimension 0 fastest): whether it lies inside the tensor, and its byte
+/// offset in the tensor.
+fn element_of_box(map: &TensorMapParams, coords: &[i32], linear: usize) -> (bool, u64) {
+    let eb = map.element.bytes() as u64;
+    let mut rest = linear;
+    let mut address = 0u64;
+    let mut inside = true;
+    for (d, (&extent, &dim)) in map.box_dims.iter().zip(&map.dims).enumerate() {
+        let i = rest % extent as usize;
+        rest /= extent as usize;
+        let g = coords[d] as i64 + i as i64;
+        inside &= g >= 0 && (g as u64) < dim;
+        let stride = if d == 0 { eb } else { map.strides_bytes[d - 1] };
+        address = address.wrapping_add((g as u64).wrapping_mul(stride));
+    }
+    (inside, address)
+}
+
 /// The box as TMA lays it in shared memory at a 1024-aligned address: element by element, dimension 0
 /// innermost, each at its swizzled offset; out-of-bounds elements zero (or NaN).
 fn expected_box(map: &TensorMapParams, coords: &[i32], bytes: &[u8]) -> Vec<u8> {
     let eb = map.element.bytes() as usize;
     let mut out = vec![0u8; map.box_bytes() as usize];
-    let rank = map.rank();
     let total: usize = map.box_dims.iter().map(|&b| b as usize).product();
     for linear in 0..total {
-        let mut rest = linear;
-        let mut address = 0u64;
-        let mut inside = true;
-        for d in 0..rank {
-            let i = rest % map.box_dims[d] as usize;
-            rest /= map.box_dims[d] as usize;
-            let g = coords[d] as i64 + i as i64;
-            inside &= g >= 0 && (g as u64) < map.dims[d];
-            let stride = if d == 0 {
-                eb as u64
-            } else {
-                map.strides_bytes[d - 1]
-            };
-            address = address.wrapping_add((g as u64).wrapping_mul(stride));
-        }
+        let (inside, address) = element_of_box(map, coords, linear);
         let at = swizzle((linear * eb) as u32, map.swizzle.span_bytes()) as usize;
         if inside {
             out[at..at + eb].copy_from_slice(&bytes[address as usize..address as usize + eb]);
@@ -484,8 +501,12 @@ fn load_case(map: TensorMapParams, coords: &[i32]) -> TmaCase {
 fn check_loads(dims: &[u64], element: TmaElement, cases: Vec<TmaCase>) {
     let (bytes, _) = tensor(dims, element);
     let got = run_tma_on_emulator(&Emulator::new(), &bytes, &cases).expect("TMA conformance runs");
+    compare_loads(&bytes, &cases, &got);
+}
+
+fn compare_loads(bytes: &[u8], cases: &[TmaCase], got: &[Vec<u8>]) {
     for (i, case) in cases.iter().enumerate() {
-        let want = expected_box(&case.map, &case.coords, &bytes);
+        let want = expected_box(&case.map, &case.coords, bytes);
         assert!(
             got[i] == want,
             "case {i} (box {:?} at {:?}, swizzle {:?}): the box differs",
@@ -501,9 +522,10 @@ fn map(element: TmaElement, dims: &[u64], box_dims: &[u32]) -> TensorMapParams {
     TensorMapParams::tiled(element, 0, dims, &strides, box_dims)
 }
 
-#[test]
-fn tma_2d_boxes_at_every_edge_and_swizzle() {
-    let dims = [72u64, 37];
+const DIMS_2D: [u64; 2] = [72, 37];
+
+fn edge_cases_2d() -> Vec<TmaCase> {
+    let dims = DIMS_2D;
     let mut cases = Vec::new();
     for (swizzle, inner) in [
         (TmaSwizzle::None, 16u32),
@@ -530,7 +552,12 @@ fn tma_2d_boxes_at_every_edge_and_swizzle() {
     let mut nan = map(TmaElement::Bf16, &dims, &[16, 8]);
     nan.oob_nan = true;
     cases.push(load_case(nan, &[64, 32]));
-    check_loads(&dims, TmaElement::Bf16, cases);
+    cases
+}
+
+#[test]
+fn tma_2d_boxes_at_every_edge_and_swizzle() {
+    check_loads(&DIMS_2D, TmaElement::Bf16, edge_cases_2d());
 }
 
 #[test]
@@ -610,21 +637,7 @@ fn expected_store(
     let mut out = before.to_vec();
     let total: usize = map.box_dims.iter().map(|&b| b as usize).product();
     for linear in 0..total {
-        let mut rest = linear;
-        let mut address = 0u64;
-        let mut inside = true;
-        for d in 0..map.rank() {
-            let i = rest % map.box_dims[d] as usize;
-            rest /= map.box_dims[d] as usize;
-            let g = coords[d] as i64 + i as i64;
-            inside &= g >= 0 && (g as u64) < map.dims[d];
-            let stride = if d == 0 {
-                eb as u64
-            } else {
-                map.strides_bytes[d - 1]
-            };
-            address = address.wrapping_add((g as u64).wrapping_mul(stride));
-        }
+        let (inside, address) = element_of_box(map, coords, linear);
         if !inside {
             continue;
         }
@@ -728,7 +741,18 @@ fn tma_parameters_are_validated() {
 fn mbarrier_phase_sequences() {
     let rounds = ffi::GSDPA_MBARRIER_CONF_ROUNDS;
     let words = ffi::GSDPA_MBARRIER_CONF_WORDS as usize;
-    let got = run_mbarrier_on_emulator(&Emulator::new(), rounds).expect("mbarrier kernel runs");
+    // Seeds reorder the arriving threads between the barriers that sequence them.
+    for seed in [0, 7] {
+        check_mbarrier_rounds(
+            &run_mbarrier_on_emulator(&Emulator::new().with_seed(seed), rounds)
+                .expect("mbarrier kernel runs"),
+            rounds,
+            words,
+        );
+    }
+}
+
+fn check_mbarrier_rounds(got: &[u32], rounds: u32, words: usize) {
     for r in 0..rounds as usize {
         // A phase completes when its pending arrivals reach zero; test_wait(p) is true once the phase of
         // parity p has completed, i.e. when the current phase's parity differs from p.
@@ -754,6 +778,55 @@ fn mbarrier_phase_sequences() {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// stmatrix and elect.sync
+// ---------------------------------------------------------------------------------------------------
+
+#[test]
+fn stmatrix_is_ldmatrix_inverted_and_elect_picks_one_lane() {
+    let got = run_stmatrix_on_emulator(&Emulator::new()).expect("stmatrix kernel runs");
+    let halves: Vec<u16> = got[..384]
+        .iter()
+        .flat_map(|w| [*w as u16, (*w >> 16) as u16])
+        .collect();
+    // Register j of lane l holds the halves 8 l + 2 j (low) and 8 l + 2 j + 1: elements
+    // M_j[l / 4][2 (l % 4)] and [.. + 1] (.trans: M_j[2 (l % 4)][l / 4] and M_j[2 (l % 4) + 1][l / 4]).
+    // Row r of matrix j goes to the address of lane 8 j + r.
+    let mut want = vec![0xffffu16; 768];
+    let mut store = |base: usize,
+                     row_halves: usize,
+                     num: usize,
+                     trans: bool,
+                     addr: &dyn Fn(usize) -> (usize, usize)| {
+        for lane in 0..32 {
+            for j in 0..num {
+                for h in 0..2 {
+                    let value = (8 * lane + 2 * j + h) as u16;
+                    let (r, c) = if trans {
+                        (2 * (lane % 4) + h, lane / 4)
+                    } else {
+                        (lane / 4, 2 * (lane % 4) + h)
+                    };
+                    let (row, col0) = addr(8 * j + r);
+                    want[base + row * row_halves + col0 + c] = value;
+                }
+            }
+        }
+    };
+    store(0, 16, 4, false, &|l| (l % 16, (l / 16) * 8));
+    store(256, 16, 4, true, &|l| (l % 16, (l / 16) * 8));
+    store(512, 8, 2, false, &|l| (l % 16, 0));
+    store(640, 8, 1, false, &|l| (l % 8, 0));
+    store(704, 8, 1, true, &|l| (l % 8, 0));
+    assert_eq!(halves, want);
+    let elected: Vec<u32> = got[384..].to_vec();
+    assert_eq!(
+        elected.iter().sum::<u32>(),
+        1,
+        "exactly one lane: {elected:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------
 // Self-tests: each bug is caught.
 // ---------------------------------------------------------------------------------------------------
 
@@ -767,13 +840,14 @@ fn selftest_tensor() -> Vec<u16> {
 fn hopper_selftest_correct_computes_t_t_transposed() {
     let t = selftest_tensor();
     let value = |r: usize, c: usize| half::bf16::from_bits(t[r * 64 + c]).to_f32();
-    for seed in [0, 3] {
-        let out = run_hopper_selftest(
-            &Emulator::new().with_seed(seed),
-            HopperSelfTest::Correct,
-            &t,
-        )
-        .expect("the correct Hopper self-test runs");
+    for (seed, test) in [
+        (0, HopperSelfTest::Correct),
+        (3, HopperSelfTest::Correct),
+        (0, HopperSelfTest::Pipelined),
+        (5, HopperSelfTest::Pipelined),
+    ] {
+        let out = run_hopper_selftest(&Emulator::new().with_seed(seed), test, &t)
+            .expect("the correct Hopper self-tests run");
         for thread in 0..128 {
             let (warp, g, tt) = (thread / 32, (thread % 32) / 4, thread % 4);
             for r in 0..32 {
@@ -783,7 +857,7 @@ fn hopper_selftest_correct_computes_t_t_transposed() {
                 assert_eq!(
                     out[thread * 32 + r],
                     want,
-                    "seed {seed} thread {thread} reg {r}"
+                    "{test:?} seed {seed} thread {thread} reg {r}"
                 );
             }
         }
@@ -791,9 +865,13 @@ fn hopper_selftest_correct_computes_t_t_transposed() {
 }
 
 fn selftest_error(test: HopperSelfTest) -> String {
-    run_hopper_selftest(&Emulator::new(), test, &selftest_tensor())
-        .expect_err("the bug must be caught")
-        .to_string()
+    match run_hopper_selftest(&Emulator::new(), test, &selftest_tensor()) {
+        Ok(out) => panic!(
+            "{test:?} was not caught ({} NaN outputs)",
+            out.iter().filter(|x| x.is_nan()).count()
+        ),
+        Err(e) => e.to_string(),
+    }
 }
 
 #[test]
@@ -829,7 +907,27 @@ fn wrong_expect_tx_byte_counts_are_caught() {
 #[test]
 fn reading_a_tma_destination_before_its_barrier_is_caught() {
     let e = selftest_error(HopperSelfTest::ReadBeforeBarrier);
-    assert!(e.contains("is still writing"), "{e}");
+    assert!(
+        e.contains("reads shared address") && e.contains("is still writing"),
+        "{e}"
+    );
+    let e = selftest_error(HopperSelfTest::WriteInFlight);
+    assert!(
+        e.contains("writes shared address 1152") && e.contains("is still writing"),
+        "{e}"
+    );
+}
+
+#[test]
+fn wgmma_sources_and_accumulators_in_flight_are_guarded() {
+    let e = selftest_error(HopperSelfTest::OperandOverwritten);
+    assert!(
+        e.contains("operand A in shared memory")
+            && e.contains("changed while the wgmma was in flight"),
+        "{e}"
+    );
+    let e = selftest_error(HopperSelfTest::AccumulatorWritten);
+    assert!(e.contains("accumulator 3 was written"), "{e}");
 }
 
 #[test]
@@ -837,4 +935,53 @@ fn every_hopper_selftest_kernel_is_compiled() {
     for test in HopperSelfTest::ALL {
         assert!(Emulator::has_kernel(test.kernel()), "{}", test.kernel());
     }
+}
+
+// ---------------------------------------------------------------------------------------------------
+// On a Hopper GPU: the hardware against the same formulas (skipped without one).
+// ---------------------------------------------------------------------------------------------------
+
+fn hopper_gpu() -> Option<gated_sdpa::CudaBackend> {
+    let gpu = common::gpu()?;
+    if gpu.arch() != gated_sdpa::TargetArch::SM90 {
+        eprintln!("SKIPPED: the Hopper conformance needs an sm_90 GPU");
+        return None;
+    }
+    Some(gpu)
+}
+
+#[test]
+fn gpu_wgmma_matches_the_ptx_layouts() {
+    let Some(gpu) = hopper_gpu() else { return };
+    for specs in [every_shape_specs(), every_layout_specs()] {
+        let (batch, expected) = build_wgmma(&specs);
+        let got = run_wgmma_on_gpu(&gpu, &batch).expect("wgmma conformance on the GPU");
+        compare_wgmma(&batch, &got, &expected);
+    }
+}
+
+#[test]
+fn gpu_tma_loads_match_the_formulas() {
+    let Some(gpu) = hopper_gpu() else { return };
+    let cases = edge_cases_2d();
+    let (bytes, _) = tensor(&DIMS_2D, TmaElement::Bf16);
+    let got = run_tma_loads_on_gpu(&gpu, &bytes, &cases).expect("TMA conformance on the GPU");
+    compare_loads(&bytes, &cases, &got);
+}
+
+#[test]
+fn gpu_mbarrier_and_stmatrix_match_the_emulator() {
+    let Some(gpu) = hopper_gpu() else { return };
+    let rounds = ffi::GSDPA_MBARRIER_CONF_ROUNDS;
+    assert_eq!(
+        run_mbarrier_on_gpu(&gpu, rounds).unwrap(),
+        run_mbarrier_on_emulator(&Emulator::new(), rounds).unwrap()
+    );
+    let (on_gpu, emulated) = (
+        run_stmatrix_on_gpu(&gpu).unwrap(),
+        run_stmatrix_on_emulator(&Emulator::new()).unwrap(),
+    );
+    // Which lane elect.sync picks is the hardware's choice: only the stores must agree.
+    assert_eq!(on_gpu[..384], emulated[..384]);
+    assert_eq!(on_gpu[384..].iter().sum::<u32>(), 1);
 }

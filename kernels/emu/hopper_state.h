@@ -84,12 +84,16 @@ struct Mbarrier {
     uint64_t completions = 0;  // completed phases; the current phase's parity is completions % 2
     Site init_site{"", 0};
     Site last_expect{"", 0};
+    // What the arriving threads had observed of other barriers: an arrive releases it, a completed wait
+    // acquires it (so a chain of barriers orders TMA data for the race checks).
+    std::map<uint32_t, uint64_t> carried;
 };
 
 struct NamedBarrier {
     uint32_t count = 0;
     uint32_t arrived = 0;  // threads (warps x 32) that arrived, waiting or not
     Site site{"", 0};
+    std::map<uint32_t, uint64_t> carried;  // what the arrivers had observed of the mbarriers
 };
 
 struct HopperBlock {

@@ -182,6 +182,9 @@ void hopper_barrier_released(BlockRunner &runner, int first_thread, int threads)
 // A tracked shared-memory read (ld_shared, ldmatrix, wgmma descriptors) of [addr, addr + bytes): fails
 // when a TMA load still writes those bytes or delivered them on a phase this thread has not observed.
 void hopper_check_read(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site);
+// A tracked shared-memory write (st_shared, stmatrix): fails on bytes a TMA load is still writing;
+// landed loads it overlaps are forgotten.
+void hopper_note_write(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site);
 std::string format_site(Site site);
 
 // Guard pages: the fault handler turns a fault inside a fiber into a launch error.

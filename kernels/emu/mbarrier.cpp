@@ -17,6 +17,10 @@ namespace gsdpa_emu {
 
 static constexpr uint32_t kBarrierMarker = 0x4d424152u;  // "MBAR"
 
+static void merge_into(std::map<uint32_t, uint64_t> &to, const std::map<uint32_t, uint64_t> &from) {
+    for (auto &[bar, phase] : from) to[bar] = std::max(to[bar], phase);
+}
+
 static BlockRunner &hopper_runner(const char *what, Site site) {
     BlockRunner *runner = current_runner();
     if (runner == nullptr || runner->current == nullptr) {
@@ -89,6 +93,7 @@ void mbarrier_arrive(uint64_t *bar, Site site) {
     uint32_t a;
     Mbarrier &m = barrier_at(runner, bar, site, &a);
     if (m.pending == 0) fail("mbarrier.arrive on a phase with no pending arrivals", site);
+    merge_into(m.carried, runner.current->hopper.observed);
     --m.pending;
     maybe_complete(a, m, site);
 }
@@ -116,6 +121,7 @@ bool mbarrier_test_wait(uint64_t *bar, uint32_t parity, Site site) {
     if (done) {
         uint64_t &seen = runner.current->hopper.observed[a];
         seen = std::max(seen, m.completions);
+        merge_into(runner.current->hopper.observed, m.carried);
     }
     return done;
 }
@@ -152,6 +158,7 @@ static void named_barrier(uint32_t id, uint32_t count, bool wait, Site site) {
     b.count = count;
     b.site = site;
     ++b.arrived;
+    merge_into(b.carried, f.hopper.observed);
     if (!wait) return;
     f.hopper.named_id = id;
     f.hopper.named_count = count;
@@ -182,9 +189,7 @@ void hopper_block_start(BlockRunner &runner) { runner.hopper = HopperBlock{}; }
 
 void hopper_barrier_released(BlockRunner &runner, int first_thread, int threads) {
     std::map<uint32_t, uint64_t> merged;
-    for (int i = first_thread; i < first_thread + threads; ++i) {
-        for (auto &[bar, phase] : runner.fibers[i].hopper.observed) merged[bar] = std::max(merged[bar], phase);
-    }
+    for (int i = first_thread; i < first_thread + threads; ++i) merge_into(merged, runner.fibers[i].hopper.observed);
     for (int i = first_thread; i < first_thread + threads; ++i) runner.fibers[i].hopper.observed = merged;
 }
 
@@ -209,12 +214,9 @@ static bool resolve_named(BlockRunner &runner) {
                 released.push_back(f.linear_id);
             }
         }
-        // The threads that waited now see what any of them observed of the mbarriers.
-        std::map<uint32_t, uint64_t> merged;
-        for (int i : released) {
-            for (auto &[bar, phase] : runner.fibers[i].hopper.observed) merged[bar] = std::max(merged[bar], phase);
-        }
-        for (int i : released) runner.fibers[i].hopper.observed = merged;
+        // The threads that waited now see what any arriving thread had observed of the mbarriers.
+        for (int i : released) merge_into(runner.fibers[i].hopper.observed, b.carried);
+        b.carried.clear();
         // A named barrier of the whole block orders shared memory like __syncthreads.
         if (b.count == runner.fibers.size()) racecheck_barrier(runner);
         b.arrived = 0;
@@ -232,6 +234,7 @@ static bool resolve_mbarrier_waits(BlockRunner &runner) {
         if (it->second.completions > f.hopper.wait_completions) {
             uint64_t &seen = f.hopper.observed[f.hopper.wait_bar];
             seen = std::max(seen, it->second.completions);
+            merge_into(f.hopper.observed, it->second.carried);
             f.state = FiberState::Runnable;
             progressed = true;
         }

@@ -174,6 +174,7 @@ void shared_store(void *smem_dst, const void *src, size_t bytes, Site site) {
     if (shared_offset(runner, smem_dst, bytes) < 0) fail("st_shared outside the block's dynamic shared memory", site);
     std::string problem = racecheck_write(runner, *runner.current, smem_dst, bytes, site);
     if (!problem.empty()) fail_current_block(problem);
+    hopper_note_write(runner, *runner.current, smem_dst, bytes, site);
     std::memcpy(smem_dst, src, bytes);
 }
 

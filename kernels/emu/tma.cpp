@@ -166,11 +166,37 @@ bool tma_land(BlockRunner &runner) {
         if (l.landed) continue;
         std::memcpy(l.dst, l.data.data(), l.data.size());
         l.landed = true;
+        // For the race detector the box is new data: what threads did to these bytes before is ordered
+        // before the load by the barrier protocol (the stage's "empty" barrier), which it cannot see.
+        if (runner.race.enabled) {
+            const size_t first = static_cast<size_t>(l.dst - runner.smem);
+            std::fill(runner.race.shadow.begin() + first, runner.race.shadow.begin() + first + l.data.size(),
+                      ShadowByte{});
+        }
         l.phase = runner.hopper.barriers[l.bar].completions + 1;
         mbarrier_complete_tx(runner, l.bar, static_cast<uint32_t>(l.data.size()), l.site);
         landed = true;
     }
     return landed;
+}
+
+void hopper_note_write(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site) {
+    auto &loads = runner.hopper.loads;
+    if (loads.empty()) return;
+    const char *a = static_cast<const char *>(addr);
+    for (const TmaLoad &l : loads) {
+        if (!l.landed && a < l.dst + l.data.size() && l.dst < a + bytes) {
+            fail_current_block(describe_thread(runner, fiber, site) + ": writes shared address " +
+                               std::to_string(a - runner.smem) + ", which the TMA load issued at " +
+                               format_site(l.site) + " is still writing");
+        }
+    }
+    // Bytes a thread rewrites no longer hold what a landed load delivered.
+    loads.erase(std::remove_if(loads.begin(), loads.end(),
+                               [&](const TmaLoad &l) {
+                                   return l.landed && a < l.dst + l.data.size() && l.dst < a + bytes;
+                               }),
+                loads.end());
 }
 
 void hopper_check_read(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site) {

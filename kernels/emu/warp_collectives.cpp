@@ -156,6 +156,7 @@ static std::string execute_stmatrix(BlockRunner &runner, Fiber *const lanes[kWar
             }
             std::string race = racecheck_write(runner, *lanes[lane], row, 16, p.site);
             if (!race.empty()) fail_current_block(race);
+            hopper_note_write(runner, *lanes[lane], row, 16, p.site);
             std::memcpy(row, M[j][r], 16);
         }
     }

@@ -202,6 +202,10 @@ static void execute_wgmma(BlockRunner &runner, int first) {
         w.a = mine.a;
         if (mine.a_from_registers) std::memcpy(w.a_snapshot, mine.a, sizeof w.a_snapshot);
         WgmmaInFlight *previous = in_flight_on(f.hopper, mine.d);
+        if (previous != nullptr && previous->result.size() != static_cast<size_t>(regs)) {
+            fail_at(f, "chains on accumulators of an in-flight wgmma of another N (issued at " +
+                           format_site(previous->record->site) + ")");
+        }
         w.result.resize(regs);
         const int warp = i / 32, lane = i % 32, g = lane / 4, t = lane % 4;
         for (int r = 0; r < regs; ++r) {

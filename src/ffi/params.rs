@@ -713,6 +713,29 @@ impl Default for GsdpaMbarrierConformanceParams {
     }
 }
 #[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaStmatrixConformanceParams {
+    pub out: *mut u32,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaStmatrixConformanceParams"]
+        [::std::mem::size_of::<GsdpaStmatrixConformanceParams>() - 8usize];
+    ["Alignment of GsdpaStmatrixConformanceParams"]
+        [::std::mem::align_of::<GsdpaStmatrixConformanceParams>() - 8usize];
+    ["Offset of field: GsdpaStmatrixConformanceParams::out"]
+        [::std::mem::offset_of!(GsdpaStmatrixConformanceParams, out) - 0usize];
+};
+impl Default for GsdpaStmatrixConformanceParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
 #[repr(align(64))]
 #[derive(Debug, Copy, Clone)]
 pub struct GsdpaHopperSelftestParams {
@@ -747,6 +770,7 @@ pub const GSDPA_WGMMA_CONF_SMEM: GsdpaHopperConformanceLayout = 98304;
 pub const GSDPA_TMA_CONF_SMEM: GsdpaHopperConformanceLayout = 65536;
 pub const GSDPA_MBARRIER_CONF_ROUNDS: GsdpaHopperConformanceLayout = 8;
 pub const GSDPA_MBARRIER_CONF_WORDS: GsdpaHopperConformanceLayout = 64;
+pub const GSDPA_STMATRIX_CONF_WORDS: GsdpaHopperConformanceLayout = 416;
 pub const GSDPA_HOPPER_SELFTEST_THREADS: GsdpaHopperConformanceLayout = 160;
 pub const GSDPA_HOPPER_SELFTEST_ROWS: GsdpaHopperConformanceLayout = 64;
 pub const GSDPA_HOPPER_SELFTEST_SMEM: GsdpaHopperConformanceLayout = 32768;

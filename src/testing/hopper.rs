@@ -2,17 +2,22 @@
 //! (`kernels/emu_selftest.cu`, the `gsdpa_selftest_hopper_*` kernels). The tests
 //! (`tests/conformance_hopper.rs`) build the cases and compute what the PTX ISA says they must produce.
 
+use cudarc::driver::{DevicePtr, DevicePtrMut};
+
+use crate::cuda::{cuda_error, CudaBackend};
+#[cfg(feature = "emulator")]
 use crate::emulator::{Emulator, GuardedBuffer};
 use crate::error::{GsdpaError, Result};
 use crate::ffi;
 use crate::launch::LaunchConfig;
 use crate::tma::TensorMapParams;
 
-// SAFETY (all three): #[repr(C)] mirrors of the C structs, Copy, no references; bitwise copies are the
+// SAFETY (all four): #[repr(C)] mirrors of the C structs, Copy, no references; bitwise copies are the
 // kernel arguments.
 unsafe impl cudarc::driver::DeviceRepr for ffi::GsdpaWgmmaConformanceParams {}
 unsafe impl cudarc::driver::DeviceRepr for ffi::GsdpaTmaConformanceParams {}
 unsafe impl cudarc::driver::DeviceRepr for ffi::GsdpaMbarrierConformanceParams {}
+unsafe impl cudarc::driver::DeviceRepr for ffi::GsdpaStmatrixConformanceParams {}
 
 const THREADS: u32 = ffi::GSDPA_HOPPER_CONF_THREADS;
 
@@ -31,6 +36,7 @@ pub struct WgmmaBatch {
     pub out_len: usize,
 }
 
+#[cfg(feature = "emulator")]
 /// Runs the wgmma cases on the emulator; returns the output, poisoned (NaN) before the launch.
 pub fn run_wgmma_on_emulator(emulator: &Emulator, batch: &WgmmaBatch) -> Result<Vec<f32>> {
     let cases = GuardedBuffer::copy_of(&batch.cases)?;
@@ -76,6 +82,7 @@ pub struct TmaCase {
 /// or the tensor after a store.
 pub type TmaResults = Vec<Vec<u8>>;
 
+#[cfg(feature = "emulator")]
 /// Runs TMA cases on the emulator over `tensor` (the global tensor's bytes; each store case gets its
 /// own copy).
 pub fn run_tma_on_emulator(
@@ -159,6 +166,7 @@ pub fn run_tma_on_emulator(
         .collect())
 }
 
+#[cfg(feature = "emulator")]
 /// Runs the mbarrier phase kernel: `[rounds][GSDPA_MBARRIER_CONF_WORDS]` words, poisoned with
 /// `0xffffffff` where the kernel writes nothing.
 pub fn run_mbarrier_on_emulator(emulator: &Emulator, rounds: u32) -> Result<Vec<u32>> {
@@ -187,6 +195,8 @@ pub fn run_mbarrier_on_emulator(emulator: &Emulator, rounds: u32) -> Result<Vec<
 pub enum HopperSelfTest {
     /// Everything in order: outputs `T T^T` in the accumulator layout.
     Correct,
+    /// Correct too: the product in two wgmma groups, retired by `wait_group 1`, then `0`.
+    Pipelined,
     /// Accumulators read without `wgmma.wait_group`.
     MissingWgmmaWait,
     /// No `wgmma.fence` before the first wgmma.
@@ -197,32 +207,47 @@ pub enum HopperSelfTest {
     LongExpectTx,
     /// The TMA destination read before the barrier wait.
     ReadBeforeBarrier,
+    /// A wgmma's shared-memory operand overwritten before the wait.
+    OperandOverwritten,
+    /// An accumulator written while its wgmma is in flight.
+    AccumulatorWritten,
+    /// A store into the TMA box while the load is still writing it.
+    WriteInFlight,
 }
 
 impl HopperSelfTest {
     /// Every Hopper self-test.
-    pub const ALL: [HopperSelfTest; 6] = [
+    pub const ALL: [HopperSelfTest; 10] = [
         HopperSelfTest::Correct,
+        HopperSelfTest::Pipelined,
         HopperSelfTest::MissingWgmmaWait,
         HopperSelfTest::MissingWgmmaFence,
         HopperSelfTest::ShortExpectTx,
         HopperSelfTest::LongExpectTx,
         HopperSelfTest::ReadBeforeBarrier,
+        HopperSelfTest::OperandOverwritten,
+        HopperSelfTest::AccumulatorWritten,
+        HopperSelfTest::WriteInFlight,
     ];
 
     /// The kernel's name.
     pub fn kernel(self) -> &'static str {
         match self {
             HopperSelfTest::Correct => "gsdpa_selftest_hopper_correct",
+            HopperSelfTest::Pipelined => "gsdpa_selftest_hopper_pipelined",
             HopperSelfTest::MissingWgmmaWait => "gsdpa_selftest_hopper_missing_wgmma_wait",
             HopperSelfTest::MissingWgmmaFence => "gsdpa_selftest_hopper_missing_wgmma_fence",
             HopperSelfTest::ShortExpectTx => "gsdpa_selftest_hopper_short_expect_tx",
             HopperSelfTest::LongExpectTx => "gsdpa_selftest_hopper_long_expect_tx",
             HopperSelfTest::ReadBeforeBarrier => "gsdpa_selftest_hopper_read_before_barrier",
+            HopperSelfTest::OperandOverwritten => "gsdpa_selftest_hopper_operand_overwritten",
+            HopperSelfTest::AccumulatorWritten => "gsdpa_selftest_hopper_accumulator_written",
+            HopperSelfTest::WriteInFlight => "gsdpa_selftest_hopper_write_in_flight",
         }
     }
 }
 
+#[cfg(feature = "emulator")]
 /// Runs a Hopper self-test on `tensor` (64 x 64 bf16 bits, row-major); returns the
 /// `[GSDPA_HOPPER_SELFTEST_THREADS][32]` output or the emulator's error.
 pub fn run_hopper_selftest(
@@ -266,4 +291,213 @@ pub fn run_hopper_selftest(
     unsafe { emulator.launch(&config, &params)? };
     out_buffer.copy_to(&mut out);
     Ok(out)
+}
+
+#[cfg(feature = "emulator")]
+/// Runs the stmatrix / elect.sync kernel: `GSDPA_STMATRIX_CONF_WORDS` words.
+pub fn run_stmatrix_on_emulator(emulator: &Emulator) -> Result<Vec<u32>> {
+    let mut out = vec![0u32; ffi::GSDPA_STMATRIX_CONF_WORDS as usize];
+    let out_buffer = GuardedBuffer::copy_of(&out)?;
+    let params = ffi::GsdpaStmatrixConformanceParams {
+        out: out_buffer.ptr().cast(),
+    };
+    let config = LaunchConfig {
+        kernel: "gsdpa_conformance_stmatrix".into(),
+        grid: [1, 1, 1],
+        block: [32, 1, 1],
+        shared_bytes: 2048,
+    };
+    // SAFETY: the output holds GSDPA_STMATRIX_CONF_WORDS words.
+    unsafe { emulator.launch(&config, &params)? };
+    out_buffer.copy_to(&mut out);
+    Ok(out)
+}
+
+// ----- The same kernels on a Hopper GPU (sm_90a SASS), to compare the emulator with hardware. They
+// allocate and synchronize: test helpers. -----
+
+fn wgmma_config(cases: usize) -> LaunchConfig {
+    LaunchConfig {
+        kernel: "gsdpa_conformance_wgmma".into(),
+        grid: [cases as u32, 1, 1],
+        block: [THREADS, 1, 1],
+        shared_bytes: ffi::GSDPA_WGMMA_CONF_SMEM,
+    }
+}
+
+/// [`run_wgmma_on_emulator`] on the GPU.
+pub fn run_wgmma_on_gpu(gpu: &CudaBackend, batch: &WgmmaBatch) -> Result<Vec<f32>> {
+    let stream = gpu.context().default_stream();
+    let up = |e| cuda_error("upload", e);
+    // The cases travel as raw bytes (the struct is plain data).
+    // SAFETY: GsdpaWgmmaCase is #[repr(C)] plain data; viewing it as bytes reads initialised memory.
+    let case_bytes = unsafe {
+        std::slice::from_raw_parts(
+            batch.cases.as_ptr().cast::<u8>(),
+            std::mem::size_of_val(batch.cases.as_slice()),
+        )
+    };
+    let cases = stream.clone_htod(case_bytes).map_err(up)?;
+    let images = stream.clone_htod(&batch.images).map_err(up)?;
+    let a_rows = stream.clone_htod(&batch.a_rows).map_err(up)?;
+    let c_init = stream.clone_htod(&batch.c_init).map_err(up)?;
+    let mut out = stream
+        .clone_htod(&vec![f32::NAN; batch.out_len])
+        .map_err(up)?;
+    {
+        let (cases_ptr, _g1) = cases.device_ptr(&stream);
+        let (images_ptr, _g2) = images.device_ptr(&stream);
+        let (a_ptr, _g3) = a_rows.device_ptr(&stream);
+        let (c_ptr, _g4) = c_init.device_ptr(&stream);
+        let (out_ptr, _g5) = out.device_ptr_mut(&stream);
+        let params = ffi::GsdpaWgmmaConformanceParams {
+            cases: cases_ptr as *const ffi::GsdpaWgmmaCase,
+            images: images_ptr as *const u8,
+            a_rows: a_ptr as *const u16,
+            c_init: c_ptr as *const f32,
+            out: out_ptr as *mut f32,
+        };
+        gpu.launch(&stream, &wgmma_config(batch.cases.len()), &params)?;
+    }
+    let result = stream
+        .clone_dtoh(&out)
+        .map_err(|e| cuda_error("download", e))?;
+    stream
+        .synchronize()
+        .map_err(|e| cuda_error("synchronize", e))?;
+    Ok(result)
+}
+
+/// [`run_tma_on_emulator`] on the GPU, for load cases only (store cases are refused): each case's map is
+/// encoded by the driver over a device copy of `tensor`.
+pub fn run_tma_loads_on_gpu(
+    gpu: &CudaBackend,
+    tensor: &[u8],
+    cases: &[TmaCase],
+) -> Result<TmaResults> {
+    if cases.iter().any(|c| c.store.is_some()) {
+        return Err(GsdpaError::InvalidArgument(
+            "run_tma_loads_on_gpu runs load cases only".into(),
+        ));
+    }
+    let stream = gpu.context().default_stream();
+    let up = |e| cuda_error("upload", e);
+    let source = stream.clone_htod(tensor).map_err(up)?;
+    let (source_ptr, _g0) = source.device_ptr(&stream);
+    let mut ffi_cases = Vec::new();
+    let mut out_len = 0usize;
+    for case in cases {
+        let mut map = case.map.clone();
+        map.global_address = source_ptr;
+        let mut coords = [0i32; 5];
+        coords[..case.coords.len()].copy_from_slice(&case.coords);
+        ffi_cases.push(ffi::GsdpaTmaCase {
+            map: map.encode_cuda(gpu)?,
+            coords,
+            rank: map.rank() as u32,
+            box_bytes: map.box_bytes(),
+            is_store: 0,
+            reduce_add: 0,
+            pad: 0,
+            out_offset: out_len as u64,
+        });
+        out_len = (out_len + map.box_bytes() as usize).next_multiple_of(16);
+    }
+    // SAFETY: GsdpaTmaCase is #[repr(C)] plain data (its map 64-byte aligned, as the device copy is).
+    let case_bytes = unsafe {
+        std::slice::from_raw_parts(
+            ffi_cases.as_ptr().cast::<u8>(),
+            std::mem::size_of_val(ffi_cases.as_slice()),
+        )
+    };
+    let cases_buffer = stream.clone_htod(case_bytes).map_err(up)?;
+    let image = stream.alloc_zeros::<u8>(16).map_err(up)?;
+    let mut out = stream
+        .clone_htod(&vec![0xa5u8; out_len.max(16)])
+        .map_err(up)?;
+    {
+        let (cases_ptr, _g1) = cases_buffer.device_ptr(&stream);
+        let (image_ptr, _g2) = image.device_ptr(&stream);
+        let (out_ptr, _g3) = out.device_ptr_mut(&stream);
+        let params = ffi::GsdpaTmaConformanceParams {
+            cases: cases_ptr as *const ffi::GsdpaTmaCase,
+            image: image_ptr as *const u8,
+            out: out_ptr as *mut u8,
+        };
+        let config = LaunchConfig {
+            kernel: "gsdpa_conformance_tma".into(),
+            grid: [ffi_cases.len() as u32, 1, 1],
+            block: [THREADS, 1, 1],
+            shared_bytes: ffi::GSDPA_TMA_CONF_SMEM,
+        };
+        gpu.launch(&stream, &config, &params)?;
+    }
+    let dump = stream
+        .clone_dtoh(&out)
+        .map_err(|e| cuda_error("download", e))?;
+    stream
+        .synchronize()
+        .map_err(|e| cuda_error("synchronize", e))?;
+    Ok(ffi_cases
+        .iter()
+        .map(|c| dump[c.out_offset as usize..(c.out_offset + c.box_bytes as u64) as usize].to_vec())
+        .collect())
+}
+
+/// [`run_mbarrier_on_emulator`] on the GPU.
+pub fn run_mbarrier_on_gpu(gpu: &CudaBackend, rounds: u32) -> Result<Vec<u32>> {
+    let stream = gpu.context().default_stream();
+    let words = ffi::GSDPA_MBARRIER_CONF_WORDS as usize;
+    let mut out = stream
+        .clone_htod(&vec![u32::MAX; rounds as usize * words])
+        .map_err(|e| cuda_error("upload", e))?;
+    {
+        let (out_ptr, _g) = out.device_ptr_mut(&stream);
+        let params = ffi::GsdpaMbarrierConformanceParams {
+            rounds,
+            out: out_ptr as *mut u32,
+        };
+        let config = LaunchConfig {
+            kernel: "gsdpa_conformance_mbarrier".into(),
+            grid: [1, 1, 1],
+            block: [THREADS, 1, 1],
+            shared_bytes: 8 * ffi::GSDPA_MBARRIER_CONF_ROUNDS,
+        };
+        gpu.launch(&stream, &config, &params)?;
+    }
+    let result = stream
+        .clone_dtoh(&out)
+        .map_err(|e| cuda_error("download", e))?;
+    stream
+        .synchronize()
+        .map_err(|e| cuda_error("synchronize", e))?;
+    Ok(result)
+}
+
+/// [`run_stmatrix_on_emulator`] on the GPU.
+pub fn run_stmatrix_on_gpu(gpu: &CudaBackend) -> Result<Vec<u32>> {
+    let stream = gpu.context().default_stream();
+    let mut out = stream
+        .alloc_zeros::<u32>(ffi::GSDPA_STMATRIX_CONF_WORDS as usize)
+        .map_err(|e| cuda_error("alloc", e))?;
+    {
+        let (out_ptr, _g) = out.device_ptr_mut(&stream);
+        let params = ffi::GsdpaStmatrixConformanceParams {
+            out: out_ptr as *mut u32,
+        };
+        let config = LaunchConfig {
+            kernel: "gsdpa_conformance_stmatrix".into(),
+            grid: [1, 1, 1],
+            block: [32, 1, 1],
+            shared_bytes: 2048,
+        };
+        gpu.launch(&stream, &config, &params)?;
+    }
+    let result = stream
+        .clone_dtoh(&out)
+        .map_err(|e| cuda_error("download", e))?;
+    stream
+        .synchronize()
+        .map_err(|e| cuda_error("synchronize", e))?;
+    Ok(result)
 }

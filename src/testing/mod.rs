@@ -5,7 +5,6 @@
 pub mod bench;
 pub mod conformance;
 pub mod decode_bench;
-#[cfg(feature = "emulator")]
 pub mod hopper;
 #[cfg(feature = "emulator")]
 pub mod selftest;
