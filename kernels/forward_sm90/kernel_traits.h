@@ -8,7 +8,7 @@
 // owning 64 of the BLOCK_M = 128 query rows (one wgmma m64 tile).
 //
 //   D    BLOCK_N  S regs  O regs  smem     why
-//   64   128      64      32      81 KiB   FlashAttention-3's tile for d64
+//   64   128      64      32      81 KiB   128-key tiles: fewer barrier round trips per key
 //   128  128      64      64      161 KiB  two K/V stages of 128 keys fit beside Q
 //   256  64       32      128     193 KiB  128 O accumulators per thread leave room for a 64-key S only
 //
@@ -76,13 +76,6 @@ struct Sm90Traits {
     static constexpr int SMEM_BYTES = SMEM_BARRIERS + 1024;
     GSDPA_DEVICE static int smem_k(int stage) { return SMEM_K + stage * KV_BYTES; }
     GSDPA_DEVICE static int smem_v(int stage) { return SMEM_V + stage * KV_BYTES; }
-
-    // Byte offset of element (row, col) in a tile of this layout whose column blocks are `block_bytes`
-    // apart (row < rows of the tile).
-    GSDPA_DEVICE static int tile_offset(int row, int col, int block_bytes) {
-        const int chunk = (col % BOX_COLS) / 8;
-        return (col / BOX_COLS) * block_bytes + row * ROW_BYTES + ((chunk ^ (row % 8)) * 16) + (col % 8) * 2;
-    }
 
     static_assert(sizeof(T) == 2, "16-bit element types only");
     static_assert(D % BOX_COLS == 0 && BLOCK_N % 16 == 0, "whole column blocks and k-steps");
