@@ -51,8 +51,14 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     uint64_t *k_full = bars + 1;      // [STAGES]
     uint64_t *v_full = bars + 3;      // [STAGES]
     uint64_t *kv_empty = bars + 5;    // [STAGES]
+    uint64_t *q_free = bars + 7;      // the consumer warps are past their last read of Q
+    uint64_t *g_full = bars + 8;      // the elementwise gate tile has landed in Q's place
+    // The elementwise gate tile is TMA-loaded into the Q region during the last key tile.
+    const bool gate_tile = n_tiles > 0 && p.gate_mode == GSDPA_GATE_ELEMENTWISE;
     if (tid == 0) {
         mbarrier_init(q_full, 1);
+        mbarrier_init(q_free, Tr::CONSUMER_WARPS);
+        mbarrier_init(g_full, 1);
         for (int s = 0; s < Tr::STAGES; ++s) {
             mbarrier_init(&k_full[s], 1);
             mbarrier_init(&v_full[s], 1);
@@ -94,6 +100,15 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
                     const int32_t coords[4] = {c * Tr::BOX_COLS, seq.k_start + n * BLOCK_N, kv_head, seq.batch};
                     tma_load<4>(smem + Tr::smem_v(stage) + c * Tr::KV_BLOCK_BYTES, params.v_map, &v_full[stage],
                                 coords);
+                }
+            }
+            if (gate_tile) {
+                mbarrier_wait(q_free, 0);
+                mbarrier_arrive_expect_tx(g_full, Tr::Q_BYTES);
+#pragma unroll
+                for (int c = 0; c < Tr::COL_BLOCKS; ++c) {
+                    const int32_t coords[4] = {c * Tr::BOX_COLS, seq.q_start + m0, h, seq.batch};
+                    tma_load<4>(smem + Tr::SMEM_Q + c * Tr::Q_BLOCK_BYTES, params.g_map, g_full, coords);
                 }
             }
         }
@@ -148,6 +163,11 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
             }
             wgmma_commit();
             wgmma_wait<0>();
+            if (gate_tile && i == n_tiles - 1) {
+                // This warp's last read of Q has retired: the producer may load the gate tile over it.
+                __syncwarp();
+                if (lane == 0) mbarrier_arrive(q_free);
+            }
 
             // The rare path: tiles reaching past the warpgroup's first row's key limit (the partial last
             // tile, the causal diagonal).
@@ -187,7 +207,15 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     Sm90Outputs<T> out;
     out.y = static_cast<T *>(p.y) + seq.q_offset(p.y_stride, wg_m0, h);
     out.o = p.o != nullptr ? static_cast<T *>(p.o) + seq.q_offset(p.o_stride, wg_m0, h) : nullptr;
-    out.g = gate_mode != GSDPA_GATE_NONE ? static_cast<const T *>(p.g) + seq.q_offset(p.g_stride, wg_m0, h) : nullptr;
+    out.g = gate_mode == GSDPA_GATE_HEADWISE ? static_cast<const T *>(p.g) + seq.q_offset(p.g_stride, wg_m0, h)
+                                             : nullptr;
+    // The elementwise gate tile: this warpgroup's 64 rows of it, once it has landed.
+    out.g_tile = nullptr;
+    if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
+        mbarrier_wait(g_full, 0);
+        out.g_tile = smem + Tr::SMEM_Q;
+    }
+    out.g_tile_row0 = cwg * Tr::WG_ROWS;
     out.lse = p.lse != nullptr ? p.lse + seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, h) + wg_m0 : nullptr;
     out.y_row_stride = p.y_stride.row;
     out.o_row_stride = p.o_stride.row;

@@ -365,7 +365,7 @@ enum GsdpaFwdGeometry {
 
 /*
  * The Hopper forward (kernels/forward_sm90.cu, sm_90a only; docs/hopper-forward.md): the mma.sync
- * forward's params plus TMA tensor maps of Q, K and V, 4-D [D, S, H, B] (innermost first, 16-bit, 128-byte
+ * forward's params plus TMA tensor maps of Q, K, V (and the elementwise G), 4-D [D, S, H, B] (innermost first, 16-bit, 128-byte
  * swizzle, boxes of 64 x BLOCK_M or 64 x BLOCK_N rows). Grid (ceil(seqlen_q / BLOCK_M), heads_q, batch);
  * block: one producer warpgroup and two consumer warpgroups of 64 query rows each. Why these tiles:
  * kernels/forward_sm90/kernel_traits.h.
@@ -375,6 +375,7 @@ typedef struct GsdpaFwdSm90Params {
     GsdpaTensorMap q_map;
     GsdpaTensorMap k_map;
     GsdpaTensorMap v_map;
+    GsdpaTensorMap g_map;          /* the elementwise gate, like q_map; unused (zero) for other gate modes */
 } GsdpaFwdSm90Params;
 
 enum GsdpaFwdSm90Geometry {

@@ -488,12 +488,17 @@ impl CudaBackend {
             // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
             params.gate_partials_per_head = 0;
         } else if hopper && launch::hopper_forward_unsupported(problem, &params).is_none() {
-            let [q_map, k_map, v_map] = launch::forward_sm90_maps(problem, T::DTYPE, &params)?;
+            let maps = launch::forward_sm90_maps(problem, T::DTYPE, &params)?;
+            let [q_map, k_map, v_map] = &maps.qkv;
             let sm90 = crate::ffi::GsdpaFwdSm90Params {
                 fwd: params,
                 q_map: q_map.encode_cuda(self)?,
                 k_map: k_map.encode_cuda(self)?,
                 v_map: v_map.encode_cuda(self)?,
+                g_map: match &maps.g {
+                    Some(g) => g.encode_cuda(self)?,
+                    None => crate::ffi::GsdpaTensorMap { opaque: [0; 16] },
+                },
                 ..Default::default()
             };
             let config = launch::forward_sm90(problem, T::DTYPE)?;

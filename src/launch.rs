@@ -124,9 +124,11 @@ pub fn hopper_forward_unsupported(
     if forward_sm90_geometry(problem.head_dim).is_err() {
         return Some("head dim not supported by the Hopper forward");
     }
-    for ptr in [params.q, params.k, params.v] {
+    let elementwise = problem.gate == crate::problem::GateMode::Elementwise;
+    let g = if elementwise { Some(params.g) } else { None };
+    for ptr in [params.q, params.k, params.v].into_iter().chain(g) {
         if ptr as usize % 16 != 0 {
-            return Some("TMA needs 16-byte aligned Q, K and V base addresses");
+            return Some("TMA needs 16-byte aligned Q, K, V (and elementwise G) base addresses");
         }
     }
     let dims_fit = [
@@ -144,14 +146,15 @@ pub fn hopper_forward_unsupported(
     None
 }
 
-/// The TMA tensor map parameters of Q, K and V for the Hopper forward: `[D, S, H, B]` (innermost first)
-/// with the tensors' row, head and batch strides, boxes of 64 columns (one 128-byte swizzled row) by the
-/// kernel's query or key tile. Call after [`hopper_forward_unsupported`] returned `None`.
+/// The TMA tensor map parameters of Q, K, V and (elementwise gate only) G for the Hopper forward:
+/// `[D, S, H, B]` (innermost first) with the tensors' row, head and batch strides, boxes of 64 columns
+/// (one 128-byte swizzled row) by the kernel's query or key tile. Call after
+/// [`hopper_forward_unsupported`] returned `None`.
 pub fn forward_sm90_maps(
     problem: &AttentionProblem,
     dtype: DType,
     params: &ffi::GsdpaFwdParams,
-) -> Result<[crate::tma::TensorMapParams; 3]> {
+) -> Result<Sm90Maps> {
     use crate::tma::{TensorMapParams, TmaElement, TmaSwizzle};
     let (block_n, _) = forward_sm90_geometry(problem.head_dim)?;
     let element = match dtype {
@@ -192,7 +195,16 @@ pub fn forward_sm90_maps(
         )
         .with_swizzle(TmaSwizzle::B128)
     };
-    Ok([
+    let g = (problem.gate == crate::problem::GateMode::Elementwise).then(|| {
+        map(
+            params.g,
+            &params.g_stride,
+            problem.seqlen_q,
+            problem.heads_q,
+            ffi::GSDPA_FWD_SM90_BLOCK_M,
+        )
+    });
+    let qkv = [
         map(
             params.q,
             &params.q_stride,
@@ -214,7 +226,17 @@ pub fn forward_sm90_maps(
             problem.heads_kv,
             block_n,
         ),
-    ])
+    ];
+    Ok(Sm90Maps { qkv, g })
+}
+
+/// The Hopper forward's tensor maps ([`forward_sm90_maps`]).
+#[derive(Debug, Clone)]
+pub struct Sm90Maps {
+    /// Q, K, V.
+    pub qkv: [crate::tma::TensorMapParams; 3],
+    /// The elementwise gate (`None` for the other gate modes).
+    pub g: Option<crate::tma::TensorMapParams>,
 }
 
 /// Partial sums per (batch, query head) that the forward writes for the gate statistics: one per warp

@@ -6,8 +6,8 @@
 // are rounded to T and stored from registers, rows past seqlen_q left alone: no staging through shared
 // memory and no TMA store yet (the emulator's race detector does not order hand-offs through a
 // warpgroup's partial named barrier, so a staged store is left for a TMA store; docs/hopper-forward.md).
-// The gate logits are read from global memory here
-// (4-byte pairs, or one logit per row): no TMA load of the gate tile yet (docs/hopper-forward.md).
+// The elementwise gate tile was TMA-loaded over Q during the last key tile (forward_sm90.cu); the
+// headwise logits (one per row) are read from global memory here.
 #pragma once
 
 #include "../common/activation.h"
@@ -42,7 +42,9 @@ template <class T>
 struct Sm90Outputs {
     T *y;
     T *o;
-    const T *g;
+    const T *g;           // headwise gate logits (null otherwise)
+    const char *g_tile;   // the elementwise gate tile in shared memory (Q's layout; null otherwise)
+    int g_tile_row0;      // the warpgroup's first row in it
     float *lse;
     int64_t y_row_stride, o_row_stride, g_row_stride;
     int rows;
@@ -72,15 +74,13 @@ GSDPA_DEVICE void write_outputs(const Sm90Outputs<typename Tr::T> &out, float (&
     if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
 #pragma unroll
         for (int row_half = 0; row_half < 2; ++row_half) {
-            const bool real = my_row[row_half] < out.rows;
-            const T *g_row = out.g + int64_t(real ? my_row[row_half] : 0) * out.g_row_stride + 2 * (lane & 3);
+            const int tile_row = out.g_tile_row0 + my_row[row_half];
 #pragma unroll
             for (int nt = 0; nt < Tr::N_TILES_O; ++nt) {
-                float2 a = make_float2(0.0f, 0.0f);
-                if (real) {
-                    const float2 g = unpack_float2<T>(*reinterpret_cast<const uint32_t *>(g_row + nt * 8));
-                    a = make_float2(gate_activation(g.x, activation), gate_activation(g.y, activation));
-                }
+                // Rows past seqlen_q hold TMA's zero fill; they are not stored.
+                const float2 g = unpack_float2<T>(ld_shared(reinterpret_cast<const uint32_t *>(
+                    out.g_tile + Tr::q_tile_offset(tile_row, nt * 8 + 2 * (lane & 3)))));
+                const float2 a = make_float2(gate_activation(g.x, activation), gate_activation(g.y, activation));
                 y[nt][2 * row_half] = acc_o[nt][2 * row_half] * a.x;
                 y[nt][2 * row_half + 1] = acc_o[nt][2 * row_half + 1] * a.y;
             }

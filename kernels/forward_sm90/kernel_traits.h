@@ -17,6 +17,8 @@
 // of row r at chunk j ^ (r % 8)): exactly one TMA box per column block, and the layout the wgmma
 // descriptors read with the 128-byte swizzle.
 //   [Q: BLOCK_M x D][K: 2 stages x BLOCK_N x D][V: 2 stages x BLOCK_N x D][mbarriers]
+// The elementwise gate tile (BLOCK_M x D, same layout) replaces Q once both consumers are past their
+// last S = Q K^T.
 #pragma once
 
 #include "../common/hopper/mbarrier.h"
@@ -76,6 +78,12 @@ struct Sm90Traits {
     static constexpr int SMEM_BYTES = SMEM_BARRIERS + 1024;
     GSDPA_DEVICE static int smem_k(int stage) { return SMEM_K + stage * KV_BYTES; }
     GSDPA_DEVICE static int smem_v(int stage) { return SMEM_V + stage * KV_BYTES; }
+
+    // Byte offset of element (row, col) of the Q tile (or the gate tile that replaces it).
+    GSDPA_DEVICE static int q_tile_offset(int row, int col) {
+        const int chunk = (col % BOX_COLS) / 8;
+        return (col / BOX_COLS) * Q_BLOCK_BYTES + row * ROW_BYTES + ((chunk ^ (row % 8)) * 16) + (col % 8) * 2;
+    }
 
     static_assert(sizeof(T) == 2, "16-bit element types only");
     static_assert(D % BOX_COLS == 0 && BLOCK_N % 16 == 0, "whole column blocks and k-steps");

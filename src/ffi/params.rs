@@ -799,10 +799,11 @@ pub struct GsdpaFwdSm90Params {
     pub q_map: GsdpaTensorMap,
     pub k_map: GsdpaTensorMap,
     pub v_map: GsdpaTensorMap,
+    pub g_map: GsdpaTensorMap,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of GsdpaFwdSm90Params"][::std::mem::size_of::<GsdpaFwdSm90Params>() - 768usize];
+    ["Size of GsdpaFwdSm90Params"][::std::mem::size_of::<GsdpaFwdSm90Params>() - 896usize];
     ["Alignment of GsdpaFwdSm90Params"][::std::mem::align_of::<GsdpaFwdSm90Params>() - 64usize];
     ["Offset of field: GsdpaFwdSm90Params::fwd"]
         [::std::mem::offset_of!(GsdpaFwdSm90Params, fwd) - 0usize];
@@ -812,6 +813,8 @@ const _: () = {
         [::std::mem::offset_of!(GsdpaFwdSm90Params, k_map) - 512usize];
     ["Offset of field: GsdpaFwdSm90Params::v_map"]
         [::std::mem::offset_of!(GsdpaFwdSm90Params, v_map) - 640usize];
+    ["Offset of field: GsdpaFwdSm90Params::g_map"]
+        [::std::mem::offset_of!(GsdpaFwdSm90Params, g_map) - 768usize];
 };
 impl Default for GsdpaFwdSm90Params {
     fn default() -> Self {
