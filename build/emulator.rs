@@ -26,7 +26,11 @@ pub fn build_emulator(paths: &Paths, sources: &KernelSources) -> Result<bool> {
         // Kernels reinterpret buffers as vector types (uint4 loads), as CUDA code does.
         .flag("-fno-strict-aliasing")
         // `#pragma unroll` is CUDA's; the host compiler unrolls on its own judgement.
-        .flag("-Wno-unknown-pragmas");
+        .flag("-Wno-unknown-pragmas")
+        // gcc notes that passing a 64-byte-aligned struct by value changed ABI in gcc 4.6: the Hopper
+        // kernels' params (the tensor maps are 64-byte aligned) are built and consumed by this same
+        // library, never across that ABI boundary.
+        .flag_if_supported("-Wno-psabi");
     // Hook for an AddressSanitizer build (GSDPA_EMU_SANITIZE=address). The C++ side is instrumented and
     // gcc's libasan linked; rustc links with -nodefaultlibs, so the runtime is named explicitly, and as it
     // is then not first in the library list, run with ASAN_OPTIONS=verify_asan_link_order=0 (or

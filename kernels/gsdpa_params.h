@@ -364,6 +364,34 @@ enum GsdpaFwdGeometry {
 };
 
 /*
+ * The Hopper forward (kernels/forward_sm90.cu, sm_90a only; docs/hopper-forward.md): the mma.sync
+ * forward's params plus TMA tensor maps of Q, K, V (and the elementwise G), 4-D [D, S, H, B] (innermost first, 16-bit, 128-byte
+ * swizzle, boxes of 64 x BLOCK_M or 64 x BLOCK_N rows). Grid (ceil(seqlen_q / BLOCK_M), heads_q, batch);
+ * block: one producer warpgroup and two consumer warpgroups of 64 query rows each. Why these tiles:
+ * kernels/forward_sm90/kernel_traits.h.
+ */
+typedef struct GsdpaFwdSm90Params {
+    GsdpaFwdParams fwd;
+    GsdpaTensorMap q_map;
+    GsdpaTensorMap k_map;
+    GsdpaTensorMap v_map;
+    GsdpaTensorMap g_map;          /* the elementwise gate, like q_map; unused (zero) for other gate modes */
+} GsdpaFwdSm90Params;
+
+enum GsdpaFwdSm90Geometry {
+    GSDPA_FWD_SM90_BLOCK_M = 128,
+    GSDPA_FWD_SM90_THREADS = 384,
+    GSDPA_FWD_SM90_BOX_COLS = 64,  /* head-dim columns per TMA box: one 128-byte swizzled row */
+    GSDPA_FWD_SM90_BLOCK_N_D64 = 128,
+    GSDPA_FWD_SM90_BLOCK_N_D128 = 128,
+    GSDPA_FWD_SM90_BLOCK_N_D256 = 64,
+    /* Q (BLOCK_M x D) + 2 stages x (K + V) (BLOCK_N x D), 16-bit, + 1 KiB for the mbarriers */
+    GSDPA_FWD_SM90_SMEM_D64 = (128 + 4 * 128) * 64 * 2 + 1024,    /* 81 KiB */
+    GSDPA_FWD_SM90_SMEM_D128 = (128 + 4 * 128) * 128 * 2 + 1024,  /* 161 KiB */
+    GSDPA_FWD_SM90_SMEM_D256 = (128 + 4 * 64) * 256 * 2 + 1024    /* 193 KiB */
+};
+
+/*
  * Backward launch geometry (kernels/backward.cu; why these tiles: kernels/backward/traits.h). Order and
  * grids (docs/backward.md): preprocess (ceil(seqlen_q / PRE_ROWS), heads_q, batch); dkdv
  * (ceil(seqlen_k / DKDV_BLOCK_N), heads_kv, batch); then dq (ceil(seqlen_q / DQ_BLOCK_M), heads_q, batch)

@@ -182,3 +182,32 @@ pub type HostGateArgs<'a, T> = GateArgs<&'a [T], &'a mut [T]>;
 
 /// Gate backward arguments over host slices.
 pub type HostGateBackwardArgs<'a, T> = GateBackwardArgs<&'a [T], &'a mut [T]>;
+
+/// Which forward kernel a backend runs (docs/hopper-forward.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardKernel {
+    /// The Hopper kernel on sm_90 targets (the emulator's [`crate::Emulator::with_arch`], the CUDA
+    /// device), where the call is one it supports; the mma.sync kernel otherwise.
+    #[default]
+    Auto,
+    /// Always the mma.sync kernel (FlashAttention-2 design, every arch).
+    MmaSync,
+    /// The warp-specialized wgmma / TMA kernel (sm_90a) wherever it supports the call, falling back to
+    /// the mma.sync kernel where it does not ([`crate::launch::hopper_forward_unsupported`]); on the CUDA
+    /// backend a device other than sm_90 is an error.
+    Hopper,
+}
+
+impl ForwardKernel {
+    /// Parses `auto`, `mma-sync` (or `mma`, `sm80`) and `hopper` (or `sm90`).
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(ForwardKernel::Auto),
+            "mma-sync" | "mma_sync" | "mma" | "sm80" => Ok(ForwardKernel::MmaSync),
+            "hopper" | "sm90" | "wgmma" => Ok(ForwardKernel::Hopper),
+            other => Err(crate::error::GsdpaError::InvalidArgument(format!(
+                "`{other}` is not a forward kernel (auto, mma-sync, hopper)"
+            ))),
+        }
+    }
+}

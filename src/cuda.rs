@@ -28,7 +28,8 @@ use cudarc::driver::{
 
 use crate::arch::{self, KernelLimits, TargetArch};
 use crate::backend::{
-    BackwardArgs, BackwardOptions, ForwardArgs, ForwardDiagnostics, GateArgs, GateBackwardArgs,
+    BackwardArgs, BackwardOptions, ForwardArgs, ForwardDiagnostics, ForwardKernel, GateArgs,
+    GateBackwardArgs,
 };
 use crate::build_info;
 use crate::error::{GsdpaError, Result};
@@ -37,6 +38,10 @@ use crate::launch::{self, LaunchConfig};
 use crate::problem::{Activation, AttentionProblem, GateMode};
 use crate::tensor::{Element, Layout, Memory, Tensor};
 use crate::validate;
+
+// SAFETY: a plain C struct of pointers, integers and opaque tensor maps, passed by value as the kernel's
+// only parameter.
+unsafe impl DeviceRepr for crate::ffi::GsdpaFwdSm90Params {}
 
 pub(crate) fn cuda_error(what: &str, e: DriverError) -> GsdpaError {
     GsdpaError::Cuda(format!("{what}: {e:?}"))
@@ -309,6 +314,9 @@ pub struct CudaBackend {
     functions: Mutex<HashMap<String, KernelFunction>>,
     /// The device's architecture, whose launch limits `launch` checks.
     arch: TargetArch,
+    forward_kernel: ForwardKernel,
+    /// The kernel the latest forward launched.
+    last_forward_kernel: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -362,7 +370,43 @@ impl CudaBackend {
             module,
             functions: Mutex::new(HashMap::new()),
             arch: TargetArch::new(major.max(0) as u32, minor.max(0) as u32),
+            forward_kernel: ForwardKernel::Auto,
+            last_forward_kernel: Mutex::new(None),
         })
+    }
+
+    /// Selects the forward kernel. Under [`ForwardKernel::Auto`] (the default) an sm_90 device runs the
+    /// Hopper kernel (kernels/forward_sm90.cu) for the calls it supports when the fatbin holds sm_90a
+    /// SASS, any other device the mma.sync kernel; [`ForwardKernel::Hopper`] on a device or build without
+    /// it is an error. docs/hopper-forward.md lists the fallbacks.
+    pub fn with_forward_kernel(mut self, kernel: ForwardKernel) -> Self {
+        self.forward_kernel = kernel;
+        self
+    }
+
+    /// The name of the kernel the latest forward launched, `None` before any.
+    pub fn last_forward_kernel(&self) -> Option<String> {
+        self.last_forward_kernel
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether forwards run the Hopper kernel where it supports the call.
+    fn wants_hopper(&self) -> Result<bool> {
+        let available = self.arch.major == 9 && build_info::archs().contains(&"sm_90a");
+        match self.forward_kernel {
+            ForwardKernel::Auto => Ok(available),
+            ForwardKernel::MmaSync => Ok(false),
+            ForwardKernel::Hopper if available => Ok(true),
+            ForwardKernel::Hopper => Err(GsdpaError::InvalidArgument(format!(
+                "the Hopper forward needs an sm_90 device and sm_90a in the build's archs; device sm_{}{}, \
+                 archs {:?}",
+                self.arch.major,
+                self.arch.minor,
+                build_info::archs()
+            ))),
+        }
     }
 
     /// The device's architecture (compute capability), whose launch limits every launch is checked
@@ -416,6 +460,12 @@ impl CudaBackend {
         }
         functions.insert(config.kernel.clone(), f);
         Ok(f)
+    }
+
+    fn record_forward_kernel(&self, config: &LaunchConfig) {
+        if let Ok(mut last) = self.last_forward_kernel.lock() {
+            *last = Some(config.kernel.clone());
+        }
     }
 
     /// Launches one kernel with its params struct on `stream`.
@@ -545,6 +595,7 @@ impl CudaBackend {
         F: Memory<Elem = f32>,
     {
         let mut params = validate::validate_forward(problem, args)?;
+        let hopper = self.wants_hopper()?;
         let gate_stats_requested = !params.gate_stats.is_null();
         if problem.is_empty() && !gate_stats_requested {
             return Ok(());
@@ -557,8 +608,26 @@ impl CudaBackend {
         if problem.is_empty() {
             // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
             params.gate_partials_per_head = 0;
+        } else if hopper && launch::hopper_forward_unsupported(problem, &params).is_none() {
+            let maps = launch::forward_sm90_maps(problem, <I::Elem as Element>::DTYPE, &params)?;
+            let [q_map, k_map, v_map] = &maps.qkv;
+            let sm90 = crate::ffi::GsdpaFwdSm90Params {
+                fwd: params,
+                q_map: q_map.encode_cuda(self)?,
+                k_map: k_map.encode_cuda(self)?,
+                v_map: v_map.encode_cuda(self)?,
+                g_map: match &maps.g {
+                    Some(g) => g.encode_cuda(self)?,
+                    None => crate::ffi::GsdpaTensorMap { opaque: [0; 16] },
+                },
+                ..Default::default()
+            };
+            let config = launch::forward_sm90(problem, <I::Elem as Element>::DTYPE)?;
+            self.record_forward_kernel(&config);
+            unsafe { self.launch_on(stream, &config, &sm90)? };
         } else {
             let config = launch::forward(problem, <I::Elem as Element>::DTYPE)?;
+            self.record_forward_kernel(&config);
             unsafe { self.launch_on(stream, &config, &params)? };
         }
         if gate_stats_requested {

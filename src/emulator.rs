@@ -26,7 +26,7 @@ use std::ffi::{c_char, c_void, CString};
 
 use crate::arch::{self, KernelLimits, TargetArch};
 use crate::backend::{
-    BackwardOptions, HostBackend, HostBackwardArgs, HostForwardArgs, HostGateArgs,
+    BackwardOptions, ForwardKernel, HostBackend, HostBackwardArgs, HostForwardArgs, HostGateArgs,
     HostGateBackwardArgs,
 };
 use crate::error::{GsdpaError, Result};
@@ -66,6 +66,9 @@ pub struct Emulator {
     worker_threads: u32,
     arch: TargetArch,
     racecheck: bool,
+    forward_kernel: ForwardKernel,
+    /// The kernel the latest forward launched (shared by clones).
+    last_forward_kernel: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// An unusable `GSDPA_EMU_ARCH` or `GSDPA_EMU_RACECHECK`, reported by every launch.
     env_error: Option<GsdpaError>,
 }
@@ -113,6 +116,8 @@ impl Emulator {
             worker_threads: 0,
             arch,
             racecheck,
+            forward_kernel: ForwardKernel::Auto,
+            last_forward_kernel: Default::default(),
             env_error,
         }
     }
@@ -122,6 +127,49 @@ impl Emulator {
     pub fn with_arch(mut self, arch: TargetArch) -> Self {
         self.arch = arch;
         self
+    }
+
+    /// Selects the forward kernel. Under [`ForwardKernel::Auto`] (the default) an sm_90 target
+    /// ([`Emulator::with_arch`]`(TargetArch::SM90)`) runs the Hopper kernel (kernels/forward_sm90.cu)
+    /// for the calls it supports, any other target the mma.sync kernel; [`ForwardKernel::Hopper`] needs an
+    /// sm_90 target. docs/hopper-forward.md lists the fallbacks.
+    pub fn with_forward_kernel(mut self, kernel: ForwardKernel) -> Self {
+        self.forward_kernel = kernel;
+        self
+    }
+
+    /// The forward kernel selection.
+    pub fn forward_kernel(&self) -> ForwardKernel {
+        self.forward_kernel
+    }
+
+    /// The name of the kernel the latest forward of this emulator (or of a clone) launched, `None`
+    /// before any forward launch.
+    pub fn last_forward_kernel(&self) -> Option<String> {
+        self.last_forward_kernel
+            .lock()
+            .map(|k| k.clone())
+            .unwrap_or_default()
+    }
+
+    /// Whether forwards run the Hopper kernel where it supports the call.
+    fn wants_hopper(&self) -> Result<bool> {
+        let sm90 = self.arch.major == 9;
+        match self.forward_kernel {
+            ForwardKernel::Auto => Ok(sm90),
+            ForwardKernel::MmaSync => Ok(false),
+            ForwardKernel::Hopper if sm90 => Ok(true),
+            ForwardKernel::Hopper => Err(GsdpaError::InvalidArgument(format!(
+                "the Hopper forward needs an sm_90 target, the emulator targets sm_{}{}",
+                self.arch.major, self.arch.minor
+            ))),
+        }
+    }
+
+    fn record_forward_kernel(&self, config: &LaunchConfig) {
+        if let Ok(mut last) = self.last_forward_kernel.lock() {
+            *last = Some(config.kernel.clone());
+        }
     }
 
     /// Turns the shared-memory race detector on or off (it costs time; the test suite runs with it on).
@@ -453,6 +501,7 @@ impl HostBackend for Emulator {
             return Ok(());
         }
         let config = launch::forward(problem, T::DTYPE)?;
+        let hopper = self.wants_hopper()?;
         let q = input_copy(&args.q)?;
         let k = input_copy(&args.k)?;
         let v = input_copy(&args.v)?;
@@ -483,7 +532,26 @@ impl HostBackend for Emulator {
         if problem.is_empty() {
             // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
             params.gate_partials_per_head = 0;
+        } else if hopper && launch::hopper_forward_unsupported(problem, &params).is_none() {
+            let maps = launch::forward_sm90_maps(problem, T::DTYPE, &params)?;
+            let [q_map, k_map, v_map] = &maps.qkv;
+            let sm90 = ffi::GsdpaFwdSm90Params {
+                fwd: params,
+                q_map: q_map.encode_emulator()?,
+                k_map: k_map.encode_emulator()?,
+                v_map: v_map.encode_emulator()?,
+                g_map: match &maps.g {
+                    Some(g) => g.encode_emulator()?,
+                    None => ffi::GsdpaTensorMap { opaque: [0; 16] },
+                },
+                ..Default::default()
+            };
+            let config = launch::forward_sm90(problem, T::DTYPE)?;
+            self.record_forward_kernel(&config);
+            // SAFETY: as above; the tensor maps address the same guarded buffers as params.
+            unsafe { self.launch::<ffi::GsdpaFwdSm90Params>(&config, &sm90)? };
         } else {
+            self.record_forward_kernel(&config);
             unsafe { self.launch::<ffi::GsdpaFwdParams>(&config, &params)? };
         }
         let stats_config = launch::gate_stats(problem)?;

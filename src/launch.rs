@@ -70,6 +70,175 @@ pub fn forward(problem: &AttentionProblem, dtype: DType) -> Result<LaunchConfig>
     })
 }
 
+/// Key tile of the Hopper forward for a head dim.
+fn forward_sm90_geometry(head_dim: usize) -> Result<(u32, u32)> {
+    Ok(match head_dim {
+        64 => (
+            ffi::GSDPA_FWD_SM90_BLOCK_N_D64,
+            ffi::GSDPA_FWD_SM90_SMEM_D64,
+        ),
+        128 => (
+            ffi::GSDPA_FWD_SM90_BLOCK_N_D128,
+            ffi::GSDPA_FWD_SM90_SMEM_D128,
+        ),
+        256 => (
+            ffi::GSDPA_FWD_SM90_BLOCK_N_D256,
+            ffi::GSDPA_FWD_SM90_SMEM_D256,
+        ),
+        _ => return Err(GsdpaError::UnsupportedHeadDim { head_dim }),
+    })
+}
+
+/// The Hopper forward kernel (kernels/forward_sm90.cu, sm_90a) for `problem` (already validated):
+/// the grid of [`forward`] with 128-row query blocks of 384 threads.
+pub fn forward_sm90(problem: &AttentionProblem, dtype: DType) -> Result<LaunchConfig> {
+    let (_, shared_bytes) = forward_sm90_geometry(problem.head_dim)?;
+    let block_m = ffi::GSDPA_FWD_SM90_BLOCK_M as usize;
+    Ok(LaunchConfig {
+        kernel: format!("gsdpa_fwd90_{}_d{}", dtype.name(), problem.head_dim),
+        grid: [
+            grid_dim(problem.seqlen_q.div_ceil(block_m), "query tiles")?,
+            grid_dim(problem.heads_q, "heads_q")?,
+            grid_dim(problem.batch, "batch")?,
+        ],
+        block: [ffi::GSDPA_FWD_SM90_THREADS, 1, 1],
+        shared_bytes,
+    })
+}
+
+/// Why the Hopper forward cannot run a validated call with these params (whose tensor pointers are the
+/// addresses the kernel will see), or `None` when it can. Each reason is a fallback to the mma.sync
+/// kernel that docs/hopper-forward.md lists.
+pub fn hopper_forward_unsupported(
+    problem: &AttentionProblem,
+    params: &ffi::GsdpaFwdParams,
+) -> Option<&'static str> {
+    if problem.varlen.is_some() {
+        return Some("varlen (cu_seqlens) is not supported by the Hopper forward yet");
+    }
+    if !params.sink_mass.is_null() || !params.gate_partials.is_null() {
+        return Some(
+            "the diagnostics (sink mass, gate statistics) are not supported by the Hopper forward",
+        );
+    }
+    if forward_sm90_geometry(problem.head_dim).is_err() {
+        return Some("head dim not supported by the Hopper forward");
+    }
+    let elementwise = problem.gate == crate::problem::GateMode::Elementwise;
+    let g = if elementwise { Some(params.g) } else { None };
+    for ptr in [params.q, params.k, params.v].into_iter().chain(g) {
+        if ptr as usize % 16 != 0 {
+            return Some("TMA needs 16-byte aligned Q, K, V (and elementwise G) base addresses");
+        }
+    }
+    let dims_fit = [
+        problem.seqlen_q,
+        problem.seqlen_k,
+        problem.heads_q,
+        problem.heads_kv,
+        problem.batch,
+    ]
+    .iter()
+    .all(|&d| d < (1usize << 31));
+    if !dims_fit {
+        return Some("a dimension exceeds what TMA coordinates (32-bit signed) address");
+    }
+    None
+}
+
+/// The TMA tensor map parameters of Q, K, V and (elementwise gate only) G for the Hopper forward:
+/// `[D, S, H, B]` (innermost first) with the tensors' row, head and batch strides, boxes of 64 columns
+/// (one 128-byte swizzled row) by the kernel's query or key tile. Call after
+/// [`hopper_forward_unsupported`] returned `None`.
+pub fn forward_sm90_maps(
+    problem: &AttentionProblem,
+    dtype: DType,
+    params: &ffi::GsdpaFwdParams,
+) -> Result<Sm90Maps> {
+    use crate::tma::{TensorMapParams, TmaElement, TmaSwizzle};
+    let (block_n, _) = forward_sm90_geometry(problem.head_dim)?;
+    let element = match dtype {
+        DType::BF16 => TmaElement::Bf16,
+        DType::F16 => TmaElement::F16,
+    };
+    let eb = 2u64;
+    // A dimension of extent 1 is never stepped: its stride is free (validation does not constrain it),
+    // so give the driver a legal one.
+    let stride = |elements: i64, extent: usize| -> u64 {
+        let bytes = elements.unsigned_abs() * eb;
+        if extent <= 1 && (bytes % 16 != 0 || bytes == 0 || bytes >= 1 << 40) {
+            16
+        } else {
+            bytes
+        }
+    };
+    let map = |ptr: *const std::ffi::c_void,
+               s: &ffi::GsdpaStrides,
+               rows: usize,
+               heads: usize,
+               box_rows: u32| {
+        TensorMapParams::tiled(
+            element,
+            ptr as u64,
+            &[
+                problem.head_dim as u64,
+                rows.max(1) as u64,
+                heads.max(1) as u64,
+                problem.batch.max(1) as u64,
+            ],
+            &[
+                stride(s.row, rows),
+                stride(s.head, heads),
+                stride(s.batch, problem.batch),
+            ],
+            &[ffi::GSDPA_FWD_SM90_BOX_COLS, box_rows, 1, 1],
+        )
+        .with_swizzle(TmaSwizzle::B128)
+    };
+    let g = (problem.gate == crate::problem::GateMode::Elementwise).then(|| {
+        map(
+            params.g,
+            &params.g_stride,
+            problem.seqlen_q,
+            problem.heads_q,
+            ffi::GSDPA_FWD_SM90_BLOCK_M,
+        )
+    });
+    let qkv = [
+        map(
+            params.q,
+            &params.q_stride,
+            problem.seqlen_q,
+            problem.heads_q,
+            ffi::GSDPA_FWD_SM90_BLOCK_M,
+        ),
+        map(
+            params.k,
+            &params.k_stride,
+            problem.seqlen_k,
+            problem.heads_kv,
+            block_n,
+        ),
+        map(
+            params.v,
+            &params.v_stride,
+            problem.seqlen_k,
+            problem.heads_kv,
+            block_n,
+        ),
+    ];
+    Ok(Sm90Maps { qkv, g })
+}
+
+/// The Hopper forward's tensor maps ([`forward_sm90_maps`]).
+#[derive(Debug, Clone)]
+pub struct Sm90Maps {
+    /// Q, K, V.
+    pub qkv: [crate::tma::TensorMapParams; 3],
+    /// The elementwise gate (`None` for the other gate modes).
+    pub g: Option<crate::tma::TensorMapParams>,
+}
+
 /// Partial sums per (batch, query head) that the forward writes for the gate statistics: one per warp
 /// of each query block of its grid (kernels/forward/diagnostics.h).
 pub fn gate_partials_per_head(problem: &AttentionProblem) -> Result<usize> {

@@ -125,7 +125,9 @@ pub use half;
 pub struct ReadmeDoctests;
 
 pub use arch::TargetArch;
-pub use backend::{gate_stats_workspace_len, ForwardDiagnostics, HostForwardDiagnostics};
+pub use backend::{
+    gate_stats_workspace_len, ForwardDiagnostics, ForwardKernel, HostForwardDiagnostics,
+};
 pub use backend::{
     BackwardArgs, BackwardOptions, ForwardArgs, HostBackend, HostBackwardArgs, HostForwardArgs,
 };

@@ -210,6 +210,8 @@ fn parse_instruction(line: &str) -> Option<Instruction> {
 /// | class       | mnemonics |
 /// |-------------|-----------|
 /// | `Hmma`      | HMMA (the tensor-core mma.sync) |
+/// | `Hgmma`     | HGMMA (Hopper's warpgroup wgmma) |
+/// | `Tma`       | UTMALDG UTMASTG UTMAREDG UTMAPF (Hopper's tensor-memory-accelerator copies) |
 /// | `Ldsm`      | LDSM (ldmatrix) |
 /// | `Ldgsts`    | LDGSTS (cp.async) |
 /// | `Ldg`/`Stg` | LDG / STG (global loads / stores; widths counted apart, see [`Counts`]) |
@@ -231,6 +233,8 @@ fn parse_instruction(line: &str) -> Option<Instruction> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Class {
     Hmma,
+    Hgmma,
+    Tma,
     Ldsm,
     Ldgsts,
     Ldg,
@@ -252,8 +256,10 @@ pub enum Class {
 
 impl Class {
     /// Every class, in report order.
-    pub const ALL: [Class; 18] = [
+    pub const ALL: [Class; 20] = [
         Class::Hmma,
+        Class::Hgmma,
+        Class::Tma,
         Class::Ldsm,
         Class::Ldgsts,
         Class::Ldg,
@@ -287,6 +293,8 @@ impl Class {
     fn of_vector(m: &str) -> Class {
         match m {
             "HMMA" => Class::Hmma,
+            "HGMMA" => Class::Hgmma,
+            "UTMALDG" | "UTMASTG" | "UTMAREDG" | "UTMAPF" => Class::Tma,
             "LDSM" => Class::Ldsm,
             "LDGSTS" => Class::Ldgsts,
             "LDG" => Class::Ldg,
@@ -317,6 +325,8 @@ impl Class {
     pub fn name(self) -> &'static str {
         match self {
             Class::Hmma => "hmma",
+            Class::Hgmma => "hgmma",
+            Class::Tma => "tma",
             Class::Ldsm => "ldsm",
             Class::Ldgsts => "ldgsts",
             Class::Ldg => "ldg",
@@ -556,15 +566,17 @@ fn best_path(body: &[Instruction], weight: impl Fn(&Instruction) -> [i64; 4]) ->
     path.iter().rev().map(|&i| body[i].clone()).collect()
 }
 
-/// The kernel's main loop. The rule: among the loops whose body contains HMMA, take the innermost ones
-/// (no other loop with HMMA nested inside), and of those the one with the most HMMA (the first on a tie).
-/// In the forward that is the loop over key tiles; in the backward the loop over query tiles (dK/dV)
-/// or key tiles (dQ) inside the loop over heads. Head-dim loops are unrolled, so they add no branch.
-/// `None` for a kernel without a loop that issues HMMA.
+/// The kernel's main loop. The rule: among the loops whose body contains HMMA (or HGMMA, Hopper's
+/// wgmma), take the innermost ones (no other such loop nested inside), and of those the one with the
+/// most of them (the first on a tie). In the forward that is the loop over key tiles (the Hopper
+/// forward: its consumers' loop); in the backward the loop over query tiles (dK/dV) or key tiles (dQ)
+/// inside the loop over heads. Head-dim loops are unrolled, so they add no branch. `None` for a kernel
+/// without a loop that issues HMMA or HGMMA.
 pub fn main_loop(f: &Function) -> Option<Loop> {
+    let tensor = |c: &Counts| c.get(Class::Hmma) + c.get(Class::Hgmma);
     let with_hmma: Vec<Loop> = loops(f)
         .into_iter()
-        .filter(|l| l.counts.get(Class::Hmma) > 0)
+        .filter(|l| tensor(&l.counts) > 0)
         .collect();
     let innermost = |l: &&Loop| {
         !with_hmma.iter().any(|inner| {
@@ -577,10 +589,23 @@ pub fn main_loop(f: &Function) -> Option<Loop> {
         .iter()
         .filter(innermost)
         .fold(None::<&Loop>, |best, l| match best {
-            Some(b) if b.counts.get(Class::Hmma) >= l.counts.get(Class::Hmma) => Some(b),
+            Some(b) if tensor(&b.counts) >= tensor(&l.counts) => Some(b),
             _ => Some(l),
         })
         .cloned()
+}
+
+/// The loop that issues the most TMA copies (`UTMALDG` and friends; the first on a tie): in the
+/// warp-specialized Hopper forward, the producer's loop over key tiles, apart from the consumers' main
+/// loop. `None` for a kernel without a loop that issues TMA copies.
+pub fn tma_loop(f: &Function) -> Option<Loop> {
+    loops(f)
+        .into_iter()
+        .filter(|l| l.counts.get(Class::Tma) > 0)
+        .fold(None::<Loop>, |best, l| match best {
+            Some(b) if b.counts.get(Class::Tma) >= l.counts.get(Class::Tma) => Some(b),
+            _ => Some(l),
+        })
 }
 
 /// What a called subroutine does.
@@ -789,6 +814,9 @@ pub fn launch_shapes() -> BTreeMap<String, LaunchShape> {
             if let Ok(config) = launch::forward(&problem, dtype) {
                 add(config);
             }
+            if let Ok(config) = launch::forward_sm90(&problem, dtype) {
+                add(config);
+            }
             for deterministic in [false, true] {
                 for config in launch::backward(&problem, dtype, deterministic).unwrap_or_default() {
                     add(config);
@@ -828,6 +856,7 @@ pub fn launch_shapes() -> BTreeMap<String, LaunchShape> {
 pub fn is_gated(kernel: &str) -> bool {
     [
         "gsdpa_fwd_",
+        "gsdpa_fwd90_",
         "gsdpa_bwd_preprocess_",
         "gsdpa_gate_",
         "gsdpa_decode_",
@@ -846,6 +875,9 @@ pub struct KernelReport {
     /// The main loop ([`main_loop`]); for every kernel here one iteration is one tile of the loop's
     /// sequence per warp (forward: a key tile; backward dK/dV: a query tile; backward dQ: a key tile).
     pub main_loop: Option<Loop>,
+    /// The loop that issues the most TMA copies ([`tma_loop`]): a warp-specialized kernel's producer
+    /// loop, `None` in kernels without TMA.
+    pub tma_loop: Option<Loop>,
     /// The CALLs that enter a subroutine ([`subroutine_calls`]).
     pub subroutine_calls: Vec<SubroutineCall>,
     /// ptxas's registers per thread, when the build recorded them for this kernel and arch.
@@ -876,6 +908,7 @@ pub fn analyze(listing: &str) -> Vec<KernelReport> {
                 arch: f.arch.clone(),
                 total: Counts::of(&f.instructions),
                 main_loop: main_loop(f),
+                tma_loop: tma_loop(f),
                 subroutine_calls: subroutine_calls(f),
                 registers: resources.map(|r| r.registers),
                 occupancy,
@@ -1205,7 +1238,8 @@ mod tests {
         assert_eq!(Class::of("HFMA2"), Class::Float);
         assert_eq!(Class::of("F2FP"), Class::Convert);
         assert_eq!(Class::of("BSYNC"), Class::Branch);
-        assert_eq!(Class::of("UTMALDG"), Class::Other);
+        assert_eq!(Class::of("UTMALDG"), Class::Tma);
+        assert_eq!(Class::of("HGMMA"), Class::Hgmma);
         assert_eq!(Class::of("NOP"), Class::Other);
     }
 

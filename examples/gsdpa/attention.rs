@@ -13,8 +13,10 @@ use crate::npy::{self, Array};
 use crate::outputs::{OutputPlan, Transaction};
 use crate::CliError;
 
-const VALUE_FLAGS: [&str; 16] = [
+const VALUE_FLAGS: [&str; 18] = [
     "backend",
+    "arch",
+    "kernel",
     "dtype",
     "q",
     "k",
@@ -308,7 +310,25 @@ fn host_inputs<T: AnyElement>(flags: &Flags, request: &Request) -> Result<HostIn
 
 fn open_backend(flags: &Flags) -> Result<Backend, CliError> {
     let name = flags.value("backend").unwrap_or("reference");
-    Backend::open(name).map_err(|e| CliError::usage(format!("backend {name} not available: {e}")))
+    let backend = Backend::open(name)
+        .map_err(|e| CliError::usage(format!("backend {name} not available: {e}")))?;
+    // `sm90` as well as `sm_90`, `sm_90a`, `90` and `9.0`.
+    let arch = flags
+        .value("arch")
+        .map(|text| match text.strip_prefix("sm") {
+            Some(rest) if !rest.starts_with('_') => gated_sdpa::TargetArch::parse(rest),
+            _ => gated_sdpa::TargetArch::parse(text),
+        })
+        .transpose()
+        .map_err(|e| CliError::usage(format!("--arch: {e}")))?;
+    let kernel = flags
+        .value("kernel")
+        .map(gated_sdpa::ForwardKernel::parse)
+        .transpose()
+        .map_err(|e| CliError::usage(format!("--kernel: {e}")))?;
+    backend
+        .configure(arch, kernel)
+        .map_err(|e| CliError::usage(e.to_string()))
 }
 
 fn print_warnings(request: &Request) {
@@ -414,6 +434,11 @@ fn forward_typed<T: AnyElement>(
     let inputs = host_inputs::<T>(flags, request)?;
     let mut outputs = plan.reserve()?;
     let result = backend.forward_diagnosed(&inputs, flags.value("o").is_some(), diagnose)?;
+    if flags.value("arch").is_some() || flags.value("kernel").is_some() {
+        if let Some(kernel) = backend.last_forward_kernel() {
+            eprintln!("gsdpa: forward kernel: {kernel}");
+        }
+    }
     let with_y = !report || flags.value("out").is_some();
     write_forward(flags, &inputs.problem, &result, with_y, &mut outputs)?;
     outputs.commit()?;

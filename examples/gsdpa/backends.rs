@@ -10,8 +10,8 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use gated_sdpa::cuda::{CudaBackend, CudaSeqlens};
 use gated_sdpa::{
     gate_stats_workspace_len, split_q_proj, AttentionProblem, BackwardArgs, BackwardOptions,
-    Element, ForwardArgs, ForwardDiagnostics, GsdpaError, HostBackend, HostBuffer, Layout,
-    Reference, Result, Tensor,
+    Element, ForwardArgs, ForwardDiagnostics, ForwardKernel, GsdpaError, HostBackend, HostBuffer,
+    Layout, Reference, Result, TargetArch, Tensor,
 };
 
 /// Element types every backend can run: bf16 and f16.
@@ -40,6 +40,51 @@ impl Backend {
                 "unknown backend '{other}' (expected one of {})",
                 BACKEND_NAMES.join(", ")
             ))),
+        }
+    }
+
+    /// Applies `--arch` (the emulator's target: `sm90` runs the Hopper forward) and `--kernel` (the
+    /// forward kernel selection of the emulator and CUDA backends); the reference takes neither.
+    pub fn configure(
+        self,
+        arch: Option<TargetArch>,
+        kernel: Option<ForwardKernel>,
+    ) -> Result<Backend> {
+        match self {
+            #[cfg(feature = "emulator")]
+            Backend::Emulator(mut e) => {
+                if let Some(arch) = arch {
+                    e = e.with_arch(arch);
+                }
+                if let Some(kernel) = kernel {
+                    e = e.with_forward_kernel(kernel);
+                }
+                Ok(Backend::Emulator(e))
+            }
+            Backend::Cuda(c) if arch.is_none() => Ok(match kernel {
+                Some(kernel) => Backend::Cuda(Box::new(c.with_forward_kernel(kernel))),
+                None => Backend::Cuda(c),
+            }),
+            Backend::Cuda(_) => Err(GsdpaError::InvalidArgument(
+                "--arch sets the emulator's target; the CUDA backend runs on its device's".into(),
+            )),
+            Backend::Reference(r) if arch.is_none() && kernel.is_none() => {
+                Ok(Backend::Reference(r))
+            }
+            Backend::Reference(_) => Err(GsdpaError::InvalidArgument(
+                "--arch and --kernel apply to the emulator and CUDA backends, not the reference"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The forward kernel the latest forward ran (emulator and CUDA backends).
+    pub fn last_forward_kernel(&self) -> Option<String> {
+        match self {
+            Backend::Reference(_) => None,
+            #[cfg(feature = "emulator")]
+            Backend::Emulator(e) => e.last_forward_kernel(),
+            Backend::Cuda(c) => c.last_forward_kernel(),
         }
     }
 

@@ -13,7 +13,7 @@ use crate::CliError;
 pub fn run(args: &[String]) -> Result<(), CliError> {
     let flags = Flags::parse(
         args,
-        &["shape", "iters", "reps"],
+        &["shape", "iters", "reps", "kernel"],
         &["json", "backward", "decode"],
     )?;
     let with_backward = flags.switch("backward");
@@ -24,8 +24,15 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
     }
     let iters = flags.parsed::<usize>("iters")?.unwrap_or(20).max(1);
     let reps = flags.parsed::<usize>("reps")?.unwrap_or(11).max(1);
-    let backend =
-        CudaBackend::new(0).map_err(|e| CliError::usage(format!("bench needs a GPU: {e}")))?;
+    let kernel = flags
+        .value("kernel")
+        .map(gated_sdpa::ForwardKernel::parse)
+        .transpose()
+        .map_err(|e| CliError::usage(format!("--kernel: {e}")))?
+        .unwrap_or_default();
+    let backend = CudaBackend::new(0)
+        .map_err(|e| CliError::usage(format!("bench needs a GPU: {e}")))?
+        .with_forward_kernel(kernel);
     if flags.switch("decode") {
         return decode(&backend, &flags, iters, reps);
     }
@@ -45,7 +52,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
     if !json {
         println!("device: {device}; bf16 forward, elementwise sigmoid gate; median of {reps} x {iters} calls");
         println!(
-            "{:<26} {:>3} {:>4} {:>4} {:>6} {:>4} {:>10} {:>10} {:>10} {:>9} {:>8}",
+            "{:<26} {:>3} {:>4} {:>4} {:>6} {:>4} {:>10} {:>10} {:>10} {:>9} {:>8}  kernel",
             "shape",
             "B",
             "Hq",
@@ -62,6 +69,8 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
     let mut entries = Vec::new();
     for shape in &shapes {
         let r = bench::forward(&backend, shape, iters, reps)?;
+        // Which forward kernel the fused runs launched (the mma.sync or the Hopper one).
+        let kernel_ran = backend.last_forward_kernel().unwrap_or_default();
         let bwd = if with_backward {
             Some((
                 bench::backward(&backend, shape, iters, reps)?,
@@ -74,7 +83,8 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
             entries.push(format!(
                 "{{\"name\": {}, \"batch\": {}, \"heads_q\": {}, \"heads_kv\": {}, \"seqlen\": {}, \"head_dim\": {}, \
                  \"causal\": {}, \"gated_ms\": {:.6}, \"ungated_ms\": {:.6}, \"unfused_ms\": {:.6}, \
-                 \"gated_tflops\": {:.3}, \"ungated_tflops\": {:.3}, \"gate_overhead_pct\": {:.3}, \"fused_speedup\": {:.4}{}}}",
+                 \"gated_tflops\": {:.3}, \"ungated_tflops\": {:.3}, \"gate_overhead_pct\": {:.3}, \"fused_speedup\": {:.4}, \
+                 \"kernel\": {}{}}}",
                 json_string(&shape.name),
                 shape.batch,
                 shape.heads_q,
@@ -89,6 +99,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
                 r.ungated_tflops(),
                 r.gate_overhead_pct(),
                 r.fused_speedup(),
+                json_string(&kernel_ran),
                 bwd.as_ref().map_or(String::new(), |(b, l)| format!(
                     ", \"backward_gated_ms\": {:.6}, \"backward_ungated_ms\": {:.6}, \"backward_gated_tflops\": {:.3}, \
                      \"backward_gate_overhead_pct\": {:.3}, \"layer_fused_ms\": {:.6}, \"layer_unfused_ms\": {:.6}, \
@@ -105,7 +116,7 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
             ));
         } else {
             println!(
-                "{:<26} {:>3} {:>4} {:>4} {:>6} {:>4} {:>10.4} {:>10.1} {:>10.1} {:>8.2}% {:>8.3}",
+                "{:<26} {:>3} {:>4} {:>4} {:>6} {:>4} {:>10.4} {:>10.1} {:>10.1} {:>8.2}% {:>8.3}  {}",
                 shape.name,
                 shape.batch,
                 shape.heads_q,
@@ -116,7 +127,8 @@ pub fn run(args: &[String]) -> Result<(), CliError> {
                 r.gated_tflops(),
                 r.ungated_tflops(),
                 r.gate_overhead_pct(),
-                r.fused_speedup()
+                r.fused_speedup(),
+                kernel_ran
             );
             if let Some((b, l)) = &bwd {
                 println!(

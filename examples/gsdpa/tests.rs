@@ -647,3 +647,84 @@ fn demo_passes_at_tiny_sequence_lengths_on_the_emulator() {
             .unwrap_or_else(|e| panic!("--seqlen {seqlen}: {}", e.message));
     }
 }
+
+#[cfg(feature = "emulator")]
+#[test]
+fn forward_on_the_emulator_with_arch_sm90_runs_the_hopper_kernel() {
+    let dir = TempDir::new("fwd-sm90");
+    let (b, sq, sk, hq, hkv, d) = (1, 70, 45, 4, 2, 128);
+    let mut rng = StdRng::seed_from_u64(7);
+    let (q, k, v, g) = (
+        random(&mut rng, b * sq * hq * d, 2.0),
+        random(&mut rng, b * sk * hkv * d, 2.0),
+        random(&mut rng, b * sk * hkv * d, 1.0),
+        random(&mut rng, b * sq * hq * d, 3.0),
+    );
+    let qp = dir.write("q.npy", &[b, sq, hq, d], &q);
+    let kp = dir.write("k.npy", &[b, sk, hkv, d], &k);
+    let vp = dir.write("v.npy", &[b, sk, hkv, d], &v);
+    let gp = dir.write("g.npy", &[b, sq, hq, d], &g);
+    let p = AttentionProblem::new(b, sq, sk, hq, hkv, d)
+        .causal(true)
+        .gate(GateMode::Elementwise);
+    let exact = forward_f64(
+        &p,
+        &round_bf16(&q),
+        &round_bf16(&k),
+        &round_bf16(&v),
+        Some(&round_bf16(&g)),
+    )
+    .unwrap();
+    for (flags, out) in [
+        (&["--arch", "sm90"][..], "y90.npy"),
+        (&["--arch", "sm90", "--kernel", "hopper"][..], "y90h.npy"),
+        (&["--arch", "sm90", "--kernel", "mma-sync"][..], "y80.npy"),
+    ] {
+        let (yp, op, lsep) = (
+            dir.path(out),
+            dir.path(&format!("o-{out}")),
+            dir.path(&format!("lse-{out}")),
+        );
+        let mut args = vec!["forward", "--backend", "emulator"];
+        args.extend(flags);
+        args.extend([
+            "--q", &qp, "--k", &kp, "--v", &vp, "--g", &gp, "--causal", "--out", &yp, "--o", &op,
+            "--lse", &lsep,
+        ]);
+        run(&args).unwrap();
+        for (file, want) in [(out.to_string(), &exact.y), (format!("o-{out}"), &exact.o)] {
+            let got = dir.read(&file).data;
+            let worst = got
+                .iter()
+                .zip(want.iter())
+                .map(|(&g, &w)| (f64::from(g) - w).abs())
+                .fold(0.0, f64::max);
+            assert!(worst < 3e-2, "{file} ({flags:?}): max error {worst}");
+        }
+        let lse = dir.read(&format!("lse-{out}")).data;
+        for (&got, &want) in lse.iter().zip(&exact.lse) {
+            assert!(
+                (f64::from(got) - want).abs() <= 1e-4 * want.abs().max(1.0)
+                    || (got == f32::NEG_INFINITY && want == f64::NEG_INFINITY),
+                "lse {got} vs {want} ({flags:?})"
+            );
+        }
+    }
+    // --arch and --kernel are for the emulator and CUDA backends; a bad value is a usage error.
+    let yp = dir.path("bad.npy");
+    for flags in [
+        &["--backend", "reference", "--arch", "sm90"][..],
+        &["--backend", "emulator", "--arch", "sm_70x"][..],
+        &["--backend", "emulator", "--kernel", "fastest"][..],
+    ] {
+        let mut args = vec!["forward"];
+        args.extend(flags);
+        args.extend(["--q", &qp, "--k", &kp, "--v", &vp, "--g", &gp, "--out", &yp]);
+        let err = run(&args).unwrap_err();
+        assert_eq!(err.code, 2, "{flags:?}: {err:?}");
+    }
+    // Forcing the Hopper kernel on an sm_80 target fails (exit 2: the backend refuses the option).
+    let mut args = vec!["forward", "--backend", "emulator", "--kernel", "hopper"];
+    args.extend(["--q", &qp, "--k", &kp, "--v", &vp, "--g", &gp, "--out", &yp]);
+    assert!(run(&args).is_err());
+}

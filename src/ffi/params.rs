@@ -790,6 +790,51 @@ pub const GSDPA_FWD_BLOCK_N_D256: GsdpaFwdGeometry = 32;
 pub const GSDPA_FWD_THREADS_D256: GsdpaFwdGeometry = 128;
 pub const GSDPA_FWD_SMEM_D256: GsdpaFwdGeometry = 65536;
 pub type GsdpaFwdGeometry = ::std::os::raw::c_uint;
+#[repr(C)]
+#[repr(align(64))]
+#[derive(Debug, Copy, Clone)]
+pub struct GsdpaFwdSm90Params {
+    pub fwd: GsdpaFwdParams,
+    pub __bindgen_padding_0: [u64; 5usize],
+    pub q_map: GsdpaTensorMap,
+    pub k_map: GsdpaTensorMap,
+    pub v_map: GsdpaTensorMap,
+    pub g_map: GsdpaTensorMap,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of GsdpaFwdSm90Params"][::std::mem::size_of::<GsdpaFwdSm90Params>() - 896usize];
+    ["Alignment of GsdpaFwdSm90Params"][::std::mem::align_of::<GsdpaFwdSm90Params>() - 64usize];
+    ["Offset of field: GsdpaFwdSm90Params::fwd"]
+        [::std::mem::offset_of!(GsdpaFwdSm90Params, fwd) - 0usize];
+    ["Offset of field: GsdpaFwdSm90Params::q_map"]
+        [::std::mem::offset_of!(GsdpaFwdSm90Params, q_map) - 384usize];
+    ["Offset of field: GsdpaFwdSm90Params::k_map"]
+        [::std::mem::offset_of!(GsdpaFwdSm90Params, k_map) - 512usize];
+    ["Offset of field: GsdpaFwdSm90Params::v_map"]
+        [::std::mem::offset_of!(GsdpaFwdSm90Params, v_map) - 640usize];
+    ["Offset of field: GsdpaFwdSm90Params::g_map"]
+        [::std::mem::offset_of!(GsdpaFwdSm90Params, g_map) - 768usize];
+};
+impl Default for GsdpaFwdSm90Params {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+pub const GSDPA_FWD_SM90_BLOCK_M: GsdpaFwdSm90Geometry = 128;
+pub const GSDPA_FWD_SM90_THREADS: GsdpaFwdSm90Geometry = 384;
+pub const GSDPA_FWD_SM90_BOX_COLS: GsdpaFwdSm90Geometry = 64;
+pub const GSDPA_FWD_SM90_BLOCK_N_D64: GsdpaFwdSm90Geometry = 128;
+pub const GSDPA_FWD_SM90_BLOCK_N_D128: GsdpaFwdSm90Geometry = 128;
+pub const GSDPA_FWD_SM90_BLOCK_N_D256: GsdpaFwdSm90Geometry = 64;
+pub const GSDPA_FWD_SM90_SMEM_D64: GsdpaFwdSm90Geometry = 82944;
+pub const GSDPA_FWD_SM90_SMEM_D128: GsdpaFwdSm90Geometry = 164864;
+pub const GSDPA_FWD_SM90_SMEM_D256: GsdpaFwdSm90Geometry = 197632;
+pub type GsdpaFwdSm90Geometry = ::std::os::raw::c_uint;
 pub const GSDPA_BWD_PRE_ROWS: GsdpaBwdGeometry = 64;
 pub const GSDPA_BWD_PRE_THREADS: GsdpaBwdGeometry = 256;
 pub const GSDPA_BWD_CONVERT_ROWS: GsdpaBwdGeometry = 64;

@@ -262,6 +262,7 @@ pub fn check_decode(reports: &[KernelReport]) -> Vec<Check> {
         );
         push("blocks_per_sm", blocks, b.blocks_per_sm, true);
     }
+    checks.extend(check_hopper(reports));
     checks
 }
 
@@ -412,6 +413,63 @@ pub fn check(reports: &[KernelReport]) -> Vec<Check> {
             false,
         );
         push("blocks_per_sm", blocks, b.blocks_per_sm, true);
+    }
+    checks.extend(check_hopper(reports));
+    checks
+}
+
+/// The Hopper forward kernels (kernels/forward_sm90.cu), checked on sm_90a by [`check_hopper`].
+pub const HOPPER_FORWARD_KERNELS: [&str; 6] = [
+    "gsdpa_fwd90_bf16_d64",
+    "gsdpa_fwd90_bf16_d128",
+    "gsdpa_fwd90_bf16_d256",
+    "gsdpa_fwd90_f16_d64",
+    "gsdpa_fwd90_f16_d128",
+    "gsdpa_fwd90_f16_d256",
+];
+
+/// The Hopper forward's structure on sm_90a (part of [`check`]): its consumers' main loop issues HGMMA
+/// and no mma.sync work (HMMA, LDSM), and its producer loop issues the TMA loads (UTMALDG). No ratio
+/// budgets yet: no GPU has measured the kernel (docs/hopper-forward.md).
+pub fn check_hopper(reports: &[KernelReport]) -> Vec<Check> {
+    let mut checks = Vec::new();
+    if !reports.iter().any(|r| r.arch == "sm_90a") {
+        return checks;
+    }
+    for kernel in HOPPER_FORWARD_KERNELS {
+        let report = reports
+            .iter()
+            .find(|r| r.name == kernel && r.arch == "sm_90a");
+        let main = report.and_then(|r| r.main_loop.as_ref()).map(|l| &l.counts);
+        let producer = report.and_then(|r| r.tma_loop.as_ref()).map(|l| &l.counts);
+        let mut push = |metric, value, bound, higher_is_better| {
+            checks.push(Check {
+                kernel,
+                arch: "sm_90a",
+                metric,
+                value,
+                limit: limit(bound, bound),
+                higher_is_better,
+            })
+        };
+        push(
+            "main_loop_hgmma",
+            main.map(|c| f64::from(c.get(super::Class::Hgmma))),
+            1.0,
+            true,
+        );
+        push(
+            "main_loop_hmma_ldsm",
+            main.map(|c| f64::from(c.get(super::Class::Hmma) + c.get(super::Class::Ldsm))),
+            0.0,
+            false,
+        );
+        push(
+            "producer_loop_utmaldg",
+            producer.map(|c| f64::from(c.get(super::Class::Tma))),
+            1.0,
+            true,
+        );
     }
     checks
 }

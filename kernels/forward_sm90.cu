@@ -1,0 +1,250 @@
+// forward_sm90.cu: the fused gated attention forward for Hopper (sm_90a): warp-specialized, TMA + wgmma
+// (FlashAttention-3's structure; what is and is not done yet: docs/hopper-forward.md).
+//
+//   Y = softmax(scale Q K^T + causal mask) V * act(G),   LSE per row,   optionally the ungated O;
+// the same results as forward.cu (same online softmax, masking, gate arithmetic and fast activations).
+//
+// One block computes BLOCK_M = 128 query rows of one (batch, query head): grid (ceil(seqlen_q / 128),
+// heads_q, batch), 384 threads (forward_sm90/kernel_traits.h):
+//  - warpgroup 0, the producer: one elected thread issues the TMA loads of Q (once) and of each key
+//    tile's K and V into a 2-stage ring. Per stage a "full" mbarrier for K and one for V (armed with the
+//    tile's bytes; TMA zero-fills rows past the tensor's end), and an "empty" mbarrier the 8 consumer warps
+//    arrive on when they are done with the stage;
+//  - warpgroups 1 and 2, the consumers, 64 query rows each: per key tile (last to first, so the masked
+//    tiles come first and the causal bound skips tiles above the diagonal)
+//      S = Q K^T      wgmma m64 n=BLOCK_N k16, A (Q) and B (K) through 128B-swizzled K-major descriptors
+//      mask, online softmax in registers (forward/online_softmax.h: the wgmma accumulator layout is the
+//      mma.sync C layout of each warp's 16 rows)
+//      O += P V       wgmma m64 n=D k16, A = P from registers (rounded to T), B = V through an MN-major
+//                     (transposed) descriptor: V is stored [key][dim] as TMA delivers it
+//    then the epilogue (forward_sm90/epilogue.h).
+// The consumer warpgroups run independently (no ping-pong), and each waits for its S before the softmax
+// and for its O before the next tile (no intra-warpgroup overlap yet).
+#include "common/mask.h"
+#include "common/seqlen_info.h"
+#include "forward_sm90/epilogue.h"
+
+#if GSDPA_HOPPER
+namespace gsdpa {
+namespace fwd90 {
+
+template <class Tr>
+GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
+    using T = typename Tr::T;
+    constexpr int BLOCK_M = Tr::BLOCK_M;
+    constexpr int BLOCK_N = Tr::BLOCK_N;
+    const GsdpaFwdParams &p = params.fwd;
+
+    const int tid = threadIdx.x;
+    const int m_block = blockIdx.x;
+    const int h = blockIdx.y;
+    const int b = blockIdx.z;
+    const SeqlenInfo seq(p, b);
+    const int m0 = m_block * BLOCK_M;
+    const bool causal = p.causal != 0;
+    const int kv_head = h / (p.heads_q / p.heads_kv);
+    const int n_tiles = key_tile_count<BLOCK_M, BLOCK_N>(m0, seq, causal);
+
+    char *smem = dynamic_smem();
+    uint64_t *bars = reinterpret_cast<uint64_t *>(smem + Tr::SMEM_BARRIERS);
+    uint64_t *q_full = bars;
+    uint64_t *k_full = bars + 1;      // [STAGES]
+    uint64_t *v_full = bars + 3;      // [STAGES]
+    uint64_t *kv_empty = bars + 5;    // [STAGES]
+    uint64_t *q_free = bars + 7;      // the consumer warps are past their last read of Q
+    uint64_t *g_full = bars + 8;      // the elementwise gate tile has landed in Q's place
+    // The elementwise gate tile is TMA-loaded into the Q region during the last key tile.
+    const bool gate_tile = n_tiles > 0 && p.gate_mode == GSDPA_GATE_ELEMENTWISE;
+    if (tid == 0) {
+        mbarrier_init(q_full, 1);
+        mbarrier_init(q_free, Tr::CONSUMER_WARPS);
+        mbarrier_init(g_full, 1);
+        for (int s = 0; s < Tr::STAGES; ++s) {
+            mbarrier_init(&k_full[s], 1);
+            mbarrier_init(&v_full[s], 1);
+            mbarrier_init(&kv_empty[s], Tr::CONSUMER_WARPS);
+        }
+        fence_barrier_init();
+    }
+    __syncthreads();  // the barriers are initialised before anyone waits on them or TMA completes on them
+
+    const int wg = tid / 128;
+    if (wg == 0) {
+        // ---------------- producer ----------------
+        setmaxnreg_dec<Tr::PRODUCER_REGS>();
+        if (tid / 32 == 0 && elect_one_sync() && n_tiles > 0) {
+            tma_prefetch_map(params.q_map);
+            tma_prefetch_map(params.k_map);
+            tma_prefetch_map(params.v_map);
+            mbarrier_arrive_expect_tx(q_full, Tr::Q_BYTES);
+#pragma unroll
+            for (int c = 0; c < Tr::COL_BLOCKS; ++c) {
+                const int32_t coords[4] = {c * Tr::BOX_COLS, seq.q_start + m0, h, seq.batch};
+                tma_load<4>(smem + Tr::SMEM_Q + c * Tr::Q_BLOCK_BYTES, params.q_map, q_full, coords);
+            }
+            for (int i = 0; i < n_tiles; ++i) {
+                const int n = n_tiles - 1 - i, stage = i % Tr::STAGES;
+                // The stage's previous tile (i - 2) must be released; the first wait on each stage (parity 1)
+                // returns at once.
+                mbarrier_wait(&kv_empty[stage], ((i / Tr::STAGES) & 1) ^ 1);
+                mbarrier_arrive_expect_tx(&k_full[stage], Tr::KV_BYTES);
+#pragma unroll
+                for (int c = 0; c < Tr::COL_BLOCKS; ++c) {
+                    const int32_t coords[4] = {c * Tr::BOX_COLS, seq.k_start + n * BLOCK_N, kv_head, seq.batch};
+                    tma_load<4>(smem + Tr::smem_k(stage) + c * Tr::KV_BLOCK_BYTES, params.k_map, &k_full[stage],
+                                coords);
+                }
+                mbarrier_arrive_expect_tx(&v_full[stage], Tr::KV_BYTES);
+#pragma unroll
+                for (int c = 0; c < Tr::COL_BLOCKS; ++c) {
+                    const int32_t coords[4] = {c * Tr::BOX_COLS, seq.k_start + n * BLOCK_N, kv_head, seq.batch};
+                    tma_load<4>(smem + Tr::smem_v(stage) + c * Tr::KV_BLOCK_BYTES, params.v_map, &v_full[stage],
+                                coords);
+                }
+            }
+            if (gate_tile) {
+                mbarrier_wait(q_free, 0);
+                mbarrier_arrive_expect_tx(g_full, Tr::Q_BYTES);
+#pragma unroll
+                for (int c = 0; c < Tr::COL_BLOCKS; ++c) {
+                    const int32_t coords[4] = {c * Tr::BOX_COLS, seq.q_start + m0, h, seq.batch};
+                    tma_load<4>(smem + Tr::SMEM_Q + c * Tr::Q_BLOCK_BYTES, params.g_map, g_full, coords);
+                }
+            }
+        }
+        return;
+    }
+
+    // ---------------- consumers ----------------
+    setmaxnreg_inc<Tr::CONSUMER_REGS>();
+    const int cwg = wg - 1;          // consumer warpgroup 0 or 1
+    const int wtid = tid % 128;      // thread within the warpgroup
+    const int lane = tid & 31;
+    const int warp_row0 = (wtid >> 5) * 16;  // this warp's first row within the warpgroup's 64
+    const int wg_m0 = m0 + cwg * Tr::WG_ROWS;  // the warpgroup's first query row
+    const int rows = tmax(0, tmin(Tr::WG_ROWS, seq.seqlen_q - wg_m0));
+    // A block none of whose rows sees a key writes Y = O = 0 and LSE = -inf without reading G.
+    const int gate_mode = n_tiles > 0 ? p.gate_mode : int(GSDPA_GATE_NONE);
+
+    float acc_o[Tr::N_TILES_O][4];
+#pragma unroll
+    for (int nt = 0; nt < Tr::N_TILES_O; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc_o[nt][i] = 0.0f;
+    }
+    fwd::OnlineSoftmax softmax;
+    softmax.init();
+
+    if (n_tiles > 0) {
+        // Q of this warpgroup: rows 64 cwg .. + 63 of each column block; k-step kk of the head dim is
+        // column block kk / 4, 32 bytes per k-step within its 128-byte rows. Stride byte offset: 8 rows.
+        const uint64_t q_desc0 = wgmma_descriptor(smem + Tr::SMEM_Q + cwg * Tr::WG_ROWS * Tr::ROW_BYTES, 16, 1024,
+                                                  WgmmaSwizzle::B128);
+        auto q_desc = [&](int kk) {
+            return wgmma_descriptor_advance(q_desc0, (kk / 4) * Tr::Q_BLOCK_BYTES + (kk % 4) * 32);
+        };
+        mbarrier_wait(q_full, 0);
+
+        for (int i = 0; i < n_tiles; ++i) {
+            const int n = n_tiles - 1 - i, stage = i % Tr::STAGES;
+            const uint32_t parity = (i / Tr::STAGES) & 1;
+
+            // S = Q K^T: K stored [key][dim] is the K-major B operand (N = keys).
+            float s[Tr::N_TILES_S][4];
+            float(&s_flat)[Tr::BLOCK_N / 2] = reinterpret_cast<float(&)[Tr::BLOCK_N / 2]>(s);
+            const uint64_t k_desc0 = wgmma_descriptor(smem + Tr::smem_k(stage), 16, 1024, WgmmaSwizzle::B128);
+            mbarrier_wait(&k_full[stage], parity);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < Tr::K_STEPS_QK; ++kk) {
+                const uint64_t k_desc =
+                    wgmma_descriptor_advance(k_desc0, (kk / 4) * Tr::KV_BLOCK_BYTES + (kk % 4) * 32);
+                wgmma_ss<T, BLOCK_N>(s_flat, q_desc(kk), k_desc, kk > 0);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            if (gate_tile && i == n_tiles - 1) {
+                // This warp's last read of Q has retired: the producer may load the gate tile over it.
+                __syncwarp();
+                if (lane == 0) mbarrier_arrive(q_free);
+            }
+
+            // The rare path: tiles reaching past the warpgroup's first row's key limit (the partial last
+            // tile, the causal diagonal).
+            if (tile_needs_mask<BLOCK_N>(n * BLOCK_N, wg_m0, seq, causal)) {
+                const int limit[2] = {key_limit(wg_m0 + warp_row0 + (lane >> 2), seq, causal),
+                                      key_limit(wg_m0 + warp_row0 + (lane >> 2) + 8, seq, causal)};
+                mask_scores(s, n * BLOCK_N, limit, lane);
+            }
+            softmax.update(s, acc_o, p.scale_log2);
+
+            // P rounded to T as the register A operand, one k-step per 16 keys.
+            uint32_t p_frag[Tr::K_STEPS_PV][4];
+#pragma unroll
+            for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) pack_c_to_a<T>(p_frag[kk], s[2 * kk], s[2 * kk + 1]);
+
+            // O += P V: V stored [key][dim] is the MN-major B operand (N = dims): leading byte offset from
+            // one 64-column block to the next, stride byte offset from 8 keys to the next 8, 16 keys
+            // (2048 bytes) per k-step.
+            float(&o_flat)[Tr::D / 2] = reinterpret_cast<float(&)[Tr::D / 2]>(acc_o);
+            const uint64_t v_desc0 =
+                wgmma_descriptor(smem + Tr::smem_v(stage), Tr::KV_BLOCK_BYTES, 1024, WgmmaSwizzle::B128);
+            mbarrier_wait(&v_full[stage], parity);
+            wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) {
+                wgmma_rs<T, Tr::D, true>(o_flat, p_frag[kk], wgmma_descriptor_advance(v_desc0, kk * 16 * Tr::ROW_BYTES),
+                                         true);
+            }
+            wgmma_commit();
+            wgmma_wait<0>();
+            // This warp is done with the stage's K and V (its wgmmas have retired).
+            __syncwarp();
+            if (lane == 0) mbarrier_arrive(&kv_empty[stage]);
+        }
+    }
+
+    Sm90Outputs<T> out;
+    out.y = static_cast<T *>(p.y) + seq.q_offset(p.y_stride, wg_m0, h);
+    out.o = p.o != nullptr ? static_cast<T *>(p.o) + seq.q_offset(p.o_stride, wg_m0, h) : nullptr;
+    out.g = gate_mode == GSDPA_GATE_HEADWISE ? static_cast<const T *>(p.g) + seq.q_offset(p.g_stride, wg_m0, h)
+                                             : nullptr;
+    // The elementwise gate tile: this warpgroup's 64 rows of it, once it has landed.
+    out.g_tile = nullptr;
+    if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
+        mbarrier_wait(g_full, 0);
+        out.g_tile = smem + Tr::SMEM_Q;
+    }
+    out.g_tile_row0 = cwg * Tr::WG_ROWS;
+    out.lse = p.lse != nullptr ? p.lse + seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, h) + wg_m0 : nullptr;
+    out.y_row_stride = p.y_stride.row;
+    out.o_row_stride = p.o_stride.row;
+    out.g_row_stride = p.g_stride.row;
+    out.rows = rows;
+    write_outputs<Tr>(out, acc_o, softmax, p.scale_log2, gate_mode, p.activation, wtid);
+}
+
+}  // namespace fwd90
+}  // namespace gsdpa
+#endif
+
+// Entry points: one per (dtype, head dim); empty on every arch but sm_90a (and never launched there).
+#define GSDPA_FWD_SM90_KERNEL(TYPE, TYPE_NAME, HEAD_DIM)                                                   \
+    extern "C" __global__ void __launch_bounds__(GSDPA_FWD_SM90_THREADS, 1)                               \
+        gsdpa_fwd90_##TYPE_NAME##_d##HEAD_DIM(const __grid_constant__ GsdpaFwdSm90Params p) {          \
+        GSDPA_FWD_SM90_BODY(TYPE, HEAD_DIM)                                                                \
+    }                                                                                                      \
+    GSDPA_REGISTER_KERNEL(gsdpa_fwd90_##TYPE_NAME##_d##HEAD_DIM, GsdpaFwdSm90Params, GSDPA_FWD_SM90_THREADS)
+
+#if GSDPA_HOPPER
+#define GSDPA_FWD_SM90_BODY(TYPE, HEAD_DIM) gsdpa::fwd90::forward<gsdpa::fwd90::Sm90Traits<TYPE, HEAD_DIM>>(p);
+#else
+#define GSDPA_FWD_SM90_BODY(TYPE, HEAD_DIM) (void)p;
+#endif
+
+GSDPA_FWD_SM90_KERNEL(gsdpa::bf16, bf16, 64)
+GSDPA_FWD_SM90_KERNEL(gsdpa::bf16, bf16, 128)
+GSDPA_FWD_SM90_KERNEL(gsdpa::bf16, bf16, 256)
+GSDPA_FWD_SM90_KERNEL(gsdpa::f16, f16, 64)
+GSDPA_FWD_SM90_KERNEL(gsdpa::f16, f16, 128)
+GSDPA_FWD_SM90_KERNEL(gsdpa::f16, f16, 256)

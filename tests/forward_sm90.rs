@@ -1,0 +1,635 @@
+//! The Hopper forward kernel (`kernels/forward_sm90.cu`: warp-specialized, TMA and wgmma) on the
+//! emulator with an sm_90 target, against the f64 reference: the grid of tests/forward.rs (larger
+//! tiles here, so also lengths spanning several of them), with the same checks:
+//! - Y and O: relative error in Frobenius norm <= 1e-2 (bf16) or 2e-3 (f16), and no NaN anywhere (every
+//!   element written: the outputs start as NaN);
+//! - LSE: `|lse - ref| <= 1e-4 * max(1, |ref|)` where the reference is finite, exactly `-inf` where the
+//!   row sees no key (then Y and O must be exactly 0).
+//!
+//! Every run checks which kernel the emulator launched: the Hopper kernel, except for the calls
+//! docs/hopper-forward.md lists as falling back to the mma.sync kernel (varlen here).
+//! Coverage: dtype x head dim x causal x gate mode x activation; odd lengths (1, 17, 129, 300,
+//! Sq != Sk both ways); GQA ratios 1, 4, 8; Sk = 0; causal rows that see nothing; the Qwen3-Next layout
+//! (q and g strided views of one `[B, S, Hq, 2D]` buffer); strided outputs; the optional ungated O and
+//! LSE; bit-identical results across emulator seeds; the dispatch (Auto, MmaSync, Hopper).
+#![cfg(feature = "emulator")]
+
+use gated_sdpa::emulator::Emulator;
+use gated_sdpa::reference::{forward_f64, ForwardResultF64};
+use gated_sdpa::{
+    split_q_proj, Activation, AttentionProblem, DType, Element, ForwardArgs, ForwardKernel,
+    GateMode, GsdpaError, HostBackend, HostBuffer, Layout, TargetArch, Tensor, Varlen,
+};
+use half::{bf16, f16};
+use rand::{rngs::StdRng, SeedableRng};
+
+mod common;
+use common::{
+    forward_tolerance, gather, numel, random_values, rel_frobenius, round_to, to_elements, GATES,
+    HEAD_DIMS,
+};
+
+/// The emulator with an sm_90 target: the default (Auto) kernel selection runs the Hopper kernel.
+fn hopper_emulator() -> Emulator {
+    Emulator::new().with_arch(TargetArch::SM90)
+}
+
+/// How the test lays out the kernel's tensors.
+#[derive(Debug, Clone, Copy, Default)]
+struct LayoutOptions {
+    /// q and g as the two halves of each head of one `[.., Hq, 2D]` buffer (Qwen3-Next `q_proj`).
+    q_proj: bool,
+    /// Request the ungated output O.
+    with_o: bool,
+    /// Y and O as the first half of each head of a `[.., Hq, 2D]` buffer whose other half must stay
+    /// untouched, and LSE with padded rows.
+    strided_outputs: bool,
+    /// Leave LSE out (inference): the kernel must skip its store and still write all of Y.
+    no_lse: bool,
+}
+
+/// What a run produced, converted to f64 (Y, O) in the problem's dense layouts.
+#[derive(Debug, Clone, PartialEq)]
+struct KernelOutputs {
+    y: Vec<f64>,
+    o: Option<Vec<f64>>,
+    /// `None` when the run did not ask for LSE.
+    lse: Option<Vec<f64>>,
+}
+
+impl KernelOutputs {
+    /// Bit patterns of every output, for exact comparisons across runs.
+    fn bits(&self) -> Vec<u64> {
+        let o = self.o.iter().flatten();
+        self.y
+            .iter()
+            .chain(o)
+            .chain(self.lse.iter().flatten())
+            .map(|x| x.to_bits())
+            .collect()
+    }
+}
+
+/// Random inputs of a problem, already rounded to the dtype (as f64, dense layouts).
+struct Inputs {
+    q: Vec<f64>,
+    k: Vec<f64>,
+    v: Vec<f64>,
+    g: Option<Vec<f64>>,
+}
+
+impl Inputs {
+    fn new(p: &AttentionProblem, dtype: DType, seed: u64) -> Inputs {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut random = |n: usize, amplitude: f64| -> Vec<f64> {
+            let mut x = random_values(&mut rng, n, amplitude);
+            x.iter_mut().for_each(|v| *v = round_to(dtype, *v));
+            x
+        };
+        // Amplitude 2 for q and k makes the softmax far from uniform at scale 1/sqrt(D).
+        Inputs {
+            q: random(numel(&p.q_shape()), 2.0),
+            k: random(numel(&p.kv_shape()), 2.0),
+            v: random(numel(&p.kv_shape()), 1.0),
+            g: p.gate_shape().map(|s| random(numel(&s), 3.0)),
+        }
+    }
+}
+
+/// The `[.., H, 2D]` buffer whose heads are `[a_h | b_h]` (b = None: zeros).
+fn interleave_heads(a: &[f64], b: Option<&[f64]>, head_dim: usize) -> Vec<f64> {
+    let mut out = vec![0.0; 2 * a.len()];
+    for (i, chunk) in a.chunks(head_dim).enumerate() {
+        out[2 * i * head_dim..(2 * i + 1) * head_dim].copy_from_slice(chunk);
+        if let Some(b) = b {
+            out[(2 * i + 1) * head_dim..(2 * i + 2) * head_dim]
+                .copy_from_slice(&b[i * head_dim..(i + 1) * head_dim]);
+        }
+    }
+    out
+}
+
+/// Runs the forward on the sm_90 emulator with thread-order seed `emu_seed`.
+fn run_kernel<T: Element>(
+    p: &AttentionProblem,
+    x: &Inputs,
+    options: LayoutOptions,
+    emu_seed: u64,
+) -> KernelOutputs {
+    let q_shape = p.q_shape();
+    let kv_shape = p.kv_shape();
+    let lse_shape = p.lse_shape();
+    let d = p.head_dim;
+
+    // Inputs. In the q_proj layout q and g are views of one buffer (elementwise gate only).
+    let q_proj = options
+        .q_proj
+        .then(|| to_elements::<T>(&interleave_heads(&x.q, x.g.as_deref(), d)));
+    let q_dense = to_elements::<T>(&x.q);
+    let g_dense = x.g.as_ref().map(|g| to_elements::<T>(g));
+    let k = to_elements::<T>(&x.k);
+    let v = to_elements::<T>(&x.v);
+    let (q_tensor, g_tensor) = match &q_proj {
+        Some(buffer) => {
+            assert_eq!(
+                p.gate,
+                GateMode::Elementwise,
+                "the q_proj layout carries an elementwise gate"
+            );
+            let views = split_q_proj(buffer.as_slice(), &q_shape).unwrap();
+            (views.q, Some(views.g))
+        }
+        None => (
+            Tensor::contiguous(q_dense.as_slice(), &q_shape),
+            g_dense
+                .as_ref()
+                .map(|g| Tensor::contiguous(g.as_slice(), &p.gate_shape().unwrap())),
+        ),
+    };
+
+    // Outputs start as NaN; with strided outputs the storage around the views holds a sentinel.
+    let sentinel = T::from_f64(-7.0);
+    let (out_len, out_layout) = if options.strided_outputs {
+        (2 * numel(&q_shape), Layout::q_proj_view(&q_shape))
+    } else {
+        (numel(&q_shape), Layout::contiguous(&q_shape))
+    };
+    let fill_output = || {
+        let mut buffer = HostBuffer::filled(out_len, sentinel);
+        out_layout
+            .for_each_offset(|_, offset| buffer.as_mut_slice()[offset] = T::from_f64(f64::NAN));
+        buffer
+    };
+    let mut y = fill_output();
+    let mut o = options.with_o.then(fill_output);
+    let lse_layout = if options.strided_outputs {
+        // Rows of 3 extra floats: lse[.., h, i] at h * (Sq + 3) + i.
+        let mut strides = vec![0; lse_shape.len()];
+        let row = lse_shape[lse_shape.len() - 1] + 3;
+        strides[lse_shape.len() - 1] = 1;
+        strides[lse_shape.len() - 2] = row;
+        if lse_shape.len() == 3 {
+            strides[0] = row * lse_shape[1];
+        }
+        Layout::strided(&lse_shape, &strides).unwrap()
+    } else {
+        Layout::contiguous(&lse_shape)
+    };
+    let lse_len = lse_layout.max_offset().unwrap().map_or(0, |m| m + 1);
+    let mut lse = HostBuffer::filled(lse_len, f32::NAN);
+
+    let mut args = ForwardArgs {
+        q: q_tensor,
+        k: Tensor::contiguous(k.as_slice(), &kv_shape),
+        v: Tensor::contiguous(v.as_slice(), &kv_shape),
+        g: g_tensor,
+        y: Tensor::new(y.as_mut_slice(), out_layout.clone()),
+        o: o.as_mut()
+            .map(|o| Tensor::new(o.as_mut_slice(), out_layout.clone())),
+        lse: (!options.no_lse).then(|| Tensor::new(lse.as_mut_slice(), lse_layout.clone())),
+        diagnostics: None,
+    };
+    let emulator = hopper_emulator().with_seed(emu_seed);
+    emulator
+        .forward(p, &mut args)
+        .unwrap_or_else(|e| panic!("emulated forward failed for {p:?}: {e}"));
+    // The dispatch: the Hopper kernel, or (varlen) the mma.sync one.
+    let kernel = emulator.last_forward_kernel().unwrap_or_default();
+    let expected = format!(
+        "gsdpa_fwd{}_{}_d{}",
+        if p.varlen.is_some() { "" } else { "90" },
+        T::DTYPE.name(),
+        p.head_dim
+    );
+    if !p.is_empty() {
+        assert_eq!(kernel, expected, "kernel launched for {p:?}");
+    }
+
+    // Storage outside the output views is untouched.
+    if options.strided_outputs {
+        let check = |buffer: &HostBuffer<T>, name: &str| {
+            let mut inside = vec![false; out_len];
+            out_layout.for_each_offset(|_, offset| inside[offset] = true);
+            for (i, value) in buffer.as_slice().iter().enumerate() {
+                if !inside[i] {
+                    assert_eq!(
+                        value.to_f64(),
+                        -7.0,
+                        "{name}: element {i} outside the view was written"
+                    );
+                }
+            }
+        };
+        check(&y, "y");
+        if let Some(o) = &o {
+            check(o, "o");
+        }
+    }
+    let mut lse_dense = vec![0.0; numel(&lse_shape)];
+    lse_layout.for_each_offset(|linear, offset| lse_dense[linear] = lse.as_slice()[offset] as f64);
+    if options.no_lse {
+        // Not passed to the kernel, so the buffer keeps its NaN fill.
+        assert!(
+            lse.as_slice().iter().all(|x| x.is_nan()),
+            "lse written when not given"
+        );
+    }
+    KernelOutputs {
+        y: gather(y.as_slice(), &out_layout),
+        o: o.as_ref().map(|o| gather(o.as_slice(), &out_layout)),
+        lse: (!options.no_lse).then_some(lse_dense),
+    }
+}
+
+/// Checks one output tensor (Y or O) against the reference; rows with an infinite reference LSE must
+/// be exactly zero.
+fn check_output(
+    what: &str,
+    p: &AttentionProblem,
+    dtype: DType,
+    got: &[f64],
+    want: &[f64],
+    reference: &ForwardResultF64,
+) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = got.iter().position(|x| x.is_nan()) {
+        panic!("{what}: element {i} is NaN (never written?) for {p:?}");
+    }
+    // Rows that see no key: exactly 0. Row (token t, head h) of a [.., H, D] tensor is chunk t * H + h;
+    // its LSE sits at [b, h, i] (dense) or [h, t] (varlen).
+    let d = p.head_dim;
+    for (row, values) in got.chunks(d).enumerate() {
+        let (token, head) = (row / p.heads_q, row % p.heads_q);
+        if reference.lse[lse_index(p, token, head)] == f64::NEG_INFINITY {
+            assert!(
+                values.iter().all(|&x| x == 0.0),
+                "{what}: token {token} head {head} sees no key but is not 0 for {p:?}"
+            );
+        }
+    }
+    let all_zero = want.iter().all(|&w| w == 0.0);
+    if all_zero {
+        assert!(
+            got.iter().all(|&x| x == 0.0),
+            "{what}: expected all zeros for {p:?}"
+        );
+        return;
+    }
+    let err = rel_frobenius(got, want);
+    let tol = forward_tolerance(dtype);
+    assert!(
+        err <= tol,
+        "{what}: relative error {err:.3e} > {tol:e} for {p:?}"
+    );
+}
+
+/// Index in the dense LSE of packed token `token` and head `head`.
+fn lse_index(p: &AttentionProblem, token: usize, head: usize) -> usize {
+    match &p.varlen {
+        Some(v) => head * v.total_q() + token,
+        None => {
+            let (b, i) = (token / p.seqlen_q, token % p.seqlen_q);
+            (b * p.heads_q + head) * p.seqlen_q + i
+        }
+    }
+}
+
+fn check_lse(p: &AttentionProblem, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len());
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        if w == f64::NEG_INFINITY {
+            assert!(
+                g == f64::NEG_INFINITY,
+                "lse[{i}] = {g}, expected -inf for {p:?}"
+            );
+        } else {
+            let bound = 1e-4 * w.abs().max(1.0);
+            assert!(
+                (g - w).abs() <= bound,
+                "lse[{i}] = {g}, expected {w} (bound {bound:e}) for {p:?}"
+            );
+        }
+    }
+}
+
+/// Runs one case in `dtype` and checks every output. Returns what the kernel produced.
+fn check_case(
+    p: &AttentionProblem,
+    dtype: DType,
+    options: LayoutOptions,
+    input_seed: u64,
+) -> KernelOutputs {
+    let x = Inputs::new(p, dtype, input_seed);
+    let reference = forward_f64(p, &x.q, &x.k, &x.v, x.g.as_deref()).unwrap();
+    let emu_seed = 1 + input_seed;
+    let out = match dtype {
+        DType::BF16 => run_kernel::<bf16>(p, &x, options, emu_seed),
+        DType::F16 => run_kernel::<f16>(p, &x, options, emu_seed),
+    };
+    check_output("y", p, dtype, &out.y, &reference.y, &reference);
+    if let Some(o) = &out.o {
+        check_output("o", p, dtype, o, &reference.o, &reference);
+    }
+    if let Some(lse) = &out.lse {
+        check_lse(p, lse, &reference.lse);
+    }
+    out
+}
+
+fn with_o() -> LayoutOptions {
+    LayoutOptions {
+        with_o: true,
+        ..LayoutOptions::default()
+    }
+}
+
+#[test]
+fn every_dtype_head_dim_causal_gate_and_activation() {
+    // Sq = 150 (two query blocks, the second partial: both consumer warpgroups of the first, one of the
+    // second with real rows), Sk = 200 (two or more key tiles, the last partial), two query heads on one
+    // kv head. The gate configuration rotates so that each meets every dtype and head dim.
+    let mut seed = 0;
+    for dtype in [DType::BF16, DType::F16] {
+        for d in HEAD_DIMS {
+            for causal in [false, true] {
+                seed += 1;
+                let (gate, activation) = GATES[seed as usize % GATES.len()];
+                let p = AttentionProblem::new(1, 150, 200, 2, 1, d)
+                    .causal(causal)
+                    .gate(gate)
+                    .activation(activation);
+                check_case(&p, dtype, with_o(), seed);
+            }
+        }
+    }
+    // Every gate configuration with every dtype, head dim and causal at one small size (one partial
+    // query block, one or two key tiles), as tests/forward.rs.
+    for dtype in [DType::BF16, DType::F16] {
+        for d in HEAD_DIMS {
+            for causal in [false, true] {
+                for (gate, activation) in GATES {
+                    seed += 1;
+                    let p = AttentionProblem::new(2, 37, 70, 2, 1, d)
+                        .causal(causal)
+                        .gate(gate)
+                        .activation(activation);
+                    check_case(&p, dtype, with_o(), seed);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn odd_lengths_both_ways() {
+    // Every (Sq, Sk) pair of odd lengths, causal and not, per head dim; dtype and gate rotate over the
+    // cases so each appears with every head dim.
+    const LENGTHS: [usize; 5] = [1, 17, 100, 129, 300];
+    let mut case = 0usize;
+    for d in HEAD_DIMS {
+        for sq in LENGTHS {
+            for sk in LENGTHS {
+                for causal in [false, true] {
+                    case += 1;
+                    let dtype = if case % 2 == 0 {
+                        DType::BF16
+                    } else {
+                        DType::F16
+                    };
+                    let (gate, activation) = GATES[case % GATES.len()];
+                    let p = AttentionProblem::new(1, sq, sk, 1, 1, d)
+                        .causal(causal)
+                        .gate(gate)
+                        .activation(activation);
+                    let options = LayoutOptions {
+                        with_o: case % 3 == 0,
+                        ..LayoutOptions::default()
+                    };
+                    check_case(&p, dtype, options, 1000 + case as u64);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gqa_ratios_1_4_8() {
+    for d in HEAD_DIMS {
+        for (heads_q, heads_kv) in [(2, 2), (8, 2), (8, 1)] {
+            for causal in [false, true] {
+                let p = AttentionProblem::new(1, 40, 57, heads_q, heads_kv, d)
+                    .causal(causal)
+                    .gate(GateMode::Elementwise);
+                check_case(
+                    &p,
+                    DType::BF16,
+                    with_o(),
+                    2000 + heads_q as u64 * 10 + heads_kv as u64,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn no_keys_gives_zero_output_and_minus_infinite_lse() {
+    for d in HEAD_DIMS {
+        for (gate, activation) in [GATES[1], GATES[4]] {
+            let p = AttentionProblem::new(2, 19, 0, 2, 1, d)
+                .causal(d == 128)
+                .gate(gate)
+                .activation(activation);
+            let out = check_case(&p, DType::F16, with_o(), 3000);
+            assert!(out.y.iter().all(|&y| y == 0.0));
+            assert!(out.o.unwrap().iter().all(|&o| o == 0.0));
+            assert!(out.lse.unwrap().iter().all(|&l| l == f64::NEG_INFINITY));
+        }
+    }
+}
+
+#[test]
+fn causal_rows_before_the_first_key_see_nothing() {
+    // Bottom-right alignment with Sq > Sk: the first Sq - Sk rows see nothing (whole query blocks and
+    // whole consumer warpgroups of them at Sq = 300, Sk = 20).
+    for d in HEAD_DIMS {
+        for (sq, sk) in [(300, 20), (70, 9)] {
+            let p = AttentionProblem::new(1, sq, sk, 2, 1, d)
+                .causal(true)
+                .gate(GateMode::Elementwise)
+                .activation(Activation::Silu);
+            let out = check_case(&p, DType::BF16, with_o(), 4000 + sq as u64);
+            let lse = out.lse.unwrap();
+            let empty_rows = (0..2 * sq).filter(|&r| lse[r] == f64::NEG_INFINITY).count();
+            assert_eq!(
+                empty_rows,
+                2 * (sq - sk),
+                "rows with LSE -inf for Sq = {sq}, Sk = {sk}"
+            );
+        }
+    }
+}
+
+#[test]
+fn varlen_falls_back_to_the_mma_sync_kernel() {
+    let varlen = Varlen::new(vec![0, 5, 5, 80], vec![0, 7, 30, 30]).unwrap();
+    let p = AttentionProblem::new_varlen(varlen, 2, 1, 64)
+        .causal(true)
+        .gate(GateMode::Elementwise);
+    check_case(&p, DType::BF16, with_o(), 5000);
+}
+
+#[test]
+fn qwen3_next_q_proj_layout() {
+    // q and g are the two halves of each head of one [B, S, Hq, 2D] buffer; GQA 8 as in Qwen3-Next.
+    for d in HEAD_DIMS {
+        let p = AttentionProblem::new(2, 33, 33, 8, 1, d)
+            .causal(d != 128)
+            .gate(GateMode::Elementwise)
+            .activation(if d == 256 {
+                Activation::Silu
+            } else {
+                Activation::Sigmoid
+            });
+        let options = LayoutOptions {
+            q_proj: true,
+            with_o: true,
+            ..LayoutOptions::default()
+        };
+        check_case(&p, DType::BF16, options, 6000 + d as u64);
+    }
+}
+
+#[test]
+fn strided_outputs_leave_the_rest_of_the_buffer_alone() {
+    for d in HEAD_DIMS {
+        let p = AttentionProblem::new(2, 45, 50, 2, 2, d)
+            .causal(true)
+            .gate(GateMode::Headwise);
+        let options = LayoutOptions {
+            with_o: true,
+            strided_outputs: true,
+            ..LayoutOptions::default()
+        };
+        check_case(&p, DType::F16, options, 7000 + d as u64);
+    }
+}
+
+#[test]
+fn ungated_output_and_lse_are_optional() {
+    // Without O or LSE the kernel skips their stores: Y (all of it: the NaN check) is bit-identical to a
+    // run with both, and the LSE buffer is left alone.
+    for (d, causal, gate) in [
+        (64, true, GateMode::Elementwise),
+        (128, false, GateMode::None),
+        (256, true, GateMode::Headwise),
+    ] {
+        let p = AttentionProblem::new(1, 70, 45, 2, 1, d)
+            .causal(causal)
+            .gate(gate)
+            .activation(Activation::Silu);
+        let bare = LayoutOptions {
+            no_lse: true,
+            ..LayoutOptions::default()
+        };
+        let out = check_case(&p, DType::F16, bare, 8100 + d as u64);
+        let full = check_case(&p, DType::F16, with_o(), 8100 + d as u64);
+        assert!(out.lse.is_none() && out.o.is_none());
+        assert_eq!(out.y, full.y, "y changed without o and lse for {p:?}");
+    }
+}
+
+#[test]
+fn bit_identical_across_emulator_seeds() {
+    // A race (a missing barrier or wait) makes results depend on the order threads run in.
+    let problems = [
+        (
+            AttentionProblem::new(1, 130, 300, 2, 1, 64)
+                .causal(true)
+                .gate(GateMode::Elementwise),
+            DType::BF16,
+        ),
+        (
+            AttentionProblem::new(1, 70, 150, 2, 2, 128)
+                .gate(GateMode::Headwise)
+                .activation(Activation::Silu),
+            DType::F16,
+        ),
+        (
+            AttentionProblem::new(1, 140, 140, 1, 1, 256)
+                .causal(true)
+                .gate(GateMode::Elementwise)
+                .activation(Activation::Silu),
+            DType::BF16,
+        ),
+    ];
+    for (p, dtype) in &problems {
+        let x = Inputs::new(p, *dtype, 9000);
+        let run = |seed| match dtype {
+            DType::BF16 => run_kernel::<bf16>(p, &x, with_o(), seed),
+            DType::F16 => run_kernel::<f16>(p, &x, with_o(), seed),
+        };
+        let first = run(1).bits();
+        for seed in [2, 0xdead_beef] {
+            assert!(
+                run(seed).bits() == first,
+                "seed {seed} changed the outputs of {p:?}"
+            );
+        }
+    }
+}
+
+/// A small forward with the given emulator; returns the kernel it launched.
+fn kernel_run_by(emulator: &Emulator) -> Result<String, GsdpaError> {
+    let p = AttentionProblem::new(1, 20, 30, 1, 1, 64).gate(GateMode::Headwise);
+    let q = vec![bf16::from_f32(0.25); numel(&p.q_shape())];
+    let kv = vec![bf16::from_f32(0.5); numel(&p.kv_shape())];
+    let g = vec![bf16::from_f32(1.0); numel(&p.gate_shape().unwrap())];
+    let mut y = HostBuffer::<bf16>::new(numel(&p.q_shape()));
+    let mut args = ForwardArgs {
+        q: Tensor::contiguous(&q[..], &p.q_shape()),
+        k: Tensor::contiguous(&kv[..], &p.kv_shape()),
+        v: Tensor::contiguous(&kv[..], &p.kv_shape()),
+        g: Some(Tensor::contiguous(&g[..], &p.gate_shape().unwrap())),
+        y: Tensor::contiguous(y.as_mut_slice(), &p.q_shape()),
+        o: None,
+        lse: None,
+        diagnostics: None,
+    };
+    emulator.forward(&p, &mut args)?;
+    // V is 0.5 everywhere and the headwise gate act(1): every output is 0.5 * sigmoid(1).
+    let want = 0.5 / (1.0 + (-1.0f64).exp());
+    for value in y.as_slice() {
+        assert!((value.to_f64() - want).abs() < 1e-2, "{value} != {want}");
+    }
+    Ok(emulator.last_forward_kernel().unwrap())
+}
+
+#[test]
+fn dispatch_selects_the_kernel() {
+    let sm90 = hopper_emulator();
+    assert_eq!(kernel_run_by(&sm90).unwrap(), "gsdpa_fwd90_bf16_d64");
+    assert_eq!(
+        kernel_run_by(&sm90.clone().with_forward_kernel(ForwardKernel::Hopper)).unwrap(),
+        "gsdpa_fwd90_bf16_d64"
+    );
+    assert_eq!(
+        kernel_run_by(&sm90.with_forward_kernel(ForwardKernel::MmaSync)).unwrap(),
+        "gsdpa_fwd_bf16_d64"
+    );
+    // Auto on another target: the mma.sync kernel; forcing Hopper there is an error.
+    let sm80 = Emulator::new().with_arch(TargetArch::SM80);
+    assert_eq!(kernel_run_by(&sm80).unwrap(), "gsdpa_fwd_bf16_d64");
+    assert!(matches!(
+        kernel_run_by(&sm80.with_forward_kernel(ForwardKernel::Hopper)),
+        Err(GsdpaError::InvalidArgument(_))
+    ));
+    assert_eq!(
+        ForwardKernel::parse("hopper").unwrap(),
+        ForwardKernel::Hopper
+    );
+    assert_eq!(
+        ForwardKernel::parse("mma-sync").unwrap(),
+        ForwardKernel::MmaSync
+    );
+    assert!(ForwardKernel::parse("tensor-core").is_err());
+}
