@@ -59,6 +59,10 @@ if [ "${GSDPA_SKIP_BENCH:-0}" != 1 ]; then
     # GSDPA_BENCH_SHAPE narrows the shapes (a substring of their names, e.g. "s8192") to fit a time budget.
     run bench "$BIN/gsdpa" bench --backward ${GSDPA_BENCH_SHAPE:+--shape "$GSDPA_BENCH_SHAPE"}
     cp "$OUT/bench.log" "$OUT/bench.txt"
+    # The Hopper forward beside it, where the device is an sm_90 (elsewhere --kernel hopper is an error).
+    if nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | grep -q '^9\.0'; then
+        run bench-hopper "$BIN/gsdpa" bench --kernel hopper ${GSDPA_BENCH_SHAPE:+--shape "$GSDPA_BENCH_SHAPE"}
+    fi
     # The decode targets are at batch >= 8 and context >= 8k; batch 1 and 256 bracket them. The whole
     # grid (16 shapes) also fits the suite's time on an H200: GSDPA_DECODE_BENCH_SHAPE=qwen3 runs it.
     run bench-decode "$BIN/gsdpa" bench --decode --json --shape "${GSDPA_DECODE_BENCH_SHAPE:-k8k,k32k}"

@@ -186,8 +186,9 @@ pub type HostGateBackwardArgs<'a, T> = GateBackwardArgs<&'a [T], &'a mut [T]>;
 /// Which forward kernel a backend runs (docs/hopper-forward.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ForwardKernel {
-    /// The Hopper kernel on sm_90 targets (the emulator's [`crate::Emulator::with_arch`], the CUDA
-    /// device), where the call is one it supports; the mma.sync kernel otherwise.
+    /// The Hopper kernel on an emulator targeting sm_90 ([`crate::Emulator::with_arch`]) where the call
+    /// is one it supports, the mma.sync kernel otherwise. On the CUDA backend, the mma.sync kernel for now:
+    /// the Hopper kernel becomes its default on sm_90 once it has passed the GPU suite on hardware.
     #[default]
     Auto,
     /// Always the mma.sync kernel (FlashAttention-2 design, every arch).

@@ -10,7 +10,8 @@ use gated_sdpa::cuda::{CudaBackend, CudaSeqlens};
 use gated_sdpa::reference;
 use gated_sdpa::{
     Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType, Element, ForwardArgs,
-    GateArgs, GateBackwardArgs, GateMode, GsdpaError, Layout, Tensor, Varlen,
+    ForwardKernel, GateArgs, GateBackwardArgs, GateMode, GsdpaError, Layout, TargetArch, Tensor,
+    Varlen,
 };
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -282,6 +283,28 @@ fn conformance_gpu_matches_emulator() {
 #[test]
 fn forward_grid_matches_reference() {
     let Some(backend) = gpu() else { return };
+    // On an sm_90 device both forward kernels run the grid: the mma.sync one, then the Hopper one
+    // (docs/hopper-forward.md), each checked to be the kernel that ran.
+    let mut kernels = vec![ForwardKernel::MmaSync];
+    if backend.arch() == TargetArch::SM90 {
+        kernels.push(ForwardKernel::Hopper);
+    }
+    drop(backend);
+    for kernel in kernels {
+        let backend = CudaBackend::new(0)
+            .expect("the backend was created above")
+            .with_forward_kernel(kernel);
+        forward_grid_on(&backend, kernel);
+    }
+}
+
+fn forward_grid_on(backend: &CudaBackend, kernel: ForwardKernel) {
+    // The Hopper kernel's entry points are gsdpa_fwd90_*, the mma.sync kernel's gsdpa_fwd_*. The odd
+    // seeds ask for the diagnostics, which the Hopper kernel leaves to the mma.sync one.
+    let expected_prefix = |seed: u64| match kernel {
+        ForwardKernel::Hopper if seed % 2 == 0 => "gsdpa_fwd90_",
+        _ => "gsdpa_fwd_",
+    };
     let mut seed = 0;
     for dtype in [DType::BF16, DType::F16] {
         for head_dim in [64, 128, 256] {
@@ -300,9 +323,14 @@ fn forward_grid_matches_reference() {
                                 .gate(gate)
                                 .activation(activation);
                             match dtype {
-                                DType::BF16 => check_forward::<half::bf16>(&backend, &p, seed),
-                                DType::F16 => check_forward::<half::f16>(&backend, &p, seed),
+                                DType::BF16 => check_forward::<half::bf16>(backend, &p, seed),
+                                DType::F16 => check_forward::<half::f16>(backend, &p, seed),
                             }
+                            let ran = backend.last_forward_kernel().unwrap_or_default();
+                            assert!(
+                                ran.starts_with(expected_prefix(seed)),
+                                "{kernel:?}, seed {seed}: {ran} ran"
+                            );
                         }
                     }
                 }
