@@ -110,7 +110,8 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     // Where this lane stores its part of the warp's P and dS tiles (same distance again), where that pays
     // (traits.h, HOIST_SCORE_STORES).
     const CFragOffsets<PC, SCORE_TN> score_store(Tr::SMEM_P, score_m0, score_n0, lane);
-    auto store_scores = [&](const float (&p_tile)[SCORE_TM][SCORE_TN][4], const float (&ds_tile)[SCORE_TM][SCORE_TN][4]) {
+    auto store_scores = [&](const float (&p_tile)[SCORE_TM][SCORE_TN][4],
+                            const float (&ds_tile)[SCORE_TM][SCORE_TN][4]) {
         if constexpr (Tr::HOIST_SCORE_STORES) {
             store_acc_offsets(smem, score_store, p_tile, 1.0f);
             store_acc_offsets(sdS_from_P, score_store, ds_tile, 1.0f);
