@@ -23,6 +23,15 @@
 //                                                             SM, Q (32 regs) kept in registers and K/V
 //                                                             double-buffered (the shared memory beyond one
 //                                                             buffer is free at one block per SM).
+//                                                             Measured 2026-12-02: 4 x 32 at 64 keys (Q
+//                                                             re-read) spills 80 bytes on sm_80, 16 without
+//                                                             the sink state; 4 x 32 at 32 keys (FA2's
+//                                                             sm_86 tile, 48 KiB) fits 255 registers but
+//                                                             its loop gains only LDSM/HMMA (0.38 vs 0.50)
+//                                                             and blocks per SM over 8 x 16, and loses
+//                                                             non-HMMA/HMMA (4.27 vs 2.73) and int+pred
+//                                                             (141 vs 36). BENCHMARKS.md has
+//                                                             FlashAttention-2's own figures.
 //   256  64 x 32            4 x 16        1           64 KiB  128 f32 O registers per thread leave no room for Q in
 //                                                             registers (re-read with ldmatrix per k-step) nor for
 //                                                             a 64-key score tile (64 x 64 spills at 255 registers);
