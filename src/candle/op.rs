@@ -13,6 +13,22 @@ use crate::problem::{AttentionProblem, GateMode};
 use crate::tensor::Layout;
 use crate::validate::backward_needs_ungated_output;
 
+/// The separate gate's storage on one device (`$variant`: `Storage::Cpu` or `Storage::Cuda`) and its
+/// layout, borrowed from `$guard`, the `Option` of [`Tensor::storage_and_layout`]'s read guard, which
+/// must outlive what is borrowed (hence a macro, not a function returning the borrow). A gate on
+/// another device returns the device-mismatch error from the enclosing function.
+macro_rules! gate_on_device {
+    ($guard:expr, $variant:path) => {
+        match &$guard {
+            Some((storage, layout)) => match &**storage {
+                $variant(s) => Some((s, *layout)),
+                _ => return Err(device_mismatch()),
+            },
+            None => None,
+        }
+    };
+}
+
 /// The name candle reports for the attention op (in errors and graph dumps).
 pub const PACKED_OP_NAME: &str = "gated-sdpa";
 
@@ -179,13 +195,7 @@ impl CustomOp3 for AttentionOp {
             Form::Separate(Some(g)) => Some(g.storage_and_layout()),
             _ => None,
         };
-        let g = match &gate {
-            Some((storage, layout)) => match &**storage {
-                Storage::Cpu(s) => Some((s, *layout)),
-                _ => return Err(device_mismatch()),
-            },
-            None => None,
-        };
+        let g = gate_on_device!(gate, Storage::Cpu);
         let views = self.views(s1, l1, s2, l2, s3, l3, g)?;
         let out = host::forward(&self.problem, &views, self.save)?;
         Ok((self.keep(out), self.q_shape()))
@@ -205,13 +215,7 @@ impl CustomOp3 for AttentionOp {
             Form::Separate(Some(g)) => Some(g.storage_and_layout()),
             _ => None,
         };
-        let g = match &gate {
-            Some((storage, layout)) => match &**storage {
-                Storage::Cuda(s) => Some((s, *layout)),
-                _ => return Err(device_mismatch()),
-            },
-            None => None,
-        };
+        let g = gate_on_device!(gate, Storage::Cuda);
         let views = self.views(s1, l1, s2, l2, s3, l3, g)?;
         let out = super::device::forward(&self.problem, &views, self.save)?;
         Ok((self.keep(out), self.q_shape()))
@@ -369,11 +373,8 @@ impl CustomOp3 for PagedOp {
         l3: &CandleLayout,
     ) -> candle_core::Result<(CpuStorage, candle_core::Shape)> {
         let gate = self.g.as_ref().map(|g| g.storage_and_layout());
-        let g = match &gate {
-            Some((storage, layout)) => match &**storage {
-                Storage::Cpu(s) => Some(View::of(s, layout)?),
-                _ => return Err(device_mismatch()),
-            },
+        let g = match gate_on_device!(gate, Storage::Cpu) {
+            Some((s, layout)) => Some(View::of(s, layout)?),
             None => None,
         };
         let views = PagedViews {
@@ -399,11 +400,8 @@ impl CustomOp3 for PagedOp {
         l3: &CandleLayout,
     ) -> candle_core::Result<(candle_core::CudaStorage, candle_core::Shape)> {
         let gate = self.g.as_ref().map(|g| g.storage_and_layout());
-        let g = match &gate {
-            Some((storage, layout)) => match &**storage {
-                Storage::Cuda(s) => Some(View::of(s, layout)?),
-                _ => return Err(device_mismatch()),
-            },
+        let g = match gate_on_device!(gate, Storage::Cuda) {
+            Some((s, layout)) => Some(View::of(s, layout)?),
             None => None,
         };
         let views = PagedViews {
