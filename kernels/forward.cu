@@ -140,7 +140,10 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
         // and the next tile's stage is one XOR away (common/fragments.h, LdsmLaneOffsets).
         LdsmLaneOffsets<D> k_offsets = ldsm_b_offsets<D>(Tr::smem_k(n), lane);
         LdsmLaneOffsets<D> v_offsets = ldsm_b_trans_offsets<D>(Tr::smem_v(n), lane);
-        const LdsmLaneOffsets<D> q_offsets = ldsm_a_offsets<D>(Tr::SMEM_Q + warp_row0 * D, lane);
+        LdsmLaneOffsets<D> q_offsets = ldsm_a_offsets<D>(Tr::SMEM_Q + warp_row0 * D, lane);
+        // Single-buffered, these bases do not change across the loop; on sm_80 (D = 64, 256) ptxas would
+        // rebuild them inside it, unless they are loop-carried (LdsmLaneOffsets::keep_in_registers).
+        const int opaque_zero = seq.seqlen_k >> 31;  // seqlen_k >= 0
 
         // Tiles [0, sink_tiles) hold keys below n_sink (none when the sink mass is not requested).
         const int sink_tiles = (p.n_sink + BLOCK_N - 1) / BLOCK_N;
@@ -204,6 +207,10 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             if constexpr (Tr::KV_STAGES == 2) {
                 k_offsets.flip(Tr::K_STAGE_FLIP);  // on to tile n - 1's stage
                 v_offsets.flip(Tr::V_STAGE_FLIP);
+            } else {
+                q_offsets.keep_in_registers(opaque_zero);
+                k_offsets.keep_in_registers(opaque_zero);
+                v_offsets.keep_in_registers(opaque_zero);
             }
         }
     } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {

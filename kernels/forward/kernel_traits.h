@@ -51,13 +51,16 @@
 //                                                                       loop-carried, so ptxas cannot
 //                                                                       rematerialise them in the loop.
 //        At 4 x 32 rows (single-buffered, Q re-read per k-step): the   103 / 50 (2026-12-02): on sm_80 ptxas
-//        Q bases are a third set; K prefetch without row test, V load  (233 registers) rebuilds Q's bases in
-//        of tile n with it (as D = 256)                                 the loop; sm_90a keeps them.
+//        Q bases are a third set; K prefetch without row test, V load  (233 registers) rebuilt the Q, K and
+//        of tile n with it (as D = 256). Single-buffered, the 12 bases  V bases in the loop; sm_90a kept
+//        are made loop-carried (keep_in_registers: one XOR each per     them. Loop-carried: 63 / 64, one
+//        tile)                                                          XOR per base per tile.
 //   128  as D = 64 at 8 x 16 (the first entry)                         283 -> 39 / 37; 177 registers, 5
 //                                                                       fewer than before.
 //   256  the same, Q too (re-read per tile): one stage, so the bases    337 -> 156 on sm_80 (102 -> 100 on
-//        are loop-invariant; K prefetch without row test; the V load   sm_90a). At 241 / 243 registers ptxas
-//        of tile n keeps its row test (tile n may be the partial last)  still rebuilds some bases in the loop.
+//        are loop-invariant, made loop-carried as at D = 64; K         sm_90a); loop-carried bases: 112 /
+//        prefetch without row test; the V load of tile n keeps its     114 (ptxas at 241 / 243 registers
+//        row test (tile n may be the partial last)                     rebuilt some in the loop before).
 // Per-tile 64-bit source pointers (tile * BLOCK_N * row_stride) are recomputed, not stepped: a running
 // pointer per tensor was measured 2-20 instructions worse (two more loop-carried register pairs).
 //

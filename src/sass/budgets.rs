@@ -85,21 +85,24 @@ macro_rules! budget {
 /// addresses were hoisted (kernels/forward/kernel_traits.h), same margins; the forward at D = 64 and
 /// D = 128 sm_80 re-measured on 2026-12-02 after D = 64 moved to 4 warps x 32 rows (two blocks per SM,
 /// LDSM per HMMA at target; its non-HMMA and integer ceilings rose with the softmax and Q addressing
-/// per HMMA, kernel_traits.h says why), same margins.
+/// per HMMA, kernel_traits.h says why), same margins; the forward at D = 64 and 256 re-measured on
+/// 2026-12-02 after its loop-invariant ldmatrix bases were made loop-carried
+/// (`LdsmLaneOffsets::keep_in_registers`: int+pred on sm_80 103 -> 63 and 152 -> 112, on sm_90a 50 -> 64
+/// and 100 -> 114), same margins.
 #[rustfmt::skip]
 pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_fwd_bf16_d128", "sm_80", limit(FWD_NON_HMMA, 2.81), limit(FWD_LDSM, 0.52), limit(FWD_INT, 38.0), limit(FWD_BLOCKS, 1.0)),
     budget!("gsdpa_fwd_bf16_d128", "sm_90a", limit(FWD_NON_HMMA, 2.85), limit(FWD_LDSM, 0.52), limit(FWD_INT, 39.0), limit(FWD_BLOCKS, 1.0)),
-    budget!("gsdpa_fwd_bf16_d256", "sm_80", limit(FWD_NON_HMMA, 4.07), limit(FWD_LDSM, 0.65), limit(FWD_D256_INT, 164.0), limit(FWD_D256_BLOCKS, 2.0)),
-    budget!("gsdpa_fwd_bf16_d256", "sm_90a", limit(FWD_NON_HMMA, 3.59), limit(FWD_LDSM, 0.65), limit(FWD_D256_INT, 105.0), limit(FWD_D256_BLOCKS, 2.0)),
-    budget!("gsdpa_fwd_bf16_d64", "sm_80", limit(FWD_NON_HMMA, 4.58), limit(FWD_LDSM, 0.32), limit(FWD_INT, 108.0), limit(FWD_BLOCKS, 2.0)),
-    budget!("gsdpa_fwd_bf16_d64", "sm_90a", limit(FWD_NON_HMMA, 4.14), limit(FWD_LDSM, 0.32), limit(FWD_INT, 53.0), limit(FWD_BLOCKS, 2.0)),
+    budget!("gsdpa_fwd_bf16_d256", "sm_80", limit(FWD_NON_HMMA, 3.71), limit(FWD_LDSM, 0.65), limit(FWD_D256_INT, 119.0), limit(FWD_D256_BLOCKS, 2.0)),
+    budget!("gsdpa_fwd_bf16_d256", "sm_90a", limit(FWD_NON_HMMA, 3.70), limit(FWD_LDSM, 0.65), limit(FWD_D256_INT, 120.0), limit(FWD_D256_BLOCKS, 2.0)),
+    budget!("gsdpa_fwd_bf16_d64", "sm_80", limit(FWD_NON_HMMA, 4.27), limit(FWD_LDSM, 0.32), limit(FWD_INT, 66.0), limit(FWD_BLOCKS, 2.0)),
+    budget!("gsdpa_fwd_bf16_d64", "sm_90a", limit(FWD_NON_HMMA, 4.25), limit(FWD_LDSM, 0.32), limit(FWD_INT, 67.0), limit(FWD_BLOCKS, 2.0)),
     budget!("gsdpa_fwd_f16_d128", "sm_80", limit(FWD_NON_HMMA, 2.81), limit(FWD_LDSM, 0.52), limit(FWD_INT, 38.0), limit(FWD_BLOCKS, 1.0)),
     budget!("gsdpa_fwd_f16_d128", "sm_90a", limit(FWD_NON_HMMA, 2.85), limit(FWD_LDSM, 0.52), limit(FWD_INT, 39.0), limit(FWD_BLOCKS, 1.0)),
-    budget!("gsdpa_fwd_f16_d256", "sm_80", limit(FWD_NON_HMMA, 4.07), limit(FWD_LDSM, 0.65), limit(FWD_D256_INT, 164.0), limit(FWD_D256_BLOCKS, 2.0)),
-    budget!("gsdpa_fwd_f16_d256", "sm_90a", limit(FWD_NON_HMMA, 3.59), limit(FWD_LDSM, 0.65), limit(FWD_D256_INT, 103.0), limit(FWD_D256_BLOCKS, 2.0)),
-    budget!("gsdpa_fwd_f16_d64", "sm_80", limit(FWD_NON_HMMA, 4.58), limit(FWD_LDSM, 0.32), limit(FWD_INT, 108.0), limit(FWD_BLOCKS, 2.0)),
-    budget!("gsdpa_fwd_f16_d64", "sm_90a", limit(FWD_NON_HMMA, 4.14), limit(FWD_LDSM, 0.32), limit(FWD_INT, 53.0), limit(FWD_BLOCKS, 2.0)),
+    budget!("gsdpa_fwd_f16_d256", "sm_80", limit(FWD_NON_HMMA, 3.71), limit(FWD_LDSM, 0.65), limit(FWD_D256_INT, 119.0), limit(FWD_D256_BLOCKS, 2.0)),
+    budget!("gsdpa_fwd_f16_d256", "sm_90a", limit(FWD_NON_HMMA, 3.70), limit(FWD_LDSM, 0.65), limit(FWD_D256_INT, 120.0), limit(FWD_D256_BLOCKS, 2.0)),
+    budget!("gsdpa_fwd_f16_d64", "sm_80", limit(FWD_NON_HMMA, 4.27), limit(FWD_LDSM, 0.32), limit(FWD_INT, 66.0), limit(FWD_BLOCKS, 2.0)),
+    budget!("gsdpa_fwd_f16_d64", "sm_90a", limit(FWD_NON_HMMA, 4.25), limit(FWD_LDSM, 0.32), limit(FWD_INT, 67.0), limit(FWD_BLOCKS, 2.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d128", "sm_80", limit(BWD_NON_HMMA, 3.33), limit(BWD_LDSM, 0.64), limit(BWD_INT, 196.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d128", "sm_90a", limit(BWD_NON_HMMA, 3.30), limit(BWD_LDSM, 0.64), limit(BWD_INT, 192.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d256", "sm_80", limit(BWD_NON_HMMA, 4.82), limit(BWD_LDSM, 1.35), limit(BWD_INT, 154.0), limit(BWD_BLOCKS, 1.0)),
