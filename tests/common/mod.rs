@@ -4,6 +4,9 @@
 
 use std::io::Write;
 
+#[cfg(feature = "emulator")]
+pub mod forward_harness;
+
 use gated_sdpa::{Activation, DType, Element, GateMode, HostBuffer, Layout};
 use rand::{rngs::StdRng, RngExt};
 
