@@ -110,11 +110,6 @@ pub fn run_on_gpu(gpu: &CudaBackend) -> Result<Vec<u32>> {
         };
         gpu.launch(&stream, &launch::conformance(), &params)?;
     }
-    let dump = stream
-        .clone_dtoh(&out)
-        .map_err(|e| cuda_error("download", e))?;
-    stream
-        .synchronize()
-        .map_err(|e| cuda_error("synchronize", e))?;
+    let dump = super::download(&stream, &out)?;
     Ok(dump)
 }

@@ -359,12 +359,7 @@ pub fn run_wgmma_on_gpu(gpu: &CudaBackend, batch: &WgmmaBatch) -> Result<Vec<f32
         };
         gpu.launch(&stream, &wgmma_config(batch.cases.len()), &params)?;
     }
-    let result = stream
-        .clone_dtoh(&out)
-        .map_err(|e| cuda_error("download", e))?;
-    stream
-        .synchronize()
-        .map_err(|e| cuda_error("synchronize", e))?;
+    let result = super::download(&stream, &out)?;
     Ok(result)
 }
 
@@ -432,12 +427,7 @@ pub fn run_tma_loads_on_gpu(
         };
         gpu.launch(&stream, &config, &params)?;
     }
-    let dump = stream
-        .clone_dtoh(&out)
-        .map_err(|e| cuda_error("download", e))?;
-    stream
-        .synchronize()
-        .map_err(|e| cuda_error("synchronize", e))?;
+    let dump = super::download(&stream, &out)?;
     Ok(ffi_cases
         .iter()
         .map(|c| dump[c.out_offset as usize..(c.out_offset + c.box_bytes as u64) as usize].to_vec())
@@ -465,12 +455,7 @@ pub fn run_mbarrier_on_gpu(gpu: &CudaBackend, rounds: u32) -> Result<Vec<u32>> {
         };
         gpu.launch(&stream, &config, &params)?;
     }
-    let result = stream
-        .clone_dtoh(&out)
-        .map_err(|e| cuda_error("download", e))?;
-    stream
-        .synchronize()
-        .map_err(|e| cuda_error("synchronize", e))?;
+    let result = super::download(&stream, &out)?;
     Ok(result)
 }
 
@@ -493,11 +478,6 @@ pub fn run_stmatrix_on_gpu(gpu: &CudaBackend) -> Result<Vec<u32>> {
         };
         gpu.launch(&stream, &config, &params)?;
     }
-    let result = stream
-        .clone_dtoh(&out)
-        .map_err(|e| cuda_error("download", e))?;
-    stream
-        .synchronize()
-        .map_err(|e| cuda_error("synchronize", e))?;
+    let result = super::download(&stream, &out)?;
     Ok(result)
 }

@@ -8,3 +8,25 @@ pub mod decode_bench;
 pub mod hopper;
 #[cfg(feature = "emulator")]
 pub mod selftest;
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+
+use crate::cuda::cuda_error;
+use crate::error::Result;
+
+/// Copies `buffer` back to the host and waits for `stream`: the tail of every GPU runner here (they
+/// are synchronous test helpers).
+pub(crate) fn download<T: DeviceRepr + ValidAsZeroBits + Default + Clone>(
+    stream: &Arc<CudaStream>,
+    buffer: &CudaSlice<T>,
+) -> Result<Vec<T>> {
+    let host = stream
+        .clone_dtoh(buffer)
+        .map_err(|e| cuda_error("download", e))?;
+    stream
+        .synchronize()
+        .map_err(|e| cuda_error("synchronize", e))?;
+    Ok(host)
+}
