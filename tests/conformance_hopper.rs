@@ -942,8 +942,16 @@ fn named_barrier_handoffs_order_exactly_their_participants() {
         )
         .expect("hand-offs through named barriers are no race");
         for thread in 0..128 {
-            assert_eq!(out[thread * 32], mine((thread + 32) % 128), "seed {seed} thread {thread}");
-            assert_eq!(out[thread * 32 + 1], mine(128 + thread % 32), "seed {seed} thread {thread}");
+            assert_eq!(
+                out[thread * 32],
+                mine((thread + 32) % 128),
+                "seed {seed} thread {thread}"
+            );
+            assert_eq!(
+                out[thread * 32 + 1],
+                mine(128 + thread % 32),
+                "seed {seed} thread {thread}"
+            );
         }
     }
     for (test, second_line) in [

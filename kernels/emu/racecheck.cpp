@@ -2,18 +2,19 @@
 //
 // On hardware, a thread's shared-memory store is guaranteed visible to another thread only after a
 // barrier that both pass: __syncthreads for any two threads of the block, __syncwarp for two lanes of
-// one warp. Shuffles, mma.sync and ldmatrix do not order memory, even though the emulator happens to
+// one warp, a named barrier for two threads that took part in it (the vector clocks below). Shuffles, mma.sync and ldmatrix do not order memory, even though the emulator happens to
 // run them as rendezvous of the whole warp. Two accesses to the same byte by different threads, at least
 // one of them a write, with no such barrier between them, are a race: the kernel's result depends on
 // timing the emulator does not reproduce.
 //
 // What is tracked (docs/emulator.md lists it for kernel authors): ldmatrix rows (reads, attributed to the
 // lane that supplies the row address), cp.async destinations (writes, in flight from the issue to the
-// wait_group that retires them), and primitives.h's ld_shared / st_shared. A plain C++ access such as
+// wait_group that retires them), stmatrix rows (writes, like ldmatrix), a TMA store's box (a read by the
+// issuing thread), and primitives.h's ld_shared / st_shared. A plain C++ access such as
 // `smem[i] = x` cannot be intercepted and is not tracked.
 //
 // Each shared byte remembers its last write and its two latest reads by different threads (ShadowByte,
-// 36 bytes). Each access gets an AccessStamp (internal.h) and is checked against them:
+// 48 bytes). Each access gets an AccessStamp (internal.h) and is checked against them:
 //   read:  the last write must happen before it;
 //   write: the last write and the latest read by another thread must happen before it.
 // Remembering two reads is a bound on cost, not the whole read set: a write can miss a race with an
