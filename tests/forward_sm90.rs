@@ -11,7 +11,8 @@
 //! Coverage: dtype x head dim x causal x gate mode x activation; odd lengths (1, 17, 129, 300,
 //! Sq != Sk both ways); GQA ratios 1, 4, 8; Sk = 0; causal rows that see nothing; the Qwen3-Next layout
 //! (q and g strided views of one `[B, S, Hq, 2D]` buffer); strided outputs; the optional ungated O and
-//! LSE; bit-identical results across emulator seeds; the dispatch (Auto, MmaSync, Hopper).
+//! LSE; bit-identical results across emulator seeds; the dispatch (Auto, MmaSync, Hopper); the TMA
+//! store of Y and O against the register store (bit-identical), and which layouts fall back to it.
 #![cfg(feature = "emulator")]
 
 use gated_sdpa::emulator::Emulator;
