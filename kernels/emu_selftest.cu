@@ -270,6 +270,43 @@ GSDPA_DEVICE void run(const GsdpaHopperSelftestParams &p) {
     for (int i = 0; i < 32; ++i) p.output[tid * 32 + i] = d[i] + 0.0f * early;
 }
 
+// ----- Named barriers and the race detector: hand-offs through shared memory (ld_shared / st_shared).
+// Each consumer thread stores a value, the warpgroup meets at named barrier 2 (bar.sync 2, 128) and each
+// reads the value of the thread 32 places on (another warp); the producer warp stores 32 values and
+// bar.arrive's at barrier 3 (all 160 threads), where the consumers bar.sync before reading them. Outputs:
+// out[32 t] = the warpgroup neighbour's value, out[32 t + 1] = the producer lane's value (0 elsewhere). -----
+enum class Handoff {
+    Correct,
+    NoBarrier,        // bug: the consumers skip barrier 2
+    Outsider,         // bug: barrier 2 joins warps 1-3 and the producer warp; warp 0, a writer, is not in it
+    WriteAfterArrive  // bug: the producer rewrites its values after its bar.arrive
+};
+
+template <Handoff H>
+GSDPA_DEVICE void handoff(const GsdpaHopperSelftestParams &p) {
+    float *s = reinterpret_cast<float *>(dynamic_smem());
+    const int tid = threadIdx.x;
+    const float mine = float(tid) + 0.5f * float(p.input[tid] & 7);
+    st_shared(s + tid, mine);
+    if (tid >= 128) {
+        if constexpr (H == Handoff::Outsider) named_barrier_sync(2, 128);
+        named_barrier_arrive(3, GSDPA_HOPPER_SELFTEST_THREADS);
+        if constexpr (H == Handoff::WriteAfterArrive) st_shared(s + tid, mine + 1.0f);
+        for (int i = 0; i < 32; ++i) p.output[tid * 32 + i] = 0.0f;
+        return;
+    }
+    if constexpr (H == Handoff::Correct || H == Handoff::WriteAfterArrive) named_barrier_sync(2, 128);
+    if constexpr (H == Handoff::Outsider) {
+        if (tid >= 32) named_barrier_sync(2, 128);
+    }
+    const float neighbour = ld_shared(s + (tid + 32) % 128);
+    named_barrier_sync(3, GSDPA_HOPPER_SELFTEST_THREADS);
+    const float producer = ld_shared(s + 128 + tid % 32);
+    p.output[tid * 32] = neighbour;
+    p.output[tid * 32 + 1] = producer;
+    for (int i = 2; i < 32; ++i) p.output[tid * 32 + i] = 0.0f;
+}
+
 }  // namespace hopper_selftest
 }  // namespace gsdpa
 #endif
@@ -306,3 +343,25 @@ GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_operand_overwritten, OperandOverwrit
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_accumulator_written, AccumulatorWritten)
 // Bug: a consumer writes into the box while the TMA load is still writing it.
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_write_in_flight, WriteInFlight)
+
+#if GSDPA_HOPPER
+#define GSDPA_HANDOFF_SELFTEST_BODY(H) gsdpa::hopper_selftest::handoff<gsdpa::hopper_selftest::Handoff::H>(p);
+#else
+#define GSDPA_HANDOFF_SELFTEST_BODY(H)
+#endif
+#define GSDPA_HANDOFF_SELFTEST(name, H)                                                                    \
+    extern "C" __global__ void __launch_bounds__(GSDPA_HOPPER_SELFTEST_THREADS)                           \
+        name(const __grid_constant__ GsdpaHopperSelftestParams p) {                                      \
+        GSDPA_HANDOFF_SELFTEST_BODY(H)                                                                     \
+    }                                                                                                      \
+    GSDPA_REGISTER_KERNEL(name, GsdpaHopperSelftestParams, GSDPA_HOPPER_SELFTEST_THREADS)
+
+// Correct: a hand-off within the warpgroup through bar.sync 2, 128, and one from the producer warp through
+// its bar.arrive at barrier 3 and the consumers' bar.sync.
+GSDPA_HANDOFF_SELFTEST(gsdpa_selftest_hopper_named_handoff, Correct)
+// Bug: the warpgroup's hand-off without its barrier.
+GSDPA_HANDOFF_SELFTEST(gsdpa_selftest_hopper_named_no_barrier, NoBarrier)
+// Bug: the hand-off's barrier does not include the writing warp 0.
+GSDPA_HANDOFF_SELFTEST(gsdpa_selftest_hopper_named_outsider, Outsider)
+// Bug: the producer stores after its bar.arrive (the arrive orders only what came before it).
+GSDPA_HANDOFF_SELFTEST(gsdpa_selftest_hopper_named_write_after_arrive, WriteAfterArrive)

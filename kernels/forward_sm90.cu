@@ -17,9 +17,11 @@
 //      mma.sync C layout of each warp's 16 rows)
 //      O += P V       wgmma m64 n=D k16, A = P from registers (rounded to T), B = V through an MN-major
 //                     (transposed) descriptor: V is stored [key][dim] as TMA delivers it
-//    then the epilogue (forward_sm90/epilogue.h).
-// The consumer warpgroups run independently (no ping-pong), and each waits for its S before the softmax
-// and for its O before the next tile (no intra-warpgroup overlap yet).
+//    then the epilogue (forward_sm90/epilogue.h): Y (and O) staged in the warpgroup's rows of the Q region
+//    and TMA-stored.
+// The consumer warpgroups take turns to issue their GEMMs (ping-pong on two named barriers, so one's
+// softmax overlaps the other's GEMMs), and within a warpgroup the softmax of tile i overlaps the PV wgmma
+// of tile i - 1 (issued together with S_i).
 #include "common/mask.h"
 #include "common/seqlen_info.h"
 #include "forward_sm90/epilogue.h"
@@ -145,16 +147,10 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
         };
         mbarrier_wait(q_full, 0);
 
-        for (int i = 0; i < n_tiles; ++i) {
-            const int n = n_tiles - 1 - i, stage = i % Tr::STAGES;
-            const uint32_t parity = (i / Tr::STAGES) & 1;
-
-            // S = Q K^T: K stored [key][dim] is the K-major B operand (N = keys).
-            float s[Tr::N_TILES_S][4];
-            float(&s_flat)[Tr::BLOCK_N / 2] = reinterpret_cast<float(&)[Tr::BLOCK_N / 2]>(s);
+        // S = Q K^T of key tile i (issued, not waited for): K stored [key][dim] is the K-major B operand.
+        auto issue_s = [&](int i, float (&s_flat)[Tr::BLOCK_N / 2]) {
+            const int stage = i % Tr::STAGES;
             const uint64_t k_desc0 = wgmma_descriptor(smem + Tr::smem_k(stage), 16, 1024, WgmmaSwizzle::B128);
-            mbarrier_wait(&k_full[stage], parity);
-            wgmma_fence();
 #pragma unroll
             for (int kk = 0; kk < Tr::K_STEPS_QK; ++kk) {
                 const uint64_t k_desc =
@@ -162,46 +158,105 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
                 wgmma_ss<T, BLOCK_N>(s_flat, q_desc(kk), k_desc, kk > 0);
             }
             wgmma_commit();
-            wgmma_wait<0>();
-            if (gate_tile && i == n_tiles - 1) {
-                // This warp's last read of Q has retired: the producer may load the gate tile over it.
-                __syncwarp();
-                if (lane == 0) mbarrier_arrive(q_free);
+        };
+        // O += P V of key tile i (issued): V stored [key][dim] is the MN-major B operand (N = dims):
+        // leading byte offset from one 64-column block to the next, stride byte offset from 8 keys to the
+        // next 8, 16 keys (2048 bytes) per k-step. P comes from registers (rounded to T, the A fragments).
+        // The caller has waited for the tile's V.
+        float(&o_flat)[Tr::D / 2] = reinterpret_cast<float(&)[Tr::D / 2]>(acc_o);
+        uint32_t p_frag[Tr::K_STEPS_PV][4];
+        auto issue_pv = [&](int i) {
+            const int stage = i % Tr::STAGES;
+            const uint64_t v_desc0 =
+                wgmma_descriptor(smem + Tr::smem_v(stage), Tr::KV_BLOCK_BYTES, 1024, WgmmaSwizzle::B128);
+#pragma unroll
+            for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) {
+                wgmma_rs<T, Tr::D, true>(o_flat, p_frag[kk],
+                                         wgmma_descriptor_advance(v_desc0, kk * 16 * Tr::ROW_BYTES), true);
             }
-
-            // The rare path: tiles reaching past the warpgroup's first row's key limit (the partial last
-            // tile, the causal diagonal).
+            wgmma_commit();
+        };
+        // This warp is done with tile i's stage (its wgmmas reading K and V have retired).
+        auto wait_v = [&](int i) { mbarrier_wait(&v_full[i % Tr::STAGES], (i / Tr::STAGES) & 1); };
+        auto release = [&](int i) {
+            __syncwarp();
+            if (lane == 0) mbarrier_arrive(&kv_empty[i % Tr::STAGES]);
+        };
+        // Masking (the rare path: tiles reaching past the warpgroup's first row's key limit: the partial
+        // last tile, the causal diagonal).
+        auto mask = [&](int i, float (&s)[Tr::N_TILES_S][4]) {
+            const int n = n_tiles - 1 - i;
             if (tile_needs_mask<BLOCK_N>(n * BLOCK_N, wg_m0, seq, causal)) {
                 const int limit[2] = {key_limit(wg_m0 + warp_row0 + (lane >> 2), seq, causal),
                                       key_limit(wg_m0 + warp_row0 + (lane >> 2) + 8, seq, causal)};
                 mask_scores(s, n * BLOCK_N, limit, lane);
             }
-            softmax.update(s, acc_o, p.scale_log2);
+        };
+        // After the last S = Q K^T has retired: the producer may load the gate tile over Q.
+        auto last_s_done = [&](int i) {
+            if (gate_tile && i == n_tiles - 1) {
+                __syncwarp();
+                if (lane == 0) mbarrier_arrive(q_free);
+            }
+        };
+        // Ping-pong: each warpgroup issues its GEMMs only in its turn (it waits at its scheduler barrier,
+        // then lets the other go): warpgroup 0's softmax runs while warpgroup 1's GEMMs do, and back.
+        // Warpgroup 1 gives warpgroup 0 the first turn and takes no turn after its last.
+        const int my_turn = Tr::SCHEDULER_BARRIER + cwg, other_turn = Tr::SCHEDULER_BARRIER + (1 - cwg);
+        auto take_turn = [&] { named_barrier_sync(my_turn, 256); };
+        auto pass_turn = [&](bool last) {
+            if (!(last && cwg == 1)) named_barrier_arrive(other_turn, 256);
+        };
+        if (cwg == 1) named_barrier_arrive(other_turn, 256);
 
-            // P rounded to T as the register A operand, one k-step per 16 keys.
-            uint32_t p_frag[Tr::K_STEPS_PV][4];
+        // Key tile 0 (the last one of the sequence): S, then its softmax.
+        {
+            float s[Tr::N_TILES_S][4];
+            float(&s_flat)[Tr::BLOCK_N / 2] = reinterpret_cast<float(&)[Tr::BLOCK_N / 2]>(s);
+            mbarrier_wait(&k_full[0], 0);
+            take_turn();
+            wgmma_fence();
+            issue_s(0, s_flat);
+            pass_turn(false);
+            wgmma_wait<0>();
+            last_s_done(0);
+            mask(0, s);
+            softmax.update(s, acc_o, p.scale_log2);
 #pragma unroll
             for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) pack_c_to_a<T>(p_frag[kk], s[2 * kk], s[2 * kk + 1]);
-
-            // O += P V: V stored [key][dim] is the MN-major B operand (N = dims): leading byte offset from
-            // one 64-column block to the next, stride byte offset from 8 keys to the next 8, 16 keys
-            // (2048 bytes) per k-step.
-            float(&o_flat)[Tr::D / 2] = reinterpret_cast<float(&)[Tr::D / 2]>(acc_o);
-            const uint64_t v_desc0 =
-                wgmma_descriptor(smem + Tr::smem_v(stage), Tr::KV_BLOCK_BYTES, 1024, WgmmaSwizzle::B128);
-            mbarrier_wait(&v_full[stage], parity);
-            wgmma_fence();
-#pragma unroll
-            for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) {
-                wgmma_rs<T, Tr::D, true>(o_flat, p_frag[kk], wgmma_descriptor_advance(v_desc0, kk * 16 * Tr::ROW_BYTES),
-                                         true);
-            }
-            wgmma_commit();
-            wgmma_wait<0>();
-            // This warp is done with the stage's K and V (its wgmmas have retired).
-            __syncwarp();
-            if (lane == 0) mbarrier_arrive(&kv_empty[stage]);
         }
+        // Tile i: S_i and then O += P_(i-1) V_(i-1) issued in one turn; the softmax of S_i overlaps the
+        // PV wgmma (wait_group 1 retires S_i only), whose accumulators are rescaled once it has retired.
+        // The same operations on O in the same order as S, softmax, PV per tile: the same results.
+        for (int i = 1; i < n_tiles; ++i) {
+            float s[Tr::N_TILES_S][4];
+            float(&s_flat)[Tr::BLOCK_N / 2] = reinterpret_cast<float(&)[Tr::BLOCK_N / 2]>(s);
+            mbarrier_wait(&k_full[i % Tr::STAGES], (i / Tr::STAGES) & 1);
+            wait_v(i - 1);
+            take_turn();
+            wgmma_fence();
+            issue_s(i, s_flat);
+            issue_pv(i - 1);
+            pass_turn(false);
+            wgmma_wait<1>();
+            last_s_done(i);
+            mask(i, s);
+            float correction[2];
+            softmax.update_scores(s, p.scale_log2, correction);
+            wgmma_wait<0>();
+            release(i - 1);
+            fwd::OnlineSoftmax::rescale(acc_o, correction);
+#pragma unroll
+            for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) pack_c_to_a<T>(p_frag[kk], s[2 * kk], s[2 * kk + 1]);
+        }
+        // The last PV.
+        wait_v(n_tiles - 1);
+        take_turn();
+        wgmma_fence();
+        issue_pv(n_tiles - 1);
+        pass_turn(true);
+        wgmma_wait<0>();
+        release(n_tiles - 1);
     }
 
     Sm90Outputs<T> out;
@@ -221,6 +276,13 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     out.o_row_stride = p.o_stride.row;
     out.g_row_stride = p.g_stride.row;
     out.rows = rows;
+    out.y_map = (params.tma_store & GSDPA_FWD_SM90_STORE_Y) != 0 ? &params.y_map : nullptr;
+    out.o_map = p.o != nullptr && (params.tma_store & GSDPA_FWD_SM90_STORE_O) != 0 ? &params.o_map : nullptr;
+    out.stage = smem + Tr::SMEM_Q + cwg * Tr::WG_ROWS * Tr::ROW_BYTES;
+    out.store_row = seq.q_start + wg_m0;
+    out.store_h = h;
+    out.store_b = seq.batch;
+    out.store_bar = Tr::EPILOGUE_BARRIER + cwg;
     write_outputs<Tr>(out, acc_o, softmax, p.scale_log2, gate_mode, p.activation, wtid);
 }
 

@@ -376,12 +376,21 @@ typedef struct GsdpaFwdSm90Params {
     GsdpaTensorMap k_map;
     GsdpaTensorMap v_map;
     GsdpaTensorMap g_map;          /* the elementwise gate, like q_map; unused (zero) for other gate modes */
+    GsdpaTensorMap y_map;          /* Y, boxes of GSDPA_FWD_SM90_STORE_ROWS rows: the TMA store */
+    GsdpaTensorMap o_map;          /* the ungated O, like y_map (unused when O is not requested) */
+    uint32_t tma_store;            /* GsdpaFwdSm90Store bits: which outputs the TMA stores (else registers) */
 } GsdpaFwdSm90Params;
+
+enum GsdpaFwdSm90Store {
+    GSDPA_FWD_SM90_STORE_Y = 1,
+    GSDPA_FWD_SM90_STORE_O = 2
+};
 
 enum GsdpaFwdSm90Geometry {
     GSDPA_FWD_SM90_BLOCK_M = 128,
     GSDPA_FWD_SM90_THREADS = 384,
     GSDPA_FWD_SM90_BOX_COLS = 64,  /* head-dim columns per TMA box: one 128-byte swizzled row */
+    GSDPA_FWD_SM90_STORE_ROWS = 64,  /* rows per TMA store box: one consumer warpgroup's */
     GSDPA_FWD_SM90_BLOCK_N_D64 = 128,
     GSDPA_FWD_SM90_BLOCK_N_D128 = 128,
     GSDPA_FWD_SM90_BLOCK_N_D256 = 64,

@@ -627,6 +627,15 @@ impl CudaBackend {
                     Some(g) => g.encode_cuda(self)?,
                     None => crate::ffi::GsdpaTensorMap { opaque: [0; 16] },
                 },
+                y_map: match &maps.y {
+                    Some(y) => y.encode_cuda(self)?,
+                    None => crate::ffi::GsdpaTensorMap { opaque: [0; 16] },
+                },
+                o_map: match &maps.o {
+                    Some(o) => o.encode_cuda(self)?,
+                    None => crate::ffi::GsdpaTensorMap { opaque: [0; 16] },
+                },
+                tma_store: maps.tma_store(),
                 ..Default::default()
             };
             let config = launch::forward_sm90(problem, <I::Elem as Element>::DTYPE)?;

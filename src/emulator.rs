@@ -67,6 +67,8 @@ pub struct Emulator {
     arch: TargetArch,
     racecheck: bool,
     forward_kernel: ForwardKernel,
+    /// The Hopper forward stores Y and O from registers even where TMA could store them.
+    sm90_register_store: bool,
     /// The kernel the latest forward launched (shared by clones).
     last_forward_kernel: std::sync::Arc<std::sync::Mutex<Option<String>>>,
     /// An unusable `GSDPA_EMU_ARCH` or `GSDPA_EMU_RACECHECK`, reported by every launch.
@@ -117,6 +119,7 @@ impl Emulator {
             arch,
             racecheck,
             forward_kernel: ForwardKernel::Auto,
+            sm90_register_store: false,
             last_forward_kernel: Default::default(),
             env_error,
         }
@@ -135,6 +138,14 @@ impl Emulator {
     /// sm_90 target. docs/hopper-forward.md lists the fallbacks.
     pub fn with_forward_kernel(mut self, kernel: ForwardKernel) -> Self {
         self.forward_kernel = kernel;
+        self
+    }
+
+    /// Makes the Hopper forward store Y and O from registers, as it does for outputs whose layout a TMA
+    /// tensor map cannot express (docs/hopper-forward.md), instead of staging them in shared memory for a
+    /// TMA store. For tests of that fallback: validated calls always have TMA-expressible outputs.
+    pub fn with_sm90_register_store(mut self, on: bool) -> Self {
+        self.sm90_register_store = on;
         self
     }
 
@@ -533,7 +544,10 @@ impl HostBackend for Emulator {
             // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
             params.gate_partials_per_head = 0;
         } else if hopper && launch::hopper_forward_unsupported(problem, &params).is_none() {
-            let maps = launch::forward_sm90_maps(problem, T::DTYPE, &params)?;
+            let mut maps = launch::forward_sm90_maps(problem, T::DTYPE, &params)?;
+            if self.sm90_register_store {
+                (maps.y, maps.o) = (None, None);
+            }
             let [q_map, k_map, v_map] = &maps.qkv;
             let sm90 = ffi::GsdpaFwdSm90Params {
                 fwd: params,
@@ -544,6 +558,15 @@ impl HostBackend for Emulator {
                     Some(g) => g.encode_emulator()?,
                     None => ffi::GsdpaTensorMap { opaque: [0; 16] },
                 },
+                y_map: match &maps.y {
+                    Some(y) => y.encode_emulator()?,
+                    None => ffi::GsdpaTensorMap { opaque: [0; 16] },
+                },
+                o_map: match &maps.o {
+                    Some(o) => o.encode_emulator()?,
+                    None => ffi::GsdpaTensorMap { opaque: [0; 16] },
+                },
+                tma_store: maps.tma_store(),
                 ..Default::default()
             };
             let config = launch::forward_sm90(problem, T::DTYPE)?;

@@ -204,6 +204,33 @@ pub fn forward_sm90_maps(
             ffi::GSDPA_FWD_SM90_BLOCK_M,
         )
     });
+    // Y and O: TMA stores of one consumer warpgroup's rows. TMA cannot express a base that is not 16-byte
+    // aligned or a stride that is negative or not a multiple of 16 bytes (validation excludes both, a raw
+    // launch might not): such an output is stored from registers instead.
+    let store_map = |ptr: *mut std::ffi::c_void, s: &ffi::GsdpaStrides| {
+        let expressible = |elements: i64, extent: usize| {
+            extent <= 1
+                || (elements > 0
+                    && (elements as u64 * eb) % 16 == 0
+                    && (elements as u64 * eb) < 1 << 40)
+        };
+        let ok = !ptr.is_null()
+            && ptr as usize % 16 == 0
+            && expressible(s.row, problem.seqlen_q)
+            && expressible(s.head, problem.heads_q)
+            && expressible(s.batch, problem.batch);
+        ok.then(|| {
+            map(
+                ptr,
+                s,
+                problem.seqlen_q,
+                problem.heads_q,
+                ffi::GSDPA_FWD_SM90_STORE_ROWS,
+            )
+        })
+    };
+    let y = store_map(params.y, &params.y_stride);
+    let o = store_map(params.o, &params.o_stride);
     let qkv = [
         map(
             params.q,
@@ -227,7 +254,7 @@ pub fn forward_sm90_maps(
             block_n,
         ),
     ];
-    Ok(Sm90Maps { qkv, g })
+    Ok(Sm90Maps { qkv, g, y, o })
 }
 
 /// The Hopper forward's tensor maps ([`forward_sm90_maps`]).
@@ -237,6 +264,27 @@ pub struct Sm90Maps {
     pub qkv: [crate::tma::TensorMapParams; 3],
     /// The elementwise gate (`None` for the other gate modes).
     pub g: Option<crate::tma::TensorMapParams>,
+    /// Y for the TMA store (`None`: TMA cannot express its layout; the kernel stores it from registers).
+    pub y: Option<crate::tma::TensorMapParams>,
+    /// The ungated O, like `y` (`None` also when O is not requested).
+    pub o: Option<crate::tma::TensorMapParams>,
+}
+
+impl Sm90Maps {
+    /// `GsdpaFwdSm90Params::tma_store`: the outputs with a map.
+    pub fn tma_store(&self) -> u32 {
+        let y = if self.y.is_some() {
+            ffi::GSDPA_FWD_SM90_STORE_Y
+        } else {
+            0
+        };
+        let o = if self.o.is_some() {
+            ffi::GSDPA_FWD_SM90_STORE_O
+        } else {
+            0
+        };
+        y | o
+    }
 }
 
 /// Partial sums per (batch, query head) that the forward writes for the gate statistics: one per warp

@@ -456,14 +456,26 @@ pub struct Loop {
 }
 
 /// Every loop of `f`: each `BRA` to an address at or before its own closes one (a loop exit written as
-/// `CALL.REL.NOINC` to the loop's end is not a loop).
+/// `CALL.REL.NOINC` to the loop's end is not a loop). Except a branch from cold code placed after the
+/// function's last unconditional `EXIT` back to before it: nvcc moves the retry of an mbarrier wait
+/// (`SYNCS.PHASECHK` in a spin loop) out of line there, and its branch back to the wait's site spans
+/// half the kernel without being a loop of it.
 pub fn loops(f: &Function) -> Vec<Loop> {
+    let last_exit = f
+        .instructions
+        .iter()
+        .rev()
+        .find(|i| i.mnemonic() == "EXIT" && i.predicate.is_none())
+        .map(|i| i.address);
+    let out_of_line = |ins: &Instruction, start: u32| {
+        last_exit.is_some_and(|exit| ins.address > exit && start < exit)
+    };
     f.instructions
         .iter()
         .filter(|ins| ins.mnemonic() == "BRA")
         .filter_map(|ins| {
             let start = ins.target()?;
-            (start <= ins.address).then(|| {
+            (start <= ins.address && !out_of_line(ins, start)).then(|| {
                 let body = body(f, start, ins.address);
                 Loop {
                     start,
@@ -1104,6 +1116,37 @@ mod tests {
         let bra = &functions[0].instructions[7];
         assert_eq!(bra.predicate.as_deref(), Some("@!P1"));
         assert_eq!((bra.opcode.as_str(), bra.target()), ("BRA", Some(0x20)));
+    }
+
+    #[test]
+    fn mbarrier_retries_after_the_exit_are_not_loops() {
+        // The consumer loop 0x10 -> 0x50 waits on an mbarrier at 0x20; the retry sits after the EXIT
+        // and branches back to 0x20, spanning HGMMA and the epilogue's stores.
+        let listing = "
+	code for sm_90a
+		Function : kern
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0020*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR4+0x28000], R6 ;
+        /*0030*/              @!P0 BRA 0x90 ;
+        /*0040*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0050*/              @!P1 BRA 0x10 ;
+        /*0060*/                   HGMMA.64x128x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0070*/                   STG.E [R2.64], R4 ;
+        /*0080*/                   EXIT ;
+        /*0090*/                   SYNCS.PHASECHK.TRANS64.TRYWAIT P0, [UR4+0x28000], R6 ;
+        /*00a0*/              @!P0 BRA 0x90 ;
+        /*00b0*/                   BRA 0x30 ;
+        /*00c0*/                   BRA 0xc0;
+";
+        let f = &parse(listing)[0];
+        let ends: Vec<u32> = loops(f).iter().map(|l| l.end).collect();
+        assert_eq!(ends, [0x50, 0xa0, 0xc0]);
+        let l = main_loop(f).expect("the consumer loop");
+        assert_eq!(
+            (l.start, l.end, l.counts.get(Class::Hgmma)),
+            (0x10, 0x50, 2)
+        );
     }
 
     #[test]

@@ -931,6 +931,55 @@ fn wgmma_sources_and_accumulators_in_flight_are_guarded() {
 }
 
 #[test]
+fn named_barrier_handoffs_order_exactly_their_participants() {
+    let t = selftest_tensor();
+    let mine = |thread: usize| thread as f32 + 0.5 * (t[thread] & 7) as f32;
+    for seed in [0, 1, 7] {
+        let out = run_hopper_selftest(
+            &Emulator::new().with_seed(seed),
+            HopperSelfTest::NamedHandoff,
+            &t,
+        )
+        .expect("hand-offs through named barriers are no race");
+        for thread in 0..128 {
+            assert_eq!(
+                out[thread * 32],
+                mine((thread + 32) % 128),
+                "seed {seed} thread {thread}"
+            );
+            assert_eq!(
+                out[thread * 32 + 1],
+                mine(128 + thread % 32),
+                "seed {seed} thread {thread}"
+            );
+        }
+    }
+    for (test, second_line) in [
+        (HopperSelfTest::NamedNoBarrier, "emu_selftest.cu:"),
+        (HopperSelfTest::NamedOutsider, "emu_selftest.cu:"),
+        (HopperSelfTest::NamedWriteAfterArrive, "emu_selftest.cu:"),
+    ] {
+        for seed in [0, 3] {
+            let e = match run_hopper_selftest(&Emulator::new().with_seed(seed), test, &t) {
+                Ok(_) => panic!("{test:?} seed {seed}: the race was not caught"),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                e.contains("shared-memory race") && e.contains(second_line),
+                "{test:?} seed {seed}: {e}"
+            );
+        }
+    }
+    // The race detector off: the same kernels run (the bugs are invisible to the results here).
+    assert!(run_hopper_selftest(
+        &Emulator::new().with_racecheck(false),
+        HopperSelfTest::NamedOutsider,
+        &t
+    )
+    .is_ok());
+}
+
+#[test]
 fn every_hopper_selftest_kernel_is_compiled() {
     for test in HopperSelfTest::ALL {
         assert!(Emulator::has_kernel(test.kernel()), "{}", test.kernel());

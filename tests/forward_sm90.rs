@@ -11,7 +11,8 @@
 //! Coverage: dtype x head dim x causal x gate mode x activation; odd lengths (1, 17, 129, 300,
 //! Sq != Sk both ways); GQA ratios 1, 4, 8; Sk = 0; causal rows that see nothing; the Qwen3-Next layout
 //! (q and g strided views of one `[B, S, Hq, 2D]` buffer); strided outputs; the optional ungated O and
-//! LSE; bit-identical results across emulator seeds; the dispatch (Auto, MmaSync, Hopper).
+//! LSE; bit-identical results across emulator seeds; the dispatch (Auto, MmaSync, Hopper); the TMA
+//! store of Y and O against the register store (bit-identical), and which layouts fall back to it.
 #![cfg(feature = "emulator")]
 
 use gated_sdpa::emulator::Emulator;
@@ -46,6 +47,9 @@ struct LayoutOptions {
     strided_outputs: bool,
     /// Leave LSE out (inference): the kernel must skip its store and still write all of Y.
     no_lse: bool,
+    /// Store Y and O from registers (the fallback for layouts TMA cannot express) instead of the TMA
+    /// store.
+    register_store: bool,
 }
 
 /// What a run produced, converted to f64 (Y, O) in the problem's dense layouts.
@@ -189,7 +193,9 @@ fn run_kernel<T: Element>(
         lse: (!options.no_lse).then(|| Tensor::new(lse.as_mut_slice(), lse_layout.clone())),
         diagnostics: None,
     };
-    let emulator = hopper_emulator().with_seed(emu_seed);
+    let emulator = hopper_emulator()
+        .with_seed(emu_seed)
+        .with_sm90_register_store(options.register_store);
     emulator
         .forward(p, &mut args)
         .unwrap_or_else(|e| panic!("emulated forward failed for {p:?}: {e}"));
@@ -535,6 +541,105 @@ fn ungated_output_and_lse_are_optional() {
         let full = check_case(&p, DType::F16, with_o(), 8100 + d as u64);
         assert!(out.lse.is_none() && out.o.is_none());
         assert_eq!(out.y, full.y, "y changed without o and lse for {p:?}");
+    }
+}
+
+#[test]
+fn tma_store_matches_the_register_store() {
+    // Y and O staged in shared memory and TMA-stored against the register stores: bit-identical, over
+    // partial query tiles (a warpgroup with some rows, one with none, a single row), several batches and
+    // heads (the box coordinates), the optional O, strided outputs (TMA must not write around the views)
+    // and every gate mode (the elementwise gate tile is read before the tile is overwritten).
+    let cases = [
+        (
+            AttentionProblem::new(2, 37, 70, 2, 1, 64).gate(GateMode::Elementwise),
+            false,
+        ),
+        (
+            AttentionProblem::new(1, 150, 90, 2, 2, 128)
+                .causal(true)
+                .gate(GateMode::Headwise),
+            true,
+        ),
+        (
+            AttentionProblem::new(1, 1, 40, 1, 1, 256)
+                .gate(GateMode::Elementwise)
+                .activation(Activation::Silu),
+            true,
+        ),
+        (
+            AttentionProblem::new(1, 100, 65, 1, 1, 256).gate(GateMode::None),
+            false,
+        ),
+    ];
+    for (i, (p, strided)) in cases.iter().enumerate() {
+        let dtype = if i % 2 == 0 { DType::BF16 } else { DType::F16 };
+        let options = LayoutOptions {
+            with_o: true,
+            strided_outputs: *strided,
+            ..LayoutOptions::default()
+        };
+        let tma = check_case(p, dtype, options, 8500 + i as u64);
+        let registers = check_case(
+            p,
+            dtype,
+            LayoutOptions {
+                register_store: true,
+                ..options
+            },
+            8500 + i as u64,
+        );
+        assert!(
+            tma.bits() == registers.bits(),
+            "the TMA store differs from the register store for {p:?}"
+        );
+    }
+}
+
+#[test]
+fn outputs_tma_cannot_express_are_stored_from_registers() {
+    // Validated calls always have 16-byte aligned outputs with strides of 16-byte multiples; a raw launch
+    // might not. Those get no tensor map, and the kernel stores them from registers.
+    let p = AttentionProblem::new(1, 64, 64, 2, 2, 64);
+    let mut params = gated_sdpa::ffi::GsdpaFwdParams::default();
+    let buffer = vec![0u128; 4096];
+    let base = buffer.as_ptr() as *mut std::ffi::c_void;
+    let strides = |row: i64| gated_sdpa::ffi::GsdpaStrides {
+        batch: 64 * row * 2,
+        row: 2 * row,
+        head: row,
+    };
+    (params.q, params.k, params.v) = (base, base, base);
+    (params.q_stride, params.k_stride, params.v_stride) = (strides(64), strides(64), strides(64));
+    (params.y, params.y_stride) = (base, strides(64));
+    let maps = gated_sdpa::launch::forward_sm90_maps(&p, DType::BF16, &params).unwrap();
+    assert!(maps.y.is_some() && maps.o.is_none());
+    assert_eq!(maps.tma_store(), gated_sdpa::ffi::GSDPA_FWD_SM90_STORE_Y);
+    for (y, stride, why) in [
+        (
+            base.wrapping_byte_add(8),
+            strides(64),
+            "an 8-byte aligned base",
+        ),
+        (base, strides(66), "a row stride of 264 bytes"),
+        (
+            base,
+            gated_sdpa::ffi::GsdpaStrides {
+                row: -128,
+                ..strides(64)
+            },
+            "a negative stride",
+        ),
+    ] {
+        (params.y, params.y_stride) = (y, stride);
+        (params.o, params.o_stride) = (base, strides(64));
+        let maps = gated_sdpa::launch::forward_sm90_maps(&p, DType::BF16, &params).unwrap();
+        assert!(maps.y.is_none() && maps.o.is_some(), "{why}");
+        assert_eq!(
+            maps.tma_store(),
+            gated_sdpa::ffi::GSDPA_FWD_SM90_STORE_O,
+            "{why}"
+        );
     }
 }
 

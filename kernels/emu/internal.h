@@ -58,13 +58,16 @@ struct PendingCollective {
 
 // When a shared-memory access happened, as the race detector orders accesses: the block's barrier epoch
 // (one more per __syncthreads; unique per block, so accesses of an earlier block are always ordered
-// before), the issuing warp's __syncwarp count, and the thread's linear id within the block.
+// before), the issuing warp's __syncwarp count, the thread's linear id within the block, and the
+// thread's own entry of its vector clock (the partial named barriers it has taken part in; racecheck.cpp).
 // a happens before b when a.epoch < b.epoch, or a and b are the same thread, or they are lanes of one
-// warp and a.warp_syncs < b.warp_syncs.
+// warp and a.warp_syncs < b.warp_syncs, or b's thread has learnt a's clock through partial named
+// barriers (its vector clock's entry for a's thread is at least a.clock).
 struct AccessStamp {
     uint32_t epoch = 0;  // 0: no access recorded
     uint32_t warp_syncs = 0;
     uint32_t thread = 0;
+    uint32_t clock = 0;
 };
 
 // One cp.async, performed when a wait_group retires its group. On hardware the destination is being
@@ -80,11 +83,12 @@ struct AsyncCopy {
 };
 
 // The race detector's memory of one access to a shared byte (racecheck.cpp): its stamp, packed, and
-// the source line that made it, as an index into RaceDetector::sites. 12 bytes: the shadow of a
-// kernel's shared memory is 36 times its size.
+// the source line that made it, as an index into RaceDetector::sites. 16 bytes: the shadow of a
+// kernel's shared memory is 48 times its size.
 struct ShadowAccess {
     uint32_t epoch = 0;  // 0: none
     uint32_t warp_syncs = 0;
+    uint32_t clock = 0;
     uint16_t thread = 0;
     uint16_t site = 0;
 };
@@ -105,6 +109,14 @@ struct RaceDetector {
     std::map<std::pair<const char *, unsigned>, uint16_t> site_ids;
     Site last_site{nullptr, 0};  // the latest site interned, and its index: most lookups hit it
     uint16_t last_site_id = 0;
+    // Vector clocks for the partial named barriers (and the __syncwarps after the first of them), per
+    // thread of the block: clocks[t * threads + u] is what thread t knows of thread u's clock. Unused
+    // (`vector_clocks` false) until a block's first partial named barrier; before it every thread's own
+    // clock is 1.
+    int threads = 0;
+    bool vector_clocks = false;
+    std::vector<uint32_t> clocks;
+    std::vector<uint32_t> named_join[16];  // per barrier id: the clocks its bar.arrives carry to its waiters
 };
 
 struct Fiber {
@@ -154,16 +166,24 @@ std::string kernel_name(const BlockRunner &runner);
 [[noreturn]] void fail_current_block(const std::string &message);
 
 // ----- The shared-memory race detector (racecheck.cpp). All are no-ops when it is disabled. -----
-void racecheck_setup(BlockRunner &runner, bool enabled, int warps);  // once per runner
+void racecheck_setup(BlockRunner &runner, bool enabled, int warps, int threads);  // once per runner
 void racecheck_block_start(BlockRunner &runner);                     // a new epoch: nothing before it races
 void racecheck_barrier(BlockRunner &runner);                         // __syncthreads released
 void racecheck_syncwarp(BlockRunner &runner, int warp);              // __syncwarp released for a warp
+// A thread arrives at named barrier `id` without waiting (bar.arrive): what it did so far happens before
+// what the barrier's waiting threads do once it completes; nothing flows back to it.
+void racecheck_named_arrive(BlockRunner &runner, const Fiber &fiber, uint32_t id);
+// Named barrier `id` of `count` threads completed: its waiting threads (`waiters`, linear ids, parked since
+// their bar.sync) learn what every participant had done. A barrier of the whole block that every thread
+// waited at is a __syncthreads.
+void racecheck_named_release(BlockRunner &runner, uint32_t id, uint32_t count, const std::vector<int> &waiters);
 AccessStamp racecheck_stamp(const BlockRunner &runner, const Fiber &fiber);
 // Records a read or a write of [addr, addr + bytes) by `fiber` at `site`. Returns an empty string, or the
 // description of the race with another thread's access (kernel, block, both threads, both lines).
 // A write with `in_flight_since` (a cp.async retiring) conflicts with every access of another thread
 // not ordered before that stamp.
-std::string racecheck_read(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site);
+std::string racecheck_read(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site,
+                           const char *what = "reads it");
 std::string racecheck_write(BlockRunner &runner, const Fiber &fiber, const void *addr, size_t bytes, Site site,
                             const AccessStamp *in_flight_since = nullptr);
 

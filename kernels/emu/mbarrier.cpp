@@ -159,7 +159,10 @@ static void named_barrier(uint32_t id, uint32_t count, bool wait, Site site) {
     b.site = site;
     ++b.arrived;
     merge_into(b.carried, f.hopper.observed);
-    if (!wait) return;
+    if (!wait) {
+        racecheck_named_arrive(runner, f, id);
+        return;
+    }
     f.hopper.named_id = id;
     f.hopper.named_count = count;
     f.hopper.wait_site = site;
@@ -217,8 +220,8 @@ static bool resolve_named(BlockRunner &runner) {
         // The threads that waited now see what any arriving thread had observed of the mbarriers.
         for (int i : released) merge_into(runner.fibers[i].hopper.observed, b.carried);
         b.carried.clear();
-        // A named barrier of the whole block orders shared memory like __syncthreads.
-        if (b.count == runner.fibers.size()) racecheck_barrier(runner);
+        // Shared memory: what the participants did before it is ordered before what its waiters do after.
+        racecheck_named_release(runner, id, b.count, released);
         b.arrived = 0;
         progressed = true;
     }

@@ -437,7 +437,8 @@ static void worker_main(Launch &launch) {
     }
     runner.smem_bytes = launch.smem_bytes;
     runner.smem = map_guarded(std::max<size_t>(launch.smem_bytes, 16), 128);
-    racecheck_setup(runner, launch.racecheck, static_cast<int>((threads + kWarpSize - 1) / kWarpSize));
+    racecheck_setup(runner, launch.racecheck, static_cast<int>((threads + kWarpSize - 1) / kWarpSize),
+                    static_cast<int>(threads));
     set_current_runner(&runner);
     if (!mapped || runner.smem == nullptr) {
         record_failure(launch, "the emulator could not map fiber stacks or shared memory");

@@ -267,6 +267,10 @@ void tma_store(const void *tensor_map, const void *smem_src, const int32_t *coor
     box_extent(m, ext, bytes);
     const uint32_t src = box_destination(runner, smem_src, bytes, site);
     hopper_check_read(runner, f, runner.smem + src, bytes, site);
+    // The TMA unit reads the box on behalf of the issuing thread: what other threads wrote into it must be
+    // ordered before the issue (a named barrier of the writers and the issuer, typically).
+    std::string race = racecheck_read(runner, f, runner.smem + src, bytes, site, "reads it as a TMA store's source");
+    if (!race.empty()) fail_current_block(race);
     BulkStore s;
     s.smem = runner.smem + src;
     s.image.assign(s.smem, s.smem + bytes);

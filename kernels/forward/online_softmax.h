@@ -61,6 +61,46 @@ struct OnlineSoftmax {
         }
     }
 
+    // update() in two halves, for a caller whose O accumulators are still being written (the Hopper
+    // forward's PV wgmma of the previous tile in flight): update_scores() raises the max, rescales the
+    // sum and replaces the scores by p, returning each row half's correction; rescale() applies the
+    // corrections to O later. The same operations as update(), so the same results. Warp collective.
+    template <int N_TILES_S>
+    GSDPA_DEVICE void update_scores(float (&s)[N_TILES_S][4], float scale_log2, float (&correction)[2]) {
+#pragma unroll
+        for (int row_half = 0; row_half < 2; ++row_half) {
+            float m = row_max[row_half];
+#pragma unroll
+            for (int nt = 0; nt < N_TILES_S; ++nt) {
+                m = fmaxf(m, fmaxf(s[nt][2 * row_half], s[nt][2 * row_half + 1]));
+            }
+            m = quad_max(m);
+            const float base = m == -INFINITY ? 0.0f : m * scale_log2;
+            correction[row_half] = fast_exp2(row_max[row_half] * scale_log2 - base);
+            row_max[row_half] = m;
+            row_sum[row_half] *= correction[row_half];
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < N_TILES_S; ++nt) {
+#pragma unroll
+                for (int i = 2 * row_half; i < 2 * row_half + 2; ++i) {
+                    s[nt][i] = fast_exp2(fmaf(s[nt][i], scale_log2, -base));
+                    sum += s[nt][i];
+                }
+            }
+            row_sum[row_half] += sum;
+        }
+    }
+
+    template <int N_TILES_O>
+    GSDPA_DEVICE static void rescale(float (&acc_o)[N_TILES_O][4], const float (&correction)[2]) {
+#pragma unroll
+        for (int nt = 0; nt < N_TILES_O; ++nt) {
+#pragma unroll
+            for (int i = 0; i < 4; ++i) acc_o[nt][i] *= correction[i >> 1];
+        }
+    }
+
     // Completes the row sums over the quad. Returns, per row half, 1 / l (0 for a row that saw nothing, so
     // its output is 0) and the natural-log LSE, scale * m + ln(l) (-inf for a row that saw nothing). Warp
     // collective.

@@ -2,15 +2,26 @@
 //
 // The same arithmetic as the mma.sync forward's epilogue (forward/epilogue.h): O = acc / l, Y = O * act(G)
 // with the elementwise gate read per element pair, the headwise gate one logit per row, the same fast
-// sigmoid / silu (common/activation.h), LSE = scale * m + ln(l) from forward/online_softmax.h. Y (and O)
-// are rounded to T and stored from registers, rows past seqlen_q left alone: no staging through shared
-// memory and no TMA store yet (the emulator's race detector does not order hand-offs through a
-// warpgroup's partial named barrier, so a staged store is left for a TMA store; docs/hopper-forward.md).
-// The elementwise gate tile was TMA-loaded over Q during the last key tile (forward_sm90.cu); the
-// headwise logits (one per row) are read from global memory here.
+// sigmoid / silu (common/activation.h), LSE = scale * m + ln(l) from forward/online_softmax.h.
+//
+// Y (and the optional O) leave through shared memory and a TMA store: each warp writes its 16 rows of the
+// tile, rounded to T, with stmatrix into the warpgroup's 64 rows of the Q region (Q's swizzled layout,
+// which is the store box's), every thread fences (fence.proxy.async: the TMA unit reads through the async
+// proxy), the warpgroup meets at its named barrier, and thread 0 of the warpgroup issues one TMA store per
+// 64-column block and waits until the unit has read the tile (cp.async.bulk.wait_group.read) before the
+// tile is reused or the block ends. TMA clips the rows past seqlen_q (the tensor map's row extent). O goes
+// first, the warpgroup meets again, then Y overwrites the tile. Where the launch could not describe an
+// output with a tensor map (GsdpaFwdSm90Params::tma_store), it is stored from registers instead: 4-byte
+// stores, rows past seqlen_q left alone.
+//
+// The warpgroup's Q rows are free here: its last S = Q K^T has retired, and the other warpgroup reads
+// only its own rows. The elementwise gate tile was TMA-loaded over Q during the last key tile
+// (forward_sm90.cu); each lane reads its gate pairs into registers before any row is overwritten (a warp
+// reads and writes only its own 16 rows). The headwise logits (one per row) are read from global memory.
 #pragma once
 
 #include "../common/activation.h"
+#include "../common/hopper/stmatrix.h"
 #include "../forward/online_softmax.h"
 #include "kernel_traits.h"
 
@@ -36,6 +47,42 @@ GSDPA_DEVICE void store_pairs(typename Tr::T *gmem, int64_t row_stride, const fl
     }
 }
 
+// Writes a warp's 16 rows of the warpgroup's 64 x D tile, rounded to T, into shared memory with stmatrix
+// (Q's layout: column block c at tile + c * Q_BLOCK_BYTES, 128-byte swizzled rows). Matrix j of each x4
+// is rows 8 (j & 1) .. + 7 of 8-column tile nt + (j >> 1), whose row r lane 8 j + r addresses.
+template <class Tr>
+GSDPA_DEVICE void stage_tile(char *tile, const float (&acc)[Tr::N_TILES_O][4], int warp_row0, int lane) {
+    using T = typename Tr::T;
+    const int j = lane >> 3;
+    const int row = warp_row0 + (lane & 7) + 8 * (j & 1);
+#pragma unroll
+    for (int nt = 0; nt < Tr::N_TILES_O; nt += 2) {
+        const uint32_t r[4] = {pack_float2<T>(acc[nt][0], acc[nt][1]), pack_float2<T>(acc[nt][2], acc[nt][3]),
+                               pack_float2<T>(acc[nt + 1][0], acc[nt + 1][1]),
+                               pack_float2<T>(acc[nt + 1][2], acc[nt + 1][3])};
+        stmatrix_x4(tile + Tr::q_tile_offset(row, (nt + (j >> 1)) * 8), r);
+    }
+}
+
+// Hands the staged tile to the TMA unit: every thread's stmatrix writes are made visible to the async
+// proxy, the warpgroup meets at named barrier `bar` (its 128 threads), and thread 0 stores the column
+// blocks at (row, h, b) and waits until they have been read. Warpgroup collective.
+template <class Tr>
+GSDPA_DEVICE void tma_store_tile(const GsdpaTensorMap &map, const char *tile, int32_t row, int h, int b, int bar,
+                                 int wtid) {
+    fence_proxy_async();
+    named_barrier_sync(bar, 128);
+    if (wtid == 0) {
+#pragma unroll
+        for (int c = 0; c < Tr::COL_BLOCKS; ++c) {
+            const int32_t coords[4] = {c * Tr::BOX_COLS, row, h, b};
+            tma_store<4>(map, tile + c * Tr::Q_BLOCK_BYTES, coords);
+        }
+        bulk_commit();
+        bulk_wait_read<0>();
+    }
+}
+
 // Where one consumer warpgroup writes: its row 0 (query row m0 + 64 wg of the sequence) in y, o (null: not
 // requested), g (null: no gate) and lse (null: not requested), and how many of its rows are real.
 template <class T>
@@ -48,6 +95,12 @@ struct Sm90Outputs {
     float *lse;
     int64_t y_row_stride, o_row_stride, g_row_stride;
     int rows;
+    // The TMA store: the maps (null: that output is stored from registers), the warpgroup's 64 rows of
+    // the Q region to stage in, the box coordinates of its row 0, and its named barrier.
+    const GsdpaTensorMap *y_map, *o_map;
+    char *stage;
+    int32_t store_row;
+    int store_h, store_b, store_bar;
 };
 
 // Warp collective (the quad reductions of the softmax's finish).
@@ -68,9 +121,21 @@ GSDPA_DEVICE void write_outputs(const Sm90Outputs<typename Tr::T> &out, float (&
         for (int i = 0; i < 4; ++i) acc_o[nt][i] *= inv_sum[i >> 1];
     }
 
-    if (out.o != nullptr) store_pairs<Tr>(out.o, out.o_row_stride, acc_o, warp_row0, out.rows, lane);
+    // The ungated O first. With the elementwise gate it is stored from registers: staging it would
+    // overwrite the gate tile before Y has read it (and holding the gate in registers meanwhile spills at
+    // D = 256).
+    if (out.o != nullptr) {
+        if (out.o_map != nullptr && gate_mode != GSDPA_GATE_ELEMENTWISE) {
+            stage_tile<Tr>(out.stage, acc_o, warp_row0, lane);
+            tma_store_tile<Tr>(*out.o_map, out.stage, out.store_row, out.store_h, out.store_b, out.store_bar, wtid);
+            // Thread 0 has waited for the TMA unit's read: the tile may be overwritten.
+            if (out.y_map != nullptr) named_barrier_sync(out.store_bar, 128);
+        } else {
+            store_pairs<Tr>(out.o, out.o_row_stride, acc_o, warp_row0, out.rows, lane);
+        }
+    }
 
-    float y[Tr::N_TILES_O][4];
+    // Y = O * act(G), in place.
     if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
 #pragma unroll
         for (int row_half = 0; row_half < 2; ++row_half) {
@@ -80,26 +145,23 @@ GSDPA_DEVICE void write_outputs(const Sm90Outputs<typename Tr::T> &out, float (&
                 // Rows past seqlen_q hold TMA's zero fill; they are not stored.
                 const float2 g = unpack_float2<T>(ld_shared(reinterpret_cast<const uint32_t *>(
                     out.g_tile + Tr::q_tile_offset(tile_row, nt * 8 + 2 * (lane & 3)))));
-                const float2 a = make_float2(gate_activation(g.x, activation), gate_activation(g.y, activation));
-                y[nt][2 * row_half] = acc_o[nt][2 * row_half] * a.x;
-                y[nt][2 * row_half + 1] = acc_o[nt][2 * row_half + 1] * a.y;
+                acc_o[nt][2 * row_half] *= gate_activation(g.x, activation);
+                acc_o[nt][2 * row_half + 1] *= gate_activation(g.y, activation);
             }
         }
-    } else {
+    } else if (gate_mode == GSDPA_GATE_HEADWISE) {
         float factor[2] = {1.0f, 1.0f};
-        if (gate_mode == GSDPA_GATE_HEADWISE) {
 #pragma unroll
-            for (int row_half = 0; row_half < 2; ++row_half) {
-                if (my_row[row_half] < out.rows) {
-                    factor[row_half] =
-                        gate_activation(to_float(out.g[int64_t(my_row[row_half]) * out.g_row_stride]), activation);
-                }
+        for (int row_half = 0; row_half < 2; ++row_half) {
+            if (my_row[row_half] < out.rows) {
+                factor[row_half] =
+                    gate_activation(to_float(out.g[int64_t(my_row[row_half]) * out.g_row_stride]), activation);
             }
         }
 #pragma unroll
         for (int nt = 0; nt < Tr::N_TILES_O; ++nt) {
 #pragma unroll
-            for (int i = 0; i < 4; ++i) y[nt][i] = acc_o[nt][i] * factor[i >> 1];
+            for (int i = 0; i < 4; ++i) acc_o[nt][i] *= factor[i >> 1];
         }
     }
 
@@ -110,7 +172,13 @@ GSDPA_DEVICE void write_outputs(const Sm90Outputs<typename Tr::T> &out, float (&
         }
     }
 
-    store_pairs<Tr>(out.y, out.y_row_stride, y, warp_row0, out.rows, lane);
+    if (out.y_map != nullptr) {
+        __syncwarp();  // the warp's stmatrix rows are other lanes' gate reads (a warp reads only its rows)
+        stage_tile<Tr>(out.stage, acc_o, warp_row0, lane);
+        tma_store_tile<Tr>(*out.y_map, out.stage, out.store_row, out.store_h, out.store_b, out.store_bar, wtid);
+    } else {
+        store_pairs<Tr>(out.y, out.y_row_stride, acc_o, warp_row0, out.rows, lane);
+    }
 }
 
 }  // namespace fwd90

@@ -54,6 +54,9 @@ struct Sm90Traits {
     static constexpr int CONSUMER_WARPS = 8;
     static constexpr int STAGES = 2;
     static constexpr int PRODUCER_REGS = 56, CONSUMER_REGS = 224;
+    // Named barriers (0 is __syncthreads): the epilogue's, one per consumer warpgroup (128 threads), and
+    // the ping-pong's turns, one per consumer warpgroup (256 threads: it waits, the other arrives).
+    static constexpr int EPILOGUE_BARRIER = 1, SCHEDULER_BARRIER = 3;
 
     static constexpr int BOX_COLS = GSDPA_FWD_SM90_BOX_COLS;  // 64 elements = 128 bytes
     static constexpr int COL_BLOCKS = D / BOX_COLS;
@@ -86,6 +89,7 @@ struct Sm90Traits {
     }
 
     static_assert(sizeof(T) == 2, "16-bit element types only");
+    static_assert(WG_ROWS == GSDPA_FWD_SM90_STORE_ROWS, "a TMA store box is one warpgroup's rows");
     static_assert(D % BOX_COLS == 0 && BLOCK_N % 16 == 0, "whole column blocks and k-steps");
     static_assert(Q_BLOCK_BYTES % 1024 == 0 && KV_BLOCK_BYTES % 1024 == 0, "tiles aligned to the swizzle repeat");
     static_assert(SMEM_BYTES == Sm90BlockN<D>::smem, "GSDPA_FWD_SM90_SMEM_* must match the layout");

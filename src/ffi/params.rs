@@ -800,10 +800,13 @@ pub struct GsdpaFwdSm90Params {
     pub k_map: GsdpaTensorMap,
     pub v_map: GsdpaTensorMap,
     pub g_map: GsdpaTensorMap,
+    pub y_map: GsdpaTensorMap,
+    pub o_map: GsdpaTensorMap,
+    pub tma_store: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of GsdpaFwdSm90Params"][::std::mem::size_of::<GsdpaFwdSm90Params>() - 896usize];
+    ["Size of GsdpaFwdSm90Params"][::std::mem::size_of::<GsdpaFwdSm90Params>() - 1216usize];
     ["Alignment of GsdpaFwdSm90Params"][::std::mem::align_of::<GsdpaFwdSm90Params>() - 64usize];
     ["Offset of field: GsdpaFwdSm90Params::fwd"]
         [::std::mem::offset_of!(GsdpaFwdSm90Params, fwd) - 0usize];
@@ -815,6 +818,12 @@ const _: () = {
         [::std::mem::offset_of!(GsdpaFwdSm90Params, v_map) - 640usize];
     ["Offset of field: GsdpaFwdSm90Params::g_map"]
         [::std::mem::offset_of!(GsdpaFwdSm90Params, g_map) - 768usize];
+    ["Offset of field: GsdpaFwdSm90Params::y_map"]
+        [::std::mem::offset_of!(GsdpaFwdSm90Params, y_map) - 896usize];
+    ["Offset of field: GsdpaFwdSm90Params::o_map"]
+        [::std::mem::offset_of!(GsdpaFwdSm90Params, o_map) - 1024usize];
+    ["Offset of field: GsdpaFwdSm90Params::tma_store"]
+        [::std::mem::offset_of!(GsdpaFwdSm90Params, tma_store) - 1152usize];
 };
 impl Default for GsdpaFwdSm90Params {
     fn default() -> Self {
@@ -825,9 +834,13 @@ impl Default for GsdpaFwdSm90Params {
         }
     }
 }
+pub const GSDPA_FWD_SM90_STORE_Y: GsdpaFwdSm90Store = 1;
+pub const GSDPA_FWD_SM90_STORE_O: GsdpaFwdSm90Store = 2;
+pub type GsdpaFwdSm90Store = ::std::os::raw::c_uint;
 pub const GSDPA_FWD_SM90_BLOCK_M: GsdpaFwdSm90Geometry = 128;
 pub const GSDPA_FWD_SM90_THREADS: GsdpaFwdSm90Geometry = 384;
 pub const GSDPA_FWD_SM90_BOX_COLS: GsdpaFwdSm90Geometry = 64;
+pub const GSDPA_FWD_SM90_STORE_ROWS: GsdpaFwdSm90Geometry = 64;
 pub const GSDPA_FWD_SM90_BLOCK_N_D64: GsdpaFwdSm90Geometry = 128;
 pub const GSDPA_FWD_SM90_BLOCK_N_D128: GsdpaFwdSm90Geometry = 128;
 pub const GSDPA_FWD_SM90_BLOCK_N_D256: GsdpaFwdSm90Geometry = 64;

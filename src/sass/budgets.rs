@@ -431,9 +431,22 @@ pub const HOPPER_FORWARD_KERNELS: [&str; 6] = [
     "gsdpa_fwd90_f16_d256",
 ];
 
-/// The Hopper forward's structure on sm_90a (part of [`check`]): its consumers' main loop issues HGMMA
-/// and no mma.sync work (HMMA, LDSM), and its producer loop issues the TMA loads (UTMALDG). No ratio
-/// budgets yet: no GPU has measured the kernel (docs/hopper-forward.md).
+/// The Hopper forward's main-loop budgets on sm_90a, per head dim: (non-HGMMA instructions per HGMMA,
+/// integer/predicate instructions) on the consumers' steady path (one key tile per warpgroup: S = Q K^T
+/// and O += P V, D / 16 + BLOCK_N / 16 HGMMA). Targets are the CUDA 13.0 build's measurements (bf16;
+/// f16 is at or below), ceilings about 10% above. Each HGMMA is a whole m64nNk16 warpgroup product (N =
+/// 64..256), so the ratio is not comparable with the mma.sync kernels' per-HMMA ratio; it tracks how much
+/// softmax, masking and barrier work surrounds the GEMMs. d64: 426 of 438 instructions beside 12 HGMMA,
+/// 52 int/pred; d128: 498 beside 16, 79; d256: 473 beside 20, 103.
+const HOPPER_FORWARD_BUDGETS: [(usize, Limit, Limit); 3] = [
+    (64, limit(35.5, 39.0), limit(52.0, 58.0)),
+    (128, limit(31.2, 34.5), limit(79.0, 88.0)),
+    (256, limit(23.7, 26.0), limit(103.0, 114.0)),
+];
+
+/// The Hopper forward's structure and budgets on sm_90a (part of [`check`]): its consumers' main loop
+/// issues HGMMA and no mma.sync work (HMMA, LDSM), within [`HOPPER_FORWARD_BUDGETS`], and its producer
+/// loop issues the TMA loads (UTMALDG).
 pub fn check_hopper(reports: &[KernelReport]) -> Vec<Check> {
     let mut checks = Vec::new();
     if !reports.iter().any(|r| r.arch == "sm_90a") {
@@ -444,7 +457,18 @@ pub fn check_hopper(reports: &[KernelReport]) -> Vec<Check> {
             .iter()
             .find(|r| r.name == kernel && r.arch == "sm_90a");
         let main = report.and_then(|r| r.main_loop.as_ref()).map(|l| &l.counts);
+        let steady = report.and_then(|r| r.main_loop.as_ref()).map(|l| &l.steady);
         let producer = report.and_then(|r| r.tma_loop.as_ref()).map(|l| &l.counts);
+        let head_dim: usize = kernel
+            .rsplit("_d")
+            .next()
+            .and_then(|d| d.parse().ok())
+            .unwrap_or(0);
+        let (_, per_hgmma, int_pred) = HOPPER_FORWARD_BUDGETS
+            .iter()
+            .copied()
+            .find(|(d, _, _)| *d == head_dim)
+            .expect("a budget per Hopper forward head dim");
         let mut push = |metric, value, bound, higher_is_better| {
             checks.push(Check {
                 kernel,
@@ -472,6 +496,26 @@ pub fn check_hopper(reports: &[KernelReport]) -> Vec<Check> {
             producer.map(|c| f64::from(c.get(super::Class::Tma))),
             1.0,
             true,
+        );
+        let non_hgmma_per_hgmma = steady.and_then(|c| {
+            let h = c.get(super::Class::Hgmma);
+            (h > 0).then(|| f64::from(c.total() - h) / f64::from(h))
+        });
+        let mut push_limit = |metric, value, limit: Limit| {
+            checks.push(Check {
+                kernel,
+                arch: "sm_90a",
+                metric,
+                value,
+                limit,
+                higher_is_better: false,
+            })
+        };
+        push_limit("non_hgmma_per_hgmma", non_hgmma_per_hgmma, per_hgmma);
+        push_limit(
+            "int_pred",
+            steady.map(|c| f64::from(c.get(super::Class::IntPred))),
+            int_pred,
         );
     }
     checks

@@ -213,11 +213,20 @@ pub enum HopperSelfTest {
     AccumulatorWritten,
     /// A store into the TMA box while the load is still writing it.
     WriteInFlight,
+    /// Correct: shared-memory hand-offs through named barriers (`run_hopper_selftest`'s output is the
+    /// values read: `out[32 t]` from thread `(t + 32) % 128`, `out[32 t + 1]` from producer lane `t % 32`).
+    NamedHandoff,
+    /// The warpgroup's hand-off without its named barrier.
+    NamedNoBarrier,
+    /// The hand-off's named barrier does not include the writing warp.
+    NamedOutsider,
+    /// The producer rewrites its values after its `bar.arrive`.
+    NamedWriteAfterArrive,
 }
 
 impl HopperSelfTest {
     /// Every Hopper self-test.
-    pub const ALL: [HopperSelfTest; 10] = [
+    pub const ALL: [HopperSelfTest; 14] = [
         HopperSelfTest::Correct,
         HopperSelfTest::Pipelined,
         HopperSelfTest::MissingWgmmaWait,
@@ -228,6 +237,10 @@ impl HopperSelfTest {
         HopperSelfTest::OperandOverwritten,
         HopperSelfTest::AccumulatorWritten,
         HopperSelfTest::WriteInFlight,
+        HopperSelfTest::NamedHandoff,
+        HopperSelfTest::NamedNoBarrier,
+        HopperSelfTest::NamedOutsider,
+        HopperSelfTest::NamedWriteAfterArrive,
     ];
 
     /// The kernel's name.
@@ -243,6 +256,12 @@ impl HopperSelfTest {
             HopperSelfTest::OperandOverwritten => "gsdpa_selftest_hopper_operand_overwritten",
             HopperSelfTest::AccumulatorWritten => "gsdpa_selftest_hopper_accumulator_written",
             HopperSelfTest::WriteInFlight => "gsdpa_selftest_hopper_write_in_flight",
+            HopperSelfTest::NamedHandoff => "gsdpa_selftest_hopper_named_handoff",
+            HopperSelfTest::NamedNoBarrier => "gsdpa_selftest_hopper_named_no_barrier",
+            HopperSelfTest::NamedOutsider => "gsdpa_selftest_hopper_named_outsider",
+            HopperSelfTest::NamedWriteAfterArrive => {
+                "gsdpa_selftest_hopper_named_write_after_arrive"
+            }
         }
     }
 }
