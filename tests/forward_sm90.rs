@@ -1,6 +1,7 @@
 //! The Hopper forward kernel (`kernels/forward_sm90.cu`: warp-specialized, TMA and wgmma) on the
 //! emulator with an sm_90 target, against the f64 reference: the grid of tests/forward.rs (larger
-//! tiles here, so also lengths spanning several of them), with the same checks:
+//! tiles here, so also lengths spanning several of them), with the same checks
+//! (tests/common/forward_harness.rs):
 //! - Y and O: relative error in Frobenius norm <= 1e-2 (bf16) or 2e-3 (f16), and no NaN anywhere (every
 //!   element written: the outputs start as NaN);
 //! - LSE: `|lse - ref| <= 1e-4 * max(1, |ref|)` where the reference is finite, exactly `-inf` where the
@@ -16,337 +17,45 @@
 #![cfg(feature = "emulator")]
 
 use gated_sdpa::emulator::Emulator;
-use gated_sdpa::reference::{forward_f64, ForwardResultF64};
 use gated_sdpa::{
-    split_q_proj, Activation, AttentionProblem, DType, Element, ForwardArgs, ForwardKernel,
-    GateMode, GsdpaError, HostBackend, HostBuffer, Layout, TargetArch, Tensor, Varlen,
+    Activation, AttentionProblem, DType, Element, ForwardArgs, ForwardKernel, GateMode, GsdpaError,
+    HostBackend, HostBuffer, TargetArch, Tensor, Varlen,
 };
 use half::{bf16, f16};
-use rand::{rngs::StdRng, SeedableRng};
 
 mod common;
-use common::{
-    forward_tolerance, gather, numel, random_values, rel_frobenius, round_to, to_elements, GATES,
-    HEAD_DIMS,
-};
+use common::forward_harness::{with_o, Harness, Inputs, KernelOutputs, LayoutOptions};
+use common::{numel, GATES, HEAD_DIMS};
 
 /// The emulator with an sm_90 target: the default (Auto) kernel selection runs the Hopper kernel.
 fn hopper_emulator() -> Emulator {
     Emulator::new().with_arch(TargetArch::SM90)
 }
 
-/// How the test lays out the kernel's tensors.
-#[derive(Debug, Clone, Copy, Default)]
-struct LayoutOptions {
-    /// q and g as the two halves of each head of one `[.., Hq, 2D]` buffer (Qwen3-Next `q_proj`).
-    q_proj: bool,
-    /// Request the ungated output O.
-    with_o: bool,
-    /// Y and O as the first half of each head of a `[.., Hq, 2D]` buffer whose other half must stay
-    /// untouched, and LSE with padded rows.
-    strided_outputs: bool,
-    /// Leave LSE out (inference): the kernel must skip its store and still write all of Y.
-    no_lse: bool,
-    /// Store Y and O from registers (the fallback for layouts TMA cannot express) instead of the TMA
-    /// store.
-    register_store: bool,
+/// The Hopper kernel on the sm_90 emulator; a varlen call falls back to the mma.sync kernel.
+fn harness() -> Harness {
+    Harness::new(hopper_emulator()).expecting(|p, dtype| {
+        let prefix = if p.varlen.is_some() { "fwd" } else { "fwd90" };
+        format!("gsdpa_{prefix}_{}_d{}", dtype.name(), p.head_dim)
+    })
 }
 
-/// What a run produced, converted to f64 (Y, O) in the problem's dense layouts.
-#[derive(Debug, Clone, PartialEq)]
-struct KernelOutputs {
-    y: Vec<f64>,
-    o: Option<Vec<f64>>,
-    /// `None` when the run did not ask for LSE.
-    lse: Option<Vec<f64>>,
-}
-
-impl KernelOutputs {
-    /// Bit patterns of every output, for exact comparisons across runs.
-    fn bits(&self) -> Vec<u64> {
-        let o = self.o.iter().flatten();
-        self.y
-            .iter()
-            .chain(o)
-            .chain(self.lse.iter().flatten())
-            .map(|x| x.to_bits())
-            .collect()
-    }
-}
-
-/// Random inputs of a problem, already rounded to the dtype (as f64, dense layouts).
-struct Inputs {
-    q: Vec<f64>,
-    k: Vec<f64>,
-    v: Vec<f64>,
-    g: Option<Vec<f64>>,
-}
-
-impl Inputs {
-    fn new(p: &AttentionProblem, dtype: DType, seed: u64) -> Inputs {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let mut random = |n: usize, amplitude: f64| -> Vec<f64> {
-            let mut x = random_values(&mut rng, n, amplitude);
-            x.iter_mut().for_each(|v| *v = round_to(dtype, *v));
-            x
-        };
-        // Amplitude 2 for q and k makes the softmax far from uniform at scale 1/sqrt(D).
-        Inputs {
-            q: random(numel(&p.q_shape()), 2.0),
-            k: random(numel(&p.kv_shape()), 2.0),
-            v: random(numel(&p.kv_shape()), 1.0),
-            g: p.gate_shape().map(|s| random(numel(&s), 3.0)),
-        }
-    }
-}
-
-/// The `[.., H, 2D]` buffer whose heads are `[a_h | b_h]` (b = None: zeros).
-fn interleave_heads(a: &[f64], b: Option<&[f64]>, head_dim: usize) -> Vec<f64> {
-    let mut out = vec![0.0; 2 * a.len()];
-    for (i, chunk) in a.chunks(head_dim).enumerate() {
-        out[2 * i * head_dim..(2 * i + 1) * head_dim].copy_from_slice(chunk);
-        if let Some(b) = b {
-            out[(2 * i + 1) * head_dim..(2 * i + 2) * head_dim]
-                .copy_from_slice(&b[i * head_dim..(i + 1) * head_dim]);
-        }
-    }
-    out
-}
-
-/// Runs the forward on the sm_90 emulator with thread-order seed `emu_seed`.
-fn run_kernel<T: Element>(
-    p: &AttentionProblem,
-    x: &Inputs,
-    options: LayoutOptions,
-    emu_seed: u64,
-) -> KernelOutputs {
-    let q_shape = p.q_shape();
-    let kv_shape = p.kv_shape();
-    let lse_shape = p.lse_shape();
-    let d = p.head_dim;
-
-    // Inputs. In the q_proj layout q and g are views of one buffer (elementwise gate only).
-    let q_proj = options
-        .q_proj
-        .then(|| to_elements::<T>(&interleave_heads(&x.q, x.g.as_deref(), d)));
-    let q_dense = to_elements::<T>(&x.q);
-    let g_dense = x.g.as_ref().map(|g| to_elements::<T>(g));
-    let k = to_elements::<T>(&x.k);
-    let v = to_elements::<T>(&x.v);
-    let (q_tensor, g_tensor) = match &q_proj {
-        Some(buffer) => {
-            assert_eq!(
-                p.gate,
-                GateMode::Elementwise,
-                "the q_proj layout carries an elementwise gate"
-            );
-            let views = split_q_proj(buffer.as_slice(), &q_shape).unwrap();
-            (views.q, Some(views.g))
-        }
-        None => (
-            Tensor::contiguous(q_dense.as_slice(), &q_shape),
-            g_dense
-                .as_ref()
-                .map(|g| Tensor::contiguous(g.as_slice(), &p.gate_shape().unwrap())),
-        ),
-    };
-
-    // Outputs start as NaN; with strided outputs the storage around the views holds a sentinel.
-    let sentinel = T::from_f64(-7.0);
-    let (out_len, out_layout) = if options.strided_outputs {
-        (2 * numel(&q_shape), Layout::q_proj_view(&q_shape))
-    } else {
-        (numel(&q_shape), Layout::contiguous(&q_shape))
-    };
-    let fill_output = || {
-        let mut buffer = HostBuffer::filled(out_len, sentinel);
-        out_layout
-            .for_each_offset(|_, offset| buffer.as_mut_slice()[offset] = T::from_f64(f64::NAN));
-        buffer
-    };
-    let mut y = fill_output();
-    let mut o = options.with_o.then(fill_output);
-    let lse_layout = if options.strided_outputs {
-        // Rows of 3 extra floats: lse[.., h, i] at h * (Sq + 3) + i.
-        let mut strides = vec![0; lse_shape.len()];
-        let row = lse_shape[lse_shape.len() - 1] + 3;
-        strides[lse_shape.len() - 1] = 1;
-        strides[lse_shape.len() - 2] = row;
-        if lse_shape.len() == 3 {
-            strides[0] = row * lse_shape[1];
-        }
-        Layout::strided(&lse_shape, &strides).unwrap()
-    } else {
-        Layout::contiguous(&lse_shape)
-    };
-    let lse_len = lse_layout.max_offset().unwrap().map_or(0, |m| m + 1);
-    let mut lse = HostBuffer::filled(lse_len, f32::NAN);
-
-    let mut args = ForwardArgs {
-        q: q_tensor,
-        k: Tensor::contiguous(k.as_slice(), &kv_shape),
-        v: Tensor::contiguous(v.as_slice(), &kv_shape),
-        g: g_tensor,
-        y: Tensor::new(y.as_mut_slice(), out_layout.clone()),
-        o: o.as_mut()
-            .map(|o| Tensor::new(o.as_mut_slice(), out_layout.clone())),
-        lse: (!options.no_lse).then(|| Tensor::new(lse.as_mut_slice(), lse_layout.clone())),
-        diagnostics: None,
-    };
-    let emulator = hopper_emulator()
-        .with_seed(emu_seed)
-        .with_sm90_register_store(options.register_store);
-    emulator
-        .forward(p, &mut args)
-        .unwrap_or_else(|e| panic!("emulated forward failed for {p:?}: {e}"));
-    // The dispatch: the Hopper kernel, or (varlen) the mma.sync one.
-    let kernel = emulator.last_forward_kernel().unwrap_or_default();
-    let expected = format!(
-        "gsdpa_fwd{}_{}_d{}",
-        if p.varlen.is_some() { "" } else { "90" },
-        T::DTYPE.name(),
-        p.head_dim
-    );
-    if !p.is_empty() {
-        assert_eq!(kernel, expected, "kernel launched for {p:?}");
-    }
-
-    // Storage outside the output views is untouched.
-    if options.strided_outputs {
-        let check = |buffer: &HostBuffer<T>, name: &str| {
-            let mut inside = vec![false; out_len];
-            out_layout.for_each_offset(|_, offset| inside[offset] = true);
-            for (i, value) in buffer.as_slice().iter().enumerate() {
-                if !inside[i] {
-                    assert_eq!(
-                        value.to_f64(),
-                        -7.0,
-                        "{name}: element {i} outside the view was written"
-                    );
-                }
-            }
-        };
-        check(&y, "y");
-        if let Some(o) = &o {
-            check(o, "o");
-        }
-    }
-    let mut lse_dense = vec![0.0; numel(&lse_shape)];
-    lse_layout.for_each_offset(|linear, offset| lse_dense[linear] = lse.as_slice()[offset] as f64);
-    if options.no_lse {
-        // Not passed to the kernel, so the buffer keeps its NaN fill.
-        assert!(
-            lse.as_slice().iter().all(|x| x.is_nan()),
-            "lse written when not given"
-        );
-    }
-    KernelOutputs {
-        y: gather(y.as_slice(), &out_layout),
-        o: o.as_ref().map(|o| gather(o.as_slice(), &out_layout)),
-        lse: (!options.no_lse).then_some(lse_dense),
-    }
-}
-
-/// Checks one output tensor (Y or O) against the reference; rows with an infinite reference LSE must
-/// be exactly zero.
-fn check_output(
-    what: &str,
-    p: &AttentionProblem,
-    dtype: DType,
-    got: &[f64],
-    want: &[f64],
-    reference: &ForwardResultF64,
-) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if let Some(i) = got.iter().position(|x| x.is_nan()) {
-        panic!("{what}: element {i} is NaN (never written?) for {p:?}");
-    }
-    // Rows that see no key: exactly 0. Row (token t, head h) of a [.., H, D] tensor is chunk t * H + h;
-    // its LSE sits at [b, h, i] (dense) or [h, t] (varlen).
-    let d = p.head_dim;
-    for (row, values) in got.chunks(d).enumerate() {
-        let (token, head) = (row / p.heads_q, row % p.heads_q);
-        if reference.lse[lse_index(p, token, head)] == f64::NEG_INFINITY {
-            assert!(
-                values.iter().all(|&x| x == 0.0),
-                "{what}: token {token} head {head} sees no key but is not 0 for {p:?}"
-            );
-        }
-    }
-    let all_zero = want.iter().all(|&w| w == 0.0);
-    if all_zero {
-        assert!(
-            got.iter().all(|&x| x == 0.0),
-            "{what}: expected all zeros for {p:?}"
-        );
-        return;
-    }
-    let err = rel_frobenius(got, want);
-    let tol = forward_tolerance(dtype);
-    assert!(
-        err <= tol,
-        "{what}: relative error {err:.3e} > {tol:e} for {p:?}"
-    );
-}
-
-/// Index in the dense LSE of packed token `token` and head `head`.
-fn lse_index(p: &AttentionProblem, token: usize, head: usize) -> usize {
-    match &p.varlen {
-        Some(v) => head * v.total_q() + token,
-        None => {
-            let (b, i) = (token / p.seqlen_q, token % p.seqlen_q);
-            (b * p.heads_q + head) * p.seqlen_q + i
-        }
-    }
-}
-
-fn check_lse(p: &AttentionProblem, got: &[f64], want: &[f64]) {
-    assert_eq!(got.len(), want.len());
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        if w == f64::NEG_INFINITY {
-            assert!(
-                g == f64::NEG_INFINITY,
-                "lse[{i}] = {g}, expected -inf for {p:?}"
-            );
-        } else {
-            let bound = 1e-4 * w.abs().max(1.0);
-            assert!(
-                (g - w).abs() <= bound,
-                "lse[{i}] = {g}, expected {w} (bound {bound:e}) for {p:?}"
-            );
-        }
-    }
-}
-
-/// Runs one case in `dtype` and checks every output. Returns what the kernel produced.
 fn check_case(
     p: &AttentionProblem,
     dtype: DType,
     options: LayoutOptions,
-    input_seed: u64,
+    seed: u64,
 ) -> KernelOutputs {
-    let x = Inputs::new(p, dtype, input_seed);
-    let reference = forward_f64(p, &x.q, &x.k, &x.v, x.g.as_deref()).unwrap();
-    let emu_seed = 1 + input_seed;
-    let out = match dtype {
-        DType::BF16 => run_kernel::<bf16>(p, &x, options, emu_seed),
-        DType::F16 => run_kernel::<f16>(p, &x, options, emu_seed),
-    };
-    check_output("y", p, dtype, &out.y, &reference.y, &reference);
-    if let Some(o) = &out.o {
-        check_output("o", p, dtype, o, &reference.o, &reference);
-    }
-    if let Some(lse) = &out.lse {
-        check_lse(p, lse, &reference.lse);
-    }
-    out
+    harness().check_case(p, dtype, options, seed)
 }
 
-fn with_o() -> LayoutOptions {
-    LayoutOptions {
-        with_o: true,
-        ..LayoutOptions::default()
-    }
+fn run_kernel<T: Element>(
+    p: &AttentionProblem,
+    x: &Inputs,
+    options: LayoutOptions,
+    seed: u64,
+) -> KernelOutputs {
+    harness().run_kernel::<T>(p, x, options, seed)
 }
 
 #[test]

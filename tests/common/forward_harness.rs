@@ -32,6 +32,9 @@ pub struct LayoutOptions {
     pub strided_outputs: bool,
     /// Leave LSE out (inference): the kernel must skip its store and still write all of Y.
     pub no_lse: bool,
+    /// Hopper kernel only: store Y and O from registers (the fallback for layouts TMA cannot express)
+    /// instead of the TMA store.
+    pub register_store: bool,
 }
 
 /// What a run produced, converted to f64 (Y, O) in the problem's dense layouts.
@@ -200,7 +203,11 @@ impl Harness {
             lse: (!options.no_lse).then(|| Tensor::new(lse.as_mut_slice(), lse_layout.clone())),
             diagnostics: None,
         };
-        let emulator = self.emulator.clone().with_seed(emu_seed);
+        let emulator = self
+            .emulator
+            .clone()
+            .with_seed(emu_seed)
+            .with_sm90_register_store(options.register_store);
         emulator
             .forward(p, &mut args)
             .unwrap_or_else(|e| panic!("emulated forward failed for {p:?}: {e}"));
