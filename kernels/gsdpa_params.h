@@ -434,7 +434,17 @@ enum GsdpaBwdGeometry {
     GSDPA_BWD_DQ_BLOCK_M_D256 = 32,
     GSDPA_BWD_DQ_BLOCK_N_D256 = 32,
     GSDPA_BWD_DQ_THREADS_D256 = 256,
-    GSDPA_BWD_DQ_SMEM_D256 = (2 * 32 + 3 * 32) * 256 * 2 + 32 * 64 * 2         /* 84 KiB */
+    GSDPA_BWD_DQ_SMEM_D256 = (2 * 32 + 3 * 32) * 256 * 2 + 32 * 64 * 2,        /* 84 KiB */
+    /* The large-tile kernels (gsdpa_bwd_{dkdv,dq}_*_d128_large), same grids with these tiles, for devices
+     * whose opt-in shared memory per block holds them (sm_80: 163 KiB, sm_90: 227 KiB); src/launch.rs. */
+    GSDPA_BWD_LARGE_DKDV_BLOCK_M_D128 = 64,
+    GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128 = 128,
+    GSDPA_BWD_LARGE_DKDV_THREADS_D128 = 256,
+    GSDPA_BWD_LARGE_DKDV_SMEM_D128 = (2 * 128 + 3 * 64) * 128 * 2 + 2 * 64 * 128 * 2,  /* 144 KiB */
+    GSDPA_BWD_LARGE_DQ_BLOCK_M_D128 = 64,
+    GSDPA_BWD_LARGE_DQ_BLOCK_N_D128 = 128,
+    GSDPA_BWD_LARGE_DQ_THREADS_D128 = 256,
+    GSDPA_BWD_LARGE_DQ_SMEM_D128 = (2 * 64 + 3 * 128) * 128 * 2 + 64 * 128 * 2        /* 144 KiB */
 };
 
 /*

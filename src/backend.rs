@@ -128,6 +128,38 @@ pub struct BackwardOptions {
     /// Bit-reproducible gradients: dQ is computed by its own pass instead of with atomics. The CPU
     /// reference is always deterministic.
     pub deterministic: bool,
+    /// Which tile configuration the dK/dV and dQ kernels run with (docs/backward.md).
+    pub tiles: BackwardTiles,
+}
+
+/// The backward kernels' tile configuration (kernels/backward/traits.h, docs/backward.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BackwardTiles {
+    /// [`BackwardTiles::Large`] where the head dim has large-tile kernels and the device's opt-in shared
+    /// memory per block holds them (sm_80, sm_90), [`BackwardTiles::Compact`] otherwise
+    /// ([`crate::launch::backward_tiles`]).
+    #[default]
+    Auto,
+    /// The tiles that fit 99 KiB of shared memory per block (every arch, sm_86 and sm_89 included).
+    Compact,
+    /// The large-tile kernels where the head dim has them (D = 128), the compact ones for the other head
+    /// dims. On a device whose shared memory per block cannot hold them the launch is refused with
+    /// [`crate::GsdpaError::LaunchResources`], as the GPU would refuse it.
+    Large,
+}
+
+impl BackwardTiles {
+    /// Parses `auto`, `compact` and `large`.
+    pub fn parse(text: &str) -> Result<Self> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(BackwardTiles::Auto),
+            "compact" => Ok(BackwardTiles::Compact),
+            "large" => Ok(BackwardTiles::Large),
+            other => Err(crate::error::GsdpaError::InvalidArgument(format!(
+                "`{other}` is not a backward tile configuration (auto, compact, large)"
+            ))),
+        }
+    }
 }
 
 /// A backend that runs on host memory: the CPU reference and the kernel emulator.

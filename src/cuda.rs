@@ -320,6 +320,11 @@ pub struct CudaBackend {
     functions: Mutex<HashMap<String, KernelFunction>>,
     /// The device's architecture, whose launch limits `launch` checks.
     arch: TargetArch,
+    /// The dynamic shared memory one block may opt in to, in bytes: the device's own figure
+    /// (`CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN`), at most the arch's
+    /// ([`TargetArch::max_dynamic_shared_bytes`], which `launch` checks against). The backward's tiles
+    /// are chosen from it.
+    max_dynamic_shared_bytes: u32,
     forward_kernel: ForwardKernel,
     /// The kernel the latest forward launched.
     last_forward_kernel: Mutex<Option<String>>,
@@ -371,11 +376,20 @@ impl CudaBackend {
         let (major, minor) = ctx
             .compute_capability()
             .map_err(|e| cuda_error("querying the compute capability", e))?;
+        let arch = TargetArch::new(major.max(0) as u32, minor.max(0) as u32);
+        let device_limit = ctx
+            .attribute(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )
+            .map_err(|e| cuda_error("querying the opt-in shared memory per block", e))?;
+        let max_dynamic_shared_bytes =
+            (device_limit.max(0) as u32).min(arch.max_dynamic_shared_bytes());
         Ok(CudaBackend {
             ctx,
             module,
             functions: Mutex::new(HashMap::new()),
-            arch: TargetArch::new(major.max(0) as u32, minor.max(0) as u32),
+            arch,
+            max_dynamic_shared_bytes,
             forward_kernel: ForwardKernel::Auto,
             last_forward_kernel: Mutex::new(None),
         })
@@ -420,6 +434,13 @@ impl CudaBackend {
     /// against.
     pub fn arch(&self) -> TargetArch {
         self.arch
+    }
+
+    /// The dynamic shared memory one block may opt in to on this device, in bytes (the smaller of the
+    /// device's figure and its arch's): what [`crate::launch::backward_tiles`] chooses the backward's
+    /// tiles from.
+    pub fn max_dynamic_shared_bytes(&self) -> u32 {
+        self.max_dynamic_shared_bytes
     }
 
     /// The context the kernels live in.
@@ -728,7 +749,7 @@ impl CudaBackend {
         params.cu_seqlens_q = cu_q as *const i32;
         params.cu_seqlens_k = cu_k as *const i32;
         let dtype = <I::Elem as Element>::DTYPE;
-        for config in launch::backward(problem, dtype, options.deterministic)? {
+        for config in launch::backward(problem, dtype, options, self.max_dynamic_shared_bytes)? {
             // SAFETY: the params come from validation of the caller's buffers and workspace, which
             // the caller vouches for.
             unsafe { self.launch_on(stream, &config, &params)? };

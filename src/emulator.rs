@@ -126,7 +126,8 @@ impl Emulator {
     }
 
     /// Sets the GPU architecture whose launch limits the emulator enforces (dynamic shared memory,
-    /// registers: see [`arch::check_resources`]).
+    /// registers: see [`arch::check_resources`]) and whose shared memory per block the backward's tiles
+    /// are chosen from ([`launch::backward_tiles`]).
     pub fn with_arch(mut self, arch: TargetArch) -> Self {
         self.arch = arch;
         self
@@ -610,7 +611,12 @@ impl HostBackend for Emulator {
         options: BackwardOptions,
     ) -> Result<()> {
         let mut params = validate::validate_backward(problem, args, options.deterministic)?;
-        let launches = launch::backward(problem, T::DTYPE, options.deterministic)?;
+        let launches = launch::backward(
+            problem,
+            T::DTYPE,
+            options,
+            self.arch.max_dynamic_shared_bytes(),
+        )?;
         let q = input_copy(&args.q)?;
         let k = input_copy(&args.k)?;
         let v = input_copy(&args.v)?;

@@ -3,6 +3,7 @@
 //! Shared by the CUDA and emulator backends so that both launch the same kernels the same way. The
 //! tile sizes come from `kernels/gsdpa_params.h` through the generated bindings.
 
+use crate::backend::{BackwardOptions, BackwardTiles};
 use crate::error::{GsdpaError, Result};
 use crate::ffi;
 use crate::problem::{AttentionProblem, DType};
@@ -309,10 +310,22 @@ pub fn gate_stats(problem: &AttentionProblem) -> Result<LaunchConfig> {
     })
 }
 
-/// Backward tile geometry for a head dim: (dkdv block_n, dkdv threads, dkdv smem, dq block_m, dq threads,
-/// dq smem).
-fn backward_geometry(head_dim: usize) -> Result<[u32; 6]> {
-    Ok(match head_dim {
+/// The tiles of the backward's two main kernels for one head dim and tile configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BackwardGeometry {
+    dkdv_block_n: u32,
+    dkdv_threads: u32,
+    dkdv_smem: u32,
+    dq_block_m: u32,
+    dq_threads: u32,
+    dq_smem: u32,
+    /// Compact or Large.
+    tiles: BackwardTiles,
+}
+
+/// The compact tiles of a head dim (99 KiB at most: every arch).
+fn backward_compact_geometry(head_dim: usize) -> Result<BackwardGeometry> {
+    let [dkdv_block_n, dkdv_threads, dkdv_smem, dq_block_m, dq_threads, dq_smem] = match head_dim {
         64 => [
             ffi::GSDPA_BWD_DKDV_BLOCK_N_D64,
             ffi::GSDPA_BWD_DKDV_THREADS_D64,
@@ -338,11 +351,67 @@ fn backward_geometry(head_dim: usize) -> Result<[u32; 6]> {
             ffi::GSDPA_BWD_DQ_SMEM_D256,
         ],
         _ => return Err(GsdpaError::UnsupportedHeadDim { head_dim }),
+    };
+    Ok(BackwardGeometry {
+        dkdv_block_n,
+        dkdv_threads,
+        dkdv_smem,
+        dq_block_m,
+        dq_threads,
+        dq_smem,
+        tiles: BackwardTiles::Compact,
+    })
+}
+
+/// The large tiles of a head dim, `None` for a head dim that has none (kernels/backward/traits.h says
+/// why D = 64 and D = 256 keep their compact tiles).
+fn backward_large_geometry(head_dim: usize) -> Option<BackwardGeometry> {
+    (head_dim == 128).then_some(BackwardGeometry {
+        dkdv_block_n: ffi::GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128,
+        dkdv_threads: ffi::GSDPA_BWD_LARGE_DKDV_THREADS_D128,
+        dkdv_smem: ffi::GSDPA_BWD_LARGE_DKDV_SMEM_D128,
+        dq_block_m: ffi::GSDPA_BWD_LARGE_DQ_BLOCK_M_D128,
+        dq_threads: ffi::GSDPA_BWD_LARGE_DQ_THREADS_D128,
+        dq_smem: ffi::GSDPA_BWD_LARGE_DQ_SMEM_D128,
+        tiles: BackwardTiles::Large,
+    })
+}
+
+/// The tile configuration a backward of head dim `head_dim` runs with when `requested`, on a device
+/// whose blocks may opt in to `max_dynamic_shared_bytes` of dynamic shared memory: never
+/// [`BackwardTiles::Auto`]. Auto is [`BackwardTiles::Large`] when the head dim has large tiles and both
+/// main kernels' shared memory fits the limit (sm_80: 163 KiB, sm_90: 227 KiB), else
+/// [`BackwardTiles::Compact`]; Large is Compact for a head dim without large tiles, and stays Large
+/// whatever the limit (the launch is then refused: [`crate::arch::check_resources`]).
+pub fn backward_tiles(
+    head_dim: usize,
+    requested: BackwardTiles,
+    max_dynamic_shared_bytes: u32,
+) -> Result<BackwardTiles> {
+    Ok(backward_geometry(head_dim, requested, max_dynamic_shared_bytes)?.tiles)
+}
+
+/// The geometry [`backward_tiles`] chooses.
+fn backward_geometry(
+    head_dim: usize,
+    requested: BackwardTiles,
+    max_dynamic_shared_bytes: u32,
+) -> Result<BackwardGeometry> {
+    let compact = backward_compact_geometry(head_dim)?;
+    Ok(match (requested, backward_large_geometry(head_dim)) {
+        (BackwardTiles::Large, Some(large)) => large,
+        (BackwardTiles::Auto, Some(large))
+            if large.dkdv_smem.max(large.dq_smem) <= max_dynamic_shared_bytes =>
+        {
+            large
+        }
+        _ => compact,
     })
 }
 
 /// The backward's launch sequence for tensors of `dtype`, in stream order, all taking the same
-/// `GsdpaBwdParams`:
+/// `GsdpaBwdParams`, with the tiles [`backward_tiles`] chooses for `options.tiles` on a device whose
+/// blocks may opt in to `max_dynamic_shared_bytes` of dynamic shared memory:
 /// 1. `gsdpa_bwd_preprocess`: Delta = rowsum(dY * Y), dO = dY * act(G), dG; zeroes the dQ accumulator
 ///    in the fast mode;
 /// 2. `gsdpa_bwd_dkdv`: one block per K/V tile and kv head, looping over the query heads of its group
@@ -350,16 +419,21 @@ fn backward_geometry(head_dim: usize) -> Result<[u32; 6]> {
 /// 3. fast mode: `gsdpa_bwd_dq_convert` (accumulator to dtype); deterministic mode: `gsdpa_bwd_dq`, one
 ///    block per Q tile recomputing what it needs, no atomics.
 ///
-/// Launches whose grid is empty are left out. An empty query side with keys still runs step 2, which
-/// writes dK = dV = 0.
+/// The workspace ([`crate::backward_workspace_bytes`]) does not depend on the tiles. Launches whose grid
+/// is empty are left out. An empty query side with keys still runs step 2, which writes dK = dV = 0.
 pub fn backward(
     problem: &AttentionProblem,
     dtype: DType,
-    deterministic: bool,
+    options: BackwardOptions,
+    max_dynamic_shared_bytes: u32,
 ) -> Result<Vec<LaunchConfig>> {
     let dt = dtype.name();
     let d = problem.head_dim;
-    let [dkdv_n, dkdv_threads, dkdv_smem, dq_m, dq_threads, dq_smem] = backward_geometry(d)?;
+    let geometry = backward_geometry(d, options.tiles, max_dynamic_shared_bytes)?;
+    let suffix = match geometry.tiles {
+        BackwardTiles::Large => "_large",
+        _ => "",
+    };
     let heads_q = grid_dim(problem.heads_q, "heads_q")?;
     let heads_kv = grid_dim(problem.heads_kv, "heads_kv")?;
     let batch = grid_dim(problem.batch, "batch")?;
@@ -372,22 +446,25 @@ pub fn backward(
             shared_bytes: 0,
         },
         LaunchConfig {
-            kernel: format!("gsdpa_bwd_dkdv_{dt}_d{d}"),
+            kernel: format!("gsdpa_bwd_dkdv_{dt}_d{d}{suffix}"),
             grid: [
-                grid_dim(problem.seqlen_k.div_ceil(dkdv_n as usize), "key tiles")?,
+                grid_dim(
+                    problem.seqlen_k.div_ceil(geometry.dkdv_block_n as usize),
+                    "key tiles",
+                )?,
                 heads_kv,
                 batch,
             ],
-            block: [dkdv_threads, 1, 1],
-            shared_bytes: dkdv_smem,
+            block: [geometry.dkdv_threads, 1, 1],
+            shared_bytes: geometry.dkdv_smem,
         },
     ];
-    launches.push(if deterministic {
+    launches.push(if options.deterministic {
         LaunchConfig {
-            kernel: format!("gsdpa_bwd_dq_{dt}_d{d}"),
-            grid: [q_tiles(dq_m)?, heads_q, batch],
-            block: [dq_threads, 1, 1],
-            shared_bytes: dq_smem,
+            kernel: format!("gsdpa_bwd_dq_{dt}_d{d}{suffix}"),
+            grid: [q_tiles(geometry.dq_block_m)?, heads_q, batch],
+            block: [geometry.dq_threads, 1, 1],
+            shared_bytes: geometry.dq_smem,
         }
     } else {
         LaunchConfig {

@@ -129,7 +129,8 @@ pub use backend::{
     gate_stats_workspace_len, ForwardDiagnostics, ForwardKernel, HostForwardDiagnostics,
 };
 pub use backend::{
-    BackwardArgs, BackwardOptions, ForwardArgs, HostBackend, HostBackwardArgs, HostForwardArgs,
+    BackwardArgs, BackwardOptions, BackwardTiles, ForwardArgs, HostBackend, HostBackwardArgs,
+    HostForwardArgs,
 };
 pub use backend::{GateArgs, GateBackwardArgs, HostGateArgs, HostGateBackwardArgs};
 pub use cuda::CudaBackend;

@@ -19,6 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::backend::{BackwardOptions, BackwardTiles};
 use crate::build_info;
 use crate::launch;
 use crate::problem::{AttentionProblem, DType};
@@ -830,8 +831,16 @@ pub fn launch_shapes() -> BTreeMap<String, LaunchShape> {
                 add(config);
             }
             for deterministic in [false, true] {
-                for config in launch::backward(&problem, dtype, deterministic).unwrap_or_default() {
-                    add(config);
+                for tiles in [BackwardTiles::Compact, BackwardTiles::Large] {
+                    let options = BackwardOptions {
+                        deterministic,
+                        tiles,
+                    };
+                    for config in
+                        launch::backward(&problem, dtype, options, u32::MAX).unwrap_or_default()
+                    {
+                        add(config);
+                    }
                 }
             }
         }

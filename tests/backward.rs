@@ -3,6 +3,9 @@
 //! mode and activation, GQA ratios 1/4/8, odd lengths with Sq != Sk both ways, varlen (with empty
 //! sequences), the Qwen3-Next strided `[q_h | g_h]` layout, and both modes (fast: dQ by atomics,
 //! deterministic: dQ by its own pass). Deterministic mode must be bit-identical across emulator seeds.
+//! Those run the compact tiles (kernels/backward/traits.h); the large-tile kernels (D = 128, for devices
+//! with more than 99 KiB of shared memory per block) have a leaner grid of their own, and the choice
+//! between the two its own tests.
 //!
 //! The forward outputs the backward consumes (Y, the ungated O, LSE) come from the CPU reference rounded
 //! to the dtype, as a training step would store them; the reference gradients are exact (f64, forward
@@ -17,8 +20,9 @@
 use gated_sdpa::emulator::Emulator;
 use gated_sdpa::reference::backward_f64;
 use gated_sdpa::{
-    Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType, Element, ForwardArgs,
-    GateMode, HostBackend, HostBuffer, Layout, Reference, Tensor, Varlen,
+    Activation, AttentionProblem, BackwardArgs, BackwardOptions, BackwardTiles, DType, Element,
+    ForwardArgs, GateMode, GsdpaError, HostBackend, HostBuffer, Layout, Reference, TargetArch,
+    Tensor, Varlen,
 };
 use half::{bf16, f16};
 use rand::{rngs::StdRng, SeedableRng};
@@ -159,11 +163,26 @@ impl Grads {
     }
 }
 
-/// Runs the backward on the emulator, every gradient buffer NaN beforehand.
+/// Runs the backward on the emulator with the compact tiles (the ones every arch runs), every gradient
+/// buffer NaN beforehand.
 fn emulator_backward<T: Element>(
     problem: &AttentionProblem,
     inputs: &Inputs<T>,
     deterministic: bool,
+    seed: u64,
+) -> Grads {
+    let options = BackwardOptions {
+        deterministic,
+        tiles: BackwardTiles::Compact,
+    };
+    emulator_backward_with(problem, inputs, options, seed)
+}
+
+/// [`emulator_backward`] with the given options.
+fn emulator_backward_with<T: Element>(
+    problem: &AttentionProblem,
+    inputs: &Inputs<T>,
+    options: BackwardOptions,
     seed: u64,
 ) -> Grads {
     let q_shape = problem.q_shape();
@@ -195,7 +214,7 @@ fn emulator_backward<T: Element>(
     };
     Emulator::new()
         .with_seed(seed)
-        .backward(problem, &mut args, BackwardOptions { deterministic })
+        .backward(problem, &mut args, options)
         .unwrap_or_else(|e| panic!("emulator backward failed for {}: {e}", describe(problem)));
     let to_f64 = |b: &HostBuffer<T>| b.as_slice().iter().map(|x| x.to_f64()).collect::<Vec<_>>();
     Grads {
@@ -327,14 +346,24 @@ fn compare(problem: &AttentionProblem, dtype: DType, got: &Grads, want: &Grads, 
     }
 }
 
-/// Runs one problem in the given modes against the reference.
-fn check_problem_as<T: Element>(problem: &AttentionProblem, qg: bool, modes: &[bool], seed: u64) {
+/// Runs one problem in the given modes with the given tiles against the reference.
+fn check_problem_as<T: Element>(
+    problem: &AttentionProblem,
+    qg: bool,
+    modes: &[bool],
+    tiles: BackwardTiles,
+    seed: u64,
+) {
     let inputs = make_inputs::<T>(problem, qg, seed);
     let want = reference_backward(problem, &inputs);
     for &deterministic in modes {
-        let got = emulator_backward(problem, &inputs, deterministic, seed);
+        let options = BackwardOptions {
+            deterministic,
+            tiles,
+        };
+        let got = emulator_backward_with(problem, &inputs, options, seed);
         let context = format!(
-            "{} {} qg={qg} deterministic={deterministic}",
+            "{} {} qg={qg} deterministic={deterministic} tiles={tiles:?}",
             T::DTYPE,
             describe(problem)
         );
@@ -342,10 +371,22 @@ fn check_problem_as<T: Element>(problem: &AttentionProblem, qg: bool, modes: &[b
     }
 }
 
+/// Runs one problem in the given modes with the compact tiles against the reference.
 fn check_problem(problem: &AttentionProblem, dtype: DType, qg: bool, modes: &[bool], seed: u64) {
+    check_problem_tiles(problem, dtype, qg, modes, BackwardTiles::Compact, seed);
+}
+
+fn check_problem_tiles(
+    problem: &AttentionProblem,
+    dtype: DType,
+    qg: bool,
+    modes: &[bool],
+    tiles: BackwardTiles,
+    seed: u64,
+) {
     match dtype {
-        DType::BF16 => check_problem_as::<bf16>(problem, qg, modes, seed),
-        DType::F16 => check_problem_as::<f16>(problem, qg, modes, seed),
+        DType::BF16 => check_problem_as::<bf16>(problem, qg, modes, tiles, seed),
+        DType::F16 => check_problem_as::<f16>(problem, qg, modes, tiles, seed),
     }
 }
 
@@ -503,5 +544,192 @@ fn deterministic_mode_is_bit_identical_across_seeds() {
             &reference_backward(&problem, &inputs),
             &describe(&problem),
         );
+    }
+}
+
+#[test]
+fn large_tiles_against_the_reference() {
+    // The large kernels' tiles are 64 query rows x 128 keys (dK/dV) and 64 x 128 (dQ): lengths that cross
+    // both, or fall short of one, each way.
+    let cases = [
+        // (B, Sq, Sk, Hq, Hkv, causal, gate, activation, dtype)
+        (
+            1,
+            70,
+            150,
+            4,
+            2,
+            true,
+            GateMode::Elementwise,
+            Activation::Sigmoid,
+            DType::BF16,
+        ),
+        (
+            1,
+            150,
+            70,
+            4,
+            1,
+            false,
+            GateMode::Headwise,
+            Activation::Silu,
+            DType::F16,
+        ),
+        (
+            2,
+            130,
+            130,
+            2,
+            2,
+            true,
+            GateMode::None,
+            Activation::Sigmoid,
+            DType::F16,
+        ),
+        (
+            1,
+            1,
+            1,
+            2,
+            1,
+            false,
+            GateMode::Elementwise,
+            Activation::Silu,
+            DType::BF16,
+        ),
+    ];
+    for (seed, (b, sq, sk, hq, hkv, causal, gate, activation, dtype)) in (800..).zip(cases) {
+        let problem = AttentionProblem::new(b, sq, sk, hq, hkv, 128)
+            .causal(causal)
+            .gate(gate)
+            .activation(activation);
+        check_problem_tiles(
+            &problem,
+            dtype,
+            false,
+            &BOTH_MODES,
+            BackwardTiles::Large,
+            seed,
+        );
+    }
+}
+
+#[test]
+fn large_tiles_deterministic_mode_is_bit_identical_across_seeds() {
+    let problem = AttentionProblem::new(1, 100, 140, 4, 2, 128)
+        .causal(true)
+        .gate(GateMode::Elementwise);
+    let inputs = make_inputs::<bf16>(&problem, false, 900);
+    let options = BackwardOptions {
+        deterministic: true,
+        tiles: BackwardTiles::Large,
+    };
+    let first = emulator_backward_with(&problem, &inputs, options, 1);
+    let second = emulator_backward_with(&problem, &inputs, options, 0x9e37_79b9_7f4a_7c15);
+    assert!(
+        first.bits() == second.bits(),
+        "deterministic large-tile backward differs across seeds ({})",
+        describe(&problem)
+    );
+}
+
+#[test]
+fn auto_tiles_follow_the_archs_shared_memory() {
+    use gated_sdpa::launch;
+    let limit = |arch: TargetArch| arch.max_dynamic_shared_bytes();
+    for (arch, want) in [
+        (TargetArch::SM80, BackwardTiles::Large),
+        (TargetArch::SM90, BackwardTiles::Large),
+        (TargetArch::SM86, BackwardTiles::Compact),
+        (TargetArch::SM89, BackwardTiles::Compact),
+    ] {
+        let tiles = launch::backward_tiles(128, BackwardTiles::Auto, limit(arch)).unwrap();
+        assert_eq!(tiles, want, "D = 128 on {arch}");
+        // The other head dims have compact tiles only; a forced choice is kept.
+        for d in [64, 256] {
+            let tiles = launch::backward_tiles(d, BackwardTiles::Auto, limit(arch)).unwrap();
+            assert_eq!(tiles, BackwardTiles::Compact, "D = {d} on {arch}");
+        }
+        for forced in [BackwardTiles::Compact, BackwardTiles::Large] {
+            assert_eq!(
+                launch::backward_tiles(128, forced, limit(arch)).unwrap(),
+                forced
+            );
+        }
+    }
+    // The launches name the kernels of the choice, and their shared memory is what the arch allows.
+    let problem = AttentionProblem::new(1, 200, 300, 2, 1, 128);
+    for deterministic in [false, true] {
+        let options = BackwardOptions {
+            deterministic,
+            tiles: BackwardTiles::Auto,
+        };
+        for arch in [TargetArch::SM80, TargetArch::SM86, TargetArch::SM90] {
+            let launches = launch::backward(&problem, DType::BF16, options, limit(arch)).unwrap();
+            let large = arch != TargetArch::SM86;
+            let main: Vec<_> = launches.iter().filter(|l| l.shared_bytes > 0).collect();
+            assert_eq!(main.len(), 1 + usize::from(deterministic), "{arch}");
+            for l in main {
+                assert_eq!(
+                    l.kernel.ends_with("_large"),
+                    large,
+                    "{} on {arch}",
+                    l.kernel
+                );
+                assert!(l.shared_bytes <= limit(arch), "{} on {arch}", l.kernel);
+                assert_eq!(l.shared_bytes > 99 * 1024, large, "{} on {arch}", l.kernel);
+            }
+            // dK/dV: one block per 128 keys (large) or 64 (compact).
+            let dkdv = launches.iter().find(|l| l.kernel.contains("dkdv")).unwrap();
+            assert_eq!(dkdv.grid[0], if large { 3 } else { 5 }, "{arch}");
+        }
+    }
+}
+
+#[test]
+fn the_emulator_chooses_by_its_arch_and_refuses_large_tiles_on_sm_86() {
+    let problem = AttentionProblem::new(1, 17, 17, 2, 1, 128).gate(GateMode::Headwise);
+    let inputs = make_inputs::<bf16>(&problem, false, 950);
+    let want = reference_backward(&problem, &inputs);
+    let run = |arch: TargetArch, tiles: BackwardTiles| {
+        let q_shape = problem.q_shape();
+        let kv_shape = problem.kv_shape();
+        let g_shape = problem.gate_shape().unwrap();
+        let mut dq = HostBuffer::<bf16>::new(numel(&q_shape));
+        let mut dk = HostBuffer::<bf16>::new(numel(&kv_shape));
+        let mut dv = HostBuffer::<bf16>::new(numel(&kv_shape));
+        let mut dg = HostBuffer::<bf16>::new(numel(&g_shape));
+        let mut args = BackwardArgs {
+            q: Tensor::new(inputs.q.as_slice(), inputs.q_layout.clone()),
+            k: Tensor::contiguous(inputs.k.as_slice(), &kv_shape),
+            v: Tensor::contiguous(inputs.v.as_slice(), &kv_shape),
+            g: inputs.g_tensor(),
+            y: Tensor::contiguous(inputs.y.as_slice(), &q_shape),
+            o: None,
+            dy: Tensor::contiguous(inputs.dy.as_slice(), &q_shape),
+            lse: Tensor::contiguous(inputs.lse.as_slice(), &problem.lse_shape()),
+            dq: Tensor::contiguous(dq.as_mut_slice(), &q_shape),
+            dk: Tensor::contiguous(dk.as_mut_slice(), &kv_shape),
+            dv: Tensor::contiguous(dv.as_mut_slice(), &kv_shape),
+            dg: Some(Tensor::contiguous(dg.as_mut_slice(), &g_shape)),
+        };
+        let options = BackwardOptions {
+            deterministic: false,
+            tiles,
+        };
+        Emulator::new()
+            .with_arch(arch)
+            .backward(&problem, &mut args, options)
+            .map(|()| dq.as_slice().iter().map(|x| x.to_f64()).collect::<Vec<_>>())
+    };
+    // Auto on sm_86 runs the compact kernels (which fit its 99 KiB) and is right.
+    let dq = run(TargetArch::SM86, BackwardTiles::Auto).expect("sm_86 auto");
+    check_relative("dq", &dq, &want.dq, tolerance(DType::BF16), "sm_86 auto");
+    // Forcing the large tiles there is refused as a GPU would refuse it, naming the kernel.
+    match run(TargetArch::SM86, BackwardTiles::Large) {
+        Err(GsdpaError::LaunchResources { kernel, .. }) => {
+            assert_eq!(kernel, "gsdpa_bwd_dkdv_bf16_d128_large")
+        }
+        other => panic!("large tiles on sm_86: expected LaunchResources, got {other:?}"),
     }
 }

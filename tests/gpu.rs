@@ -9,9 +9,9 @@ use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use gated_sdpa::cuda::{CudaBackend, CudaSeqlens};
 use gated_sdpa::reference;
 use gated_sdpa::{
-    Activation, AttentionProblem, BackwardArgs, BackwardOptions, DType, Element, ForwardArgs,
-    ForwardKernel, GateArgs, GateBackwardArgs, GateMode, GsdpaError, Layout, TargetArch, Tensor,
-    Varlen,
+    Activation, AttentionProblem, BackwardArgs, BackwardOptions, BackwardTiles, DType, Element,
+    ForwardArgs, ForwardKernel, GateArgs, GateBackwardArgs, GateMode, GsdpaError, Layout,
+    TargetArch, Tensor, Varlen,
 };
 use rand::{rngs::StdRng, SeedableRng};
 
@@ -359,6 +359,22 @@ fn forward_varlen_and_long_sequences() {
 fn backward_matches_reference() {
     let Some(backend) = gpu() else { return };
     let stream = backend.context().default_stream();
+    // The device's opt-in limit, as the driver reports it, chooses the large tiles on A100 and H100.
+    let arch = backend.arch();
+    let auto = gated_sdpa::launch::backward_tiles(
+        128,
+        BackwardTiles::Auto,
+        backend.max_dynamic_shared_bytes(),
+    )
+    .unwrap();
+    if arch == TargetArch::SM80 || arch == TargetArch::SM90 {
+        assert_eq!(
+            auto,
+            BackwardTiles::Large,
+            "{arch}: {} bytes",
+            backend.max_dynamic_shared_bytes()
+        );
+    }
     for head_dim in [64, 128, 256] {
         for (gate, activation) in [
             (GateMode::Elementwise, Activation::Sigmoid),
@@ -366,12 +382,19 @@ fn backward_matches_reference() {
             (GateMode::Elementwise, Activation::Silu),
             (GateMode::None, Activation::Sigmoid),
         ] {
-            for deterministic in [false, true] {
-                let p = AttentionProblem::new(2, 129, 100, 8, 2, head_dim)
-                    .causal(true)
-                    .gate(gate)
-                    .activation(activation);
-                check_backward::<half::bf16>(&backend, &stream, &p, deterministic, head_dim as u64);
+            // Compact tiles, and Auto's choice (the large tiles at D = 128 on A100 and H100).
+            for tiles in [BackwardTiles::Compact, BackwardTiles::Auto] {
+                for deterministic in [false, true] {
+                    let p = AttentionProblem::new(2, 129, 100, 8, 2, head_dim)
+                        .causal(true)
+                        .gate(gate)
+                        .activation(activation);
+                    let options = BackwardOptions {
+                        deterministic,
+                        tiles,
+                    };
+                    check_backward::<half::bf16>(&backend, &stream, &p, options, head_dim as u64);
+                }
             }
         }
     }
@@ -383,7 +406,7 @@ fn check_backward<T: Element + DeviceRepr>(
     backend: &CudaBackend,
     stream: &std::sync::Arc<CudaStream>,
     problem: &AttentionProblem,
-    deterministic: bool,
+    options: BackwardOptions,
     seed: u64,
 ) {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -443,20 +466,13 @@ fn check_backward<T: Element + DeviceRepr>(
     };
     let mut ws_view = workspace.as_view_mut();
     backend
-        .backward(
-            stream,
-            problem,
-            &mut args,
-            &mut ws_view,
-            None,
-            BackwardOptions { deterministic },
-        )
+        .backward(stream, problem, &mut args, &mut ws_view, None, options)
         .expect("backward launches");
     drop(args);
     stream.synchronize().unwrap();
     // Gradients carry the rounding of Y, O and LSE (as FlashAttention's do): twice the forward bound.
     let tol = 2.0 * forward_tolerance(T::DTYPE);
-    let label = format!("{problem:?} deterministic={deterministic}");
+    let label = format!("{problem:?} {options:?}");
     for (name, got, want) in [
         ("dq", download(stream, &grad_q), &want.dq),
         ("dk", download(stream, &grad_k), &want.dk),

@@ -33,7 +33,7 @@ const VALUE_FLAGS: [&str; 18] = [
     "cu-seqlens-k",
     "dy",
 ];
-const BACKWARD_ONLY_FLAGS: [&str; 1] = ["out-dir"];
+const BACKWARD_ONLY_FLAGS: [&str; 2] = ["out-dir", "backward-tiles"];
 /// The forward's (and diagnose's) diagnostics outputs and their parameter (docs/diagnostics.md).
 const DIAGNOSTICS_FLAGS: [&str; 3] = ["sink-mass", "n-sink", "gate-stats"];
 
@@ -489,8 +489,15 @@ fn backward_typed<T: AnyElement>(
     let mut outputs = plan.reserve()?;
     // The backward consumes the forward's Y and LSE (and O for silu): run the forward first.
     let forward = backend.forward(&inputs, true)?;
+    let tiles = flags
+        .value("backward-tiles")
+        .map(gated_sdpa::BackwardTiles::parse)
+        .transpose()
+        .map_err(|e| CliError::usage(format!("--backward-tiles: {e}")))?
+        .unwrap_or_default();
     let options = BackwardOptions {
         deterministic: flags.switch("deterministic"),
+        tiles,
     };
     let grads = backend.backward(&inputs, &forward, &dy, options)?;
     outputs.write("dq", &p.q_shape(), widened(&grads.dq))?;

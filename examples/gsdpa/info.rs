@@ -1,7 +1,10 @@
 //! `gsdpa info [--json]`: what this build contains and what can run here.
 
 use gated_sdpa::launch::{self, LaunchConfig};
-use gated_sdpa::{build_info, AttentionProblem, DType, GsdpaError, SUPPORTED_HEAD_DIMS};
+use gated_sdpa::{
+    build_info, AttentionProblem, BackwardOptions, BackwardTiles, DType, GsdpaError,
+    SUPPORTED_HEAD_DIMS,
+};
 
 use crate::args::Flags;
 use crate::backends;
@@ -43,7 +46,13 @@ fn launches() -> Result<Vec<LaunchConfig>, GsdpaError> {
             let problem = AttentionProblem::new(1, 1, 1, 1, 1, head_dim);
             all.push(launch::forward(&problem, dtype)?);
             for deterministic in [false, true] {
-                all.extend(launch::backward(&problem, dtype, deterministic)?);
+                for tiles in [BackwardTiles::Compact, BackwardTiles::Large] {
+                    let options = BackwardOptions {
+                        deterministic,
+                        tiles,
+                    };
+                    all.extend(launch::backward(&problem, dtype, options, u32::MAX)?);
+                }
             }
         }
     }

@@ -16,9 +16,9 @@
 namespace gsdpa {
 namespace bwd {
 
-template <class T, int D>
+template <class T, int D, BwdTiles TILES = BwdTiles::COMPACT>
 GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
-    using Tr = DkdvTraits<T, D>;
+    using Tr = DkdvTraits<T, D, TILES>;
     constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, THREADS = Tr::THREADS, PC = Tr::P_DS_TILE_COLS;
     // mma tiles per warp along each dimension of the three GEMM outputs (traits.h).
     constexpr int SCORE_TM = Tr::SCORE_WARP_TILES_M, SCORE_TN = Tr::SCORE_WARP_TILES_N;
@@ -99,12 +99,17 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     // (common/fragments.h, LdsmLaneOffsets): in the loop each fragment address is a base register plus an
     // immediate. Tiles at a fixed distance share one set (V = K + BN D, dS = P + BM PC, both immediates);
     // the two Q sets follow Q's double buffer by one XOR per iteration.
-    LdsmLaneOffsets<D> q_a = ldsm_a_offsets<D>(Tr::SMEM_Q + score_m0 * D, lane);         // Q as A of S
-    const LdsmLaneOffsets<D> do_a = ldsm_a_offsets<D>(Tr::SMEM_DO + score_m0 * D, lane);  // dO as A of dP
+    LdsmLaneOffsets<D> q_a = ldsm_a_offsets<D>(Tr::SMEM_Q + score_m0 * D, lane);  // Q as A of S
     const LdsmLaneOffsets<D> kv_b = ldsm_b_operand_offsets<SCORE_TN, false, D>(Tr::SMEM_K, score_n0, lane);
     const LdsmLaneOffsets<PC> p_at = ldsm_a_trans_offsets<PC>(Tr::SMEM_P, lane, dkdv_n0);  // P^T, dS^T
-    const LdsmLaneOffsets<D> do_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_DO, dkdv_d0, lane);
     LdsmLaneOffsets<D> q_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_Q, dkdv_d0, lane);
+    // dO as A of dP and as B of dV: its own two sets from smem, or (traits.h, SHARE_Q_DO_OFFSETS) Q's two
+    // sets from a base that follows Q's double buffer, SMEM_DO minus the current Q buffer's offset away.
+    const LdsmLaneOffsets<D> do_own_a = ldsm_a_offsets<D>(Tr::SMEM_DO + score_m0 * D, lane);
+    const LdsmLaneOffsets<D> do_own_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_DO, dkdv_d0, lane);
+    const LdsmLaneOffsets<D> &do_a = Tr::SHARE_Q_DO_OFFSETS ? q_a : do_own_a;
+    const LdsmLaneOffsets<D> &do_b = Tr::SHARE_Q_DO_OFFSETS ? q_b : do_own_b;
+    int do_shift = Tr::SHARE_Q_DO_OFFSETS ? Tr::SMEM_DO - Tr::SMEM_Q : 0;  // elements, from smem
     const T *sV_from_K = smem + (Tr::SMEM_V - Tr::SMEM_K);  // K's offsets, read in V
     T *sdS_from_P = smem + (Tr::SMEM_DS - Tr::SMEM_P);
     // Where this lane stores its part of the warp's P and dS tiles (same distance again), where that pays
@@ -140,7 +145,8 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
         zero_acc(dp);
         warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(s, SmemOffsetsOperandA<D, T>{smem, q_a, 0}, smem,
                                                                      kv_b, lane);
-        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(dp, SmemOffsetsOperandA<D, T>{smem, do_a, 0},
+        const T *sdO_base = smem + do_shift;
+        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(dp, SmemOffsetsOperandA<D, T>{sdO_base, do_a, 0},
                                                                      sV_from_K, kv_b, lane);
         const bool mask = tile_needs_mask<BN>(n0, m0, seq, causal);
         softmax_grad_tile<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
@@ -149,7 +155,7 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
 
         // dV += P^T dO: A = P^T from the [query][key] tile, B = dO stored [query][dim] = [k][n].
         warp_gemm_offsets<T, DKDV_TN, DKDV_TD, BM / 16, true, D>(
-            acc_dv, SmemOffsetsOperandA<PC, T, true>{smem, p_at, 0}, smem, do_b, lane);
+            acc_dv, SmemOffsetsOperandA<PC, T, true>{smem, p_at, 0}, sdO_base, do_b, lane);
         __syncthreads();  // every warp is done with dO(it): refill it
         if (it + 1 < iters) load_do(next);
         cp_async_commit();
@@ -185,6 +191,7 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
         }
         q_a.flip(Tr::Q_STAGE_FLIP);  // on to the next iteration's Q buffer
         q_b.flip(Tr::Q_STAGE_FLIP);
+        if constexpr (Tr::SHARE_Q_DO_OFFSETS) do_shift = 2 * (Tr::SMEM_DO - Tr::SMEM_Q) - Tr::Q_TILE - do_shift;
     }
 
     // Epilogue: stage dK (scaled) in the K region and dV in the V region, then 16-byte coalesced stores.

@@ -13,9 +13,9 @@
 namespace gsdpa {
 namespace bwd {
 
-template <class T, int D>
+template <class T, int D, BwdTiles TILES = BwdTiles::COMPACT>
 GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
-    using Tr = DqTraits<T, D>;
+    using Tr = DqTraits<T, D, TILES>;
     constexpr int BM = Tr::BLOCK_M, BN = Tr::BLOCK_N, THREADS = Tr::THREADS, PC = Tr::P_DS_TILE_COLS;
     // mma tiles per warp along each dimension of the two GEMM outputs (traits.h).
     constexpr int SCORE_TM = Tr::SCORE_WARP_TILES_M, SCORE_TN = Tr::SCORE_WARP_TILES_N;

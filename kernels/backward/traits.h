@@ -10,8 +10,10 @@
 // memory with ldmatrix for every GEMM that needs them.
 //
 // Tile sizes (the values live in gsdpa_params.h, GsdpaBwdGeometry, so Rust launches with the same ones).
-// All kernels use 8 warps. Limits: dynamic shared memory <= 99 KiB (sm_86 / sm_89); registers: the dK and
-// dV accumulators (2 * BLOCK_N * D f32 per block) must leave room for the S and dP tiles.
+// All kernels use 8 warps. Limits: dynamic shared memory <= 99 KiB (sm_86 / sm_89) for the compact tiles,
+// <= 163 KiB (sm_80; sm_90 allows 227) for the large ones (BwdTiles, below; src/launch.rs picks one at
+// launch from the device's opt-in limit); registers: the dK and dV accumulators (2 * BLOCK_N * D f32 per
+// block) must leave room for the S and dP tiles, within 255 per thread and without spills.
 //
 //   D    dkdv BLOCK_M x BLOCK_N   smem     dq BLOCK_M x BLOCK_N   smem     why
 //   64   64 x 128                 88 KiB   64 x 128               80 KiB   dK+dV: 64 f32 regs per thread,
@@ -21,6 +23,22 @@
 //   256  32 x 32                  88 KiB   32 x 32                84 KiB   dK+dV 64 regs. K, V (32 KiB each
 //                                                                          at 64 keys) + Q + dO do not fit
 //                                                                          99 KiB with any 64-row tile.
+// Large tiles (kernels *_large):
+//   128  64 x 128                 144 KiB  64 x 128               144 KiB  FA2's A100 tile. dK+dV 128 regs,
+//                                                                          S+dP 64: 255 registers, no
+//                                                                          spills once dO shares Q's
+//                                                                          ldmatrix bases (36 B of spills
+//                                                                          with its own, 72 B without the
+//                                                                          hoisted P / dS stores, sm_80).
+//                                                                          Key tiles of 128 halve the dQ
+//                                                                          atomics per FLOP; 32 x 32 score
+//                                                                          and 32 x 64 dK/dV warp tiles
+//                                                                          give 0.44 LDSM per HMMA (0.62).
+// D = 64 and 256 keep one configuration for now (not tried). D = 64 already has 128-key tiles (so no
+// fewer atomics per FLOP from FA2's 128 x 128) and 0.50 LDSM per HMMA; 128 query rows would give 64 x 32
+// score warp tiles (0.375 on S and dP) but 128 registers of S+dP beside the 64 of dK+dV. D = 256 at
+// 64 x 64 needs 176 KiB with Q double-buffered, above sm_80's 163 KiB (sm_90 only, or a single Q
+// buffer), and 128 registers of dK+dV.
 //
 // Shared memory of the dK/dV kernel (elements of T, 16-bit, every tile swizzled, common/swizzle.h):
 //   [K: BLOCK_N x D][V: BLOCK_N x D][Q: 2 x BLOCK_M x D][dO: BLOCK_M x D][P: BLOCK_M x PC][dS: BLOCK_M x PC]
@@ -40,7 +58,12 @@
 namespace gsdpa {
 namespace bwd {
 
-template <int D>
+// The two tile configurations of each head dim. COMPACT fits the 99 KiB of dynamic shared memory a block
+// may opt in to on sm_86 and sm_89 (and so every arch); LARGE needs more and runs where the device allows
+// it (sm_80: 163 KiB, sm_90: 227 KiB; src/launch.rs chooses at launch from the device's limit).
+enum class BwdTiles { COMPACT, LARGE };
+
+template <int D, BwdTiles TILES = BwdTiles::COMPACT>
 struct BwdGeometry;
 template <>
 struct BwdGeometry<64> {
@@ -51,6 +74,7 @@ struct BwdGeometry<64> {
     // Warp grids (warps along the first output dimension; the rest go along the second):
     // S/dP 2 x 4 -> 32 x 32 per warp; dK/dV 4 x 2 -> 32 keys x 32 dims; dQ 4 x 2 -> 16 rows x 32 dims.
     static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 4, DQ_WARPS_M = 4;
+    static constexpr int SMEM_CEILING = 99 * 1024;
 };
 template <>
 struct BwdGeometry<128> {
@@ -60,6 +84,19 @@ struct BwdGeometry<128> {
                          DQ_THREADS = GSDPA_BWD_DQ_THREADS_D128, DQ_SMEM = GSDPA_BWD_DQ_SMEM_D128;
     // S/dP 2 x 4 -> 32 x 16; dK/dV 2 x 4 -> 32 x 32; dQ 2 x 4 -> 32 x 32.
     static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 2, DQ_WARPS_M = 2;
+    static constexpr int SMEM_CEILING = 99 * 1024;
+};
+template <>
+struct BwdGeometry<128, BwdTiles::LARGE> {
+    static constexpr int DKDV_BLOCK_M = GSDPA_BWD_LARGE_DKDV_BLOCK_M_D128,
+                         DKDV_BLOCK_N = GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128,
+                         DKDV_THREADS = GSDPA_BWD_LARGE_DKDV_THREADS_D128, DKDV_SMEM = GSDPA_BWD_LARGE_DKDV_SMEM_D128;
+    static constexpr int DQ_BLOCK_M = GSDPA_BWD_LARGE_DQ_BLOCK_M_D128, DQ_BLOCK_N = GSDPA_BWD_LARGE_DQ_BLOCK_N_D128,
+                         DQ_THREADS = GSDPA_BWD_LARGE_DQ_THREADS_D128, DQ_SMEM = GSDPA_BWD_LARGE_DQ_SMEM_D128;
+    // S/dP 2 x 4 -> 32 x 32; dK/dV 4 x 2 -> 32 keys x 64 dims; dQ 2 x 4 -> 32 x 32 (table above).
+    static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 4, DQ_WARPS_M = 2;
+    // sm_80's opt-in limit, the smallest of the archs that launch this configuration.
+    static constexpr int SMEM_CEILING = 163 * 1024;
 };
 template <>
 struct BwdGeometry<256> {
@@ -70,6 +107,7 @@ struct BwdGeometry<256> {
     // S/dP 2 x 4 -> 16 x 8 (one mma tile per warp: the 32 x 32 tile has only 8); dK/dV 2 x 4 -> 16 x 64;
     // dQ 2 x 4 -> 16 x 64.
     static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 2, DQ_WARPS_M = 2;
+    static constexpr int SMEM_CEILING = 99 * 1024;
 };
 
 // Shapes shared by both main kernels for one tile configuration (BLOCK_M query rows x BLOCK_N keys). Each
@@ -120,19 +158,18 @@ struct BwdTileShape {
     static_assert(SCORE_WARP_TILES_N % 2 == 0 || SCORE_WARP_TILES_N == 1, "one n-tile is loaded with ldmatrix.x2");
 };
 
-template <class T, int D>
-using DkdvTileShape = BwdTileShape<T, D, BwdGeometry<D>::DKDV_BLOCK_M, BwdGeometry<D>::DKDV_BLOCK_N,
-                                   BwdGeometry<D>::DKDV_THREADS, BwdGeometry<D>::SCORE_WARPS_M,
-                                   BwdGeometry<D>::DKDV_WARPS_N, BwdGeometry<D>::DQ_WARPS_M>;
+template <class T, int D, BwdTiles TILES, class G = BwdGeometry<D, TILES>>
+using DkdvTileShape = BwdTileShape<T, D, G::DKDV_BLOCK_M, G::DKDV_BLOCK_N, G::DKDV_THREADS, G::SCORE_WARPS_M,
+                                   G::DKDV_WARPS_N, G::DQ_WARPS_M>;
 
-template <class T, int D>
-using DqTileShape = BwdTileShape<T, D, BwdGeometry<D>::DQ_BLOCK_M, BwdGeometry<D>::DQ_BLOCK_N,
-                                 BwdGeometry<D>::DQ_THREADS, BwdGeometry<D>::SCORE_WARPS_M,
-                                 BwdGeometry<D>::DKDV_WARPS_N, BwdGeometry<D>::DQ_WARPS_M>;
+template <class T, int D, BwdTiles TILES, class G = BwdGeometry<D, TILES>>
+using DqTileShape = BwdTileShape<T, D, G::DQ_BLOCK_M, G::DQ_BLOCK_N, G::DQ_THREADS, G::SCORE_WARPS_M,
+                                 G::DKDV_WARPS_N, G::DQ_WARPS_M>;
 
-template <class T, int D>
-struct DkdvTraits : DkdvTileShape<T, D> {
-    using Shape = DkdvTileShape<T, D>;
+template <class T, int D, BwdTiles TILES = BwdTiles::COMPACT>
+struct DkdvTraits : DkdvTileShape<T, D, TILES> {
+    using Shape = DkdvTileShape<T, D, TILES>;
+    using Geometry = BwdGeometry<D, TILES>;
     // Offsets in elements of T from the dynamic shared memory base (layout in the comment at the top).
     static constexpr int SMEM_K = 0;
     static constexpr int SMEM_V = SMEM_K + Shape::BLOCK_N * D;
@@ -147,18 +184,23 @@ struct DkdvTraits : DkdvTileShape<T, D> {
     // (int+pred per tile 248 -> 182 and 239 -> 186 on sm_80). At D = 256, 242 registers already, the
     // extra live registers make it rebuild others instead (146 -> 164), so not there.
     static constexpr bool HOIST_SCORE_STORES = D <= 128;
+    // dO's ldmatrix addresses as Q's plus a base that follows Q's double buffer (dkdv.h), rather than dO's
+    // own two sets of four registers: the large tile's dK and dV accumulators (128 registers) leave no
+    // room for them (36 bytes of spills on sm_80 with them).
+    static constexpr bool SHARE_Q_DO_OFFSETS = TILES == BwdTiles::LARGE;
     // Q's two buffers at offsets that differ only in these bits, every in-buffer offset below them: the
     // lane's ldmatrix addresses switch buffers with one XOR (dkdv.h).
     static constexpr int Q_TILE = Shape::BLOCK_M * D;
     static constexpr int Q_STAGE_FLIP = SMEM_Q ^ (SMEM_Q + Q_TILE);
     static_assert((Q_TILE & (Q_TILE - 1)) == 0 && SMEM_Q % Q_TILE == 0, "Q buffers switch by XOR");
-    static_assert(SMEM_BYTES == BwdGeometry<D>::DKDV_SMEM, "GSDPA_BWD_DKDV_SMEM_* must match the layout");
-    static_assert(SMEM_BYTES <= 99 * 1024, "must fit sm_86 / sm_89 (99 KiB per block)");
+    static_assert(SMEM_BYTES == Geometry::DKDV_SMEM, "GSDPA_BWD_[LARGE_]DKDV_SMEM_* must match the layout");
+    static_assert(SMEM_BYTES <= Geometry::SMEM_CEILING, "must fit the opt-in limit of the archs it runs on");
 };
 
-template <class T, int D>
-struct DqTraits : DqTileShape<T, D> {
-    using Shape = DqTileShape<T, D>;
+template <class T, int D, BwdTiles TILES = BwdTiles::COMPACT>
+struct DqTraits : DqTileShape<T, D, TILES> {
+    using Shape = DqTileShape<T, D, TILES>;
+    using Geometry = BwdGeometry<D, TILES>;
     static constexpr int SMEM_Q = 0;
     static constexpr int SMEM_DO = SMEM_Q + Shape::BLOCK_M * D;
     static constexpr int SMEM_K = SMEM_DO + Shape::BLOCK_M * D;  // two buffers
@@ -170,8 +212,8 @@ struct DqTraits : DqTileShape<T, D> {
     static constexpr int K_TILE = Shape::BLOCK_N * D;
     static constexpr int K_STAGE_FLIP = SMEM_K ^ (SMEM_K + K_TILE);
     static_assert((K_TILE & (K_TILE - 1)) == 0 && SMEM_K % K_TILE == 0, "K buffers switch by XOR");
-    static_assert(SMEM_BYTES == BwdGeometry<D>::DQ_SMEM, "GSDPA_BWD_DQ_SMEM_* must match the layout");
-    static_assert(SMEM_BYTES <= 99 * 1024, "must fit sm_86 / sm_89 (99 KiB per block)");
+    static_assert(SMEM_BYTES == Geometry::DQ_SMEM, "GSDPA_BWD_[LARGE_]DQ_SMEM_* must match the layout");
+    static_assert(SMEM_BYTES <= Geometry::SMEM_CEILING, "must fit the opt-in limit of the archs it runs on");
 };
 
 }  // namespace bwd

@@ -21,6 +21,12 @@
 //!   HMMA is no worse than its forward's: 2.8 again. Both operands of most of those GEMMs come from shared
 //!   memory (the forward keeps P in registers), so LDSM per HMMA is higher: 0.5. Integer work per tile
 //!   is that of two forward tiles: 120. Its backward kernels run one block per SM on A100 at D >= 64.
+//! - Backward with the large tiles (`*_large`, D = 128, kernels/backward/traits.h): FlashAttention-2's
+//!   own tile on A100 (64 query rows x 128 keys, warp tiles of 32 x 32 for the scores and 32 keys x 64
+//!   dims for dK, dV) reads about 0.45 LDSM per HMMA, the target of the dK/dV kernel; the dQ kernel's
+//!   third GEMM has 32 x 32 warp tiles (0.5 LDSM per HMMA), so it meets the compact target but not this
+//!   one. The other targets are the compact kernels'; int+pred counts a whole tile, twice the compact
+//!   tile's HMMA, so 120 is a stricter bound there.
 //!
 //! The gate rule is separate and exact: no kernel that applies the gate ([`super::is_gated`]) may call a
 //! slow-path subroutine ([`super::SubroutineKind::SlowPath`]; the IEEE division's out-of-range case is
@@ -65,6 +71,7 @@ const BWD_NON_HMMA: f64 = 2.8;
 const BWD_LDSM: f64 = 0.5;
 const BWD_INT: f64 = 120.0;
 const BWD_BLOCKS: f64 = 1.0;
+const BWD_LARGE_LDSM: f64 = 0.45;
 
 macro_rules! budget {
     ($kernel:literal, $arch:literal, $non_hmma:expr, $ldsm:expr, $int:expr, $blocks:expr) => {
@@ -88,7 +95,8 @@ macro_rules! budget {
 /// per HMMA, kernel_traits.h says why), same margins; the forward at D = 64 and 256 re-measured on
 /// 2026-12-02 after its loop-invariant ldmatrix bases were made loop-carried
 /// (`LdsmLaneOffsets::keep_in_registers`: int+pred on sm_80 103 -> 63 and 152 -> 112, on sm_90a 50 -> 64
-/// and 100 -> 114), same margins.
+/// and 100 -> 114), same margins; the large-tile backward kernels measured on 2026-12-02 when they were
+/// added, same margins.
 #[rustfmt::skip]
 pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_fwd_bf16_d128", "sm_80", limit(FWD_NON_HMMA, 2.81), limit(FWD_LDSM, 0.52), limit(FWD_INT, 38.0), limit(FWD_BLOCKS, 1.0)),
@@ -105,24 +113,32 @@ pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_fwd_f16_d64", "sm_90a", limit(FWD_NON_HMMA, 4.25), limit(FWD_LDSM, 0.32), limit(FWD_INT, 67.0), limit(FWD_BLOCKS, 2.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d128", "sm_80", limit(BWD_NON_HMMA, 3.33), limit(BWD_LDSM, 0.64), limit(BWD_INT, 196.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d128", "sm_90a", limit(BWD_NON_HMMA, 3.30), limit(BWD_LDSM, 0.64), limit(BWD_INT, 192.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dkdv_bf16_d128_large", "sm_80", limit(BWD_NON_HMMA, 2.17), limit(BWD_LARGE_LDSM, 0.45), limit(BWD_INT, 184.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dkdv_bf16_d128_large", "sm_90a", limit(BWD_NON_HMMA, 2.08), limit(BWD_LARGE_LDSM, 0.45), limit(BWD_INT, 165.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d256", "sm_80", limit(BWD_NON_HMMA, 4.82), limit(BWD_LDSM, 1.35), limit(BWD_INT, 154.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.76), limit(BWD_LDSM, 1.35), limit(BWD_INT, 154.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d64", "sm_80", limit(BWD_NON_HMMA, 3.91), limit(BWD_LDSM, 0.52), limit(BWD_INT, 192.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d64", "sm_90a", limit(BWD_NON_HMMA, 3.93), limit(BWD_LDSM, 0.52), limit(BWD_INT, 192.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d128", "sm_80", limit(BWD_NON_HMMA, 3.33), limit(BWD_LDSM, 0.64), limit(BWD_INT, 196.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d128", "sm_90a", limit(BWD_NON_HMMA, 3.30), limit(BWD_LDSM, 0.64), limit(BWD_INT, 192.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dkdv_f16_d128_large", "sm_80", limit(BWD_NON_HMMA, 2.17), limit(BWD_LARGE_LDSM, 0.45), limit(BWD_INT, 184.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dkdv_f16_d128_large", "sm_90a", limit(BWD_NON_HMMA, 2.08), limit(BWD_LARGE_LDSM, 0.45), limit(BWD_INT, 165.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d256", "sm_80", limit(BWD_NON_HMMA, 4.82), limit(BWD_LDSM, 1.35), limit(BWD_INT, 154.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.76), limit(BWD_LDSM, 1.35), limit(BWD_INT, 154.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d64", "sm_80", limit(BWD_NON_HMMA, 3.91), limit(BWD_LDSM, 0.52), limit(BWD_INT, 192.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d64", "sm_90a", limit(BWD_NON_HMMA, 3.93), limit(BWD_LDSM, 0.52), limit(BWD_INT, 192.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d128", "sm_80", limit(BWD_NON_HMMA, 2.95), limit(BWD_LDSM, 0.70), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d128", "sm_90a", limit(BWD_NON_HMMA, 2.92), limit(BWD_LDSM, 0.70), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_bf16_d128_large", "sm_80", limit(BWD_NON_HMMA, 2.36), limit(BWD_LARGE_LDSM, 0.52), limit(BWD_INT, 153.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_bf16_d128_large", "sm_90a", limit(BWD_NON_HMMA, 2.34), limit(BWD_LARGE_LDSM, 0.52), limit(BWD_INT, 153.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d256", "sm_80", limit(BWD_NON_HMMA, 4.74), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.64), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 2.0)),
     budget!("gsdpa_bwd_dq_bf16_d64", "sm_80", limit(BWD_NON_HMMA, 3.77), limit(BWD_LDSM, 0.60), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d64", "sm_90a", limit(BWD_NON_HMMA, 3.73), limit(BWD_LDSM, 0.60), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d128", "sm_80", limit(BWD_NON_HMMA, 2.95), limit(BWD_LDSM, 0.70), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d128", "sm_90a", limit(BWD_NON_HMMA, 2.92), limit(BWD_LDSM, 0.70), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_f16_d128_large", "sm_80", limit(BWD_NON_HMMA, 2.36), limit(BWD_LARGE_LDSM, 0.52), limit(BWD_INT, 153.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_f16_d128_large", "sm_90a", limit(BWD_NON_HMMA, 2.34), limit(BWD_LARGE_LDSM, 0.52), limit(BWD_INT, 153.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d256", "sm_80", limit(BWD_NON_HMMA, 4.74), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.64), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 2.0)),
     budget!("gsdpa_bwd_dq_f16_d64", "sm_80", limit(BWD_NON_HMMA, 3.77), limit(BWD_LDSM, 0.60), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
