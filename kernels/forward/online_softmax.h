@@ -30,41 +30,15 @@ struct OnlineSoftmax {
     // 2^((m_old - m_new) * scale_log2), and replaces the scores by the unnormalised p. Warp collective.
     template <int N_TILES_S, int N_TILES_O>
     GSDPA_DEVICE void update(float (&s)[N_TILES_S][4], float (&acc_o)[N_TILES_O][4], float scale_log2) {
-#pragma unroll
-        for (int row_half = 0; row_half < 2; ++row_half) {
-            float m = row_max[row_half];
-#pragma unroll
-            for (int nt = 0; nt < N_TILES_S; ++nt) {
-                m = fmaxf(m, fmaxf(s[nt][2 * row_half], s[nt][2 * row_half + 1]));
-            }
-            m = quad_max(m);
-            const float base = m == -INFINITY ? 0.0f : m * scale_log2;
-            // m_old = -inf (nothing seen yet): 2^-inf = 0, and acc_o and row_sum are 0 anyway.
-            const float correction = fast_exp2(row_max[row_half] * scale_log2 - base);
-            row_max[row_half] = m;
-            row_sum[row_half] *= correction;
-#pragma unroll
-            for (int nt = 0; nt < N_TILES_O; ++nt) {
-                acc_o[nt][2 * row_half] *= correction;
-                acc_o[nt][2 * row_half + 1] *= correction;
-            }
-            float sum = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < N_TILES_S; ++nt) {
-#pragma unroll
-                for (int i = 2 * row_half; i < 2 * row_half + 2; ++i) {
-                    s[nt][i] = fast_exp2(fmaf(s[nt][i], scale_log2, -base));
-                    sum += s[nt][i];
-                }
-            }
-            row_sum[row_half] += sum;
-        }
+        float correction[2];
+        update_scores(s, scale_log2, correction);
+        rescale(acc_o, correction);
     }
 
-    // update() in two halves, for a caller whose O accumulators are still being written (the Hopper
-    // forward's PV wgmma of the previous tile in flight): update_scores() raises the max, rescales the
-    // sum and replaces the scores by p, returning each row half's correction; rescale() applies the
-    // corrections to O later. The same operations as update(), so the same results. Warp collective.
+    // update()'s two halves, also called apart by a caller whose O accumulators are still being written
+    // (the Hopper forward's PV wgmma of the previous tile in flight): update_scores() raises the max,
+    // rescales the sum and replaces the scores by p, returning each row half's correction; rescale()
+    // applies the corrections to O. Warp collective.
     template <int N_TILES_S>
     GSDPA_DEVICE void update_scores(float (&s)[N_TILES_S][4], float scale_log2, float (&correction)[2]) {
 #pragma unroll
