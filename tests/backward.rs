@@ -163,22 +163,8 @@ impl Grads {
     }
 }
 
-/// Runs the backward on the emulator with the compact tiles (the ones every arch runs), every gradient
-/// buffer NaN beforehand.
-fn emulator_backward<T: Element>(
-    problem: &AttentionProblem,
-    inputs: &Inputs<T>,
-    deterministic: bool,
-    seed: u64,
-) -> Grads {
-    let options = BackwardOptions {
-        deterministic,
-        tiles: BackwardTiles::Compact,
-    };
-    emulator_backward_with(problem, inputs, options, seed)
-}
-
-/// [`emulator_backward`] with the given options.
+/// Runs the backward on the emulator with `options` (tiles, dQ mode), every gradient buffer NaN
+/// beforehand.
 fn emulator_backward_with<T: Element>(
     problem: &AttentionProblem,
     inputs: &Inputs<T>,
@@ -529,13 +515,11 @@ fn deterministic_mode_is_bit_identical_across_seeds() {
             .gate(GateMode::Elementwise)
             .activation(Activation::Silu);
         let inputs = make_inputs::<bf16>(&problem, false, 700);
-        let first = emulator_backward(&problem, &inputs, true, 1);
-        let second = emulator_backward(&problem, &inputs, true, 0x9e37_79b9_7f4a_7c15);
-        assert!(
-            first.bits() == second.bits(),
-            "deterministic backward differs across seeds ({})",
-            describe(&problem)
-        );
+        let options = BackwardOptions {
+            deterministic: true,
+            tiles: BackwardTiles::Compact,
+        };
+        let first = deterministic_across_seeds(&problem, &inputs, options);
         // And it is right, not merely reproducible.
         compare(
             &problem,
@@ -624,13 +608,25 @@ fn large_tiles_deterministic_mode_is_bit_identical_across_seeds() {
         deterministic: true,
         tiles: BackwardTiles::Large,
     };
-    let first = emulator_backward_with(&problem, &inputs, options, 1);
-    let second = emulator_backward_with(&problem, &inputs, options, 0x9e37_79b9_7f4a_7c15);
+    deterministic_across_seeds(&problem, &inputs, options);
+}
+
+/// Runs the backward with two emulator seeds (thread orders), asserts bit-identical gradients and
+/// returns them.
+fn deterministic_across_seeds(
+    problem: &AttentionProblem,
+    inputs: &Inputs<bf16>,
+    options: BackwardOptions,
+) -> Grads {
+    let first = emulator_backward_with(problem, inputs, options, 1);
+    let second = emulator_backward_with(problem, inputs, options, 0x9e37_79b9_7f4a_7c15);
     assert!(
         first.bits() == second.bits(),
-        "deterministic large-tile backward differs across seeds ({})",
-        describe(&problem)
+        "deterministic backward ({:?} tiles) differs across seeds ({})",
+        options.tiles,
+        describe(problem)
     );
+    first
 }
 
 #[test]
