@@ -6,7 +6,7 @@
 //   gsdpa_bwd_preprocess_{bf16,f16}        Delta, dO = dY * act(G), dG; zeroes dq_accum (fast mode)
 //   gsdpa_bwd_dkdv_{bf16,f16}_d{64,128,256} dK, dV; fast mode also dQ into dq_accum (f32 atomics)
 //   gsdpa_bwd_dq_{bf16,f16}_d{64,128,256}   deterministic mode: dQ without atomics
-//   gsdpa_bwd_{dkdv,dq}_{bf16,f16}_d128_large the same with larger tiles, for devices with more than 99 KiB
+//   gsdpa_bwd_{dkdv,dq}_{bf16,f16}_d{128,256}_large the same with larger tiles, for devices with more than 99 KiB
 //                                          of shared memory per block (backward/traits.h)
 //   gsdpa_bwd_dq_convert_{bf16,f16}        fast mode: dq = dq_accum in the element type
 #include "backward/dkdv.h"
@@ -26,10 +26,16 @@
     }                                                                                                    \
     GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype##_d##D, GsdpaBwdParams, THREADS)
 
-#define GSDPA_BWD_TILED_LARGE(kind, body, dtype, T, D, THREADS)                                           \
+// The large tiles' entry points have a body only on the archs whose blocks may hold their shared memory
+// (common/platform.h): elsewhere the launch is refused before it reaches the GPU.
+#define GSDPA_BWD_TILED_LARGE(kind, body, dtype, T, D, THREADS, SMEM)                                     \
     extern "C" __global__ void __launch_bounds__(THREADS)                                                \
         gsdpa_bwd_##kind##_##dtype##_d##D##_large(const GsdpaBwdParams p) {                              \
-        gsdpa::bwd::body<T, D, gsdpa::bwd::BwdTiles::LARGE>(p);                                          \
+        if constexpr ((SMEM) <= GSDPA_ARCH_MAX_DYNAMIC_SMEM_BYTES) {                                     \
+            gsdpa::bwd::body<T, D, gsdpa::bwd::BwdTiles::LARGE>(p);                                      \
+        } else {                                                                                         \
+            (void)p;                                                                                     \
+        }                                                                                                \
     }                                                                                                    \
     GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype##_d##D##_large, GsdpaBwdParams, THREADS)
 
@@ -52,7 +58,19 @@ GSDPA_BWD_TILED(dq, dq, f16, gsdpa::f16, 64, GSDPA_BWD_DQ_THREADS_D64)
 GSDPA_BWD_TILED(dq, dq, f16, gsdpa::f16, 128, GSDPA_BWD_DQ_THREADS_D128)
 GSDPA_BWD_TILED(dq, dq, f16, gsdpa::f16, 256, GSDPA_BWD_DQ_THREADS_D256)
 
-GSDPA_BWD_TILED_LARGE(dkdv, dkdv, bf16, gsdpa::bf16, 128, GSDPA_BWD_LARGE_DKDV_THREADS_D128)
-GSDPA_BWD_TILED_LARGE(dkdv, dkdv, f16, gsdpa::f16, 128, GSDPA_BWD_LARGE_DKDV_THREADS_D128)
-GSDPA_BWD_TILED_LARGE(dq, dq, bf16, gsdpa::bf16, 128, GSDPA_BWD_LARGE_DQ_THREADS_D128)
-GSDPA_BWD_TILED_LARGE(dq, dq, f16, gsdpa::f16, 128, GSDPA_BWD_LARGE_DQ_THREADS_D128)
+GSDPA_BWD_TILED_LARGE(dkdv, dkdv, bf16, gsdpa::bf16, 128, GSDPA_BWD_LARGE_DKDV_THREADS_D128,
+                      GSDPA_BWD_LARGE_DKDV_SMEM_D128)
+GSDPA_BWD_TILED_LARGE(dkdv, dkdv, f16, gsdpa::f16, 128, GSDPA_BWD_LARGE_DKDV_THREADS_D128,
+                      GSDPA_BWD_LARGE_DKDV_SMEM_D128)
+GSDPA_BWD_TILED_LARGE(dq, dq, bf16, gsdpa::bf16, 128, GSDPA_BWD_LARGE_DQ_THREADS_D128,
+                      GSDPA_BWD_LARGE_DQ_SMEM_D128)
+GSDPA_BWD_TILED_LARGE(dq, dq, f16, gsdpa::f16, 128, GSDPA_BWD_LARGE_DQ_THREADS_D128,
+                      GSDPA_BWD_LARGE_DQ_SMEM_D128)
+GSDPA_BWD_TILED_LARGE(dkdv, dkdv, bf16, gsdpa::bf16, 256, GSDPA_BWD_LARGE_DKDV_THREADS_D256,
+                      GSDPA_BWD_LARGE_DKDV_SMEM_D256)
+GSDPA_BWD_TILED_LARGE(dkdv, dkdv, f16, gsdpa::f16, 256, GSDPA_BWD_LARGE_DKDV_THREADS_D256,
+                      GSDPA_BWD_LARGE_DKDV_SMEM_D256)
+GSDPA_BWD_TILED_LARGE(dq, dq, bf16, gsdpa::bf16, 256, GSDPA_BWD_LARGE_DQ_THREADS_D256,
+                      GSDPA_BWD_LARGE_DQ_SMEM_D256)
+GSDPA_BWD_TILED_LARGE(dq, dq, f16, gsdpa::f16, 256, GSDPA_BWD_LARGE_DQ_THREADS_D256,
+                      GSDPA_BWD_LARGE_DQ_SMEM_D256)

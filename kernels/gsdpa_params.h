@@ -435,8 +435,9 @@ enum GsdpaBwdGeometry {
     GSDPA_BWD_DQ_BLOCK_N_D256 = 32,
     GSDPA_BWD_DQ_THREADS_D256 = 256,
     GSDPA_BWD_DQ_SMEM_D256 = (2 * 32 + 3 * 32) * 256 * 2 + 32 * 64 * 2,        /* 84 KiB */
-    /* The large-tile kernels (gsdpa_bwd_{dkdv,dq}_*_d128_large), same grids with these tiles, for devices
-     * whose opt-in shared memory per block holds them (sm_80: 163 KiB, sm_90: 227 KiB); src/launch.rs. */
+    /* The large-tile kernels (gsdpa_bwd_{dkdv,dq}_*_d{128,256}_large), same grids with these tiles, for
+     * devices whose opt-in shared memory per block holds them (D = 128: sm_80's 163 KiB and sm_90's 227;
+     * D = 256: sm_90 only); src/launch.rs. */
     GSDPA_BWD_LARGE_DKDV_BLOCK_M_D128 = 64,
     GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128 = 128,
     GSDPA_BWD_LARGE_DKDV_THREADS_D128 = 256,
@@ -444,7 +445,15 @@ enum GsdpaBwdGeometry {
     GSDPA_BWD_LARGE_DQ_BLOCK_M_D128 = 64,
     GSDPA_BWD_LARGE_DQ_BLOCK_N_D128 = 128,
     GSDPA_BWD_LARGE_DQ_THREADS_D128 = 256,
-    GSDPA_BWD_LARGE_DQ_SMEM_D128 = (2 * 64 + 3 * 128) * 128 * 2 + 64 * 128 * 2        /* 144 KiB */
+    GSDPA_BWD_LARGE_DQ_SMEM_D128 = (2 * 64 + 3 * 128) * 128 * 2 + 64 * 128 * 2,       /* 144 KiB */
+    GSDPA_BWD_LARGE_DKDV_BLOCK_M_D256 = 64,
+    GSDPA_BWD_LARGE_DKDV_BLOCK_N_D256 = 64,
+    GSDPA_BWD_LARGE_DKDV_THREADS_D256 = 256,
+    GSDPA_BWD_LARGE_DKDV_SMEM_D256 = (2 * 64 + 3 * 64) * 256 * 2 + 2 * 64 * 64 * 2,    /* 176 KiB */
+    GSDPA_BWD_LARGE_DQ_BLOCK_M_D256 = 64,
+    GSDPA_BWD_LARGE_DQ_BLOCK_N_D256 = 64,
+    GSDPA_BWD_LARGE_DQ_THREADS_D256 = 256,
+    GSDPA_BWD_LARGE_DQ_SMEM_D256 = (2 * 64 + 3 * 64) * 256 * 2 + 64 * 64 * 2           /* 168 KiB */
 };
 
 /*

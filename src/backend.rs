@@ -136,14 +136,14 @@ pub struct BackwardOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackwardTiles {
     /// [`BackwardTiles::Large`] where the head dim has large-tile kernels and the device's opt-in shared
-    /// memory per block holds them (sm_80, sm_90), [`BackwardTiles::Compact`] otherwise
+    /// memory per block holds them (D = 128: sm_80, sm_90; D = 256: sm_90), [`BackwardTiles::Compact`]
+    /// otherwise
     /// ([`crate::launch::backward_tiles`]).
     #[default]
     Auto,
     /// The tiles that fit 99 KiB of shared memory per block (every arch, sm_86 and sm_89 included).
     Compact,
-    /// The large-tile kernels where the head dim has them (D = 128), the compact ones for the other head
-    /// dims. On a device whose shared memory per block cannot hold them the launch is refused with
+    /// The large-tile kernels where the head dim has them (D = 128 and 256), the compact ones at D = 64. On a device whose shared memory per block cannot hold them the launch is refused with
     /// [`crate::GsdpaError::LaunchResources`], as the GPU would refuse it.
     Large,
 }

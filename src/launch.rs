@@ -364,15 +364,34 @@ fn backward_compact_geometry(head_dim: usize) -> Result<BackwardGeometry> {
 }
 
 /// The large tiles of a head dim, `None` for a head dim that has none (kernels/backward/traits.h says
-/// why D = 64 and D = 256 keep their compact tiles).
+/// why D = 64 keeps its compact tiles). D = 128's fit sm_80 and sm_90, D = 256's sm_90 only.
 fn backward_large_geometry(head_dim: usize) -> Option<BackwardGeometry> {
-    (head_dim == 128).then_some(BackwardGeometry {
-        dkdv_block_n: ffi::GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128,
-        dkdv_threads: ffi::GSDPA_BWD_LARGE_DKDV_THREADS_D128,
-        dkdv_smem: ffi::GSDPA_BWD_LARGE_DKDV_SMEM_D128,
-        dq_block_m: ffi::GSDPA_BWD_LARGE_DQ_BLOCK_M_D128,
-        dq_threads: ffi::GSDPA_BWD_LARGE_DQ_THREADS_D128,
-        dq_smem: ffi::GSDPA_BWD_LARGE_DQ_SMEM_D128,
+    let [dkdv_block_n, dkdv_threads, dkdv_smem, dq_block_m, dq_threads, dq_smem] = match head_dim {
+        128 => [
+            ffi::GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128,
+            ffi::GSDPA_BWD_LARGE_DKDV_THREADS_D128,
+            ffi::GSDPA_BWD_LARGE_DKDV_SMEM_D128,
+            ffi::GSDPA_BWD_LARGE_DQ_BLOCK_M_D128,
+            ffi::GSDPA_BWD_LARGE_DQ_THREADS_D128,
+            ffi::GSDPA_BWD_LARGE_DQ_SMEM_D128,
+        ],
+        256 => [
+            ffi::GSDPA_BWD_LARGE_DKDV_BLOCK_N_D256,
+            ffi::GSDPA_BWD_LARGE_DKDV_THREADS_D256,
+            ffi::GSDPA_BWD_LARGE_DKDV_SMEM_D256,
+            ffi::GSDPA_BWD_LARGE_DQ_BLOCK_M_D256,
+            ffi::GSDPA_BWD_LARGE_DQ_THREADS_D256,
+            ffi::GSDPA_BWD_LARGE_DQ_SMEM_D256,
+        ],
+        _ => return None,
+    };
+    Some(BackwardGeometry {
+        dkdv_block_n,
+        dkdv_threads,
+        dkdv_smem,
+        dq_block_m,
+        dq_threads,
+        dq_smem,
         tiles: BackwardTiles::Large,
     })
 }
@@ -380,8 +399,8 @@ fn backward_large_geometry(head_dim: usize) -> Option<BackwardGeometry> {
 /// The tile configuration a backward of head dim `head_dim` runs with when `requested`, on a device
 /// whose blocks may opt in to `max_dynamic_shared_bytes` of dynamic shared memory: never
 /// [`BackwardTiles::Auto`]. Auto is [`BackwardTiles::Large`] when the head dim has large tiles and both
-/// main kernels' shared memory fits the limit (sm_80: 163 KiB, sm_90: 227 KiB), else
-/// [`BackwardTiles::Compact`]; Large is Compact for a head dim without large tiles, and stays Large
+/// main kernels' shared memory fits the limit (D = 128: 144 KiB, sm_80 and sm_90; D = 256: 176 KiB,
+/// sm_90 only), else [`BackwardTiles::Compact`]; Large is Compact for a head dim without large tiles, and stays Large
 /// whatever the limit (the launch is then refused: [`crate::arch::check_resources`]).
 pub fn backward_tiles(
     head_dim: usize,

@@ -806,6 +806,20 @@ pub fn occupancy(
     }
 }
 
+/// Whether the crate can launch `kernel` on an arch whose SASS is `arch` (`sm_80`, `sm_90a`): false when
+/// its dynamic shared memory is above the arch's opt-in limit ([`TargetArch::max_dynamic_shared_bytes`];
+/// the launch check refuses it), as for the large backward tiles where they do not fit, whose entry points
+/// compile empty there (kernels/common/platform.h). True for a kernel without a launch shape or an arch
+/// that does not parse: nothing says it cannot run.
+pub fn launchable(kernel: &str, arch: &str) -> bool {
+    static SHAPES: std::sync::OnceLock<BTreeMap<String, LaunchShape>> = std::sync::OnceLock::new();
+    let shapes = SHAPES.get_or_init(launch_shapes);
+    match (shapes.get(kernel), crate::arch::TargetArch::parse(arch)) {
+        (Some(shape), Ok(arch)) => shape.dynamic_shared_bytes <= arch.max_dynamic_shared_bytes(),
+        _ => true,
+    }
+}
+
 /// Threads and dynamic shared memory of every kernel the crate launches, from the launch configurations
 /// of `src/launch.rs` (the forward and both backward modes for each dtype and head dim, the gate kernels,
 /// the conformance kernel) and `src/paged.rs` (the decode and its combine for each dtype and head dim,

@@ -198,7 +198,13 @@ fn emulator_backward_with<T: Element>(
             _ => None,
         },
     };
-    Emulator::new()
+    // The large tiles of every head dim fit sm_90's shared memory (D = 256's only that); the compact
+    // ones run on the default target.
+    let emulator = match options.tiles {
+        BackwardTiles::Large => Emulator::new().with_arch(TargetArch::SM90),
+        _ => Emulator::new(),
+    };
+    emulator
         .with_seed(seed)
         .backward(problem, &mut args, options)
         .unwrap_or_else(|e| panic!("emulator backward failed for {}: {e}", describe(problem)));
@@ -599,16 +605,74 @@ fn large_tiles_against_the_reference() {
 }
 
 #[test]
+fn large_d256_tiles_against_the_reference() {
+    // D = 256's large kernels: 64 query rows x 64 keys for both (sm_90 only): lengths that cross a tile
+    // or fall short of one each way, and a single key.
+    let cases = [
+        // (B, Sq, Sk, Hq, Hkv, causal, gate, activation, dtype)
+        (
+            1,
+            70,
+            100,
+            2,
+            1,
+            true,
+            GateMode::Elementwise,
+            Activation::Sigmoid,
+            DType::BF16,
+        ),
+        (
+            1,
+            100,
+            65,
+            2,
+            2,
+            false,
+            GateMode::Headwise,
+            Activation::Silu,
+            DType::F16,
+        ),
+        (
+            1,
+            1,
+            1,
+            2,
+            1,
+            false,
+            GateMode::None,
+            Activation::Sigmoid,
+            DType::BF16,
+        ),
+    ];
+    for (seed, (b, sq, sk, hq, hkv, causal, gate, activation, dtype)) in (850..).zip(cases) {
+        let problem = AttentionProblem::new(b, sq, sk, hq, hkv, 256)
+            .causal(causal)
+            .gate(gate)
+            .activation(activation);
+        check_problem_tiles(
+            &problem,
+            dtype,
+            false,
+            &BOTH_MODES,
+            BackwardTiles::Large,
+            seed,
+        );
+    }
+}
+
+#[test]
 fn large_tiles_deterministic_mode_is_bit_identical_across_seeds() {
-    let problem = AttentionProblem::new(1, 100, 140, 4, 2, 128)
-        .causal(true)
-        .gate(GateMode::Elementwise);
-    let inputs = make_inputs::<bf16>(&problem, false, 900);
-    let options = BackwardOptions {
-        deterministic: true,
-        tiles: BackwardTiles::Large,
-    };
-    deterministic_across_seeds(&problem, &inputs, options);
+    for (head_dim, sq, sk) in [(128, 100, 140), (256, 70, 90)] {
+        let problem = AttentionProblem::new(1, sq, sk, 4, 2, head_dim)
+            .causal(true)
+            .gate(GateMode::Elementwise);
+        let inputs = make_inputs::<bf16>(&problem, false, 900);
+        let options = BackwardOptions {
+            deterministic: true,
+            tiles: BackwardTiles::Large,
+        };
+        deterministic_across_seeds(&problem, &inputs, options);
+    }
 }
 
 /// Runs the backward with two emulator seeds (thread orders), asserts bit-identical gradients and
@@ -641,16 +705,27 @@ fn auto_tiles_follow_the_archs_shared_memory() {
     ] {
         let tiles = launch::backward_tiles(128, BackwardTiles::Auto, limit(arch)).unwrap();
         assert_eq!(tiles, want, "D = 128 on {arch}");
-        // The other head dims have compact tiles only; a forced choice is kept.
-        for d in [64, 256] {
-            let tiles = launch::backward_tiles(d, BackwardTiles::Auto, limit(arch)).unwrap();
-            assert_eq!(tiles, BackwardTiles::Compact, "D = {d} on {arch}");
+        // D = 256's large tiles (176 KiB) fit sm_90 alone.
+        let want_256 = if arch == TargetArch::SM90 {
+            BackwardTiles::Large
+        } else {
+            BackwardTiles::Compact
+        };
+        let tiles = launch::backward_tiles(256, BackwardTiles::Auto, limit(arch)).unwrap();
+        assert_eq!(tiles, want_256, "D = 256 on {arch}");
+        // D = 64 has compact tiles only, even when forced.
+        for forced in [BackwardTiles::Auto, BackwardTiles::Large] {
+            let tiles = launch::backward_tiles(64, forced, limit(arch)).unwrap();
+            assert_eq!(tiles, BackwardTiles::Compact, "D = 64 on {arch}");
         }
-        for forced in [BackwardTiles::Compact, BackwardTiles::Large] {
-            assert_eq!(
-                launch::backward_tiles(128, forced, limit(arch)).unwrap(),
-                forced
-            );
+        // A forced choice is kept where the head dim has both.
+        for d in [128, 256] {
+            for forced in [BackwardTiles::Compact, BackwardTiles::Large] {
+                assert_eq!(
+                    launch::backward_tiles(d, forced, limit(arch)).unwrap(),
+                    forced
+                );
+            }
         }
     }
     // The launches name the kernels of the choice, and their shared memory is what the arch allows.
@@ -727,5 +802,53 @@ fn the_emulator_chooses_by_its_arch_and_refuses_large_tiles_on_sm_86() {
             assert_eq!(kernel, "gsdpa_bwd_dkdv_bf16_d128_large")
         }
         other => panic!("large tiles on sm_86: expected LaunchResources, got {other:?}"),
+    }
+}
+
+#[test]
+fn large_d256_tiles_are_refused_on_sm_80() {
+    // 176 KiB is above sm_80's 163 KiB: Auto keeps the compact tiles there, a forced Large is refused
+    // before anything runs.
+    let problem = AttentionProblem::new(1, 9, 9, 1, 1, 256).gate(GateMode::None);
+    let inputs = make_inputs::<bf16>(&problem, false, 960);
+    let auto = BackwardOptions {
+        deterministic: false,
+        tiles: BackwardTiles::Auto,
+    };
+    compare(
+        &problem,
+        DType::BF16,
+        &emulator_backward_with(&problem, &inputs, auto, 960),
+        &reference_backward(&problem, &inputs),
+        "d256 auto on sm_80",
+    );
+    let q_shape = problem.q_shape();
+    let kv_shape = problem.kv_shape();
+    let mut dq = HostBuffer::<bf16>::new(numel(&q_shape));
+    let mut dk = HostBuffer::<bf16>::new(numel(&kv_shape));
+    let mut dv = HostBuffer::<bf16>::new(numel(&kv_shape));
+    let mut args = BackwardArgs {
+        q: Tensor::new(inputs.q.as_slice(), inputs.q_layout.clone()),
+        k: Tensor::contiguous(inputs.k.as_slice(), &kv_shape),
+        v: Tensor::contiguous(inputs.v.as_slice(), &kv_shape),
+        g: inputs.g_tensor(),
+        y: Tensor::contiguous(inputs.y.as_slice(), &q_shape),
+        o: None,
+        dy: Tensor::contiguous(inputs.dy.as_slice(), &q_shape),
+        lse: Tensor::contiguous(inputs.lse.as_slice(), &problem.lse_shape()),
+        dq: Tensor::contiguous(dq.as_mut_slice(), &q_shape),
+        dk: Tensor::contiguous(dk.as_mut_slice(), &kv_shape),
+        dv: Tensor::contiguous(dv.as_mut_slice(), &kv_shape),
+        dg: None,
+    };
+    let large = BackwardOptions {
+        deterministic: false,
+        tiles: BackwardTiles::Large,
+    };
+    match Emulator::new().backward(&problem, &mut args, large) {
+        Err(GsdpaError::LaunchResources { kernel, .. }) => {
+            assert_eq!(kernel, "gsdpa_bwd_dkdv_bf16_d256_large")
+        }
+        other => panic!("d256 large tiles on sm_80: expected LaunchResources, got {other:?}"),
     }
 }

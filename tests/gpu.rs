@@ -375,6 +375,16 @@ fn backward_matches_reference() {
             backend.max_dynamic_shared_bytes()
         );
     }
+    // D = 256's large tiles (176 KiB) on H100 / H200 only.
+    if arch == TargetArch::SM90 {
+        let auto_256 = gated_sdpa::launch::backward_tiles(
+            256,
+            BackwardTiles::Auto,
+            backend.max_dynamic_shared_bytes(),
+        )
+        .unwrap();
+        assert_eq!(auto_256, BackwardTiles::Large, "{arch}: D = 256");
+    }
     for head_dim in [64, 128, 256] {
         for (gate, activation) in [
             (GateMode::Elementwise, Activation::Sigmoid),
@@ -382,7 +392,8 @@ fn backward_matches_reference() {
             (GateMode::Elementwise, Activation::Silu),
             (GateMode::None, Activation::Sigmoid),
         ] {
-            // Compact tiles, and Auto's choice (the large tiles at D = 128 on A100 and H100).
+            // Compact tiles, and Auto's choice (the large tiles at D = 128 on A100 and H100, and at
+            // D = 256 on H100).
             for tiles in [BackwardTiles::Compact, BackwardTiles::Auto] {
                 for deterministic in [false, true] {
                     let p = AttentionProblem::new(2, 129, 100, 8, 2, head_dim)

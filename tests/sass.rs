@@ -140,10 +140,15 @@ fn every_attention_kernel_on_a_budgeted_arch_has_a_budget() {
         .map(|b| b.arch)
         .chain(budgets::DECODE_BUDGETS.iter().map(|b| b.arch))
         .collect();
+    // A kernel the crate never launches on an arch (its tiles exceed the arch's shared memory) is
+    // built empty there: no loop, no budget.
+    let launched = |r: &KernelReport| sass::launchable(&r.name, &r.arch);
     let missing: Vec<String> = reports
         .iter()
         .filter(|r| {
-            (attention(&r.name) || decode(&r.name)) && budgeted_archs.contains(&r.arch.as_str())
+            (attention(&r.name) || decode(&r.name))
+                && launched(r)
+                && budgeted_archs.contains(&r.arch.as_str())
         })
         .filter(|r| {
             let attention_row = budgets::BUDGETS
@@ -164,11 +169,37 @@ fn every_attention_kernel_on_a_budgeted_arch_has_a_budget() {
     // And every attention and decode kernel has a main loop the rule finds, with HMMA in it.
     for r in reports
         .iter()
-        .filter(|r| attention(&r.name) || decode(&r.name))
+        .filter(|r| (attention(&r.name) || decode(&r.name)) && launched(r))
     {
         assert!(
             r.main_loop.is_some(),
             "{} ({}): no loop with HMMA found",
+            r.name,
+            r.arch
+        );
+    }
+}
+
+#[test]
+fn large_backward_tiles_are_built_exactly_where_they_can_launch() {
+    // kernels/common/platform.h's shared-memory table (which empties the large-tile entry points) and
+    // src/arch.rs's (which the launch check applies) must agree on every arch of the build: a body
+    // missing where the crate launches the kernel would run as a no-op.
+    let Some(reports) = reports() else { return };
+    let large: Vec<&KernelReport> = reports
+        .iter()
+        .filter(|r| r.name.starts_with("gsdpa_bwd_") && r.name.ends_with("_large"))
+        .collect();
+    assert!(
+        !large.is_empty(),
+        "no large-tile backward kernel in the fatbin"
+    );
+    for r in large {
+        let has_loop = r.main_loop.is_some();
+        assert_eq!(
+            has_loop,
+            sass::launchable(&r.name, &r.arch),
+            "{} ({}): main loop present = {has_loop}, but the launch check says the opposite",
             r.name,
             r.arch
         );

@@ -100,16 +100,21 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     // immediate. Tiles at a fixed distance share one set (V = K + BN D, dS = P + BM PC, both immediates);
     // the two Q sets follow Q's double buffer by one XOR per iteration.
     LdsmLaneOffsets<D> q_a = ldsm_a_offsets<D>(Tr::SMEM_Q + score_m0 * D, lane);  // Q as A of S
-    const LdsmLaneOffsets<D> kv_b = ldsm_b_operand_offsets<SCORE_TN, false, D>(Tr::SMEM_K, score_n0, lane);
-    const LdsmLaneOffsets<PC> p_at = ldsm_a_trans_offsets<PC>(Tr::SMEM_P, lane, dkdv_n0);  // P^T, dS^T
+    LdsmLaneOffsets<D> kv_b = ldsm_b_operand_offsets<SCORE_TN, false, D>(Tr::SMEM_K, score_n0, lane);
+    LdsmLaneOffsets<PC> p_at = ldsm_a_trans_offsets<PC>(Tr::SMEM_P, lane, dkdv_n0);  // P^T, dS^T
     LdsmLaneOffsets<D> q_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_Q, dkdv_d0, lane);
     // dO as A of dP and as B of dV: its own two sets from smem, or (traits.h, SHARE_Q_DO_OFFSETS) Q's two
     // sets from a base that follows Q's double buffer, SMEM_DO minus the current Q buffer's offset away.
-    const LdsmLaneOffsets<D> do_own_a = ldsm_a_offsets<D>(Tr::SMEM_DO + score_m0 * D, lane);
-    const LdsmLaneOffsets<D> do_own_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_DO, dkdv_d0, lane);
+    LdsmLaneOffsets<D> do_own_a = ldsm_a_offsets<D>(Tr::SMEM_DO + score_m0 * D, lane);
+    LdsmLaneOffsets<D> do_own_b = ldsm_b_operand_offsets<DKDV_TD, true, D>(Tr::SMEM_DO, dkdv_d0, lane);
     const LdsmLaneOffsets<D> &do_a = Tr::SHARE_Q_DO_OFFSETS ? q_a : do_own_a;
     const LdsmLaneOffsets<D> &do_b = Tr::SHARE_Q_DO_OFFSETS ? q_b : do_own_b;
     int do_shift = Tr::SHARE_Q_DO_OFFSETS ? Tr::SMEM_DO - Tr::SMEM_Q : 0;  // elements, from smem
+    // The compact tiles have registers to spare for the loop-invariant bases (K/V, P/dS, dO's own), yet
+    // ptxas rebuilds them from the lane index inside the loop unless they are loop-carried (fragments.h,
+    // keep_in_registers, once per iteration below). Not in the large tile (SHARE_Q_DO_OFFSETS): at 255
+    // registers the same change spills there.
+    const int opaque_zero = seq.seqlen_k >> 31;  // seqlen_k >= 0
     const T *sV_from_K = smem + (Tr::SMEM_V - Tr::SMEM_K);  // K's offsets, read in V
     T *sdS_from_P = smem + (Tr::SMEM_DS - Tr::SMEM_P);
     // Where this lane stores its part of the warp's P and dS tiles (same distance again), where that pays
@@ -191,7 +196,14 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
         }
         q_a.flip(Tr::Q_STAGE_FLIP);  // on to the next iteration's Q buffer
         q_b.flip(Tr::Q_STAGE_FLIP);
-        if constexpr (Tr::SHARE_Q_DO_OFFSETS) do_shift = 2 * (Tr::SMEM_DO - Tr::SMEM_Q) - Tr::Q_TILE - do_shift;
+        if constexpr (Tr::SHARE_Q_DO_OFFSETS) {
+            do_shift = 2 * (Tr::SMEM_DO - Tr::SMEM_Q) - Tr::Q_TILE - do_shift;
+        } else {
+            kv_b.keep_in_registers(opaque_zero);
+            p_at.keep_in_registers(opaque_zero);
+            do_own_a.keep_in_registers(opaque_zero);
+            do_own_b.keep_in_registers(opaque_zero);
+        }
     }
 
     // Epilogue: stage dK (scaled) in the K region and dV in the V region, then 16-byte coalesced stores.

@@ -11,8 +11,8 @@
 //
 // Tile sizes (the values live in gsdpa_params.h, GsdpaBwdGeometry, so Rust launches with the same ones).
 // All kernels use 8 warps. Limits: dynamic shared memory <= 99 KiB (sm_86 / sm_89) for the compact tiles,
-// <= 163 KiB (sm_80; sm_90 allows 227) for the large ones (BwdTiles, below; src/launch.rs picks one at
-// launch from the device's opt-in limit); registers: the dK and dV accumulators (2 * BLOCK_N * D f32 per
+// <= 163 KiB (sm_80; sm_90 allows 227) for D = 128's large ones, <= 227 KiB for D = 256's (BwdTiles,
+// below; src/launch.rs picks one at launch from the device's opt-in limit); registers: the dK and dV accumulators (2 * BLOCK_N * D f32 per
 // block) must leave room for the S and dP tiles, within 255 per thread and without spills.
 //
 //   D    dkdv BLOCK_M x BLOCK_N   smem     dq BLOCK_M x BLOCK_N   smem     why
@@ -34,11 +34,20 @@
 //                                                                          atomics per FLOP; 32 x 32 score
 //                                                                          and 32 x 64 dK/dV warp tiles
 //                                                                          give 0.44 LDSM per HMMA (0.62).
-// D = 64 and 256 keep one configuration for now (not tried). D = 64 already has 128-key tiles (so no
-// fewer atomics per FLOP from FA2's 128 x 128) and 0.50 LDSM per HMMA; 128 query rows would give 64 x 32
-// score warp tiles (0.375 on S and dP) but 128 registers of S+dP beside the 64 of dK+dV. D = 256 at
-// 64 x 64 needs 176 KiB with Q double-buffered, above sm_80's 163 KiB (sm_90 only, or a single Q
-// buffer), and 128 registers of dK+dV.
+//   256  64 x 64                  176 KiB  64 x 64                168 KiB  sm_90 only (above sm_80's 163 KiB
+//                                                                          with Q double-buffered). dK+dV
+//                                                                          128 regs, S+dP 32: 255 registers
+//                                                                          (dQ 218), no spills. 32 x 16
+//                                                                          score and 32 x 64 dK/dV, dQ warp
+//                                                                          tiles: 0.56 LDSM per HMMA (1.31
+//                                                                          compact), 0.62 for dQ (1.54).
+//                                                                          The hoisted P / dS stores
+//                                                                          (HOIST_SCORE_STORES) spill here
+//                                                                          (4 bytes on sm_90a).
+// D = 64 keeps one configuration (not tried): it already has 128-key tiles (so no fewer atomics per FLOP
+// from FA2's 128 x 128) and 0.50 LDSM per HMMA; 128 query rows would give 64 x 32 score warp tiles (0.375
+// on S and dP) but 128 registers of S+dP beside the 64 of dK+dV. D = 256 on sm_80 would need a single Q
+// buffer (144 KiB), not written.
 //
 // Shared memory of the dK/dV kernel (elements of T, 16-bit, every tile swizzled, common/swizzle.h):
 //   [K: BLOCK_N x D][V: BLOCK_N x D][Q: 2 x BLOCK_M x D][dO: BLOCK_M x D][P: BLOCK_M x PC][dS: BLOCK_M x PC]
@@ -60,7 +69,8 @@ namespace bwd {
 
 // The two tile configurations of each head dim. COMPACT fits the 99 KiB of dynamic shared memory a block
 // may opt in to on sm_86 and sm_89 (and so every arch); LARGE needs more and runs where the device allows
-// it (sm_80: 163 KiB, sm_90: 227 KiB; src/launch.rs chooses at launch from the device's limit).
+// it (D = 128: sm_80 and sm_90; D = 256: sm_90 only; src/launch.rs chooses at launch from the device's
+// limit).
 enum class BwdTiles { COMPACT, LARGE };
 
 template <int D, BwdTiles TILES = BwdTiles::COMPACT>
@@ -97,6 +107,18 @@ struct BwdGeometry<128, BwdTiles::LARGE> {
     static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 4, DQ_WARPS_M = 2;
     // sm_80's opt-in limit, the smallest of the archs that launch this configuration.
     static constexpr int SMEM_CEILING = 163 * 1024;
+};
+template <>
+struct BwdGeometry<256, BwdTiles::LARGE> {
+    static constexpr int DKDV_BLOCK_M = GSDPA_BWD_LARGE_DKDV_BLOCK_M_D256,
+                         DKDV_BLOCK_N = GSDPA_BWD_LARGE_DKDV_BLOCK_N_D256,
+                         DKDV_THREADS = GSDPA_BWD_LARGE_DKDV_THREADS_D256, DKDV_SMEM = GSDPA_BWD_LARGE_DKDV_SMEM_D256;
+    static constexpr int DQ_BLOCK_M = GSDPA_BWD_LARGE_DQ_BLOCK_M_D256, DQ_BLOCK_N = GSDPA_BWD_LARGE_DQ_BLOCK_N_D256,
+                         DQ_THREADS = GSDPA_BWD_LARGE_DQ_THREADS_D256, DQ_SMEM = GSDPA_BWD_LARGE_DQ_SMEM_D256;
+    // S/dP 2 x 4 -> 32 x 16; dK/dV 2 x 4 -> 32 keys x 64 dims; dQ 2 x 4 -> 32 x 64 (table above).
+    static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 2, DQ_WARPS_M = 2;
+    // sm_90's opt-in limit: only sm_90 launches this configuration.
+    static constexpr int SMEM_CEILING = 227 * 1024;
 };
 template <>
 struct BwdGeometry<256> {
@@ -182,7 +204,8 @@ struct DkdvTraits : DkdvTileShape<T, D, TILES> {
     // The P and dS stores through per-lane offsets computed once (CFragOffsets, common/fragments.h) rather
     // than swizzled per store: ptxas otherwise rebuilds those addresses in the loop at D = 64 and 128
     // (int+pred per tile 248 -> 182 and 239 -> 186 on sm_80). At D = 256, 242 registers already, the
-    // extra live registers make it rebuild others instead (146 -> 164), so not there.
+    // extra live registers make it rebuild others instead (146 -> 164), so not there; in D = 256's large
+    // tile they spill (4 bytes on sm_90a, int+pred 189 -> 225).
     static constexpr bool HOIST_SCORE_STORES = D <= 128;
     // dO's ldmatrix addresses as Q's plus a base that follows Q's double buffer (dkdv.h), rather than dO's
     // own two sets of four registers: the large tile's dK and dV accumulators (128 registers) leave no

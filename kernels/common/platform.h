@@ -37,6 +37,25 @@ using f16 = __half;
 
 #define GSDPA_DEVICE __device__ __forceinline__
 
+// The most dynamic shared memory one block may opt in to on the arch this device code is compiled for:
+// the figures of TargetArch::max_dynamic_shared_bytes (src/arch.rs), whose launch check refuses any
+// kernel that needs more, so a kernel whose tiles cannot fit is never launched on that arch and its entry
+// point may compile empty there (backward.cu's large tiles: build time, and spills for code that never
+// runs). Archs the table does not know get the smallest figure on both sides. nvcc's host pass and the
+// emulator see no limit: the emulator applies its target arch's at launch. tests/sass.rs checks that a
+// large-tile kernel has its main loop on exactly the archs whose limit holds its tiles.
+#if defined(__CUDA_ARCH__)
+#if __CUDA_ARCH__ == 800 || __CUDA_ARCH__ == 870
+#define GSDPA_ARCH_MAX_DYNAMIC_SMEM_BYTES (163 * 1024)
+#elif __CUDA_ARCH__ == 900 || __CUDA_ARCH__ == 1000
+#define GSDPA_ARCH_MAX_DYNAMIC_SMEM_BYTES (227 * 1024)
+#else
+#define GSDPA_ARCH_MAX_DYNAMIC_SMEM_BYTES (99 * 1024)
+#endif
+#else
+#define GSDPA_ARCH_MAX_DYNAMIC_SMEM_BYTES 0x7fffffff
+#endif
+
 namespace gsdpa {
 
 template <class T>

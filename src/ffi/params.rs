@@ -884,6 +884,14 @@ pub const GSDPA_BWD_LARGE_DQ_BLOCK_M_D128: GsdpaBwdGeometry = 64;
 pub const GSDPA_BWD_LARGE_DQ_BLOCK_N_D128: GsdpaBwdGeometry = 128;
 pub const GSDPA_BWD_LARGE_DQ_THREADS_D128: GsdpaBwdGeometry = 256;
 pub const GSDPA_BWD_LARGE_DQ_SMEM_D128: GsdpaBwdGeometry = 147456;
+pub const GSDPA_BWD_LARGE_DKDV_BLOCK_M_D256: GsdpaBwdGeometry = 64;
+pub const GSDPA_BWD_LARGE_DKDV_BLOCK_N_D256: GsdpaBwdGeometry = 64;
+pub const GSDPA_BWD_LARGE_DKDV_THREADS_D256: GsdpaBwdGeometry = 256;
+pub const GSDPA_BWD_LARGE_DKDV_SMEM_D256: GsdpaBwdGeometry = 180224;
+pub const GSDPA_BWD_LARGE_DQ_BLOCK_M_D256: GsdpaBwdGeometry = 64;
+pub const GSDPA_BWD_LARGE_DQ_BLOCK_N_D256: GsdpaBwdGeometry = 64;
+pub const GSDPA_BWD_LARGE_DQ_THREADS_D256: GsdpaBwdGeometry = 256;
+pub const GSDPA_BWD_LARGE_DQ_SMEM_D256: GsdpaBwdGeometry = 172032;
 pub type GsdpaBwdGeometry = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
