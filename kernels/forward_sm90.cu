@@ -43,6 +43,20 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     const int b = blockIdx.z;
     const SeqlenInfo seq(p, b);
     const int m0 = m_block * BLOCK_M;
+    // This block's gate partial sums, one per consumer warp (16 rows each, warp 4 cwg + w of the
+    // warpgroup's 64 rows): the mma.sync layout at D = 128 and D = 256, twice its count at D = 64
+    // (launch::gate_partials_per_head_sm90).
+    auto gate_partials = [&]() -> float * {
+        return p.gate_partials + (int64_t(b) * p.heads_q + h) * p.gate_partials_per_head +
+               m_block * Tr::CONSUMER_WARPS;
+    };
+    // Varlen: the grid is sized for the longest sequence. Every thread leaves before any barrier exists,
+    // so no arrive or wait is left unmatched; the statistics kernel sums every partial of a head, so
+    // this block's count as zero.
+    if (m0 >= seq.seqlen_q) {
+        if (p.gate_partials != nullptr && tid < Tr::CONSUMER_WARPS) gate_partials()[tid] = 0.0f;
+        return;
+    }
     const bool causal = p.causal != 0;
     const int kv_head = h / (p.heads_q / p.heads_kv);
     const int n_tiles = key_tile_count<BLOCK_M, BLOCK_N>(m0, seq, causal);
@@ -55,8 +69,10 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     uint64_t *kv_empty = bars + 5;    // [STAGES]
     uint64_t *q_free = bars + 7;      // the consumer warps are past their last read of Q
     uint64_t *g_full = bars + 8;      // the elementwise gate tile has landed in Q's place
-    // The elementwise gate tile is TMA-loaded into the Q region during the last key tile.
-    const bool gate_tile = n_tiles > 0 && p.gate_mode == GSDPA_GATE_ELEMENTWISE;
+    // The elementwise gate tile is TMA-loaded into the Q region during the last key tile (or at once when
+    // there is none: a block none of whose rows sees a key reads G only for the gate statistics).
+    const bool gate_stats = p.gate_partials != nullptr;
+    const bool gate_tile = (n_tiles > 0 || gate_stats) && p.gate_mode == GSDPA_GATE_ELEMENTWISE;
     if (tid == 0) {
         mbarrier_init(q_full, 1);
         mbarrier_init(q_free, Tr::CONSUMER_WARPS);
@@ -74,15 +90,17 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     if (wg == 0) {
         // ---------------- producer ----------------
         setmaxnreg_dec<Tr::PRODUCER_REGS>();
-        if (tid / 32 == 0 && elect_one_sync() && n_tiles > 0) {
-            tma_prefetch_map(params.q_map);
-            tma_prefetch_map(params.k_map);
-            tma_prefetch_map(params.v_map);
-            mbarrier_arrive_expect_tx(q_full, Tr::Q_BYTES);
+        if (tid / 32 == 0 && elect_one_sync() && (n_tiles > 0 || gate_tile)) {
+            if (n_tiles > 0) {
+                tma_prefetch_map(params.q_map);
+                tma_prefetch_map(params.k_map);
+                tma_prefetch_map(params.v_map);
+                mbarrier_arrive_expect_tx(q_full, Tr::Q_BYTES);
 #pragma unroll
-            for (int c = 0; c < Tr::COL_BLOCKS; ++c) {
-                const int32_t coords[4] = {c * Tr::BOX_COLS, seq.q_start + m0, h, seq.batch};
-                tma_load<4>(smem + Tr::SMEM_Q + c * Tr::Q_BLOCK_BYTES, params.q_map, q_full, coords);
+                for (int c = 0; c < Tr::COL_BLOCKS; ++c) {
+                    const int32_t coords[4] = {c * Tr::BOX_COLS, seq.q_start + m0, h, seq.batch};
+                    tma_load<4>(smem + Tr::SMEM_Q + c * Tr::Q_BLOCK_BYTES, params.q_map, q_full, coords);
+                }
             }
             for (int i = 0; i < n_tiles; ++i) {
                 const int n = n_tiles - 1 - i, stage = i % Tr::STAGES;
@@ -105,7 +123,8 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
                 }
             }
             if (gate_tile) {
-                mbarrier_wait(q_free, 0);
+                // Without key tiles nothing reads Q, and no consumer arrives on q_free.
+                if (n_tiles > 0) mbarrier_wait(q_free, 0);
                 mbarrier_arrive_expect_tx(g_full, Tr::Q_BYTES);
 #pragma unroll
                 for (int c = 0; c < Tr::COL_BLOCKS; ++c) {
@@ -125,8 +144,9 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     const int warp_row0 = (wtid >> 5) * 16;  // this warp's first row within the warpgroup's 64
     const int wg_m0 = m0 + cwg * Tr::WG_ROWS;  // the warpgroup's first query row
     const int rows = tmax(0, tmin(Tr::WG_ROWS, seq.seqlen_q - wg_m0));
-    // A block none of whose rows sees a key writes Y = O = 0 and LSE = -inf without reading G.
-    const int gate_mode = n_tiles > 0 ? p.gate_mode : int(GSDPA_GATE_NONE);
+    // A block none of whose rows sees a key writes Y = O = 0 and LSE = -inf without reading G, unless the
+    // gate statistics need G's activations (Y is then 0 * act(G), as in the mma.sync kernel).
+    const int gate_mode = n_tiles > 0 || gate_stats ? p.gate_mode : int(GSDPA_GATE_NONE);
 
     float acc_o[Tr::N_TILES_O][4];
 #pragma unroll
@@ -136,6 +156,14 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     }
     fwd::OnlineSoftmax softmax;
     softmax.init();
+    // The sink mass (docs/hopper-forward.md): this lane's sum of p over its sink columns, in the units of
+    // the running row max, kept like OnlineSoftmax's row_sum: multiplied by each later tile's correction,
+    // then divided by l in the epilogue. The sink tiles (keys below n_sink) are the last ones the loop
+    // visits, so every tile from the first sink tile on is one. The sums live in this thread's slot of
+    // shared memory, not in registers: at D = 256 neither two more registers across the key loop nor
+    // forward/diagnostics.h's SinkMass on the masking path fit without spills.
+    float2 *sink_slot = reinterpret_cast<float2 *>(smem + Tr::SMEM_SINK) + (tid - 128);
+    if (p.sink_mass != nullptr) st_shared(sink_slot, make_float2(0.0f, 0.0f));
 
     if (n_tiles > 0) {
         // Q of this warpgroup: rows 64 cwg .. + 63 of each column block; k-step kk of the head dim is
@@ -183,13 +211,36 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
             if (lane == 0) mbarrier_arrive(&kv_empty[i % Tr::STAGES]);
         };
         // Masking (the rare path: tiles reaching past the warpgroup's first row's key limit: the partial
-        // last tile, the causal diagonal).
+        // last tile, whose keys past seqlen_k are TMA's zero fill or, in varlen, the next sequence's; the
+        // causal diagonal). Masked scores give p = 0.
         auto mask = [&](int i, float (&s)[Tr::N_TILES_S][4]) {
             const int n = n_tiles - 1 - i;
             if (tile_needs_mask<BLOCK_N>(n * BLOCK_N, wg_m0, seq, causal)) {
                 const int limit[2] = {key_limit(wg_m0 + warp_row0 + (lane >> 2), seq, causal),
                                       key_limit(wg_m0 + warp_row0 + (lane >> 2) + 8, seq, causal)};
                 mask_scores(s, n * BLOCK_N, limit, lane);
+            }
+        };
+        // The sink mass of tile i, whose scores s are now p (after the softmax's update, with the
+        // correction it returned; masked keys have p = 0): tiles [0, sink_tiles) hold keys below n_sink
+        // (none when the sink mass is not requested). Called once the previous tile's PV has retired, so
+        // that its P fragments are free registers.
+        const int sink_tiles = (p.n_sink + BLOCK_N - 1) / BLOCK_N;
+        auto sink_add = [&](int i, const float (&s)[Tr::N_TILES_S][4], const float (&correction)[2]) {
+            const int n = n_tiles - 1 - i;
+            if (n < sink_tiles) {
+                // The lane's column c = nt * 8 + 2 (lane % 4) + j of the tile counts iff n BLOCK_N + c < n_sink.
+                const int limit = p.n_sink - n * BLOCK_N - 2 * (lane & 3);
+                float sum[2] = {0.0f, 0.0f};
+#pragma unroll
+                for (int nt = 0; nt < Tr::N_TILES_S; ++nt) {
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        if (nt * 8 + (e & 1) < limit) sum[e >> 1] += s[nt][e];
+                    }
+                }
+                const float2 acc = ld_shared(sink_slot);
+                st_shared(sink_slot, make_float2(fmaf(acc.x, correction[0], sum[0]), fmaf(acc.y, correction[1], sum[1])));
             }
         };
         // After the last S = Q K^T has retired: the producer may load the gate tile over Q.
@@ -222,6 +273,8 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
             last_s_done(0);
             mask(0, s);
             softmax.update(s, acc_o, p.scale_log2);
+            const float no_correction[2] = {0.0f, 0.0f};  // the sums start at 0
+            sink_add(0, s, no_correction);
 #pragma unroll
             for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) pack_c_to_a<T>(p_frag[kk], s[2 * kk], s[2 * kk + 1]);
         }
@@ -246,6 +299,7 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
             wgmma_wait<0>();
             release(i - 1);
             fwd::OnlineSoftmax::rescale(acc_o, correction);
+            sink_add(i, s, correction);
 #pragma unroll
             for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) pack_c_to_a<T>(p_frag[kk], s[2 * kk], s[2 * kk + 1]);
         }
@@ -272,12 +326,23 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     }
     out.g_tile_row0 = cwg * Tr::WG_ROWS;
     out.lse = p.lse != nullptr ? p.lse + seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, h) + wg_m0 : nullptr;
+    out.sink_slot = sink_slot;
+    out.sink_mass = p.sink_mass != nullptr
+                        ? p.sink_mass + seq.lse_offset(p.sink_batch_stride, p.sink_head_stride, h) + wg_m0
+                        : nullptr;
+    out.gate_partials = gate_stats ? gate_partials() + cwg * (Tr::CONSUMER_WARPS / 2) : nullptr;
     out.y_row_stride = p.y_stride.row;
     out.o_row_stride = p.o_stride.row;
     out.g_row_stride = p.g_stride.row;
     out.rows = rows;
-    out.y_map = (params.tma_store & GSDPA_FWD_SM90_STORE_Y) != 0 ? &params.y_map : nullptr;
-    out.o_map = p.o != nullptr && (params.tma_store & GSDPA_FWD_SM90_STORE_O) != 0 ? &params.o_map : nullptr;
+    // The TMA store clips rows at the map's row extent: seqlen_q for padded batches, but the packed total
+    // for varlen, where the rows past this sequence's end are the next sequence's (another block's
+    // outputs). A varlen warpgroup tile that reaches past its sequence's end is therefore stored from
+    // registers (rows < rows only); full tiles keep the TMA store.
+    const bool tma_rows = p.cu_seqlens_q == nullptr || rows == Tr::WG_ROWS;
+    out.y_map = tma_rows && (params.tma_store & GSDPA_FWD_SM90_STORE_Y) != 0 ? &params.y_map : nullptr;
+    out.o_map = tma_rows && p.o != nullptr && (params.tma_store & GSDPA_FWD_SM90_STORE_O) != 0 ? &params.o_map
+                                                                                              : nullptr;
     out.stage = smem + Tr::SMEM_Q + cwg * Tr::WG_ROWS * Tr::ROW_BYTES;
     out.store_row = seq.q_start + wg_m0;
     out.store_h = h;

@@ -394,10 +394,11 @@ enum GsdpaFwdSm90Geometry {
     GSDPA_FWD_SM90_BLOCK_N_D64 = 128,
     GSDPA_FWD_SM90_BLOCK_N_D128 = 128,
     GSDPA_FWD_SM90_BLOCK_N_D256 = 64,
-    /* Q (BLOCK_M x D) + 2 stages x (K + V) (BLOCK_N x D), 16-bit, + 1 KiB for the mbarriers */
-    GSDPA_FWD_SM90_SMEM_D64 = (128 + 4 * 128) * 64 * 2 + 1024,    /* 81 KiB */
-    GSDPA_FWD_SM90_SMEM_D128 = (128 + 4 * 128) * 128 * 2 + 1024,  /* 161 KiB */
-    GSDPA_FWD_SM90_SMEM_D256 = (128 + 4 * 64) * 256 * 2 + 1024    /* 193 KiB */
+    /* Q (BLOCK_M x D) + 2 stages x (K + V) (BLOCK_N x D), 16-bit, + 1 KiB for the mbarriers + 2 KiB for
+     * the sink mass diagnostic's sums (8 bytes per consumer thread) */
+    GSDPA_FWD_SM90_SMEM_D64 = (128 + 4 * 128) * 64 * 2 + 1024 + 2048,    /* 83 KiB */
+    GSDPA_FWD_SM90_SMEM_D128 = (128 + 4 * 128) * 128 * 2 + 1024 + 2048,  /* 163 KiB */
+    GSDPA_FWD_SM90_SMEM_D256 = (128 + 4 * 64) * 256 * 2 + 1024 + 2048    /* 195 KiB */
 };
 
 /*

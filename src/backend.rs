@@ -79,10 +79,11 @@ impl<F> ForwardDiagnostics<F> {
 }
 
 /// f32 elements of [`ForwardDiagnostics::gate_workspace`] a forward of `problem` needs: one partial sum
-/// per (batch, query head, query block, warp) of the forward's grid. Errors for an unsupported head dim
-/// or a size that overflows.
+/// per (batch, query head, query block, warp) of the forward kernel's grid, sized for the larger of the
+/// mma.sync and the Hopper kernel's ([`crate::launch::gate_partials_workspace_per_head`]). Errors for an
+/// unsupported head dim or a size that overflows.
 pub fn gate_stats_workspace_len(problem: &AttentionProblem) -> Result<usize> {
-    crate::launch::gate_partials_per_head(problem).and_then(|per_head| {
+    crate::launch::gate_partials_workspace_per_head(problem).and_then(|per_head| {
         problem
             .batch
             .checked_mul(problem.heads_q)

@@ -637,6 +637,12 @@ impl CudaBackend {
             // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
             params.gate_partials_per_head = 0;
         } else if hopper && launch::hopper_forward_unsupported(problem, &params).is_none() {
+            if !params.gate_partials.is_null() {
+                // The Hopper kernel's partials layout (the workspace holds either kernel's).
+                params.gate_partials_per_head = launch::gate_partials_per_head_sm90(problem)?
+                    .try_into()
+                    .map_err(|_| GsdpaError::SizeOverflow("gate partials per head".into()))?;
+            }
             let maps = launch::forward_sm90_maps(problem, <I::Elem as Element>::DTYPE, &params)?;
             let [q_map, k_map, v_map] = &maps.qkv;
             let sm90 = crate::ffi::GsdpaFwdSm90Params {

@@ -58,6 +58,8 @@ extern "C" {
 
 /// `gsdpa_emu_launch_with_flags` flag: run the shared-memory race detector (kernels/emu/emu.h).
 const EMU_RACECHECK: u32 = 1;
+/// `gsdpa_emu_launch_with_flags` flag: hand out the grid's blocks last to first.
+const EMU_REVERSE_BLOCKS: u32 = 2;
 
 /// Runs the crate's CUDA kernels on the CPU.
 #[derive(Debug, Clone)]
@@ -66,6 +68,8 @@ pub struct Emulator {
     worker_threads: u32,
     arch: TargetArch,
     racecheck: bool,
+    /// Blocks run last to first ([`Emulator::with_reverse_block_order`]).
+    reverse_blocks: bool,
     forward_kernel: ForwardKernel,
     /// The Hopper forward stores Y and O from registers even where TMA could store them.
     sm90_register_store: bool,
@@ -118,6 +122,7 @@ impl Emulator {
             worker_threads: 0,
             arch,
             racecheck,
+            reverse_blocks: false,
             forward_kernel: ForwardKernel::Auto,
             sm90_register_store: false,
             last_forward_kernel: Default::default(),
@@ -187,6 +192,15 @@ impl Emulator {
     /// Turns the shared-memory race detector on or off (it costs time; the test suite runs with it on).
     pub fn with_racecheck(mut self, on: bool) -> Self {
         self.racecheck = on;
+        self
+    }
+
+    /// Runs each grid's blocks last to first instead of first to last. A kernel whose blocks write only
+    /// their own outputs gives the same results either way; one that writes into another block's rows
+    /// (which that block overwrites when it runs later in the natural order) is caught by a test that
+    /// compares both orders or checks against a reference in this one.
+    pub fn with_reverse_block_order(mut self, on: bool) -> Self {
+        self.reverse_blocks = on;
         self
     }
 
@@ -271,7 +285,12 @@ impl Emulator {
                 std::mem::size_of::<P>(),
                 self.seed,
                 self.worker_threads,
-                if self.racecheck { EMU_RACECHECK } else { 0 },
+                (if self.racecheck { EMU_RACECHECK } else { 0 })
+                    | (if self.reverse_blocks {
+                        EMU_REVERSE_BLOCKS
+                    } else {
+                        0
+                    }),
                 err.as_mut_ptr(),
                 err.len(),
             )
@@ -545,6 +564,12 @@ impl HostBackend for Emulator {
             // No query rows: no partials, and the statistics kernel writes 0 for every sequence.
             params.gate_partials_per_head = 0;
         } else if hopper && launch::hopper_forward_unsupported(problem, &params).is_none() {
+            if !params.gate_partials.is_null() {
+                // The Hopper kernel's partials layout (the workspace holds either kernel's).
+                params.gate_partials_per_head = launch::gate_partials_per_head_sm90(problem)?
+                    .try_into()
+                    .map_err(|_| GsdpaError::SizeOverflow("gate partials per head".into()))?;
+            }
             let mut maps = launch::forward_sm90_maps(problem, T::DTYPE, &params)?;
             if self.sm90_register_store {
                 (maps.y, maps.o) = (None, None);

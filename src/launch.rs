@@ -114,14 +114,6 @@ pub fn hopper_forward_unsupported(
     problem: &AttentionProblem,
     params: &ffi::GsdpaFwdParams,
 ) -> Option<&'static str> {
-    if problem.varlen.is_some() {
-        return Some("varlen (cu_seqlens) is not supported by the Hopper forward yet");
-    }
-    if !params.sink_mass.is_null() || !params.gate_partials.is_null() {
-        return Some(
-            "the diagnostics (sink mass, gate statistics) are not supported by the Hopper forward",
-        );
-    }
     if forward_sm90_geometry(problem.head_dim).is_err() {
         return Some("head dim not supported by the Hopper forward");
     }
@@ -132,9 +124,12 @@ pub fn hopper_forward_unsupported(
             return Some("TMA needs 16-byte aligned Q, K, V (and elementwise G) base addresses");
         }
     }
+    // The tensor maps' row extents: the packed totals for varlen (forward_sm90_maps).
     let dims_fit = [
         problem.seqlen_q,
         problem.seqlen_k,
+        problem.total_q(),
+        problem.total_k(),
         problem.heads_q,
         problem.heads_kv,
         problem.batch,
@@ -149,8 +144,11 @@ pub fn hopper_forward_unsupported(
 
 /// The TMA tensor map parameters of Q, K, V and (elementwise gate only) G for the Hopper forward:
 /// `[D, S, H, B]` (innermost first) with the tensors' row, head and batch strides, boxes of 64 columns
-/// (one 128-byte swizzled row) by the kernel's query or key tile. Call after
-/// [`hopper_forward_unsupported`] returned `None`.
+/// (one 128-byte swizzled row) by the kernel's query or key tile. For varlen the row dimension is the
+/// packed token axis (`Tq` or `Tk` rows, batch extent 1): the kernel addresses sequence b's rows from
+/// its `cu_seqlens` offset, loads past a sequence's end read the next one's rows (masked or never
+/// stored), and a Y / O tile reaching past its sequence's end is stored from registers, since TMA would
+/// clip only at `Tq` (docs/hopper-forward.md). Call after [`hopper_forward_unsupported`] returned `None`.
 pub fn forward_sm90_maps(
     problem: &AttentionProblem,
     dtype: DType,
@@ -163,6 +161,11 @@ pub fn forward_sm90_maps(
         DType::F16 => TmaElement::F16,
     };
     let eb = 2u64;
+    // Rows per batch entry and batch extent of the maps (varlen: one batch of all packed tokens).
+    let (rows_q, rows_k, batch) = match &problem.varlen {
+        Some(v) => (v.total_q(), v.total_k(), 1),
+        None => (problem.seqlen_q, problem.seqlen_k, problem.batch),
+    };
     // A dimension of extent 1 is never stepped: its stride is free (validation does not constrain it),
     // so give the driver a legal one.
     let stride = |elements: i64, extent: usize| -> u64 {
@@ -185,12 +188,12 @@ pub fn forward_sm90_maps(
                 problem.head_dim as u64,
                 rows.max(1) as u64,
                 heads.max(1) as u64,
-                problem.batch.max(1) as u64,
+                batch.max(1) as u64,
             ],
             &[
                 stride(s.row, rows),
                 stride(s.head, heads),
-                stride(s.batch, problem.batch),
+                stride(s.batch, batch),
             ],
             &[ffi::GSDPA_FWD_SM90_BOX_COLS, box_rows, 1, 1],
         )
@@ -200,7 +203,7 @@ pub fn forward_sm90_maps(
         map(
             params.g,
             &params.g_stride,
-            problem.seqlen_q,
+            rows_q,
             problem.heads_q,
             ffi::GSDPA_FWD_SM90_BLOCK_M,
         )
@@ -217,14 +220,14 @@ pub fn forward_sm90_maps(
         };
         let ok = !ptr.is_null()
             && ptr as usize % 16 == 0
-            && expressible(s.row, problem.seqlen_q)
+            && expressible(s.row, rows_q)
             && expressible(s.head, problem.heads_q)
-            && expressible(s.batch, problem.batch);
+            && expressible(s.batch, batch);
         ok.then(|| {
             map(
                 ptr,
                 s,
-                problem.seqlen_q,
+                rows_q,
                 problem.heads_q,
                 ffi::GSDPA_FWD_SM90_STORE_ROWS,
             )
@@ -236,21 +239,21 @@ pub fn forward_sm90_maps(
         map(
             params.q,
             &params.q_stride,
-            problem.seqlen_q,
+            rows_q,
             problem.heads_q,
             ffi::GSDPA_FWD_SM90_BLOCK_M,
         ),
         map(
             params.k,
             &params.k_stride,
-            problem.seqlen_k,
+            rows_k,
             problem.heads_kv,
             block_n,
         ),
         map(
             params.v,
             &params.v_stride,
-            problem.seqlen_k,
+            rows_k,
             problem.heads_kv,
             block_n,
         ),
@@ -288,11 +291,28 @@ impl Sm90Maps {
     }
 }
 
-/// Partial sums per (batch, query head) that the forward writes for the gate statistics: one per warp
-/// of each query block of its grid (kernels/forward/diagnostics.h).
+/// Partial sums per (batch, query head) that the mma.sync forward ([`forward`]) writes for the gate
+/// statistics: one per warp of each query block of its grid (kernels/forward/diagnostics.h).
 pub fn gate_partials_per_head(problem: &AttentionProblem) -> Result<usize> {
     let (block_m, threads, _) = forward_geometry(problem.head_dim)?;
     Ok(problem.seqlen_q.div_ceil(block_m) * (threads as usize / 32))
+}
+
+/// Partial sums per (batch, query head) that the Hopper forward ([`forward_sm90`]) writes: one per
+/// consumer warp (16 rows) of each 128-row query block. The same layout as the mma.sync kernel's at
+/// D = 128, and at D = 256 up to 4 trailing zeros; twice its count at D = 64 (warps of 16 rows, not
+/// 32). The launch sets `GsdpaFwdParams::gate_partials_per_head` to the count of the kernel it runs.
+pub fn gate_partials_per_head_sm90(problem: &AttentionProblem) -> Result<usize> {
+    forward_sm90_geometry(problem.head_dim)?;
+    let block_m = ffi::GSDPA_FWD_SM90_BLOCK_M as usize;
+    let warps = (ffi::GSDPA_FWD_SM90_THREADS as usize - 128) / 32;
+    Ok(problem.seqlen_q.div_ceil(block_m) * warps)
+}
+
+/// Partial sums per (batch, query head) a gate statistics workspace must hold: the larger of the two
+/// forward kernels' counts, so that one workspace serves whichever kernel the backend picks.
+pub fn gate_partials_workspace_per_head(problem: &AttentionProblem) -> Result<usize> {
+    Ok(gate_partials_per_head(problem)?.max(gate_partials_per_head_sm90(problem)?))
 }
 
 /// The gate statistics' second launch (kernels/gate_stats.cu), after [`forward`] on the same stream and

@@ -13,7 +13,8 @@ use gated_sdpa::emulator::Emulator;
 use gated_sdpa::reference::diagnostics_f64;
 use gated_sdpa::{
     gate_stats_workspace_len, Activation, AttentionProblem, Element, ForwardArgs,
-    ForwardDiagnostics, GateMode, GsdpaError, HostBackend, HostBuffer, Reference, Tensor, Varlen,
+    ForwardDiagnostics, GateMode, GsdpaError, HostBackend, HostBuffer, Reference, TargetArch,
+    Tensor, Varlen,
 };
 use half::{bf16, f16};
 use rand::{rngs::StdRng, SeedableRng};
@@ -121,10 +122,23 @@ fn assert_close(what: &str, got: &[f32], want: &[f64]) {
 /// The emulator's diagnostics against the reference's for one problem; also checks that asking for
 /// them changes neither Y nor LSE.
 fn check<T: Element>(p: &AttentionProblem, n_sink: usize, seed: u64) {
+    check_on::<T>(&Emulator::new(), p, n_sink, seed);
+}
+
+/// [`check`] on the Hopper kernel (the emulator with an sm_90 target), checking that it ran.
+fn check_hopper<T: Element>(p: &AttentionProblem, n_sink: usize, seed: u64) {
+    let emulator = Emulator::new().with_arch(TargetArch::SM90);
+    check_on::<T>(&emulator, p, n_sink, seed);
+    if !p.is_empty() {
+        let kernel = emulator.last_forward_kernel().unwrap_or_default();
+        assert!(kernel.starts_with("gsdpa_fwd90_"), "{kernel} ran {p:?}");
+    }
+}
+
+fn check_on<T: Element>(emulator: &Emulator, p: &AttentionProblem, n_sink: usize, seed: u64) {
     let x = Inputs::<T>::random(p, seed);
     let gated = p.gate != GateMode::None;
-    let emulator = Emulator::new();
-    let got = run(&emulator, p, &x, Some(n_sink), gated).unwrap();
+    let got = run(emulator, p, &x, Some(n_sink), gated).unwrap();
     let want = diagnostics_f64(
         p,
         &Inputs::to_f64(&x.q),
@@ -146,7 +160,7 @@ fn check<T: Element>(p: &AttentionProblem, n_sink: usize, seed: u64) {
             &want.gate_stats,
         );
     }
-    let plain = run(&emulator, p, &x, None, false).unwrap();
+    let plain = run(emulator, p, &x, None, false).unwrap();
     assert_eq!(got.y_bits, plain.y_bits, "diagnostics changed Y: {case}");
     assert_eq!(
         got.lse.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -216,6 +230,75 @@ fn varlen_with_empty_sequences() {
         let p = AttentionProblem::new_varlen(varlen.clone(), 2, 1, d).gate(gate);
         check::<bf16>(&p, 2, d as u64);
         check::<bf16>(&p.clone().causal(true), 1, d as u64 + 1);
+    }
+}
+
+/// The Hopper kernel (kernels/forward_sm90.cu) measures both diagnostics itself, against the same
+/// reference: every head dim and gate mode; n_sink within one key tile, across several and beyond Sk;
+/// Sq != Sk both ways, with causal blocks whose rows see no key (their gate partials still count:
+/// the elementwise gate tile is loaded without any key tile); GQA; varlen with empty sequences (the
+/// blocks past a sequence's end write zero partials); its partials layout (8 warps of 16 rows per
+/// 128-row block, twice the mma.sync kernel's count at D = 64) in a workspace sized for either kernel.
+#[test]
+fn hopper_kernel_matches_the_reference() {
+    let gates = [
+        (GateMode::None, Activation::Sigmoid),
+        (GateMode::Elementwise, Activation::Sigmoid),
+        (GateMode::Headwise, Activation::Silu),
+    ];
+    for (i, d) in HEAD_DIMS.into_iter().enumerate() {
+        for (j, (gate, act)) in gates.into_iter().enumerate() {
+            let p = problem(2, 37, 45, 2, 1, d)
+                .causal((i + j) % 2 == 1)
+                .gate(gate)
+                .activation(act);
+            check_hopper::<bf16>(&p, 1 + 20 * j, 500 + 10 * i as u64 + j as u64);
+        }
+    }
+    let cases = [
+        (problem(1, 150, 300, 2, 1, 64), 200, GateMode::Elementwise),
+        (
+            problem(1, 300, 20, 2, 2, 64).causal(true),
+            5,
+            GateMode::Elementwise,
+        ),
+        (
+            problem(1, 140, 70, 4, 1, 128).causal(true),
+            100,
+            GateMode::Headwise,
+        ),
+        (
+            problem(1, 70, 200, 1, 1, 256).causal(true),
+            130,
+            GateMode::Elementwise,
+        ),
+        (problem(1, 9, 5, 1, 1, 256), 100, GateMode::Headwise),
+    ];
+    for (i, (p, n_sink, gate)) in cases.into_iter().enumerate() {
+        check_hopper::<f16>(&p.gate(gate), n_sink, 600 + i as u64);
+    }
+    let varlen = Varlen::new(vec![0, 5, 5, 140, 141], vec![0, 9, 12, 12, 200]).unwrap();
+    for (d, gate) in [(64, GateMode::Elementwise), (256, GateMode::Headwise)] {
+        let p = AttentionProblem::new_varlen(varlen.clone(), 2, 1, d).gate(gate);
+        check_hopper::<bf16>(&p, 70, d as u64);
+        check_hopper::<bf16>(&p.clone().causal(true), 1, d as u64 + 1);
+    }
+}
+
+#[test]
+fn hopper_diagnostics_are_bit_identical_across_emulator_seeds() {
+    let p = problem(2, 150, 140, 2, 1, 128)
+        .causal(true)
+        .gate(GateMode::Elementwise);
+    let x = Inputs::<bf16>::random(&p, 12);
+    let sm90 = |seed| Emulator::new().with_arch(TargetArch::SM90).with_seed(seed);
+    let first = run(&sm90(1), &p, &x, Some(130), true).unwrap();
+    for seed in [2, 0xdead_beef] {
+        assert_eq!(
+            run(&sm90(seed), &p, &x, Some(130), true).unwrap(),
+            first,
+            "seed {seed}"
+        );
     }
 }
 

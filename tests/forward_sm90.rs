@@ -7,10 +7,11 @@
 //! - LSE: `|lse - ref| <= 1e-4 * max(1, |ref|)` where the reference is finite, exactly `-inf` where the
 //!   row sees no key (then Y and O must be exactly 0).
 //!
-//! Every run checks which kernel the emulator launched: the Hopper kernel, except for the calls
-//! docs/hopper-forward.md lists as falling back to the mma.sync kernel (varlen here).
+//! Every run checks which kernel the emulator launched: the Hopper kernel (none of these calls is one
+//! docs/hopper-forward.md lists as falling back to the mma.sync kernel).
 //! Coverage: dtype x head dim x causal x gate mode x activation; odd lengths (1, 17, 129, 300,
-//! Sq != Sk both ways); GQA ratios 1, 4, 8; Sk = 0; causal rows that see nothing; the Qwen3-Next layout
+//! Sq != Sk both ways); GQA ratios 1, 4, 8; Sk = 0; causal rows that see nothing; varlen (sequences of
+//! odd and empty lengths, blocks run in both orders so that a write into a neighbour's rows shows); the Qwen3-Next layout
 //! (q and g strided views of one `[B, S, Hq, 2D]` buffer); strided outputs; the optional ungated O and
 //! LSE; bit-identical results across emulator seeds; the dispatch (Auto, MmaSync, Hopper); the TMA
 //! store of Y and O against the register store (bit-identical), and which layouts fall back to it.
@@ -32,12 +33,10 @@ fn hopper_emulator() -> Emulator {
     Emulator::new().with_arch(TargetArch::SM90)
 }
 
-/// The Hopper kernel on the sm_90 emulator; a varlen call falls back to the mma.sync kernel.
+/// The Hopper kernel on the sm_90 emulator, for every call here (varlen included).
 fn harness() -> Harness {
-    Harness::new(hopper_emulator()).expecting(|p, dtype| {
-        let prefix = if p.varlen.is_some() { "fwd" } else { "fwd90" };
-        format!("gsdpa_{prefix}_{}_d{}", dtype.name(), p.head_dim)
-    })
+    Harness::new(hopper_emulator())
+        .expecting(|p, dtype| format!("gsdpa_fwd90_{}_d{}", dtype.name(), p.head_dim))
 }
 
 fn check_case(
@@ -184,13 +183,125 @@ fn causal_rows_before_the_first_key_see_nothing() {
     }
 }
 
+/// `Varlen` from per-sequence (query, key) lengths.
+fn packed(lengths: &[(i32, i32)]) -> Varlen {
+    let prefix = |pick: fn(&(i32, i32)) -> i32| {
+        std::iter::once(0)
+            .chain(lengths.iter().scan(0, |total, l| {
+                *total += pick(l);
+                Some(*total)
+            }))
+            .collect::<Vec<i32>>()
+    };
+    Varlen::new(prefix(|l| l.0), prefix(|l| l.1)).unwrap()
+}
+
 #[test]
-fn varlen_falls_back_to_the_mma_sync_kernel() {
-    let varlen = Varlen::new(vec![0, 5, 5, 80], vec![0, 7, 30, 30]).unwrap();
-    let p = AttentionProblem::new_varlen(varlen, 2, 1, 64)
+fn varlen_runs_on_the_hopper_kernel() {
+    // Packed sequences with lengths that are not tile multiples: warpgroup tiles that end inside a
+    // sequence (TMA-stored when full, from registers when they reach past its end, so as not to write
+    // the next sequence's rows), an empty query sequence, one with no keys (Y = 0, LSE = -inf), Sq > Sk
+    // (causal rows before the first key) and Sq < Sk, several key tiles with a partial last one whose
+    // keys past the sequence belong to the next. Every case runs with the blocks in the natural order
+    // and last to first (a block writing into a neighbour's rows would then leave them wrong), both
+    // against the reference with NaN-poisoned outputs, and the two must agree bit for bit.
+    let layouts: [(usize, &[(i32, i32)]); 3] = [
+        (64, &[(70, 90), (0, 10), (130, 130), (5, 0)]),
+        (128, &[(33, 200), (64, 17), (150, 64)]),
+        (256, &[(1, 65), (100, 100), (65, 1)]),
+    ];
+    let mut case = 0u64;
+    for (d, lengths) in layouts {
+        for causal in [false, true] {
+            case += 1;
+            let (gate, activation) = GATES[case as usize % GATES.len()];
+            let (heads_q, heads_kv) = if case % 2 == 0 { (4, 1) } else { (2, 2) };
+            let p = AttentionProblem::new_varlen(packed(lengths), heads_q, heads_kv, d)
+                .causal(causal)
+                .gate(gate)
+                .activation(activation);
+            let dtype = if case % 2 == 0 {
+                DType::BF16
+            } else {
+                DType::F16
+            };
+            // Strided outputs (the sentinel around the views must survive) on every other case.
+            let options = LayoutOptions {
+                with_o: true,
+                strided_outputs: case % 2 == 1,
+                ..LayoutOptions::default()
+            };
+            let natural = check_case(&p, dtype, options, 5000 + case);
+            let reversed = check_case(
+                &p,
+                dtype,
+                LayoutOptions {
+                    reverse_blocks: true,
+                    ..options
+                },
+                5000 + case,
+            );
+            assert!(
+                natural.bits() == reversed.bits(),
+                "the block order changed the outputs of {p:?}"
+            );
+        }
+    }
+    // Both gate modes with the elementwise gate in the Qwen3-Next layout (q and g views of one buffer),
+    // and the register store for everything (against the same reference).
+    let p = AttentionProblem::new_varlen(packed(&[(40, 40), (129, 129), (3, 50)]), 8, 1, 128)
         .causal(true)
-        .gate(GateMode::Elementwise);
-    check_case(&p, DType::BF16, with_o(), 5000);
+        .gate(GateMode::Elementwise)
+        .activation(Activation::Silu);
+    let options = LayoutOptions {
+        q_proj: true,
+        with_o: true,
+        reverse_blocks: true,
+        ..LayoutOptions::default()
+    };
+    let tma = check_case(&p, DType::BF16, options, 5100);
+    let registers = check_case(
+        &p,
+        DType::BF16,
+        LayoutOptions {
+            register_store: true,
+            ..options
+        },
+        5100,
+    );
+    assert!(
+        tma.bits() == registers.bits(),
+        "varlen TMA store != register store"
+    );
+    let p = AttentionProblem::new_varlen(packed(&[(64, 64), (64, 1), (100, 300)]), 2, 1, 64)
+        .gate(GateMode::Headwise);
+    check_case(
+        &p,
+        DType::F16,
+        LayoutOptions {
+            reverse_blocks: true,
+            ..with_o()
+        },
+        5101,
+    );
+}
+
+#[test]
+fn varlen_tensor_maps_cover_the_packed_rows() {
+    // The maps of a varlen call: rows = the packed totals, batch extent 1.
+    let p = AttentionProblem::new_varlen(packed(&[(5, 7), (80, 23)]), 2, 1, 64);
+    let params = gated_sdpa::ffi::GsdpaFwdParams {
+        q_stride: gated_sdpa::ffi::GsdpaStrides {
+            batch: 0,
+            row: 2 * 64,
+            head: 64,
+        },
+        ..Default::default()
+    };
+    let maps = gated_sdpa::launch::forward_sm90_maps(&p, DType::BF16, &params).unwrap();
+    let [q, k, _] = &maps.qkv;
+    assert_eq!(q.dims[1..], [85, 2, 1]);
+    assert_eq!(k.dims[1..], [30, 1, 1]);
 }
 
 #[test]
@@ -446,4 +557,17 @@ fn dispatch_selects_the_kernel() {
         ForwardKernel::MmaSync
     );
     assert!(ForwardKernel::parse("tensor-core").is_err());
+    // Varlen and the diagnostics run on the Hopper kernel (no fallback any more); what still falls
+    // back is what TMA cannot address.
+    let varlen = AttentionProblem::new_varlen(packed(&[(5, 7), (80, 23)]), 2, 1, 64);
+    let mut params = gated_sdpa::ffi::GsdpaFwdParams::default();
+    let mut sink = [0f32; 4];
+    params.sink_mass = sink.as_mut_ptr();
+    params.gate_partials = sink.as_mut_ptr();
+    assert_eq!(
+        gated_sdpa::launch::hopper_forward_unsupported(&varlen, &params),
+        None
+    );
+    params.q = 8 as *const std::ffi::c_void;
+    assert!(gated_sdpa::launch::hopper_forward_unsupported(&varlen, &params).is_some());
 }

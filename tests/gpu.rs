@@ -300,9 +300,9 @@ fn forward_grid_matches_reference() {
 
 fn forward_grid_on(backend: &CudaBackend, kernel: ForwardKernel) {
     // The Hopper kernel's entry points are gsdpa_fwd90_*, the mma.sync kernel's gsdpa_fwd_*. The odd
-    // seeds ask for the diagnostics, which the Hopper kernel leaves to the mma.sync one.
-    let expected_prefix = |seed: u64| match kernel {
-        ForwardKernel::Hopper if seed % 2 == 0 => "gsdpa_fwd90_",
+    // seeds ask for the diagnostics, which the Hopper kernel computes too.
+    let expected_prefix = |_seed: u64| match kernel {
+        ForwardKernel::Hopper => "gsdpa_fwd90_",
         _ => "gsdpa_fwd_",
     };
     let mut seed = 0;
@@ -348,6 +348,21 @@ fn forward_varlen_and_long_sequences() {
             .causal(causal)
             .gate(GateMode::Elementwise);
         check_forward::<half::bf16>(&backend, &p, 99);
+    }
+    // The Hopper kernel's varlen (docs/hopper-forward.md) on an sm_90 device, odd seed: with the
+    // diagnostics.
+    if backend.arch() == TargetArch::SM90 {
+        let hopper = CudaBackend::new(0)
+            .expect("the backend was created above")
+            .with_forward_kernel(ForwardKernel::Hopper);
+        for causal in [false, true] {
+            let p = AttentionProblem::new_varlen(varlen.clone(), 8, 2, 128)
+                .causal(causal)
+                .gate(GateMode::Headwise);
+            check_forward::<half::bf16>(&hopper, &p, 101);
+            let ran = hopper.last_forward_kernel().unwrap_or_default();
+            assert!(ran.starts_with("gsdpa_fwd90_"), "varlen: {ran} ran");
+        }
     }
     let p = AttentionProblem::new(1, 2048, 2048, 16, 2, 256)
         .causal(true)

@@ -171,6 +171,9 @@ inline float atomicAdd(float *address, float value) { return gsdpa_emu::atomic_a
 // ----- Host-side C API used by the Rust emulator backend (src/emulator.rs). -----
 // Bits of gsdpa_emu_launch's `flags`.
 #define GSDPA_EMU_RACECHECK 1u  // run the shared-memory race detector (racecheck.cpp)
+// Hand out the blocks last to first: a block that writes outside its own outputs (which a later block
+// would overwrite in the natural order) then leaves its writes in place for a test to see.
+#define GSDPA_EMU_REVERSE_BLOCKS 2u
 extern "C" {
 // Runs `kernel` over the grid. Returns 0 on success; otherwise writes a message into err (NUL-terminated).
 // The launch-resource limits of the target arch are checked by the caller (src/arch.rs); this only

@@ -53,6 +53,7 @@ struct Launch {
     size_t smem_bytes = 0;
     uint64_t seed = 0;
     bool racecheck = false;
+    bool reverse_blocks = false;  // GSDPA_EMU_REVERSE_BLOCKS
     uint64_t total_blocks = 0;
     std::atomic<uint64_t> next_block{0};
     std::atomic<bool> failed{false};
@@ -446,7 +447,7 @@ static void worker_main(Launch &launch) {
         while (!launch.failed.load()) {
             uint64_t b = const_cast<Launch &>(launch).next_block.fetch_add(1);
             if (b >= launch.total_blocks) break;
-            run_block(runner, b);
+            run_block(runner, launch.reverse_blocks ? launch.total_blocks - 1 - b : b);
         }
     }
     set_current_runner(nullptr);
@@ -506,6 +507,7 @@ extern "C" int gsdpa_emu_launch_with_flags(const char *kernel, const uint32_t gr
     launch.smem_bytes = dynamic_smem_bytes;
     launch.seed = seed;
     launch.racecheck = (flags & GSDPA_EMU_RACECHECK) != 0;
+    launch.reverse_blocks = (flags & GSDPA_EMU_REVERSE_BLOCKS) != 0;
     launch.total_blocks = uint64_t(grid[0]) * grid[1] * grid[2];
     if (launch.total_blocks == 0) return 0;
 

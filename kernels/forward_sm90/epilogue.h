@@ -22,6 +22,7 @@
 
 #include "../common/activation.h"
 #include "../common/hopper/stmatrix.h"
+#include "../forward/diagnostics.h"
 #include "../forward/online_softmax.h"
 #include "kernel_traits.h"
 
@@ -93,6 +94,12 @@ struct Sm90Outputs {
     const char *g_tile;   // the elementwise gate tile in shared memory (Q's layout; null otherwise)
     int g_tile_row0;      // the warpgroup's first row in it
     float *lse;
+    // The diagnostics (docs/diagnostics.md; null: not requested): the sink mass of row 0, laid out like
+    // lse, with this thread's sink sums (forward_sm90.cu), and the warpgroup's first gate partial (one
+    // per warp, forward/diagnostics.h).
+    float *sink_mass;
+    const float2 *sink_slot;
+    float *gate_partials;
     int64_t y_row_stride, o_row_stride, g_row_stride;
     int rows;
     // The TMA store: the maps (null: that output is stored from registers), the warpgroup's 64 rows of
@@ -115,6 +122,22 @@ GSDPA_DEVICE void write_outputs(const Sm90Outputs<typename Tr::T> &out, float (&
 
     float inv_sum[2], lse[2];
     softmax.finish(scale_log2, inv_sum, lse);
+    // The rows' sink mass: the quad's sums over the sink keys, in the units of the final row max as l is,
+    // times 1 / l (0 for a row that saw no key), written like LSE.
+    if (out.sink_mass != nullptr) {
+        const float2 sums = ld_shared(out.sink_slot);
+        const float mass[2] = {quad_sum(sums.x) * inv_sum[0], quad_sum(sums.y) * inv_sum[1]};
+        if ((lane & 3) == 0) {
+#pragma unroll
+            for (int row_half = 0; row_half < 2; ++row_half) {
+                if (my_row[row_half] < out.rows) out.sink_mass[my_row[row_half]] = mass[row_half];
+            }
+        }
+    }
+    // The gate partial sum: this lane's act(G) values of real rows (rows < rows), then the warp's in the
+    // fixed butterfly order of fwd::warp_sum.
+    const bool gate_partials = out.gate_partials != nullptr;
+    float gate_sum = 0.0f;
 #pragma unroll
     for (int nt = 0; nt < Tr::N_TILES_O; ++nt) {
 #pragma unroll
@@ -145,8 +168,10 @@ GSDPA_DEVICE void write_outputs(const Sm90Outputs<typename Tr::T> &out, float (&
                 // Rows past seqlen_q hold TMA's zero fill; they are not stored.
                 const float2 g = unpack_float2<T>(ld_shared(reinterpret_cast<const uint32_t *>(
                     out.g_tile + Tr::q_tile_offset(tile_row, nt * 8 + 2 * (lane & 3)))));
-                acc_o[nt][2 * row_half] *= gate_activation(g.x, activation);
-                acc_o[nt][2 * row_half + 1] *= gate_activation(g.y, activation);
+                const float a0 = gate_activation(g.x, activation), a1 = gate_activation(g.y, activation);
+                if (gate_partials && my_row[row_half] < out.rows) gate_sum += a0 + a1;
+                acc_o[nt][2 * row_half] *= a0;
+                acc_o[nt][2 * row_half + 1] *= a1;
             }
         }
     } else if (gate_mode == GSDPA_GATE_HEADWISE) {
@@ -156,6 +181,8 @@ GSDPA_DEVICE void write_outputs(const Sm90Outputs<typename Tr::T> &out, float (&
             if (my_row[row_half] < out.rows) {
                 factor[row_half] =
                     gate_activation(to_float(out.g[int64_t(my_row[row_half]) * out.g_row_stride]), activation);
+                // One value per row: lane t = 0 of each quad counts it.
+                if (gate_partials && (lane & 3) == 0) gate_sum += factor[row_half];
             }
         }
 #pragma unroll
@@ -163,6 +190,11 @@ GSDPA_DEVICE void write_outputs(const Sm90Outputs<typename Tr::T> &out, float (&
 #pragma unroll
             for (int i = 0; i < 4; ++i) acc_o[nt][i] *= factor[i >> 1];
         }
+    }
+
+    if (gate_partials) {
+        gate_sum = fwd::warp_sum(gate_sum);
+        if (lane == 0) out.gate_partials[wtid >> 5] = gate_sum;
     }
 
     if (out.lse != nullptr && (lane & 3) == 0) {

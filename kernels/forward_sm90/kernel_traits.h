@@ -8,15 +8,15 @@
 // owning 64 of the BLOCK_M = 128 query rows (one wgmma m64 tile).
 //
 //   D    BLOCK_N  S regs  O regs  smem     why
-//   64   128      64      32      81 KiB   128-key tiles: fewer barrier round trips per key
-//   128  128      64      64      161 KiB  two K/V stages of 128 keys fit beside Q
-//   256  64       32      128     193 KiB  128 O accumulators per thread leave room for a 64-key S only
+//   64   128      64      32      83 KiB   128-key tiles: fewer barrier round trips per key
+//   128  128      64      64      163 KiB  two K/V stages of 128 keys fit beside Q
+//   256  64       32      128     195 KiB  128 O accumulators per thread leave room for a 64-key S only
 //
 // Shared memory (bytes from the dynamic base, 1024-aligned on the GPU): every tile is stored as D / 64
 // column blocks of [rows][64] 16-bit elements, one 128-byte row each, 128-byte swizzled (16-byte chunk j
 // of row r at chunk j ^ (r % 8)): exactly one TMA box per column block, and the layout the wgmma
 // descriptors read with the 128-byte swizzle.
-//   [Q: BLOCK_M x D][K: 2 stages x BLOCK_N x D][V: 2 stages x BLOCK_N x D][mbarriers]
+//   [Q: BLOCK_M x D][K: 2 stages x BLOCK_N x D][V: 2 stages x BLOCK_N x D][mbarriers: 1 KiB][sink mass: 2 KiB]
 // The elementwise gate tile (BLOCK_M x D, same layout) replaces Q once both consumers are past their
 // last S = Q K^T.
 #pragma once
@@ -78,7 +78,9 @@ struct Sm90Traits {
     static constexpr int SMEM_K = SMEM_Q + Q_BYTES;
     static constexpr int SMEM_V = SMEM_K + STAGES * KV_BYTES;
     static constexpr int SMEM_BARRIERS = SMEM_V + STAGES * KV_BYTES;
-    static constexpr int SMEM_BYTES = SMEM_BARRIERS + 1024;
+    // The sink mass diagnostic's sums: 8 bytes per consumer thread (forward_sm90.cu).
+    static constexpr int SMEM_SINK = SMEM_BARRIERS + 1024;
+    static constexpr int SMEM_BYTES = SMEM_SINK + 256 * 8;
     GSDPA_DEVICE static int smem_k(int stage) { return SMEM_K + stage * KV_BYTES; }
     GSDPA_DEVICE static int smem_v(int stage) { return SMEM_V + stage * KV_BYTES; }
 

@@ -35,6 +35,9 @@ pub struct LayoutOptions {
     /// Hopper kernel only: store Y and O from registers (the fallback for layouts TMA cannot express)
     /// instead of the TMA store.
     pub register_store: bool,
+    /// Run the grid's blocks last to first (`Emulator::with_reverse_block_order`): a block that writes
+    /// rows of another block's (a varlen sequence's neighbour's) is then not overwritten by it.
+    pub reverse_blocks: bool,
 }
 
 /// What a run produced, converted to f64 (Y, O) in the problem's dense layouts.
@@ -207,7 +210,8 @@ impl Harness {
             .emulator
             .clone()
             .with_seed(emu_seed)
-            .with_sm90_register_store(options.register_store);
+            .with_sm90_register_store(options.register_store)
+            .with_reverse_block_order(options.reverse_blocks);
         emulator
             .forward(p, &mut args)
             .unwrap_or_else(|e| panic!("emulated forward failed for {p:?}: {e}"));
