@@ -126,6 +126,21 @@ impl Instruction {
         self.opcode.split('.').next().unwrap_or("")
     }
 
+    /// Whether the instruction always executes (and a branch is always taken): no guard predicate (or
+    /// `@PT`), and, for a `BRA`, no predicate operand. sm_100's uniform branches carry their condition
+    /// as the first operand instead of a guard (`BRA.U !UP0, 0x3f50`); `PT` there is always true.
+    pub fn always_executes(&self) -> bool {
+        let guarded = !matches!(self.predicate.as_deref(), None | Some("@PT"));
+        let predicate_operand = self.mnemonic() == "BRA"
+            && self.operands.split_once(',').is_some_and(|(first, _)| {
+                let first = first.trim();
+                let p = first.strip_prefix('!').unwrap_or(first);
+                let p = p.strip_prefix('U').unwrap_or(p);
+                first != "PT" && p.len() == 2 && p.starts_with('P')
+            });
+        !guarded && !predicate_operand
+    }
+
     /// The target of a `BRA` or `CALL` with an immediate target (`BRA 0x1a00`), if any.
     pub fn target(&self) -> Option<u32> {
         if !matches!(self.mnemonic(), "BRA" | "CALL") {
@@ -500,8 +515,8 @@ fn body(f: &Function, start: u32, end: u32) -> &[Instruction] {
 /// The steady-state path through a loop body (its first instruction to its last, the backward branch):
 /// of all paths, one that issues the most LDGSTS and, of those, the fewest instructions. Every iteration
 /// but the last prefetches the next tile with cp.async, and only some tiles run the causal mask, so this
-/// is the iteration a long sequence runs most. A predicated `BRA` forward inside the body may go either
-/// way, an unpredicated one only to its target; a branch out of the body ends no iteration and is not
+/// is the iteration a long sequence runs most. A predicated `BRA` forward inside the body (a guard, or
+/// a uniform branch's predicate operand) may go either way, an unpredicated one only to its target; a branch out of the body ends no iteration and is not
 /// followed; everything else (a predicated loop-exit `CALL.REL.NOINC`, a subroutine `CALL`, which
 /// returns) falls through. Branch targets are after the branch, so one pass in address order finds it.
 pub fn steady_path(body: &[Instruction]) -> Vec<Instruction> {
@@ -552,7 +567,7 @@ fn best_path(body: &[Instruction], weight: impl Fn(&Instruction) -> [i64; 4]) ->
                 from[j] = i;
             }
         };
-        let always_taken = ins.predicate.is_none() || ins.predicate.as_deref() == Some("@PT");
+        let always_taken = ins.always_executes();
         match ins.mnemonic() {
             "BRA" => {
                 if let Some(j) = ins.target().and_then(index_of).filter(|&j| j > i) {
@@ -1139,6 +1154,42 @@ mod tests {
         let bra = &functions[0].instructions[7];
         assert_eq!(bra.predicate.as_deref(), Some("@!P1"));
         assert_eq!((bra.opcode.as_str(), bra.target()), ("BRA", Some(0x20)));
+    }
+
+    #[test]
+    fn a_uniform_branch_with_a_predicate_operand_may_fall_through() {
+        // sm_100 writes some conditional branches as `BRA.U !UP0, target` (no guard): here one that
+        // leaves the body; the steady path must fall through it rather than find no path at all.
+        let listing = "
+	code for sm_100
+		Function : kern
+        /*0000*/                   LDGSTS.E.BYPASS.128 [R2], desc[UR4][R4.64] ;
+        /*0010*/                   HMMA.16816.F32.BF16 R8, R4, R6, R8 ;
+        /*0020*/                   BRA.U !UP0, 0x80 ;
+        /*0030*/                   HMMA.16816.F32.BF16 R8, R4, R6, R8 ;
+        /*0040*/                   BRA.U UP1, 0x60 ;
+        /*0050*/                   MUFU.EX2 R0, R1 ;
+        /*0060*/              @!P1 BRA 0x0 ;
+        /*0070*/                   EXIT ;
+        /*0080*/                   BRA 0x80;
+";
+        let f = &parse(listing)[0];
+        let bra = &f.instructions[2];
+        assert!(!bra.always_executes() && bra.target() == Some(0x80));
+        assert!(f.instructions[0].always_executes());
+        let pt = Instruction {
+            address: 0,
+            predicate: None,
+            opcode: "BRA.U".into(),
+            operands: "PT, 0x80".into(),
+        };
+        assert!(pt.always_executes());
+        let l = main_loop(f).expect("the loop");
+        assert_eq!((l.start, l.end), (0x0, 0x60));
+        // The path skips the MUFU (the branch at 0x40 may be taken) and keeps both HMMA.
+        assert_eq!(l.steady.get(Class::Hmma), 2);
+        assert_eq!(l.steady.get(Class::Mufu), 0);
+        assert_eq!(l.steady.total(), 6);
     }
 
     #[test]
