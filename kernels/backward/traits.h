@@ -44,10 +44,13 @@
 //                                                                          The hoisted P / dS stores
 //                                                                          (HOIST_SCORE_STORES) spill here
 //                                                                          (4 bytes on sm_90a).
-// D = 64 keeps one configuration (not tried): it already has 128-key tiles (so no fewer atomics per FLOP
-// from FA2's 128 x 128) and 0.50 LDSM per HMMA; 128 query rows would give 64 x 32 score warp tiles (0.375
-// on S and dP) but 128 registers of S+dP beside the 64 of dK+dV. D = 256 on sm_80 would need a single Q
-// buffer (144 KiB), not written.
+// D = 64 keeps one configuration: it already has 128-key tiles (so no fewer atomics per FLOP from FA2's
+// 128 x 128) and 0.50 LDSM per HMMA. FA2's 128 x 128 (144 KiB dK/dV, 112 KiB dQ) was tried on sm_80 with
+// the warp grids (score rows, dK/dV keys, dQ rows) = (2, 4, 4), (4, 4, 4), (2, 2, 2), (4, 2, 2): the
+// dK/dV kernel spills 4-8 bytes at 255 registers in every one (128 registers of S+dP beside the 64 of
+// dK+dV), for 0.44-0.50 LDSM and 3.15-3.31 non-HMMA per HMMA against 0.50 and 3.35 compact; the dQ
+// kernel alone fits (0.42 and 2.80 against 0.58 and 3.66 at (4, 4, 4)) but runs in the deterministic
+// mode only. D = 256 on sm_80 would need a single Q buffer (144 KiB).
 //
 // Shared memory of the dK/dV kernel (elements of T, 16-bit, every tile swizzled, common/swizzle.h):
 //   [K: BLOCK_N x D][V: BLOCK_N x D][Q: 2 x BLOCK_M x D][dO: BLOCK_M x D][P: BLOCK_M x PC][dS: BLOCK_M x PC]
