@@ -192,6 +192,7 @@ enum class Bug {
     OperandOverwritten,
     AccumulatorWritten,
     WriteInFlight,
+    ReuseAfterIssue,  // bug: the producer reuses the box once the wgmma is issued, not once it is retired
 };
 
 constexpr uint32_t kBoxBytes = GSDPA_HOPPER_SELFTEST_ROWS * 64 * 2;
@@ -217,6 +218,13 @@ GSDPA_DEVICE void run(const GsdpaHopperSelftestParams &p) {
         // Tells the consumers the load is issued (not that it has landed: only the mbarrier says that).
         named_barrier_arrive(1, GSDPA_HOPPER_SELFTEST_THREADS);
         for (int i = 0; i < 32; ++i) p.output[tid * 32 + i] = 0.0f;
+        // The box handed back (barrier 4): the producer warp writes into it, as a next load into the
+        // stage would. Correct once the consumers have retired their wgmma (they arrive after their wait);
+        // the bug variant's consumers arrive right after the issue, while the wgmma may still read it.
+        if constexpr (B == Bug::None || B == Bug::ReuseAfterIssue) {
+            named_barrier_sync(4, GSDPA_HOPPER_SELFTEST_THREADS);
+            st_shared(reinterpret_cast<bf16 *>(smem) + (tid - 128), from_float<bf16>(0.0f));
+        }
         return;
     }
     setmaxnreg_inc<232>();
@@ -264,7 +272,9 @@ GSDPA_DEVICE void run(const GsdpaHopperSelftestParams &p) {
             named_barrier_sync(2, 128);
         }
         if constexpr (B == Bug::AccumulatorWritten) d[3] = 0.0f;
+        if constexpr (B == Bug::ReuseAfterIssue) named_barrier_arrive(4, GSDPA_HOPPER_SELFTEST_THREADS);
         if constexpr (B != Bug::MissingWgmmaWait) wgmma_wait<0>();
+        if constexpr (B == Bug::None) named_barrier_arrive(4, GSDPA_HOPPER_SELFTEST_THREADS);
     }
 #pragma unroll
     for (int i = 0; i < 32; ++i) p.output[tid * 32 + i] = d[i] + 0.0f * early;
@@ -343,6 +353,8 @@ GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_operand_overwritten, OperandOverwrit
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_accumulator_written, AccumulatorWritten)
 // Bug: a consumer writes into the box while the TMA load is still writing it.
 GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_write_in_flight, WriteInFlight)
+// Bug: the producer writes into the box ordered after the wgmma's issue only, not after its retirement.
+GSDPA_HOPPER_SELFTEST(gsdpa_selftest_hopper_reuse_after_issue, ReuseAfterIssue)
 
 #if GSDPA_HOPPER
 #define GSDPA_HANDOFF_SELFTEST_BODY(H) gsdpa::hopper_selftest::handoff<gsdpa::hopper_selftest::Handoff::H>(p);

@@ -344,6 +344,16 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
     out.o_map = tma_rows && p.o != nullptr && (params.tma_store & GSDPA_FWD_SM90_STORE_O) != 0 ? &params.o_map
                                                                                               : nullptr;
     out.stage = smem + Tr::SMEM_Q + cwg * Tr::WG_ROWS * Tr::ROW_BYTES;
+    // O with the elementwise gate is staged over the K stages (Q's rows hold the gate tile). Both
+    // warpgroups read every K stage, so neither may write there before the other's last wgmma reading K
+    // has retired: they meet first (every consumer thread, whether or not its own tile then goes through
+    // TMA: the condition is uniform over the block). No TMA load is in flight into K by then: the
+    // consumers have waited for every key tile.
+    out.o_stage = nullptr;
+    if (p.o != nullptr && gate_mode == GSDPA_GATE_ELEMENTWISE && (params.tma_store & GSDPA_FWD_SM90_STORE_O) != 0) {
+        named_barrier_sync(Tr::KEYS_DONE_BARRIER, 2 * 128);
+        out.o_stage = smem + Tr::SMEM_K + cwg * Tr::WG_ROWS * Tr::ROW_BYTES;
+    }
     out.store_row = seq.q_start + wg_m0;
     out.store_h = h;
     out.store_b = seq.batch;

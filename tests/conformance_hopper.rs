@@ -865,7 +865,11 @@ fn hopper_selftest_correct_computes_t_t_transposed() {
 }
 
 fn selftest_error(test: HopperSelfTest) -> String {
-    match run_hopper_selftest(&Emulator::new(), test, &selftest_tensor()) {
+    selftest_error_with(&Emulator::new(), test)
+}
+
+fn selftest_error_with(emulator: &Emulator, test: HopperSelfTest) -> String {
+    match run_hopper_selftest(emulator, test, &selftest_tensor()) {
         Ok(out) => panic!(
             "{test:?} was not caught ({} NaN outputs)",
             out.iter().filter(|x| x.is_nan()).count()
@@ -928,6 +932,19 @@ fn wgmma_sources_and_accumulators_in_flight_are_guarded() {
     );
     let e = selftest_error(HopperSelfTest::AccumulatorWritten);
     assert!(e.contains("accumulator 3 was written"), "{e}");
+    // A write by another warp ordered after the wgmma's issue but not after its retirement: on the GPU
+    // the operand reads may last until the wait_group, so the race detector takes them to happen there.
+    for seed in [0, 1, 7] {
+        let e = selftest_error_with(
+            &Emulator::new().with_seed(seed),
+            HopperSelfTest::ReuseAfterIssue,
+        );
+        assert!(
+            (e.contains("shared-memory race") && e.contains("writes it") && e.contains("read it"))
+                || e.contains("changed while the wgmma was in flight"),
+            "seed {seed}: {e}"
+        );
+    }
 }
 
 #[test]

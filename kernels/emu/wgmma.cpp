@@ -279,6 +279,14 @@ static void retire(BlockRunner &runner, Fiber &f, WgmmaInFlight &w, Site wait_si
                               " in shared memory (shared address " + std::to_string(offs[e]) +
                               ") changed while the wgmma was in flight");
                 }
+                // For the race detector the shared operands are read by the first thread to retire
+                // the wgmma, when it retires: on the GPU the reads may last until then, so a write
+                // by another thread must be ordered after this wait (a barrier this thread reaches
+                // after it), not merely after the issue. The comparison above only sees writes that
+                // happened to land while the wgmma was in flight in this run's thread order.
+                const std::string race = racecheck_read(runner, f, runner.smem + offs[e], 2, rec.site,
+                                                        "reads it as a wgmma operand (until its wait_group)");
+                if (!race.empty()) fail_here(race);
             }
         }
     }

@@ -106,6 +106,7 @@ struct Sm90Outputs {
     // the Q region to stage in, the box coordinates of its row 0, and its named barrier.
     const GsdpaTensorMap *y_map, *o_map;
     char *stage;
+    char *o_stage;  // O's staging rows with the elementwise gate (over the K stages), null otherwise
     int32_t store_row;
     int store_h, store_b, store_bar;
 };
@@ -144,15 +145,18 @@ GSDPA_DEVICE void write_outputs(const Sm90Outputs<typename Tr::T> &out, float (&
         for (int i = 0; i < 4; ++i) acc_o[nt][i] *= inv_sum[i >> 1];
     }
 
-    // The ungated O first. With the elementwise gate it is stored from registers: staging it would
-    // overwrite the gate tile before Y has read it (and holding the gate in registers meanwhile spills at
-    // D = 256).
+    // The ungated O first. Without the elementwise gate it is staged in the warpgroup's Q rows, which Y
+    // then reuses. With it those rows hold the gate tile, which Y still has to read, so O is staged in the
+    // warpgroup's rows of a tile laid out like Q over the K stages (out.o_stage), once both warpgroups are
+    // past their last wgmma reading K (forward_sm90.cu: the 256-thread barrier before this call).
     if (out.o != nullptr) {
-        if (out.o_map != nullptr && gate_mode != GSDPA_GATE_ELEMENTWISE) {
-            stage_tile<Tr>(out.stage, acc_o, warp_row0, lane);
-            tma_store_tile<Tr>(*out.o_map, out.stage, out.store_row, out.store_h, out.store_b, out.store_bar, wtid);
-            // Thread 0 has waited for the TMA unit's read: the tile may be overwritten.
-            if (out.y_map != nullptr) named_barrier_sync(out.store_bar, 128);
+        if (out.o_map != nullptr) {
+            const bool over_q = gate_mode != GSDPA_GATE_ELEMENTWISE;
+            char *o_stage = over_q ? out.stage : out.o_stage;
+            stage_tile<Tr>(o_stage, acc_o, warp_row0, lane);
+            tma_store_tile<Tr>(*out.o_map, o_stage, out.store_row, out.store_h, out.store_b, out.store_bar, wtid);
+            // Thread 0 has waited for the TMA unit's read: the tile may be overwritten by Y.
+            if (over_q && out.y_map != nullptr) named_barrier_sync(out.store_bar, 128);
         } else {
             store_pairs<Tr>(out.o, out.o_row_stride, acc_o, warp_row0, out.rows, lane);
         }

@@ -54,9 +54,10 @@ struct Sm90Traits {
     static constexpr int CONSUMER_WARPS = 8;
     static constexpr int STAGES = 2;
     static constexpr int PRODUCER_REGS = 56, CONSUMER_REGS = 224;
-    // Named barriers (0 is __syncthreads): the epilogue's, one per consumer warpgroup (128 threads), and
-    // the ping-pong's turns, one per consumer warpgroup (256 threads: it waits, the other arrives).
-    static constexpr int EPILOGUE_BARRIER = 1, SCHEDULER_BARRIER = 3;
+    // Named barriers (0 is __syncthreads): the epilogue's, one per consumer warpgroup (128 threads), the
+    // ping-pong's turns, one per consumer warpgroup (256 threads: it waits, the other arrives), and the
+    // two consumer warpgroups' meeting before O is staged over K (256 threads; epilogue.h).
+    static constexpr int EPILOGUE_BARRIER = 1, SCHEDULER_BARRIER = 3, KEYS_DONE_BARRIER = 5;
 
     static constexpr int BOX_COLS = GSDPA_FWD_SM90_BOX_COLS;  // 64 elements = 128 bytes
     static constexpr int COL_BLOCKS = D / BOX_COLS;
@@ -81,6 +82,9 @@ struct Sm90Traits {
     // The sink mass diagnostic's sums: 8 bytes per consumer thread (forward_sm90.cu).
     static constexpr int SMEM_SINK = SMEM_BARRIERS + 1024;
     static constexpr int SMEM_BYTES = SMEM_SINK + 256 * 8;
+    // With the elementwise gate, O is staged over the K stages (epilogue.h), in Q's layout: both
+    // warpgroups' 64-row tiles must fit there.
+    static_assert(STAGES * KV_BYTES >= Q_BYTES, "O's staging tile fits in the K stages");
     GSDPA_DEVICE static int smem_k(int stage) { return SMEM_K + stage * KV_BYTES; }
     GSDPA_DEVICE static int smem_v(int stage) { return SMEM_V + stage * KV_BYTES; }
 

@@ -213,6 +213,9 @@ pub enum HopperSelfTest {
     AccumulatorWritten,
     /// A store into the TMA box while the load is still writing it.
     WriteInFlight,
+    /// Another warp reuses the box after the wgmma reading it was issued, but before it was retired (the
+    /// correct order, after the retirement, is part of [`HopperSelfTest::Correct`]).
+    ReuseAfterIssue,
     /// Correct: shared-memory hand-offs through named barriers (`run_hopper_selftest`'s output is the
     /// values read: `out[32 t]` from thread `(t + 32) % 128`, `out[32 t + 1]` from producer lane `t % 32`).
     NamedHandoff,
@@ -226,7 +229,7 @@ pub enum HopperSelfTest {
 
 impl HopperSelfTest {
     /// Every Hopper self-test.
-    pub const ALL: [HopperSelfTest; 14] = [
+    pub const ALL: [HopperSelfTest; 15] = [
         HopperSelfTest::Correct,
         HopperSelfTest::Pipelined,
         HopperSelfTest::MissingWgmmaWait,
@@ -237,6 +240,7 @@ impl HopperSelfTest {
         HopperSelfTest::OperandOverwritten,
         HopperSelfTest::AccumulatorWritten,
         HopperSelfTest::WriteInFlight,
+        HopperSelfTest::ReuseAfterIssue,
         HopperSelfTest::NamedHandoff,
         HopperSelfTest::NamedNoBarrier,
         HopperSelfTest::NamedOutsider,
@@ -256,6 +260,7 @@ impl HopperSelfTest {
             HopperSelfTest::OperandOverwritten => "gsdpa_selftest_hopper_operand_overwritten",
             HopperSelfTest::AccumulatorWritten => "gsdpa_selftest_hopper_accumulator_written",
             HopperSelfTest::WriteInFlight => "gsdpa_selftest_hopper_write_in_flight",
+            HopperSelfTest::ReuseAfterIssue => "gsdpa_selftest_hopper_reuse_after_issue",
             HopperSelfTest::NamedHandoff => "gsdpa_selftest_hopper_named_handoff",
             HopperSelfTest::NamedNoBarrier => "gsdpa_selftest_hopper_named_no_barrier",
             HopperSelfTest::NamedOutsider => "gsdpa_selftest_hopper_named_outsider",
