@@ -8,6 +8,8 @@
 //   gsdpa_bwd_dq_{bf16,f16}_d{64,128,256}   deterministic mode: dQ without atomics
 //   gsdpa_bwd_{dkdv,dq}_{bf16,f16}_d{128,256}_large the same with larger tiles, for devices with more than 99 KiB
 //                                          of shared memory per block (backward/traits.h)
+//   gsdpa_bwd_{dkdv,dq}_{bf16,f16}_d256_large_1stage D = 256's large tiles with one Q (dK/dV) or K (dQ)
+//                                          buffer, for sm_80's 163 KiB
 //   gsdpa_bwd_dq_convert_{bf16,f16}        fast mode: dq = dq_accum in the element type
 #include "backward/dkdv.h"
 #include "backward/dq.h"
@@ -28,16 +30,20 @@
 
 // The large tiles' entry points have a body only on the archs whose blocks may hold their shared memory
 // (common/platform.h): elsewhere the launch is refused before it reaches the GPU.
-#define GSDPA_BWD_TILED_LARGE(kind, body, dtype, T, D, THREADS, SMEM)                                     \
+#define GSDPA_BWD_TILED_LARGE_AS(kind, body, dtype, T, D, THREADS, SMEM, TILES, suffix)                   \
     extern "C" __global__ void __launch_bounds__(THREADS)                                                \
-        gsdpa_bwd_##kind##_##dtype##_d##D##_large(const GsdpaBwdParams p) {                              \
+        gsdpa_bwd_##kind##_##dtype##_d##D##suffix(const GsdpaBwdParams p) {                              \
         if constexpr ((SMEM) <= GSDPA_ARCH_MAX_DYNAMIC_SMEM_BYTES) {                                     \
-            gsdpa::bwd::body<T, D, gsdpa::bwd::BwdTiles::LARGE>(p);                                      \
+            gsdpa::bwd::body<T, D, gsdpa::bwd::BwdTiles::TILES>(p);                                      \
         } else {                                                                                         \
             (void)p;                                                                                     \
         }                                                                                                \
     }                                                                                                    \
-    GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype##_d##D##_large, GsdpaBwdParams, THREADS)
+    GSDPA_REGISTER_KERNEL(gsdpa_bwd_##kind##_##dtype##_d##D##suffix, GsdpaBwdParams, THREADS)
+#define GSDPA_BWD_TILED_LARGE(kind, body, dtype, T, D, THREADS, SMEM) \
+    GSDPA_BWD_TILED_LARGE_AS(kind, body, dtype, T, D, THREADS, SMEM, LARGE, _large)
+#define GSDPA_BWD_TILED_LARGE_1STAGE(kind, body, dtype, T, D, THREADS, SMEM) \
+    GSDPA_BWD_TILED_LARGE_AS(kind, body, dtype, T, D, THREADS, SMEM, LARGE_1STAGE, _large_1stage)
 
 GSDPA_BWD_ROWWISE(preprocess, preprocess, bf16, gsdpa::bf16, GSDPA_BWD_PRE_THREADS)
 GSDPA_BWD_ROWWISE(preprocess, preprocess, f16, gsdpa::f16, GSDPA_BWD_PRE_THREADS)
@@ -74,3 +80,11 @@ GSDPA_BWD_TILED_LARGE(dq, dq, bf16, gsdpa::bf16, 256, GSDPA_BWD_LARGE_DQ_THREADS
                       GSDPA_BWD_LARGE_DQ_SMEM_D256)
 GSDPA_BWD_TILED_LARGE(dq, dq, f16, gsdpa::f16, 256, GSDPA_BWD_LARGE_DQ_THREADS_D256,
                       GSDPA_BWD_LARGE_DQ_SMEM_D256)
+GSDPA_BWD_TILED_LARGE_1STAGE(dkdv, dkdv, bf16, gsdpa::bf16, 256, GSDPA_BWD_LARGE_DKDV_THREADS_D256,
+                             GSDPA_BWD_LARGE_1STAGE_DKDV_SMEM_D256)
+GSDPA_BWD_TILED_LARGE_1STAGE(dkdv, dkdv, f16, gsdpa::f16, 256, GSDPA_BWD_LARGE_DKDV_THREADS_D256,
+                             GSDPA_BWD_LARGE_1STAGE_DKDV_SMEM_D256)
+GSDPA_BWD_TILED_LARGE_1STAGE(dq, dq, bf16, gsdpa::bf16, 256, GSDPA_BWD_LARGE_DQ_THREADS_D256,
+                             GSDPA_BWD_LARGE_1STAGE_DQ_SMEM_D256)
+GSDPA_BWD_TILED_LARGE_1STAGE(dq, dq, f16, gsdpa::f16, 256, GSDPA_BWD_LARGE_DQ_THREADS_D256,
+                             GSDPA_BWD_LARGE_1STAGE_DQ_SMEM_D256)

@@ -438,7 +438,7 @@ enum GsdpaBwdGeometry {
     GSDPA_BWD_DQ_SMEM_D256 = (2 * 32 + 3 * 32) * 256 * 2 + 32 * 64 * 2,        /* 84 KiB */
     /* The large-tile kernels (gsdpa_bwd_{dkdv,dq}_*_d{128,256}_large), same grids with these tiles, for
      * devices whose opt-in shared memory per block holds them (D = 128: sm_80's 163 KiB and sm_90's 227;
-     * D = 256: sm_90 only); src/launch.rs. */
+     * D = 256: sm_90, and sm_80 with the one-stage variant below); src/launch.rs. */
     GSDPA_BWD_LARGE_DKDV_BLOCK_M_D128 = 64,
     GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128 = 128,
     GSDPA_BWD_LARGE_DKDV_THREADS_D128 = 256,
@@ -454,7 +454,11 @@ enum GsdpaBwdGeometry {
     GSDPA_BWD_LARGE_DQ_BLOCK_M_D256 = 64,
     GSDPA_BWD_LARGE_DQ_BLOCK_N_D256 = 64,
     GSDPA_BWD_LARGE_DQ_THREADS_D256 = 256,
-    GSDPA_BWD_LARGE_DQ_SMEM_D256 = (2 * 64 + 3 * 64) * 256 * 2 + 64 * 64 * 2           /* 168 KiB */
+    GSDPA_BWD_LARGE_DQ_SMEM_D256 = (2 * 64 + 3 * 64) * 256 * 2 + 64 * 64 * 2,          /* 168 KiB */
+    /* D = 256's large tiles with one Q buffer (dK/dV) and one K buffer (dQ), the same tiles and threads:
+     * gsdpa_bwd_{dkdv,dq}_*_d256_large_1stage, for sm_80's 163 KiB (src/launch.rs). */
+    GSDPA_BWD_LARGE_1STAGE_DKDV_SMEM_D256 = (2 * 64 + 2 * 64) * 256 * 2 + 2 * 64 * 64 * 2, /* 144 KiB */
+    GSDPA_BWD_LARGE_1STAGE_DQ_SMEM_D256 = (2 * 64 + 2 * 64) * 256 * 2 + 64 * 64 * 2        /* 136 KiB */
 };
 
 /*

@@ -341,6 +341,9 @@ struct BackwardGeometry {
     dq_smem: u32,
     /// Compact or Large.
     tiles: BackwardTiles,
+    /// The kernels' name suffix: `""` (compact), `"_large"`, or `"_large_1stage"` (D = 256's large tiles
+    /// with one Q buffer in dK/dV and one K buffer in dQ, for sm_80).
+    suffix: &'static str,
 }
 
 /// The compact tiles of a head dim (99 KiB at most: every arch).
@@ -380,11 +383,13 @@ fn backward_compact_geometry(head_dim: usize) -> Result<BackwardGeometry> {
         dq_threads,
         dq_smem,
         tiles: BackwardTiles::Compact,
+        suffix: "",
     })
 }
 
 /// The large tiles of a head dim, `None` for a head dim that has none (kernels/backward/traits.h says
-/// why D = 64 keeps its compact tiles). D = 128's fit sm_80 and sm_90, D = 256's sm_90 only.
+/// why D = 64 keeps its compact tiles). D = 128's fit sm_80 and sm_90, D = 256's sm_90 only (see
+/// [`backward_large_one_stage_geometry`] for sm_80).
 fn backward_large_geometry(head_dim: usize) -> Option<BackwardGeometry> {
     let [dkdv_block_n, dkdv_threads, dkdv_smem, dq_block_m, dq_threads, dq_smem] = match head_dim {
         128 => [
@@ -413,15 +418,31 @@ fn backward_large_geometry(head_dim: usize) -> Option<BackwardGeometry> {
         dq_threads,
         dq_smem,
         tiles: BackwardTiles::Large,
+        suffix: "_large",
+    })
+}
+
+/// D = 256's large tiles with one Q buffer in the dK/dV kernel and one K buffer in the dQ kernel
+/// (144 KiB and 136 KiB: sm_80's 163 KiB holds them), `None` for the other head dims. The same tiles,
+/// grids and threads as [`backward_large_geometry`]'s.
+fn backward_large_one_stage_geometry(head_dim: usize) -> Option<BackwardGeometry> {
+    let large = backward_large_geometry(head_dim).filter(|_| head_dim == 256)?;
+    Some(BackwardGeometry {
+        dkdv_smem: ffi::GSDPA_BWD_LARGE_1STAGE_DKDV_SMEM_D256,
+        dq_smem: ffi::GSDPA_BWD_LARGE_1STAGE_DQ_SMEM_D256,
+        suffix: "_large_1stage",
+        ..large
     })
 }
 
 /// The tile configuration a backward of head dim `head_dim` runs with when `requested`, on a device
 /// whose blocks may opt in to `max_dynamic_shared_bytes` of dynamic shared memory: never
 /// [`BackwardTiles::Auto`]. Auto is [`BackwardTiles::Large`] when the head dim has large tiles and both
-/// main kernels' shared memory fits the limit (D = 128: 144 KiB, sm_80 and sm_90; D = 256: 176 KiB,
-/// sm_90 only), else [`BackwardTiles::Compact`]; Large is Compact for a head dim without large tiles, and stays Large
-/// whatever the limit (the launch is then refused: [`crate::arch::check_resources`]).
+/// main kernels' shared memory fits the limit (D = 128: 144 KiB, sm_80 and sm_90; D = 256: 176 KiB
+/// with two stages, sm_90, or 144 KiB with one, sm_80), else [`BackwardTiles::Compact`]; Large is
+/// Compact for a head dim without large tiles, and stays Large whatever the limit (the launch is then
+/// refused: [`crate::arch::check_resources`]). At D = 256, Large runs the two-stage kernels
+/// (`*_d256_large`) where the limit holds them, else the one-stage ones (`*_d256_large_1stage`).
 pub fn backward_tiles(
     head_dim: usize,
     requested: BackwardTiles,
@@ -437,13 +458,20 @@ fn backward_geometry(
     max_dynamic_shared_bytes: u32,
 ) -> Result<BackwardGeometry> {
     let compact = backward_compact_geometry(head_dim)?;
-    Ok(match (requested, backward_large_geometry(head_dim)) {
+    let fits = |g: &BackwardGeometry| g.dkdv_smem.max(g.dq_smem) <= max_dynamic_shared_bytes;
+    // The large tiles this device runs: the two-stage kernels where they fit or the head dim has no
+    // others (D = 128), else the one-stage ones (D = 256; a forced Large on a device that holds neither
+    // is refused naming these).
+    let large =
+        backward_large_geometry(head_dim).map(|two| {
+            match backward_large_one_stage_geometry(head_dim) {
+                Some(one) if !fits(&two) => one,
+                _ => two,
+            }
+        });
+    Ok(match (requested, large) {
         (BackwardTiles::Large, Some(large)) => large,
-        (BackwardTiles::Auto, Some(large))
-            if large.dkdv_smem.max(large.dq_smem) <= max_dynamic_shared_bytes =>
-        {
-            large
-        }
+        (BackwardTiles::Auto, Some(large)) if fits(&large) => large,
         _ => compact,
     })
 }
@@ -469,10 +497,7 @@ pub fn backward(
     let dt = dtype.name();
     let d = problem.head_dim;
     let geometry = backward_geometry(d, options.tiles, max_dynamic_shared_bytes)?;
-    let suffix = match geometry.tiles {
-        BackwardTiles::Large => "_large",
-        _ => "",
-    };
+    let suffix = geometry.suffix;
     let heads_q = grid_dim(problem.heads_q, "heads_q")?;
     let heads_kv = grid_dim(problem.heads_kv, "heads_kv")?;
     let batch = grid_dim(problem.batch, "batch")?;

@@ -865,10 +865,14 @@ pub fn launch_shapes() -> BTreeMap<String, LaunchShape> {
                         deterministic,
                         tiles,
                     };
-                    for config in
-                        launch::backward(&problem, dtype, options, u32::MAX).unwrap_or_default()
-                    {
-                        add(config);
+                    // Without a limit, and at sm_80's (D = 256's large tiles there: `*_large_1stage`).
+                    let sm80 = crate::arch::TargetArch::SM80.max_dynamic_shared_bytes();
+                    for limit in [u32::MAX, sm80] {
+                        for config in
+                            launch::backward(&problem, dtype, options, limit).unwrap_or_default()
+                        {
+                            add(config);
+                        }
                     }
                 }
             }

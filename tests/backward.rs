@@ -3,9 +3,9 @@
 //! mode and activation, GQA ratios 1/4/8, odd lengths with Sq != Sk both ways, varlen (with empty
 //! sequences), the Qwen3-Next strided `[q_h | g_h]` layout, and both modes (fast: dQ by atomics,
 //! deterministic: dQ by its own pass). Deterministic mode must be bit-identical across emulator seeds.
-//! Those run the compact tiles (kernels/backward/traits.h); the large-tile kernels (D = 128, for devices
-//! with more than 99 KiB of shared memory per block) have a leaner grid of their own, and the choice
-//! between the two its own tests.
+//! Those run the compact tiles (kernels/backward/traits.h); the large-tile kernels (D = 128 and 256, for
+//! devices with more than 99 KiB of shared memory per block; at D = 256 two-stage on sm_90, one-stage on
+//! sm_80) have a leaner grid of their own, and the choice between them its own tests.
 //!
 //! The forward outputs the backward consumes (Y, the ungated O, LSE) come from the CPU reference rounded
 //! to the dtype, as a training step would store them; the reference gradients are exact (f64, forward
@@ -164,12 +164,29 @@ impl Grads {
 }
 
 /// Runs the backward on the emulator with `options` (tiles, dQ mode), every gradient buffer NaN
-/// beforehand.
+/// beforehand. The large tiles run on sm_90, whose shared memory holds every head dim's two-stage ones;
+/// the compact ones on the default target.
 fn emulator_backward_with<T: Element>(
     problem: &AttentionProblem,
     inputs: &Inputs<T>,
     options: BackwardOptions,
     seed: u64,
+) -> Grads {
+    let arch = match options.tiles {
+        BackwardTiles::Large => TargetArch::SM90,
+        _ => Emulator::new().arch(),
+    };
+    emulator_backward_on(problem, inputs, options, seed, arch)
+}
+
+/// [`emulator_backward_with`] on an emulator targeting `arch` (its shared memory picks the tiles: D = 256's
+/// Large is the one-stage kernels on sm_80).
+fn emulator_backward_on<T: Element>(
+    problem: &AttentionProblem,
+    inputs: &Inputs<T>,
+    options: BackwardOptions,
+    seed: u64,
+    arch: TargetArch,
 ) -> Grads {
     let q_shape = problem.q_shape();
     let kv_shape = problem.kv_shape();
@@ -198,13 +215,8 @@ fn emulator_backward_with<T: Element>(
             _ => None,
         },
     };
-    // The large tiles of every head dim fit sm_90's shared memory (D = 256's only that); the compact
-    // ones run on the default target.
-    let emulator = match options.tiles {
-        BackwardTiles::Large => Emulator::new().with_arch(TargetArch::SM90),
-        _ => Emulator::new(),
-    };
-    emulator
+    Emulator::new()
+        .with_arch(arch)
         .with_seed(seed)
         .backward(problem, &mut args, options)
         .unwrap_or_else(|e| panic!("emulator backward failed for {}: {e}", describe(problem)));
@@ -338,13 +350,15 @@ fn compare(problem: &AttentionProblem, dtype: DType, got: &Grads, want: &Grads, 
     }
 }
 
-/// Runs one problem in the given modes with the given tiles against the reference.
+/// Runs one problem in the given modes with the given tiles against the reference, on `arch` (else as
+/// [`emulator_backward_with`] chooses).
 fn check_problem_as<T: Element>(
     problem: &AttentionProblem,
     qg: bool,
     modes: &[bool],
     tiles: BackwardTiles,
     seed: u64,
+    arch: Option<TargetArch>,
 ) {
     let inputs = make_inputs::<T>(problem, qg, seed);
     let want = reference_backward(problem, &inputs);
@@ -353,7 +367,10 @@ fn check_problem_as<T: Element>(
             deterministic,
             tiles,
         };
-        let got = emulator_backward_with(problem, &inputs, options, seed);
+        let got = match arch {
+            Some(arch) => emulator_backward_on(problem, &inputs, options, seed, arch),
+            None => emulator_backward_with(problem, &inputs, options, seed),
+        };
         let context = format!(
             "{} {} qg={qg} deterministic={deterministic} tiles={tiles:?}",
             T::DTYPE,
@@ -376,9 +393,21 @@ fn check_problem_tiles(
     tiles: BackwardTiles,
     seed: u64,
 ) {
+    check_problem_tiles_on(problem, dtype, qg, modes, tiles, seed, None)
+}
+
+fn check_problem_tiles_on(
+    problem: &AttentionProblem,
+    dtype: DType,
+    qg: bool,
+    modes: &[bool],
+    tiles: BackwardTiles,
+    seed: u64,
+    arch: Option<TargetArch>,
+) {
     match dtype {
-        DType::BF16 => check_problem_as::<bf16>(problem, qg, modes, tiles, seed),
-        DType::F16 => check_problem_as::<f16>(problem, qg, modes, tiles, seed),
+        DType::BF16 => check_problem_as::<bf16>(problem, qg, modes, tiles, seed, arch),
+        DType::F16 => check_problem_as::<f16>(problem, qg, modes, tiles, seed, arch),
     }
 }
 
@@ -661,6 +690,132 @@ fn large_d256_tiles_against_the_reference() {
 }
 
 #[test]
+fn large_d256_one_stage_tiles_on_sm_80_against_the_reference() {
+    // sm_80's 163 KiB cannot hold D = 256's two-stage large tiles: Large runs the one-stage kernels there
+    // (the same 64 x 64 tiles, one Q buffer in dK/dV refilled after dK += dS^T Q, one K buffer in dQ
+    // refilled after dQ += dS K). Several query tiles per dK/dV block and key tiles per dQ block (each
+    // refill crossed), lengths that cross a tile or fall short of one each way, GQA, and a single key.
+    let cases = [
+        // (B, Sq, Sk, Hq, Hkv, causal, gate, activation, dtype)
+        (
+            1,
+            70,
+            100,
+            2,
+            1,
+            true,
+            GateMode::Elementwise,
+            Activation::Sigmoid,
+            DType::BF16,
+        ),
+        (
+            1,
+            130,
+            65,
+            2,
+            2,
+            false,
+            GateMode::Headwise,
+            Activation::Silu,
+            DType::F16,
+        ),
+        (
+            2,
+            150,
+            130,
+            4,
+            1,
+            true,
+            GateMode::Elementwise,
+            Activation::Silu,
+            DType::F16,
+        ),
+        (
+            1,
+            1,
+            1,
+            2,
+            1,
+            false,
+            GateMode::None,
+            Activation::Sigmoid,
+            DType::BF16,
+        ),
+    ];
+    for (seed, (b, sq, sk, hq, hkv, causal, gate, activation, dtype)) in (870..).zip(cases) {
+        let problem = AttentionProblem::new(b, sq, sk, hq, hkv, 256)
+            .causal(causal)
+            .gate(gate)
+            .activation(activation);
+        check_problem_tiles_on(
+            &problem,
+            dtype,
+            false,
+            &BOTH_MODES,
+            BackwardTiles::Large,
+            seed,
+            Some(TargetArch::SM80),
+        );
+    }
+}
+
+#[test]
+fn large_d256_kernels_follow_the_archs_shared_memory() {
+    use gated_sdpa::launch;
+    // Large (and Auto) at D = 256: the two-stage kernels on sm_90, the one-stage ones on sm_80; Auto on
+    // sm_86 stays compact, a forced Large there names the one-stage kernels (which it then refuses).
+    let problem = AttentionProblem::new(1, 200, 300, 2, 1, 256);
+    for deterministic in [false, true] {
+        for (arch, tiles, suffix) in [
+            (TargetArch::SM90, BackwardTiles::Large, "_large"),
+            (TargetArch::SM90, BackwardTiles::Auto, "_large"),
+            (TargetArch::SM80, BackwardTiles::Large, "_large_1stage"),
+            (TargetArch::SM80, BackwardTiles::Auto, "_large_1stage"),
+            (TargetArch::SM86, BackwardTiles::Auto, ""),
+            (TargetArch::SM86, BackwardTiles::Large, "_large_1stage"),
+        ] {
+            let options = BackwardOptions {
+                deterministic,
+                tiles,
+            };
+            let limit = arch.max_dynamic_shared_bytes();
+            let launches = launch::backward(&problem, DType::BF16, options, limit).unwrap();
+            let main: Vec<_> = launches.iter().filter(|l| l.shared_bytes > 0).collect();
+            assert_eq!(main.len(), 1 + usize::from(deterministic), "{arch}");
+            for l in main {
+                let kind = if l.kernel.contains("dkdv") {
+                    "dkdv"
+                } else {
+                    "dq"
+                };
+                assert_eq!(
+                    l.kernel,
+                    format!("gsdpa_bwd_{kind}_bf16_d256{suffix}"),
+                    "{tiles:?} on {arch}"
+                );
+                let fits = l.shared_bytes <= limit;
+                assert_eq!(
+                    fits,
+                    (arch, tiles) != (TargetArch::SM86, BackwardTiles::Large)
+                );
+                let want_smem = match (kind, suffix) {
+                    ("dkdv", "_large") => 176 * 1024,
+                    ("dq", "_large") => 168 * 1024,
+                    ("dkdv", "_large_1stage") => 144 * 1024,
+                    ("dq", "_large_1stage") => 136 * 1024,
+                    ("dkdv", _) => 88 * 1024,
+                    _ => 84 * 1024,
+                };
+                assert_eq!(l.shared_bytes, want_smem, "{}", l.kernel);
+            }
+            // dK/dV: one block per 64 keys (large, both variants) or 32 (compact).
+            let dkdv = launches.iter().find(|l| l.kernel.contains("dkdv")).unwrap();
+            assert_eq!(dkdv.grid[0], if suffix.is_empty() { 10 } else { 5 });
+        }
+    }
+}
+
+#[test]
 fn large_tiles_deterministic_mode_is_bit_identical_across_seeds() {
     for (head_dim, sq, sk) in [(128, 100, 140), (256, 70, 90)] {
         let problem = AttentionProblem::new(1, sq, sk, 4, 2, head_dim)
@@ -673,6 +828,20 @@ fn large_tiles_deterministic_mode_is_bit_identical_across_seeds() {
         };
         deterministic_across_seeds(&problem, &inputs, options);
     }
+    // D = 256's one-stage kernels (sm_80).
+    let problem = AttentionProblem::new(1, 130, 90, 4, 2, 256)
+        .causal(true)
+        .gate(GateMode::Elementwise);
+    let inputs = make_inputs::<bf16>(&problem, false, 901);
+    let options = BackwardOptions {
+        deterministic: true,
+        tiles: BackwardTiles::Large,
+    };
+    let on_sm80 = |seed| emulator_backward_on(&problem, &inputs, options, seed, TargetArch::SM80);
+    assert!(
+        on_sm80(1).bits() == on_sm80(0x9e37_79b9_7f4a_7c15).bits(),
+        "deterministic backward (one-stage large tiles, sm_80) differs across seeds"
+    );
 }
 
 /// Runs the backward with two emulator seeds (thread orders), asserts bit-identical gradients and
@@ -705,8 +874,8 @@ fn auto_tiles_follow_the_archs_shared_memory() {
     ] {
         let tiles = launch::backward_tiles(128, BackwardTiles::Auto, limit(arch)).unwrap();
         assert_eq!(tiles, want, "D = 128 on {arch}");
-        // D = 256's large tiles (176 KiB) fit sm_90 alone.
-        let want_256 = if arch == TargetArch::SM90 {
+        // D = 256's large tiles fit sm_90 (two stages, 176 KiB) and sm_80 (one stage, 144 KiB).
+        let want_256 = if matches!(arch, TargetArch::SM80 | TargetArch::SM90) {
             BackwardTiles::Large
         } else {
             BackwardTiles::Compact
@@ -806,22 +975,27 @@ fn the_emulator_chooses_by_its_arch_and_refuses_large_tiles_on_sm_86() {
 }
 
 #[test]
-fn large_d256_tiles_are_refused_on_sm_80() {
-    // 176 KiB is above sm_80's 163 KiB: Auto keeps the compact tiles there, a forced Large is refused
-    // before anything runs.
+fn large_d256_tiles_run_one_stage_on_sm_80_and_are_refused_on_sm_86() {
+    // sm_80 (the emulator's default target) runs Auto at D = 256 with the one-stage large kernels (the
+    // two-stage ones' 176 KiB is above its 163 KiB); sm_86 (99 KiB) runs the compact ones and refuses a
+    // forced Large before anything runs, naming the one-stage kernel.
     let problem = AttentionProblem::new(1, 9, 9, 1, 1, 256).gate(GateMode::None);
     let inputs = make_inputs::<bf16>(&problem, false, 960);
+    let want = reference_backward(&problem, &inputs);
     let auto = BackwardOptions {
         deterministic: false,
         tiles: BackwardTiles::Auto,
     };
-    compare(
-        &problem,
-        DType::BF16,
-        &emulator_backward_with(&problem, &inputs, auto, 960),
-        &reference_backward(&problem, &inputs),
-        "d256 auto on sm_80",
-    );
+    assert_eq!(Emulator::new().arch(), TargetArch::SM80);
+    for arch in [TargetArch::SM80, TargetArch::SM86] {
+        compare(
+            &problem,
+            DType::BF16,
+            &emulator_backward_on(&problem, &inputs, auto, 960, arch),
+            &want,
+            &format!("d256 auto on {arch}"),
+        );
+    }
     let q_shape = problem.q_shape();
     let kv_shape = problem.kv_shape();
     let mut dq = HostBuffer::<bf16>::new(numel(&q_shape));
@@ -845,10 +1019,13 @@ fn large_d256_tiles_are_refused_on_sm_80() {
         deterministic: false,
         tiles: BackwardTiles::Large,
     };
-    match Emulator::new().backward(&problem, &mut args, large) {
+    match Emulator::new()
+        .with_arch(TargetArch::SM86)
+        .backward(&problem, &mut args, large)
+    {
         Err(GsdpaError::LaunchResources { kernel, .. }) => {
-            assert_eq!(kernel, "gsdpa_bwd_dkdv_bf16_d256_large")
+            assert_eq!(kernel, "gsdpa_bwd_dkdv_bf16_d256_large_1stage")
         }
-        other => panic!("d256 large tiles on sm_80: expected LaunchResources, got {other:?}"),
+        other => panic!("d256 large tiles on sm_86: expected LaunchResources, got {other:?}"),
     }
 }

@@ -390,8 +390,9 @@ fn backward_matches_reference() {
             backend.max_dynamic_shared_bytes()
         );
     }
-    // D = 256's large tiles (176 KiB) on H100 / H200 only.
-    if arch == TargetArch::SM90 {
+    // D = 256's large tiles on H100 / H200 (two stages, 176 KiB) and A100 (one stage, 144 KiB): the
+    // launch names the kernels of each.
+    if arch == TargetArch::SM80 || arch == TargetArch::SM90 {
         let auto_256 = gated_sdpa::launch::backward_tiles(
             256,
             BackwardTiles::Auto,
@@ -399,6 +400,24 @@ fn backward_matches_reference() {
         )
         .unwrap();
         assert_eq!(auto_256, BackwardTiles::Large, "{arch}: D = 256");
+        let launches = gated_sdpa::launch::backward(
+            &AttentionProblem::new(1, 128, 128, 1, 1, 256),
+            DType::BF16,
+            BackwardOptions {
+                deterministic: true,
+                tiles: BackwardTiles::Auto,
+            },
+            backend.max_dynamic_shared_bytes(),
+        )
+        .unwrap();
+        let suffix = if arch == TargetArch::SM80 {
+            "_d256_large_1stage"
+        } else {
+            "_d256_large"
+        };
+        for l in launches.iter().filter(|l| l.shared_bytes > 0) {
+            assert!(l.kernel.ends_with(suffix), "{arch}: {}", l.kernel);
+        }
     }
     for head_dim in [64, 128, 256] {
         for (gate, activation) in [
@@ -407,8 +426,8 @@ fn backward_matches_reference() {
             (GateMode::Elementwise, Activation::Silu),
             (GateMode::None, Activation::Sigmoid),
         ] {
-            // Compact tiles, and Auto's choice (the large tiles at D = 128 on A100 and H100, and at
-            // D = 256 on H100).
+            // Compact tiles, and Auto's choice (the large tiles at D = 128 and 256 on A100 and H100,
+            // one-stage at D = 256 on A100).
             for tiles in [BackwardTiles::Compact, BackwardTiles::Auto] {
                 for deterministic in [false, true] {
                     let p = AttentionProblem::new(2, 129, 100, 8, 2, head_dim)

@@ -188,7 +188,10 @@ fn large_backward_tiles_are_built_exactly_where_they_can_launch() {
     let Some(reports) = reports() else { return };
     let large: Vec<&KernelReport> = reports
         .iter()
-        .filter(|r| r.name.starts_with("gsdpa_bwd_") && r.name.ends_with("_large"))
+        .filter(|r| {
+            r.name.starts_with("gsdpa_bwd_")
+                && (r.name.ends_with("_large") || r.name.ends_with("_large_1stage"))
+        })
         .collect();
     assert!(
         !large.is_empty(),

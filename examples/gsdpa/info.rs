@@ -51,7 +51,11 @@ fn launches() -> Result<Vec<LaunchConfig>, GsdpaError> {
                         deterministic,
                         tiles,
                     };
-                    all.extend(launch::backward(&problem, dtype, options, u32::MAX)?);
+                    // Without a limit, and at sm_80's (D = 256's one-stage large tiles there).
+                    let sm80 = gated_sdpa::TargetArch::SM80.max_dynamic_shared_bytes();
+                    for limit in [u32::MAX, sm80] {
+                        all.extend(launch::backward(&problem, dtype, options, limit)?);
+                    }
                 }
             }
         }

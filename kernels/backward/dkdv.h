@@ -8,7 +8,8 @@
 //   P, dS = P * (dP - Delta)               (backward/softmax_grad.h), written to shared memory
 //   dV += P^T dO, dK += dS^T Q             (dK/dV warp grid, A transposed from the [query][key] tiles)
 //   fast mode: dq_accum += scale * dS K    (dQ warp grid, f32 atomics)
-// Q is double-buffered; dO is refilled once dV += P^T dO has consumed it.
+// Q is double-buffered (one buffer in the LARGE_1STAGE tiles, refilled once dK += dS^T Q has consumed
+// it); dO is refilled once dV += P^T dO has consumed it.
 #pragma once
 
 #include "softmax_grad.h"
@@ -77,11 +78,19 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
                                   p.k_stride.row, keys, tid);
     cp_async_tile<BN, D, THREADS>(sV, static_cast<const T *>(p.v) + seq.k_offset(p.v_stride, n0, hkv),
                                   p.v_stride.row, keys, tid);
-    if (iters > 0) {
-        load_q(TilePos{hkv * group, m_first * BM}, sQ);
-        load_do(TilePos{hkv * group, m_first * BM});
+    if constexpr (Tr::Q_STAGES == 2) {
+        if (iters > 0) {
+            load_q(TilePos{hkv * group, m_first * BM}, sQ);
+            load_do(TilePos{hkv * group, m_first * BM});
+        }
+        cp_async_commit();
+    } else {
+        // One Q buffer: two groups, as every iteration leaves them (dO, then Q; the loop's first wait).
+        if (iters > 0) load_do(TilePos{hkv * group, m_first * BM});
+        cp_async_commit();
+        if (iters > 0) load_q(TilePos{hkv * group, m_first * BM}, sQ);
+        cp_async_commit();
     }
-    cp_async_commit();
 
     // This warp's tile origin in each of the three output shapes (see traits.h).
     const int score_m0 = (warp / Tr::SCORE_WARPS_N) * SCORE_TM * 16;
@@ -135,10 +144,17 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     for (int it = 0; it < iters; ++it, tile = next_tile(tile)) {
         const int h = tile.h, m0 = tile.m0;
         const TilePos next = next_tile(tile);
-        cp_async_wait<0>();
-        __syncthreads();  // Q(it), dO(it) (and K, V) landed; every warp is done with iteration it - 1
-        if (it + 1 < iters) load_q(next, sQ + ((it + 1) & 1) * BM * D);
-        cp_async_commit();
+        if constexpr (Tr::Q_STAGES == 2) {
+            cp_async_wait<0>();
+            __syncthreads();  // Q(it), dO(it) (and K, V) landed; every warp is done with iteration it - 1
+            if (it + 1 < iters) load_q(next, sQ + ((it + 1) & 1) * BM * D);
+            cp_async_commit();
+        } else {
+            // One Q buffer: Q(it) was issued last (end of iteration it - 1), so wait for dO(it) alone and
+            // start with dP = dO V^T while Q(it) lands.
+            cp_async_wait<1>();
+            __syncthreads();  // dO(it) (and K, V) landed; every warp is done with iteration it - 1
+        }
 
         float lse2[SCORE_TM][2], delta[SCORE_TM][2];
         const int64_t lse0 = seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, h);
@@ -148,11 +164,20 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
         float s[SCORE_TM][SCORE_TN][4], dp[SCORE_TM][SCORE_TN][4];
         zero_acc(s);
         zero_acc(dp);
-        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(s, SmemOffsetsOperandA<D, T>{smem, q_a, 0}, smem,
-                                                                     kv_b, lane);
         const T *sdO_base = smem + do_shift;
-        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(dp, SmemOffsetsOperandA<D, T>{sdO_base, do_a, 0},
-                                                                     sV_from_K, kv_b, lane);
+        if constexpr (Tr::Q_STAGES == 2) {
+            warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(s, SmemOffsetsOperandA<D, T>{smem, q_a, 0},
+                                                                         smem, kv_b, lane);
+            warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(
+                dp, SmemOffsetsOperandA<D, T>{sdO_base, do_a, 0}, sV_from_K, kv_b, lane);
+        } else {
+            warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(
+                dp, SmemOffsetsOperandA<D, T>{sdO_base, do_a, 0}, sV_from_K, kv_b, lane);
+            cp_async_wait<0>();
+            __syncthreads();  // Q(it) landed
+            warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(s, SmemOffsetsOperandA<D, T>{smem, q_a, 0},
+                                                                         smem, kv_b, lane);
+        }
         const bool mask = tile_needs_mask<BN>(n0, m0, seq, causal);
         softmax_grad_tile<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
         store_scores(s, dp);
@@ -168,6 +193,20 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
         // dK += dS^T Q (scaled at the end).
         warp_gemm_offsets<T, DKDV_TN, DKDV_TD, BM / 16, true, D>(
             acc_dk, SmemOffsetsOperandA<PC, T, true>{sdS_from_P, p_at, 0}, smem, q_b, lane);
+        // One Q buffer (LARGE_1STAGE): dK += dS^T Q is Q(it)'s last reader (the fast mode's dQ below reads
+        // dS and K only), so Q(it + 1) may stream in once every warp is past that GEMM: the barrier. In
+        // the deterministic mode that is right here; in the fast mode after its dQ GEMM, before the
+        // atomics (issued before that GEMM, the copy's addresses beside the dQ accumulators spill 8 bytes
+        // on sm_100). The next iteration starts with dP = dO V^T while it lands.
+        auto refill_q = [&] {
+            if constexpr (Tr::Q_STAGES == 1) {
+                if (it + 1 < iters) {
+                    __syncthreads();  // every warp is done with Q(it): refill it
+                    load_q(next, sQ);
+                }
+                cp_async_commit();
+            }
+        };
 
         if (p.deterministic == 0) {
             // dQ(rows of this tile) += scale * dS K: A = dS [query][key], B = K stored [key][dim] = [k][n].
@@ -178,6 +217,7 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
             const LdsmLaneOffsets<D> k_b = ldsm_b_operand_offsets<DQ_TD, true, D>(Tr::SMEM_K, dq_d0, lane);
             warp_gemm_offsets<T, DQ_TM, DQ_TD, BN / 16, true, D>(dq, SmemOffsetsOperandA<PC, T>{smem, ds_a, 0}, smem,
                                                                   k_b, lane);
+            refill_q();
 #pragma unroll
             for (int mi = 0; mi < DQ_TM; ++mi) {
 #pragma unroll
@@ -193,11 +233,16 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
                     }
                 }
             }
+        } else {
+            refill_q();
         }
-        q_a.flip(Tr::Q_STAGE_FLIP);  // on to the next iteration's Q buffer
-        q_b.flip(Tr::Q_STAGE_FLIP);
+        if constexpr (Tr::Q_STAGES == 2) {
+            q_a.flip(Tr::Q_STAGE_FLIP);  // on to the next iteration's Q buffer
+            q_b.flip(Tr::Q_STAGE_FLIP);
+        }
         if constexpr (Tr::SHARE_Q_DO_OFFSETS) {
-            do_shift = 2 * (Tr::SMEM_DO - Tr::SMEM_Q) - Tr::Q_TILE - do_shift;
+            // dO's base follows Q's buffer (a constant with one buffer).
+            if constexpr (Tr::Q_STAGES == 2) do_shift = 2 * (Tr::SMEM_DO - Tr::SMEM_Q) - Tr::Q_TILE - do_shift;
         } else {
             kv_b.keep_in_registers(opaque_zero);
             p_at.keep_in_registers(opaque_zero);

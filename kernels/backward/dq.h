@@ -4,8 +4,8 @@
 // backward/traits.h (DqTraits); the launch sequence: docs/backward.md.
 //
 // Per key tile: S = Q K^T, dP = dO V^T, dS = P * (dP - Delta) (backward/softmax_grad.h) through shared
-// memory, dQ += dS K. K is double-buffered (read by S = Q K^T and again by dQ += dS K); V is refilled
-// once dS is known.
+// memory, dQ += dS K. K is double-buffered (read by S = Q K^T and again by dQ += dS K; one buffer in the
+// LARGE_1STAGE tiles, refilled once dQ += dS K has consumed it); V is refilled once dS is known.
 #pragma once
 
 #include "softmax_grad.h"
@@ -53,11 +53,19 @@ GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
                                   rows, tid);
     cp_async_tile<BM, D, THREADS>(sdO, grad_out_base<T>(p) + seq.q_offset(do_stride, m0, h), do_stride.row, rows,
                                   tid);
-    if (n_tiles > 0) {
-        load_k(0, sK);
-        load_v(0);
+    if constexpr (Tr::K_STAGES == 2) {
+        if (n_tiles > 0) {
+            load_k(0, sK);
+            load_v(0);
+        }
+        cp_async_commit();
+    } else {
+        // One K buffer: two groups, as every tile leaves them (V, then K; the loop's first wait).
+        if (n_tiles > 0) load_v(0);
+        cp_async_commit();
+        if (n_tiles > 0) load_k(0, sK);
+        cp_async_commit();
     }
-    cp_async_commit();
 
     // This warp's tile origin in each of the two output shapes (see traits.h).
     const int score_m0 = (warp / Tr::SCORE_WARPS_N) * SCORE_TM * 16;
@@ -84,19 +92,32 @@ GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
 
     for (int n = 0; n < n_tiles; ++n) {
         const int n0 = n * BN;
-        cp_async_wait<0>();
-        __syncthreads();  // K(n), V(n) (and Q, dO) landed; every warp is done with iteration n - 1
-        if (n + 1 < n_tiles) load_k(n + 1, sK + ((n + 1) & 1) * BN * D);
-        cp_async_commit();
-
-        // S = Q K^T and dP = dO V^T: K and V stored [key][dim] = [n][k].
         float s[SCORE_TM][SCORE_TN][4], dp[SCORE_TM][SCORE_TN][4];
         zero_acc(s);
         zero_acc(dp);
-        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(s, SmemOffsetsOperandA<D, T>{smem, q_a, 0}, smem,
-                                                                     k_b, lane);
-        warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(
-            dp, SmemOffsetsOperandA<D, T>{sdO_from_Q, q_a, 0}, smem, v_b, lane);
+        if constexpr (Tr::K_STAGES == 2) {
+            cp_async_wait<0>();
+            __syncthreads();  // K(n), V(n) (and Q, dO) landed; every warp is done with iteration n - 1
+            if (n + 1 < n_tiles) load_k(n + 1, sK + ((n + 1) & 1) * BN * D);
+            cp_async_commit();
+
+            // S = Q K^T and dP = dO V^T: K and V stored [key][dim] = [n][k].
+            warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(s, SmemOffsetsOperandA<D, T>{smem, q_a, 0},
+                                                                         smem, k_b, lane);
+            warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(
+                dp, SmemOffsetsOperandA<D, T>{sdO_from_Q, q_a, 0}, smem, v_b, lane);
+        } else {
+            // One K buffer: K(n) was issued last (end of tile n - 1), so wait for V(n) alone and start with
+            // dP = dO V^T while K(n) lands.
+            cp_async_wait<1>();
+            __syncthreads();  // V(n) (and Q, dO) landed
+            warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(
+                dp, SmemOffsetsOperandA<D, T>{sdO_from_Q, q_a, 0}, smem, v_b, lane);
+            cp_async_wait<0>();
+            __syncthreads();  // K(n) landed
+            warp_gemm_offsets<T, SCORE_TM, SCORE_TN, D / 16, false, D>(s, SmemOffsetsOperandA<D, T>{smem, q_a, 0},
+                                                                         smem, k_b, lane);
+        }
         const bool mask = tile_needs_mask<BN>(n0, m0, seq, causal);
         softmax_grad_tile<Tr>(s, dp, lse2, delta, p.scale_log2, mask, seq, causal, m0 + score_m0, n0 + score_n0, lane);
         store_acc<PC>(smem + Tr::SMEM_DS, dp, score_m0, score_n0, 1.0f, lane);
@@ -107,8 +128,18 @@ GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
         // dQ += dS K: A = dS [query][key], B = K stored [key][dim] = [k][n] (scaled at the end).
         warp_gemm_offsets<T, DQ_TM, DQ_TD, BN / 16, true, D>(acc_dq, SmemOffsetsOperandA<PC, T>{smem, ds_a, 0}, smem,
                                                               k_bt, lane);
-        k_b.flip(Tr::K_STAGE_FLIP);  // on to tile n + 1's K buffer
-        k_bt.flip(Tr::K_STAGE_FLIP);
+        if constexpr (Tr::K_STAGES == 2) {
+            k_b.flip(Tr::K_STAGE_FLIP);  // on to tile n + 1's K buffer
+            k_bt.flip(Tr::K_STAGE_FLIP);
+        } else {
+            // One K buffer: dQ += dS K was K(n)'s last reader, so K(n + 1) streams in from here, once every
+            // warp is past that GEMM (this barrier also covers the dS reads before tile n + 1 rewrites dS).
+            if (n + 1 < n_tiles) {
+                __syncthreads();  // every warp is done with K(n): refill it
+                load_k(n + 1, sK);
+            }
+            cp_async_commit();
+        }
     }
 
     cp_async_wait<0>();

@@ -11,9 +11,10 @@
 //
 // Tile sizes (the values live in gsdpa_params.h, GsdpaBwdGeometry, so Rust launches with the same ones).
 // All kernels use 8 warps. Limits: dynamic shared memory <= 99 KiB (sm_86 / sm_89) for the compact tiles,
-// <= 163 KiB (sm_80; sm_90 allows 227) for D = 128's large ones, <= 227 KiB for D = 256's (BwdTiles,
-// below; src/launch.rs picks one at launch from the device's opt-in limit); registers: the dK and dV accumulators (2 * BLOCK_N * D f32 per
-// block) must leave room for the S and dP tiles, within 255 per thread and without spills.
+// <= 163 KiB (sm_80; sm_90 allows 227) for D = 128's large ones and D = 256's one-stage ones, <= 227 KiB
+// for D = 256's two-stage ones (BwdTiles, below; src/launch.rs picks one at launch from the device's
+// opt-in limit); registers: the dK and dV accumulators (2 * BLOCK_N * D f32 per block) must leave room for
+// the S and dP tiles, within 255 per thread and without spills.
 //
 //   D    dkdv BLOCK_M x BLOCK_N   smem     dq BLOCK_M x BLOCK_N   smem     why
 //   64   64 x 128                 88 KiB   64 x 128               80 KiB   dK+dV: 64 f32 regs per thread,
@@ -34,7 +35,7 @@
 //                                                                          atomics per FLOP; 32 x 32 score
 //                                                                          and 32 x 64 dK/dV warp tiles
 //                                                                          give 0.44 LDSM per HMMA (0.62).
-//   256  64 x 64                  176 KiB  64 x 64                168 KiB  sm_90 only (above sm_80's 163 KiB
+//   256  64 x 64                  176 KiB  64 x 64                168 KiB  sm_90 (above sm_80's 163 KiB
 //                                                                          with Q double-buffered). dK+dV
 //                                                                          128 regs, S+dP 32: 255 registers
 //                                                                          (dQ 218), no spills. 32 x 16
@@ -44,24 +45,37 @@
 //                                                                          The hoisted P / dS stores
 //                                                                          (HOIST_SCORE_STORES) spill here
 //                                                                          (4 bytes on sm_90a).
+//   256  64 x 64, 1 stage         144 KiB  64 x 64, 1 stage       136 KiB  sm_80 (*_large_1stage, LARGE_1STAGE
+//                                                                          below): the same tiles with one
+//                                                                          Q buffer (dK/dV) and one K
+//                                                                          buffer (dQ), FA2's A100 choice.
+//                                                                          The next tile streams in once
+//                                                                          its last reader is done
+//                                                                          (dkdv.h, dq.h).
+//                                                                          255 registers (dQ 168), no
+//                                                                          spills; LDSM per HMMA as the
+//                                                                          two-stage ones'. sm_90 runs
+//                                                                          the two-stage ones.
 // D = 64 keeps one configuration: it already has 128-key tiles (so no fewer atomics per FLOP from FA2's
 // 128 x 128) and 0.50 LDSM per HMMA. FA2's 128 x 128 (144 KiB dK/dV, 112 KiB dQ) was tried on sm_80 with
 // the warp grids (score rows, dK/dV keys, dQ rows) = (2, 4, 4), (4, 4, 4), (2, 2, 2), (4, 2, 2): the
 // dK/dV kernel spills 4-8 bytes at 255 registers in every one (128 registers of S+dP beside the 64 of
 // dK+dV), for 0.44-0.50 LDSM and 3.15-3.31 non-HMMA per HMMA against 0.50 and 3.35 compact; the dQ
 // kernel alone fits (0.42 and 2.80 against 0.58 and 3.66 at (4, 4, 4)) but runs in the deterministic
-// mode only. D = 256 on sm_80 would need a single Q buffer (144 KiB).
+// mode only.
 //
 // Shared memory of the dK/dV kernel (elements of T, 16-bit, every tile swizzled, common/swizzle.h):
-//   [K: BLOCK_N x D][V: BLOCK_N x D][Q: 2 x BLOCK_M x D][dO: BLOCK_M x D][P: BLOCK_M x PC][dS: BLOCK_M x PC]
-// Q is double-buffered (the next query tile streams in during the whole iteration); dO has one buffer,
-// refilled once dV += P^T dO has consumed it. PC = P_DS_TILE_COLS = max(BLOCK_N, 64): a swizzled row is a
+//   [K: BLOCK_N x D][V: BLOCK_N x D][Q: Q_STAGES x BLOCK_M x D][dO: BLOCK_M x D][P: BLOCK_M x PC][dS: BLOCK_M x PC]
+// Q is double-buffered (the next query tile streams in during the whole iteration; one buffer in the
+// LARGE_1STAGE tiles, refilled once dK += dS^T Q has consumed it); dO has one buffer, refilled once
+// dV += P^T dO has consumed it. PC = P_DS_TILE_COLS = max(BLOCK_N, 64): a swizzled row is a
 // whole 128-byte line, so the 32-key tiles of D = 256 are padded (4 KiB, unused columns never read).
 // The epilogue stages dK in the K region and dV in the V region for 16-byte coalesced stores.
 //
 // Shared memory of the deterministic dQ kernel:
-//   [Q: BLOCK_M x D][dO: BLOCK_M x D][K: 2 x BLOCK_N x D][V: BLOCK_N x D][dS: BLOCK_M x PC]
-// K is double-buffered (it is read by S = Q K^T and again by dQ += dS K); V is refilled once dS is known.
+//   [Q: BLOCK_M x D][dO: BLOCK_M x D][K: K_STAGES x BLOCK_N x D][V: BLOCK_N x D][dS: BLOCK_M x PC]
+// K is double-buffered (it is read by S = Q K^T and again by dQ += dS K; one buffer in the LARGE_1STAGE
+// tiles, refilled once dQ += dS K has consumed it); V is refilled once dS is known.
 // The epilogue stages dQ in the Q region.
 #pragma once
 
@@ -72,9 +86,9 @@ namespace bwd {
 
 // The two tile configurations of each head dim. COMPACT fits the 99 KiB of dynamic shared memory a block
 // may opt in to on sm_86 and sm_89 (and so every arch); LARGE needs more and runs where the device allows
-// it (D = 128: sm_80 and sm_90; D = 256: sm_90 only; src/launch.rs chooses at launch from the device's
-// limit).
-enum class BwdTiles { COMPACT, LARGE };
+// it (D = 128: sm_80 and sm_90; D = 256: sm_90 only); LARGE_1STAGE is D = 256's LARGE with one Q buffer in
+// dK/dV and one K buffer in dQ, for sm_80 (src/launch.rs chooses at launch from the device's limit).
+enum class BwdTiles { COMPACT, LARGE, LARGE_1STAGE };
 
 template <int D, BwdTiles TILES = BwdTiles::COMPACT>
 struct BwdGeometry;
@@ -122,6 +136,14 @@ struct BwdGeometry<256, BwdTiles::LARGE> {
     static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 2, DQ_WARPS_M = 2;
     // sm_90's opt-in limit: only sm_90 launches this configuration.
     static constexpr int SMEM_CEILING = 227 * 1024;
+};
+// The same tiles, one Q buffer in dK/dV and one K buffer in dQ (DkdvTraits::Q_STAGES, DqTraits::K_STAGES).
+template <>
+struct BwdGeometry<256, BwdTiles::LARGE_1STAGE> : BwdGeometry<256, BwdTiles::LARGE> {
+    static constexpr int DKDV_SMEM = GSDPA_BWD_LARGE_1STAGE_DKDV_SMEM_D256;
+    static constexpr int DQ_SMEM = GSDPA_BWD_LARGE_1STAGE_DQ_SMEM_D256;
+    // sm_80's opt-in limit, the smallest of the archs that launch this configuration.
+    static constexpr int SMEM_CEILING = 163 * 1024;
 };
 template <>
 struct BwdGeometry<256> {
@@ -195,11 +217,14 @@ template <class T, int D, BwdTiles TILES = BwdTiles::COMPACT>
 struct DkdvTraits : DkdvTileShape<T, D, TILES> {
     using Shape = DkdvTileShape<T, D, TILES>;
     using Geometry = BwdGeometry<D, TILES>;
+    // Q's buffers: 2 (the next query tile loads during the whole iteration) or, in LARGE_1STAGE, 1 (it
+    // loads once dK += dS^T Q has read the current one, dkdv.h).
+    static constexpr int Q_STAGES = TILES == BwdTiles::LARGE_1STAGE ? 1 : 2;
     // Offsets in elements of T from the dynamic shared memory base (layout in the comment at the top).
     static constexpr int SMEM_K = 0;
     static constexpr int SMEM_V = SMEM_K + Shape::BLOCK_N * D;
-    static constexpr int SMEM_Q = SMEM_V + Shape::BLOCK_N * D;  // two buffers
-    static constexpr int SMEM_DO = SMEM_Q + 2 * Shape::BLOCK_M * D;
+    static constexpr int SMEM_Q = SMEM_V + Shape::BLOCK_N * D;  // Q_STAGES buffers
+    static constexpr int SMEM_DO = SMEM_Q + Q_STAGES * Shape::BLOCK_M * D;
     static constexpr int SMEM_P = SMEM_DO + Shape::BLOCK_M * D;
     static constexpr int SMEM_DS = SMEM_P + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
     static constexpr int SMEM_ELEMS = SMEM_DS + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
@@ -213,12 +238,13 @@ struct DkdvTraits : DkdvTileShape<T, D, TILES> {
     // dO's ldmatrix addresses as Q's plus a base that follows Q's double buffer (dkdv.h), rather than dO's
     // own two sets of four registers: the large tile's dK and dV accumulators (128 registers) leave no
     // room for them (36 bytes of spills on sm_80 with them).
-    static constexpr bool SHARE_Q_DO_OFFSETS = TILES == BwdTiles::LARGE;
+    static constexpr bool SHARE_Q_DO_OFFSETS = TILES != BwdTiles::COMPACT;
     // Q's two buffers at offsets that differ only in these bits, every in-buffer offset below them: the
-    // lane's ldmatrix addresses switch buffers with one XOR (dkdv.h).
+    // lane's ldmatrix addresses switch buffers with one XOR (dkdv.h). 0 with one buffer (never applied).
     static constexpr int Q_TILE = Shape::BLOCK_M * D;
-    static constexpr int Q_STAGE_FLIP = SMEM_Q ^ (SMEM_Q + Q_TILE);
-    static_assert((Q_TILE & (Q_TILE - 1)) == 0 && SMEM_Q % Q_TILE == 0, "Q buffers switch by XOR");
+    static constexpr int Q_STAGE_FLIP = Q_STAGES == 2 ? SMEM_Q ^ (SMEM_Q + Q_TILE) : 0;
+    static_assert(Q_STAGES == 1 || ((Q_TILE & (Q_TILE - 1)) == 0 && SMEM_Q % Q_TILE == 0),
+                  "Q buffers switch by XOR");
     static_assert(SMEM_BYTES == Geometry::DKDV_SMEM, "GSDPA_BWD_[LARGE_]DKDV_SMEM_* must match the layout");
     static_assert(SMEM_BYTES <= Geometry::SMEM_CEILING, "must fit the opt-in limit of the archs it runs on");
 };
@@ -227,17 +253,20 @@ template <class T, int D, BwdTiles TILES = BwdTiles::COMPACT>
 struct DqTraits : DqTileShape<T, D, TILES> {
     using Shape = DqTileShape<T, D, TILES>;
     using Geometry = BwdGeometry<D, TILES>;
+    // K's buffers: 2 or, in LARGE_1STAGE, 1 (the next key tile loads once dQ += dS K has read it, dq.h).
+    static constexpr int K_STAGES = TILES == BwdTiles::LARGE_1STAGE ? 1 : 2;
     static constexpr int SMEM_Q = 0;
     static constexpr int SMEM_DO = SMEM_Q + Shape::BLOCK_M * D;
-    static constexpr int SMEM_K = SMEM_DO + Shape::BLOCK_M * D;  // two buffers
-    static constexpr int SMEM_V = SMEM_K + 2 * Shape::BLOCK_N * D;
+    static constexpr int SMEM_K = SMEM_DO + Shape::BLOCK_M * D;  // K_STAGES buffers
+    static constexpr int SMEM_V = SMEM_K + K_STAGES * Shape::BLOCK_N * D;
     static constexpr int SMEM_DS = SMEM_V + Shape::BLOCK_N * D;
     static constexpr int SMEM_ELEMS = SMEM_DS + Shape::BLOCK_M * Shape::P_DS_TILE_COLS;
     static constexpr int SMEM_BYTES = SMEM_ELEMS * 2;
-    // K's two buffers switch by XOR, as Q's in DkdvTraits (dq.h).
+    // K's two buffers switch by XOR, as Q's in DkdvTraits (dq.h); 0 with one buffer (never applied).
     static constexpr int K_TILE = Shape::BLOCK_N * D;
-    static constexpr int K_STAGE_FLIP = SMEM_K ^ (SMEM_K + K_TILE);
-    static_assert((K_TILE & (K_TILE - 1)) == 0 && SMEM_K % K_TILE == 0, "K buffers switch by XOR");
+    static constexpr int K_STAGE_FLIP = K_STAGES == 2 ? SMEM_K ^ (SMEM_K + K_TILE) : 0;
+    static_assert(K_STAGES == 1 || ((K_TILE & (K_TILE - 1)) == 0 && SMEM_K % K_TILE == 0),
+                  "K buffers switch by XOR");
     static_assert(SMEM_BYTES == Geometry::DQ_SMEM, "GSDPA_BWD_[LARGE_]DQ_SMEM_* must match the layout");
     static_assert(SMEM_BYTES <= Geometry::SMEM_CEILING, "must fit the opt-in limit of the archs it runs on");
 };

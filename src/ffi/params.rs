@@ -892,6 +892,8 @@ pub const GSDPA_BWD_LARGE_DQ_BLOCK_M_D256: GsdpaBwdGeometry = 64;
 pub const GSDPA_BWD_LARGE_DQ_BLOCK_N_D256: GsdpaBwdGeometry = 64;
 pub const GSDPA_BWD_LARGE_DQ_THREADS_D256: GsdpaBwdGeometry = 256;
 pub const GSDPA_BWD_LARGE_DQ_SMEM_D256: GsdpaBwdGeometry = 172032;
+pub const GSDPA_BWD_LARGE_1STAGE_DKDV_SMEM_D256: GsdpaBwdGeometry = 147456;
+pub const GSDPA_BWD_LARGE_1STAGE_DQ_SMEM_D256: GsdpaBwdGeometry = 139264;
 pub type GsdpaBwdGeometry = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]

@@ -27,10 +27,13 @@
 //!   third GEMM has 32 x 32 warp tiles (0.5 LDSM per HMMA), so it meets the compact target but not this
 //!   one. The other targets are the compact kernels'; int+pred counts a whole tile, twice the compact
 //!   tile's HMMA, so 120 is a stricter bound there.
-//! - Backward with D = 256's large tiles (64 x 64 for both kernels, sm_90 only): FlashAttention-2's own
-//!   D = 256 tile on the GPUs with the shared memory for it. Four mma tiles per warp for the scores
-//!   (32 x 16: 3 LDSM per 4 HMMA) keep its LDSM per HMMA above the D = 128 large tile's, so the targets
-//!   are the compact kernels'. sm_80 cannot hold the tile: its entry points are empty there (no budget).
+//! - Backward with D = 256's large tiles (64 x 64 for both kernels, two stages: sm_90):
+//!   FlashAttention-2's own D = 256 tile on the GPUs with the shared memory for it. Four mma tiles per
+//!   warp for the scores (32 x 16: 3 LDSM per 4 HMMA) keep its LDSM per HMMA above the D = 128 large
+//!   tile's, so the targets are the compact kernels'. sm_80 cannot hold the tile: its entry points are
+//!   empty there (no budget). Its one-stage variant (`*_d256_large_1stage`: one Q buffer in dK/dV, one K buffer in dQ, 144 and
+//!   136 KiB) runs there instead, with the same targets; it has a budget on sm_80 and on sm_90a, whose
+//!   shared memory holds it too (the launch picks the two-stage kernels there).
 //!
 //! The gate rule is separate and exact: no kernel that applies the gate ([`super::is_gated`]) may call a
 //! slow-path subroutine ([`super::SubroutineKind::SlowPath`]; the IEEE division's out-of-range case is
@@ -102,7 +105,8 @@ macro_rules! budget {
 /// and 100 -> 114), same margins; the large-tile backward kernels measured on 2026-12-02 when they were
 /// added, same margins; on 2026-12-03 the compact dK/dV kernels re-measured after their loop-invariant
 /// ldmatrix bases were made loop-carried (int+pred on sm_80: 182 -> 126, 186 -> 163, 146 -> 142 at
-/// D = 64 / 128 / 256) and D = 256's large tiles measured when they were added, same margins.
+/// D = 64 / 128 / 256) and D = 256's large tiles measured when they were added, same margins; D = 256's
+/// one-stage large tiles (`*_large_1stage`) measured on 2026-12-03 when they were added, same margins.
 #[rustfmt::skip]
 pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_fwd_bf16_d128", "sm_80", limit(FWD_NON_HMMA, 2.81), limit(FWD_LDSM, 0.52), limit(FWD_INT, 38.0), limit(FWD_BLOCKS, 1.0)),
@@ -122,6 +126,8 @@ pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_bwd_dkdv_bf16_d128_large", "sm_80", limit(BWD_NON_HMMA, 2.17), limit(BWD_LARGE_LDSM, 0.45), limit(BWD_INT, 184.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d128_large", "sm_90a", limit(BWD_NON_HMMA, 2.08), limit(BWD_LARGE_LDSM, 0.45), limit(BWD_INT, 165.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d256_large", "sm_90a", limit(BWD_NON_HMMA, 1.99), limit(BWD_LDSM, 0.58), limit(BWD_INT, 199.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dkdv_bf16_d256_large_1stage", "sm_80", limit(BWD_NON_HMMA, 2.04), limit(BWD_LDSM, 0.58), limit(BWD_INT, 204.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dkdv_bf16_d256_large_1stage", "sm_90a", limit(BWD_NON_HMMA, 2.00), limit(BWD_LDSM, 0.58), limit(BWD_INT, 196.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d256", "sm_80", limit(BWD_NON_HMMA, 4.67), limit(BWD_LDSM, 1.35), limit(BWD_INT, 150.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.66), limit(BWD_LDSM, 1.35), limit(BWD_INT, 145.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_bf16_d64", "sm_80", limit(BWD_NON_HMMA, 3.46), limit(BWD_LDSM, 0.52), limit(BWD_INT, 133.0), limit(BWD_BLOCKS, 1.0)),
@@ -131,6 +137,8 @@ pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_bwd_dkdv_f16_d128_large", "sm_80", limit(BWD_NON_HMMA, 2.17), limit(BWD_LARGE_LDSM, 0.45), limit(BWD_INT, 184.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d128_large", "sm_90a", limit(BWD_NON_HMMA, 2.08), limit(BWD_LARGE_LDSM, 0.45), limit(BWD_INT, 165.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d256_large", "sm_90a", limit(BWD_NON_HMMA, 1.99), limit(BWD_LDSM, 0.58), limit(BWD_INT, 199.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dkdv_f16_d256_large_1stage", "sm_80", limit(BWD_NON_HMMA, 2.04), limit(BWD_LDSM, 0.58), limit(BWD_INT, 204.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dkdv_f16_d256_large_1stage", "sm_90a", limit(BWD_NON_HMMA, 2.00), limit(BWD_LDSM, 0.58), limit(BWD_INT, 196.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d256", "sm_80", limit(BWD_NON_HMMA, 4.67), limit(BWD_LDSM, 1.35), limit(BWD_INT, 150.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.66), limit(BWD_LDSM, 1.35), limit(BWD_INT, 145.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dkdv_f16_d64", "sm_80", limit(BWD_NON_HMMA, 3.46), limit(BWD_LDSM, 0.52), limit(BWD_INT, 133.0), limit(BWD_BLOCKS, 1.0)),
@@ -140,6 +148,8 @@ pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_bwd_dq_bf16_d128_large", "sm_80", limit(BWD_NON_HMMA, 2.36), limit(BWD_LARGE_LDSM, 0.52), limit(BWD_INT, 153.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d128_large", "sm_90a", limit(BWD_NON_HMMA, 2.34), limit(BWD_LARGE_LDSM, 0.52), limit(BWD_INT, 153.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d256_large", "sm_90a", limit(BWD_NON_HMMA, 1.93), limit(BWD_LDSM, 0.65), limit(BWD_INT, 132.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_bf16_d256_large_1stage", "sm_80", limit(BWD_NON_HMMA, 2.01), limit(BWD_LDSM, 0.65), limit(BWD_INT, 141.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_bf16_d256_large_1stage", "sm_90a", limit(BWD_NON_HMMA, 1.98), limit(BWD_LDSM, 0.65), limit(BWD_INT, 138.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d256", "sm_80", limit(BWD_NON_HMMA, 4.74), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.64), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 2.0)),
     budget!("gsdpa_bwd_dq_bf16_d64", "sm_80", limit(BWD_NON_HMMA, 3.77), limit(BWD_LDSM, 0.60), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
@@ -149,6 +159,8 @@ pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_bwd_dq_f16_d128_large", "sm_80", limit(BWD_NON_HMMA, 2.36), limit(BWD_LARGE_LDSM, 0.52), limit(BWD_INT, 153.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d128_large", "sm_90a", limit(BWD_NON_HMMA, 2.34), limit(BWD_LARGE_LDSM, 0.52), limit(BWD_INT, 153.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d256_large", "sm_90a", limit(BWD_NON_HMMA, 1.93), limit(BWD_LDSM, 0.65), limit(BWD_INT, 132.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_f16_d256_large_1stage", "sm_80", limit(BWD_NON_HMMA, 2.01), limit(BWD_LDSM, 0.65), limit(BWD_INT, 141.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_f16_d256_large_1stage", "sm_90a", limit(BWD_NON_HMMA, 1.98), limit(BWD_LDSM, 0.65), limit(BWD_INT, 138.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d256", "sm_80", limit(BWD_NON_HMMA, 4.74), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.64), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 2.0)),
     budget!("gsdpa_bwd_dq_f16_d64", "sm_80", limit(BWD_NON_HMMA, 3.77), limit(BWD_LDSM, 0.60), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
