@@ -346,9 +346,27 @@ struct BackwardGeometry {
     suffix: &'static str,
 }
 
+impl BackwardGeometry {
+    /// From `[dkdv_block_n, dkdv_threads, dkdv_smem, dq_block_m, dq_threads, dq_smem]`, as
+    /// `GsdpaBwdGeometry` lists them.
+    fn new(constants: [u32; 6], tiles: BackwardTiles, suffix: &'static str) -> Self {
+        let [dkdv_block_n, dkdv_threads, dkdv_smem, dq_block_m, dq_threads, dq_smem] = constants;
+        BackwardGeometry {
+            dkdv_block_n,
+            dkdv_threads,
+            dkdv_smem,
+            dq_block_m,
+            dq_threads,
+            dq_smem,
+            tiles,
+            suffix,
+        }
+    }
+}
+
 /// The compact tiles of a head dim (99 KiB at most: every arch).
 fn backward_compact_geometry(head_dim: usize) -> Result<BackwardGeometry> {
-    let [dkdv_block_n, dkdv_threads, dkdv_smem, dq_block_m, dq_threads, dq_smem] = match head_dim {
+    let constants = match head_dim {
         64 => [
             ffi::GSDPA_BWD_DKDV_BLOCK_N_D64,
             ffi::GSDPA_BWD_DKDV_THREADS_D64,
@@ -375,23 +393,14 @@ fn backward_compact_geometry(head_dim: usize) -> Result<BackwardGeometry> {
         ],
         _ => return Err(GsdpaError::UnsupportedHeadDim { head_dim }),
     };
-    Ok(BackwardGeometry {
-        dkdv_block_n,
-        dkdv_threads,
-        dkdv_smem,
-        dq_block_m,
-        dq_threads,
-        dq_smem,
-        tiles: BackwardTiles::Compact,
-        suffix: "",
-    })
+    Ok(BackwardGeometry::new(constants, BackwardTiles::Compact, ""))
 }
 
 /// The large tiles of a head dim, `None` for a head dim that has none (kernels/backward/traits.h says
 /// why D = 64 keeps its compact tiles). D = 128's fit sm_80 and sm_90, D = 256's sm_90 only (see
 /// [`backward_large_one_stage_geometry`] for sm_80).
 fn backward_large_geometry(head_dim: usize) -> Option<BackwardGeometry> {
-    let [dkdv_block_n, dkdv_threads, dkdv_smem, dq_block_m, dq_threads, dq_smem] = match head_dim {
+    let constants = match head_dim {
         128 => [
             ffi::GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128,
             ffi::GSDPA_BWD_LARGE_DKDV_THREADS_D128,
@@ -410,16 +419,11 @@ fn backward_large_geometry(head_dim: usize) -> Option<BackwardGeometry> {
         ],
         _ => return None,
     };
-    Some(BackwardGeometry {
-        dkdv_block_n,
-        dkdv_threads,
-        dkdv_smem,
-        dq_block_m,
-        dq_threads,
-        dq_smem,
-        tiles: BackwardTiles::Large,
-        suffix: "_large",
-    })
+    Some(BackwardGeometry::new(
+        constants,
+        BackwardTiles::Large,
+        "_large",
+    ))
 }
 
 /// D = 256's large tiles with one Q buffer in the dK/dV kernel and one K buffer in the dQ kernel

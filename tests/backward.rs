@@ -566,184 +566,30 @@ fn deterministic_mode_is_bit_identical_across_seeds() {
     }
 }
 
-#[test]
-fn large_tiles_against_the_reference() {
-    // The large kernels' tiles are 64 query rows x 128 keys (dK/dV) and 64 x 128 (dQ): lengths that cross
-    // both, or fall short of one, each way.
-    let cases = [
-        // (B, Sq, Sk, Hq, Hkv, causal, gate, activation, dtype)
-        (
-            1,
-            70,
-            150,
-            4,
-            2,
-            true,
-            GateMode::Elementwise,
-            Activation::Sigmoid,
-            DType::BF16,
-        ),
-        (
-            1,
-            150,
-            70,
-            4,
-            1,
-            false,
-            GateMode::Headwise,
-            Activation::Silu,
-            DType::F16,
-        ),
-        (
-            2,
-            130,
-            130,
-            2,
-            2,
-            true,
-            GateMode::None,
-            Activation::Sigmoid,
-            DType::F16,
-        ),
-        (
-            1,
-            1,
-            1,
-            2,
-            1,
-            false,
-            GateMode::Elementwise,
-            Activation::Silu,
-            DType::BF16,
-        ),
-    ];
-    for (seed, (b, sq, sk, hq, hkv, causal, gate, activation, dtype)) in (800..).zip(cases) {
-        let problem = AttentionProblem::new(b, sq, sk, hq, hkv, 128)
-            .causal(causal)
-            .gate(gate)
-            .activation(activation);
-        check_problem_tiles(
-            &problem,
-            dtype,
-            false,
-            &BOTH_MODES,
-            BackwardTiles::Large,
-            seed,
-        );
-    }
-}
+/// One large-tile case: (B, Sq, Sk, Hq, Hkv, causal, gate, activation, dtype).
+type LargeCase = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    bool,
+    GateMode,
+    Activation,
+    DType,
+);
 
-#[test]
-fn large_d256_tiles_against_the_reference() {
-    // D = 256's large kernels: 64 query rows x 64 keys for both (sm_90 only): lengths that cross a tile
-    // or fall short of one each way, and a single key.
-    let cases = [
-        // (B, Sq, Sk, Hq, Hkv, causal, gate, activation, dtype)
-        (
-            1,
-            70,
-            100,
-            2,
-            1,
-            true,
-            GateMode::Elementwise,
-            Activation::Sigmoid,
-            DType::BF16,
-        ),
-        (
-            1,
-            100,
-            65,
-            2,
-            2,
-            false,
-            GateMode::Headwise,
-            Activation::Silu,
-            DType::F16,
-        ),
-        (
-            1,
-            1,
-            1,
-            2,
-            1,
-            false,
-            GateMode::None,
-            Activation::Sigmoid,
-            DType::BF16,
-        ),
-    ];
-    for (seed, (b, sq, sk, hq, hkv, causal, gate, activation, dtype)) in (850..).zip(cases) {
-        let problem = AttentionProblem::new(b, sq, sk, hq, hkv, 256)
-            .causal(causal)
-            .gate(gate)
-            .activation(activation);
-        check_problem_tiles(
-            &problem,
-            dtype,
-            false,
-            &BOTH_MODES,
-            BackwardTiles::Large,
-            seed,
-        );
-    }
-}
-
-#[test]
-fn large_d256_one_stage_tiles_on_sm_80_against_the_reference() {
-    // sm_80's 163 KiB cannot hold D = 256's two-stage large tiles: Large runs the one-stage kernels there
-    // (the same 64 x 64 tiles, one Q buffer in dK/dV refilled after dK += dS^T Q, one K buffer in dQ
-    // refilled after dQ += dS K). Several query tiles per dK/dV block and key tiles per dQ block (each
-    // refill crossed), lengths that cross a tile or fall short of one each way, GQA, and a single key.
-    let cases = [
-        // (B, Sq, Sk, Hq, Hkv, causal, gate, activation, dtype)
-        (
-            1,
-            70,
-            100,
-            2,
-            1,
-            true,
-            GateMode::Elementwise,
-            Activation::Sigmoid,
-            DType::BF16,
-        ),
-        (
-            1,
-            130,
-            65,
-            2,
-            2,
-            false,
-            GateMode::Headwise,
-            Activation::Silu,
-            DType::F16,
-        ),
-        (
-            2,
-            150,
-            130,
-            4,
-            1,
-            true,
-            GateMode::Elementwise,
-            Activation::Silu,
-            DType::F16,
-        ),
-        (
-            1,
-            1,
-            1,
-            2,
-            1,
-            false,
-            GateMode::None,
-            Activation::Sigmoid,
-            DType::BF16,
-        ),
-    ];
-    for (seed, (b, sq, sk, hq, hkv, causal, gate, activation, dtype)) in (870..).zip(cases) {
-        let problem = AttentionProblem::new(b, sq, sk, hq, hkv, 256)
+/// Runs `cases` at `head_dim` with the large tiles, both modes, on `arch` (`None`: the large tiles' default
+/// emulator target, sm_90), seeds from `first_seed` on, against the reference.
+fn check_large_tiles(
+    head_dim: usize,
+    arch: Option<TargetArch>,
+    first_seed: u64,
+    cases: &[LargeCase],
+) {
+    for (seed, &(b, sq, sk, hq, hkv, causal, gate, activation, dtype)) in (first_seed..).zip(cases)
+    {
+        let problem = AttentionProblem::new(b, sq, sk, hq, hkv, head_dim)
             .causal(causal)
             .gate(gate)
             .activation(activation);
@@ -754,9 +600,55 @@ fn large_d256_one_stage_tiles_on_sm_80_against_the_reference() {
             &BOTH_MODES,
             BackwardTiles::Large,
             seed,
-            Some(TargetArch::SM80),
+            arch,
         );
     }
+}
+
+#[test]
+fn large_tiles_against_the_reference() {
+    // The large kernels' tiles are 64 query rows x 128 keys (dK/dV) and 64 x 128 (dQ): lengths that cross
+    // both, or fall short of one, each way.
+    use {Activation::*, DType::*, GateMode::*};
+    #[rustfmt::skip]
+    let cases = [
+        (1, 70, 150, 4, 2, true, Elementwise, Sigmoid, BF16),
+        (1, 150, 70, 4, 1, false, Headwise, Silu, F16),
+        (2, 130, 130, 2, 2, true, None, Sigmoid, F16),
+        (1, 1, 1, 2, 1, false, Elementwise, Silu, BF16),
+    ];
+    check_large_tiles(128, Option::None, 800, &cases);
+}
+
+#[test]
+fn large_d256_tiles_against_the_reference() {
+    // D = 256's large kernels: 64 query rows x 64 keys for both (sm_90 only): lengths that cross a tile
+    // or fall short of one each way, and a single key.
+    use {Activation::*, DType::*, GateMode::*};
+    #[rustfmt::skip]
+    let cases = [
+        (1, 70, 100, 2, 1, true, Elementwise, Sigmoid, BF16),
+        (1, 100, 65, 2, 2, false, Headwise, Silu, F16),
+        (1, 1, 1, 2, 1, false, None, Sigmoid, BF16),
+    ];
+    check_large_tiles(256, Option::None, 850, &cases);
+}
+
+#[test]
+fn large_d256_one_stage_tiles_on_sm_80_against_the_reference() {
+    // sm_80's 163 KiB cannot hold D = 256's two-stage large tiles: Large runs the one-stage kernels there
+    // (the same 64 x 64 tiles, one Q buffer in dK/dV refilled after dK += dS^T Q, one K buffer in dQ
+    // refilled after dQ += dS K). Several query tiles per dK/dV block and key tiles per dQ block (each
+    // refill crossed), lengths that cross a tile or fall short of one each way, GQA, and a single key.
+    use {Activation::*, DType::*, GateMode::*};
+    #[rustfmt::skip]
+    let cases = [
+        (1, 70, 100, 2, 1, true, Elementwise, Sigmoid, BF16),
+        (1, 130, 65, 2, 2, false, Headwise, Silu, F16),
+        (2, 150, 130, 4, 1, true, Elementwise, Silu, F16),
+        (1, 1, 1, 2, 1, false, None, Sigmoid, BF16),
+    ];
+    check_large_tiles(256, Some(TargetArch::SM80), 870, &cases);
 }
 
 #[test]
