@@ -231,9 +231,9 @@ struct DkdvTraits : DkdvTileShape<T, D, TILES> {
     static constexpr int SMEM_BYTES = SMEM_ELEMS * 2;
     // The P and dS stores through per-lane offsets computed once (CFragOffsets, common/fragments.h) rather
     // than swizzled per store: ptxas otherwise rebuilds those addresses in the loop at D = 64 and 128
-    // (int+pred per tile 248 -> 182 and 239 -> 186 on sm_80). At D = 256, 242 registers already, the
-    // extra live registers make it rebuild others instead (146 -> 164), so not there; in D = 256's large
-    // tile they spill (4 bytes on sm_90a, int+pred 189 -> 225).
+    // (int+pred per tile 248 -> 182 and 239 -> 186 on sm_80). At D = 256 ptxas rebuilds other addresses
+    // instead (compact tile: int+pred 142 -> 152 on sm_80, measured with the loop-carried bases of
+    // dkdv.h), so not there; in D = 256's large tile they spill (4 bytes on sm_90a).
     static constexpr bool HOIST_SCORE_STORES = D <= 128;
     // dO's ldmatrix addresses as Q's plus a base that follows Q's double buffer (dkdv.h), rather than dO's
     // own two sets of four registers: the large tile's dK and dV accumulators (128 registers) leave no
