@@ -6,7 +6,8 @@
 //   gsdpa_bwd_preprocess_{bf16,f16}        Delta, dO = dY * act(G), dG; zeroes dq_accum (fast mode)
 //   gsdpa_bwd_dkdv_{bf16,f16}_d{64,128,256} dK, dV; fast mode also dQ into dq_accum (f32 atomics)
 //   gsdpa_bwd_dq_{bf16,f16}_d{64,128,256}   deterministic mode: dQ without atomics
-//   gsdpa_bwd_{dkdv,dq}_{bf16,f16}_d{128,256}_large the same with larger tiles, for devices with more than 99 KiB
+//   gsdpa_bwd_{dkdv,dq}_{bf16,f16}_d{128,256}_large, gsdpa_bwd_dq_{bf16,f16}_d64_large
+//                                          the same with larger tiles, for devices with more than 99 KiB
 //                                          of shared memory per block (backward/traits.h)
 //   gsdpa_bwd_{dkdv,dq}_{bf16,f16}_d256_large_1stage D = 256's large tiles with one Q (dK/dV) or K (dQ)
 //                                          buffer, for sm_80's 163 KiB
@@ -64,6 +65,8 @@ GSDPA_BWD_TILED(dq, dq, f16, gsdpa::f16, 64, GSDPA_BWD_DQ_THREADS_D64)
 GSDPA_BWD_TILED(dq, dq, f16, gsdpa::f16, 128, GSDPA_BWD_DQ_THREADS_D128)
 GSDPA_BWD_TILED(dq, dq, f16, gsdpa::f16, 256, GSDPA_BWD_DQ_THREADS_D256)
 
+GSDPA_BWD_TILED_LARGE(dq, dq, bf16, gsdpa::bf16, 64, GSDPA_BWD_LARGE_DQ_THREADS_D64, GSDPA_BWD_LARGE_DQ_SMEM_D64)
+GSDPA_BWD_TILED_LARGE(dq, dq, f16, gsdpa::f16, 64, GSDPA_BWD_LARGE_DQ_THREADS_D64, GSDPA_BWD_LARGE_DQ_SMEM_D64)
 GSDPA_BWD_TILED_LARGE(dkdv, dkdv, bf16, gsdpa::bf16, 128, GSDPA_BWD_LARGE_DKDV_THREADS_D128,
                       GSDPA_BWD_LARGE_DKDV_SMEM_D128)
 GSDPA_BWD_TILED_LARGE(dkdv, dkdv, f16, gsdpa::f16, 128, GSDPA_BWD_LARGE_DKDV_THREADS_D128,

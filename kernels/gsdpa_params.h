@@ -437,8 +437,14 @@ enum GsdpaBwdGeometry {
     GSDPA_BWD_DQ_THREADS_D256 = 256,
     GSDPA_BWD_DQ_SMEM_D256 = (2 * 32 + 3 * 32) * 256 * 2 + 32 * 64 * 2,        /* 84 KiB */
     /* The large-tile kernels (gsdpa_bwd_{dkdv,dq}_*_d{128,256}_large), same grids with these tiles, for
-     * devices whose opt-in shared memory per block holds them (D = 128: sm_80's 163 KiB and sm_90's 227;
-     * D = 256: sm_90, and sm_80 with the one-stage variant below); src/launch.rs. */
+     * devices whose opt-in shared memory per block holds them (D = 64 and 128: sm_80's 163 KiB and sm_90's
+     * 227; D = 256: sm_90, and sm_80 with the one-stage variant below); src/launch.rs. */
+    /* D = 64: a large dQ kernel only (gsdpa_bwd_dq_*_d64_large, the deterministic mode's); its dK/dV
+     * kernel stays the compact one (128 x 128 spills there: backward/traits.h). */
+    GSDPA_BWD_LARGE_DQ_BLOCK_M_D64 = 128,
+    GSDPA_BWD_LARGE_DQ_BLOCK_N_D64 = 128,
+    GSDPA_BWD_LARGE_DQ_THREADS_D64 = 256,
+    GSDPA_BWD_LARGE_DQ_SMEM_D64 = (2 * 128 + 3 * 128) * 64 * 2 + 128 * 128 * 2,      /* 112 KiB */
     GSDPA_BWD_LARGE_DKDV_BLOCK_M_D128 = 64,
     GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128 = 128,
     GSDPA_BWD_LARGE_DKDV_THREADS_D128 = 256,

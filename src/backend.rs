@@ -137,13 +137,14 @@ pub struct BackwardOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BackwardTiles {
     /// [`BackwardTiles::Large`] where the head dim has large-tile kernels and the device's opt-in shared
-    /// memory per block holds them (D = 128: sm_80, sm_90; D = 256: sm_90 with two stages, sm_80 with
-    /// one), [`BackwardTiles::Compact`] otherwise ([`crate::launch::backward_tiles`]).
+    /// memory per block holds them (D = 64 and 128: sm_80, sm_90; D = 256: sm_90 with two stages, sm_80
+    /// with one), [`BackwardTiles::Compact`] otherwise ([`crate::launch::backward_tiles`]).
     #[default]
     Auto,
     /// The tiles that fit 99 KiB of shared memory per block (every arch, sm_86 and sm_89 included).
     Compact,
-    /// The large-tile kernels where the head dim has them (D = 128 and 256), the compact ones at D = 64.
+    /// The large-tile kernels: at D = 64 a large dQ kernel (the deterministic mode's) beside the compact
+    /// dK/dV one, at D = 128 and 256 both.
     /// At D = 256 these are the two-stage kernels (`*_d256_large`, 176 / 168 KiB) where the device's
     /// limit holds them (sm_90), else the one-stage ones (`*_d256_large_1stage`: one Q buffer in dK/dV,
     /// one K buffer in dQ, 144 / 136 KiB; sm_80). On a device whose shared memory per block holds neither

@@ -341,15 +341,16 @@ struct BackwardGeometry {
     dq_smem: u32,
     /// Compact or Large.
     tiles: BackwardTiles,
-    /// The kernels' name suffix: `""` (compact), `"_large"`, or `"_large_1stage"` (D = 256's large tiles
-    /// with one Q buffer in dK/dV and one K buffer in dQ, for sm_80).
-    suffix: &'static str,
+    /// The kernels' name suffixes, dK/dV then dQ: `""` (compact), `"_large"`, or `"_large_1stage"`
+    /// (D = 256's large tiles with one Q buffer in dK/dV and one K buffer in dQ, for sm_80). D = 64's
+    /// large tiles pair the compact dK/dV kernel with a large dQ kernel.
+    suffixes: [&'static str; 2],
 }
 
 impl BackwardGeometry {
     /// From `[dkdv_block_n, dkdv_threads, dkdv_smem, dq_block_m, dq_threads, dq_smem]`, as
     /// `GsdpaBwdGeometry` lists them.
-    fn new(constants: [u32; 6], tiles: BackwardTiles, suffix: &'static str) -> Self {
+    fn new(constants: [u32; 6], tiles: BackwardTiles, suffixes: [&'static str; 2]) -> Self {
         let [dkdv_block_n, dkdv_threads, dkdv_smem, dq_block_m, dq_threads, dq_smem] = constants;
         BackwardGeometry {
             dkdv_block_n,
@@ -359,7 +360,7 @@ impl BackwardGeometry {
             dq_threads,
             dq_smem,
             tiles,
-            suffix,
+            suffixes,
         }
     }
 }
@@ -393,13 +394,28 @@ fn backward_compact_geometry(head_dim: usize) -> Result<BackwardGeometry> {
         ],
         _ => return Err(GsdpaError::UnsupportedHeadDim { head_dim }),
     };
-    Ok(BackwardGeometry::new(constants, BackwardTiles::Compact, ""))
+    Ok(BackwardGeometry::new(
+        constants,
+        BackwardTiles::Compact,
+        ["", ""],
+    ))
 }
 
-/// The large tiles of a head dim, `None` for a head dim that has none (kernels/backward/traits.h says
-/// why D = 64 keeps its compact tiles). D = 128's fit sm_80 and sm_90, D = 256's sm_90 only (see
-/// [`backward_large_one_stage_geometry`] for sm_80).
+/// The large tiles of a head dim, `None` for a head dim that has none. D = 64's are a large dQ kernel
+/// beside the compact dK/dV one (kernels/backward/traits.h says why), 112 KiB; D = 64's and D = 128's fit
+/// sm_80 and sm_90, D = 256's sm_90 only (see [`backward_large_one_stage_geometry`] for sm_80).
 fn backward_large_geometry(head_dim: usize) -> Option<BackwardGeometry> {
+    if head_dim == 64 {
+        let compact = backward_compact_geometry(64).ok()?;
+        return Some(BackwardGeometry {
+            dq_block_m: ffi::GSDPA_BWD_LARGE_DQ_BLOCK_M_D64,
+            dq_threads: ffi::GSDPA_BWD_LARGE_DQ_THREADS_D64,
+            dq_smem: ffi::GSDPA_BWD_LARGE_DQ_SMEM_D64,
+            tiles: BackwardTiles::Large,
+            suffixes: ["", "_large"],
+            ..compact
+        });
+    }
     let constants = match head_dim {
         128 => [
             ffi::GSDPA_BWD_LARGE_DKDV_BLOCK_N_D128,
@@ -422,7 +438,7 @@ fn backward_large_geometry(head_dim: usize) -> Option<BackwardGeometry> {
     Some(BackwardGeometry::new(
         constants,
         BackwardTiles::Large,
-        "_large",
+        ["_large", "_large"],
     ))
 }
 
@@ -434,7 +450,7 @@ fn backward_large_one_stage_geometry(head_dim: usize) -> Option<BackwardGeometry
     Some(BackwardGeometry {
         dkdv_smem: ffi::GSDPA_BWD_LARGE_1STAGE_DKDV_SMEM_D256,
         dq_smem: ffi::GSDPA_BWD_LARGE_1STAGE_DQ_SMEM_D256,
-        suffix: "_large_1stage",
+        suffixes: ["_large_1stage", "_large_1stage"],
         ..large
     })
 }
@@ -442,9 +458,9 @@ fn backward_large_one_stage_geometry(head_dim: usize) -> Option<BackwardGeometry
 /// The tile configuration a backward of head dim `head_dim` runs with when `requested`, on a device
 /// whose blocks may opt in to `max_dynamic_shared_bytes` of dynamic shared memory: never
 /// [`BackwardTiles::Auto`]. Auto is [`BackwardTiles::Large`] when the head dim has large tiles and both
-/// main kernels' shared memory fits the limit (D = 128: 144 KiB, sm_80 and sm_90; D = 256: 176 KiB
-/// with two stages, sm_90, or 144 KiB with one, sm_80), else [`BackwardTiles::Compact`]; Large is
-/// Compact for a head dim without large tiles, and stays Large whatever the limit (the launch is then
+/// main kernels' shared memory fits the limit (D = 64: 112 KiB and D = 128: 144 KiB, sm_80 and sm_90;
+/// D = 256: 176 KiB with two stages, sm_90, or 144 KiB with one, sm_80), else
+/// [`BackwardTiles::Compact`]; Large stays Large whatever the limit (the launch is then
 /// refused: [`crate::arch::check_resources`]). At D = 256, Large runs the two-stage kernels
 /// (`*_d256_large`) where the limit holds them, else the one-stage ones (`*_d256_large_1stage`).
 pub fn backward_tiles(
@@ -501,7 +517,7 @@ pub fn backward(
     let dt = dtype.name();
     let d = problem.head_dim;
     let geometry = backward_geometry(d, options.tiles, max_dynamic_shared_bytes)?;
-    let suffix = geometry.suffix;
+    let [dkdv_suffix, dq_suffix] = geometry.suffixes;
     let heads_q = grid_dim(problem.heads_q, "heads_q")?;
     let heads_kv = grid_dim(problem.heads_kv, "heads_kv")?;
     let batch = grid_dim(problem.batch, "batch")?;
@@ -514,7 +530,7 @@ pub fn backward(
             shared_bytes: 0,
         },
         LaunchConfig {
-            kernel: format!("gsdpa_bwd_dkdv_{dt}_d{d}{suffix}"),
+            kernel: format!("gsdpa_bwd_dkdv_{dt}_d{d}{dkdv_suffix}"),
             grid: [
                 grid_dim(
                     problem.seqlen_k.div_ceil(geometry.dkdv_block_n as usize),
@@ -529,7 +545,7 @@ pub fn backward(
     ];
     launches.push(if options.deterministic {
         LaunchConfig {
-            kernel: format!("gsdpa_bwd_dq_{dt}_d{d}{suffix}"),
+            kernel: format!("gsdpa_bwd_dq_{dt}_d{d}{dq_suffix}"),
             grid: [q_tiles(geometry.dq_block_m)?, heads_q, batch],
             block: [geometry.dq_threads, 1, 1],
             shared_bytes: geometry.dq_smem,

@@ -635,6 +635,38 @@ fn large_d256_tiles_against_the_reference() {
 }
 
 #[test]
+fn large_d64_dq_tiles_against_the_reference() {
+    // D = 64's large tiles: the deterministic mode's dQ kernel at 128 query rows x 128 keys beside the
+    // compact dK/dV kernel (the fast mode is the compact one's). Lengths that cross a tile or fall short
+    // of one each way, several key tiles per dQ block, GQA, and a single key; on sm_80, which holds it.
+    use {Activation::*, DType::*, GateMode::*};
+    #[rustfmt::skip]
+    let cases = [
+        (1, 140, 300, 4, 2, true, Elementwise, Sigmoid, BF16),
+        (2, 100, 129, 2, 1, false, Headwise, Silu, F16),
+        (1, 1, 1, 2, 1, false, None, Sigmoid, BF16),
+    ];
+    check_large_tiles(64, Some(TargetArch::SM80), 890, &cases);
+    // The kernels that run: the compact dK/dV and the large dQ.
+    let problem = AttentionProblem::new(1, 140, 300, 4, 2, 64);
+    let options = BackwardOptions {
+        deterministic: true,
+        tiles: BackwardTiles::Large,
+    };
+    let limit = TargetArch::SM80.max_dynamic_shared_bytes();
+    let kernels: Vec<String> = gated_sdpa::launch::backward(&problem, DType::BF16, options, limit)
+        .unwrap()
+        .into_iter()
+        .map(|l| l.kernel)
+        .filter(|k| k.contains("dkdv") || k.contains("_dq_"))
+        .collect();
+    assert_eq!(
+        kernels,
+        ["gsdpa_bwd_dkdv_bf16_d64", "gsdpa_bwd_dq_bf16_d64_large"]
+    );
+}
+
+#[test]
 fn large_d256_one_stage_tiles_on_sm_80_against_the_reference() {
     // sm_80's 163 KiB cannot hold D = 256's two-stage large tiles: Large runs the one-stage kernels there
     // (the same 64 x 64 tiles, one Q buffer in dK/dV refilled after dK += dS^T Q, one K buffer in dQ
@@ -709,7 +741,7 @@ fn large_d256_kernels_follow_the_archs_shared_memory() {
 
 #[test]
 fn large_tiles_deterministic_mode_is_bit_identical_across_seeds() {
-    for (head_dim, sq, sk) in [(128, 100, 140), (256, 70, 90)] {
+    for (head_dim, sq, sk) in [(64, 150, 140), (128, 100, 140), (256, 70, 90)] {
         let problem = AttentionProblem::new(1, sq, sk, 4, 2, head_dim)
             .causal(true)
             .gate(GateMode::Elementwise);
@@ -764,8 +796,11 @@ fn auto_tiles_follow_the_archs_shared_memory() {
         (TargetArch::SM86, BackwardTiles::Compact),
         (TargetArch::SM89, BackwardTiles::Compact),
     ] {
-        let tiles = launch::backward_tiles(128, BackwardTiles::Auto, limit(arch)).unwrap();
-        assert_eq!(tiles, want, "D = 128 on {arch}");
+        // D = 64 (a 112 KiB dQ kernel) and D = 128 (144 KiB) alike.
+        for d in [64, 128] {
+            let tiles = launch::backward_tiles(d, BackwardTiles::Auto, limit(arch)).unwrap();
+            assert_eq!(tiles, want, "D = {d} on {arch}");
+        }
         // D = 256's large tiles fit sm_90 (two stages, 176 KiB) and sm_80 (one stage, 144 KiB).
         let want_256 = if matches!(arch, TargetArch::SM80 | TargetArch::SM90) {
             BackwardTiles::Large
@@ -774,13 +809,8 @@ fn auto_tiles_follow_the_archs_shared_memory() {
         };
         let tiles = launch::backward_tiles(256, BackwardTiles::Auto, limit(arch)).unwrap();
         assert_eq!(tiles, want_256, "D = 256 on {arch}");
-        // D = 64 has compact tiles only, even when forced.
-        for forced in [BackwardTiles::Auto, BackwardTiles::Large] {
-            let tiles = launch::backward_tiles(64, forced, limit(arch)).unwrap();
-            assert_eq!(tiles, BackwardTiles::Compact, "D = 64 on {arch}");
-        }
-        // A forced choice is kept where the head dim has both.
-        for d in [128, 256] {
+        // A forced choice is kept.
+        for d in [64, 128, 256] {
             for forced in [BackwardTiles::Compact, BackwardTiles::Large] {
                 assert_eq!(
                     launch::backward_tiles(d, forced, limit(arch)).unwrap(),

@@ -56,13 +56,21 @@
 //                                                                          spills; LDSM per HMMA as the
 //                                                                          two-stage ones'. sm_90 runs
 //                                                                          the two-stage ones.
-// D = 64 keeps one configuration: it already has 128-key tiles (so no fewer atomics per FLOP from FA2's
-// 128 x 128) and 0.50 LDSM per HMMA. FA2's 128 x 128 (144 KiB dK/dV, 112 KiB dQ) was tried on sm_80 with
-// the warp grids (score rows, dK/dV keys, dQ rows) = (2, 4, 4), (4, 4, 4), (2, 2, 2), (4, 2, 2): the
-// dK/dV kernel spills 4-8 bytes at 255 registers in every one (128 registers of S+dP beside the 64 of
-// dK+dV), for 0.44-0.50 LDSM and 3.15-3.31 non-HMMA per HMMA against 0.50 and 3.35 compact; the dQ
-// kernel alone fits (0.42 and 2.80 against 0.58 and 3.66 at (4, 4, 4)) but runs in the deterministic
-// mode only.
+//   64   (compact dK/dV)                   128 x 128              112 KiB  dQ only (the deterministic
+//                                                                          mode's kernel): FA2's 128 x 128
+//                                                                          with 16 x 128 score and 32 x 32
+//                                                                          dQ warp tiles, 0.54 LDSM and
+//                                                                          3.15 non-HMMA per HMMA (compact:
+//                                                                          0.58 and 3.66), 255 registers,
+//                                                                          no spills. The score grids
+//                                                                          4 x 2 and 2 x 4 (0.42-0.46,
+//                                                                          2.80-2.93) spill 4-8 bytes on
+//                                                                          sm_80.
+// D = 64's dK/dV kernel keeps its compact tiles: it already has 128-key tiles (so no fewer atomics per
+// FLOP from FA2's 128 x 128) and 0.50 LDSM per HMMA. FA2's 128 x 128 (144 KiB) was tried on sm_80 with the
+// warp grids (score rows, dK/dV keys, dQ rows) = (2, 4, 4), (4, 4, 4), (2, 2, 2), (4, 2, 2): it spills 4-8
+// bytes at 255 registers in every one (128 registers of S+dP beside the 64 of dK+dV), for 0.44-0.50 LDSM
+// and 3.15-3.31 non-HMMA per HMMA against 0.50 and 3.35 compact.
 //
 // Shared memory of the dK/dV kernel (elements of T, 16-bit, every tile swizzled, common/swizzle.h):
 //   [K: BLOCK_N x D][V: BLOCK_N x D][Q: Q_STAGES x BLOCK_M x D][dO: BLOCK_M x D][P: BLOCK_M x PC][dS: BLOCK_M x PC]
@@ -102,6 +110,19 @@ struct BwdGeometry<64> {
     // S/dP 2 x 4 -> 32 x 32 per warp; dK/dV 4 x 2 -> 32 keys x 32 dims; dQ 4 x 2 -> 16 rows x 32 dims.
     static constexpr int SCORE_WARPS_M = 2, DKDV_WARPS_N = 4, DQ_WARPS_M = 4;
     static constexpr int SMEM_CEILING = 99 * 1024;
+};
+// D = 64's large tiles have a dQ kernel only (the dK/dV kernel at 128 x 128 spills, table above): the
+// dK/dV fields are the compact ones, and no dK/dV kernel is built with these.
+template <>
+struct BwdGeometry<64, BwdTiles::LARGE> {
+    static constexpr int DKDV_BLOCK_M = GSDPA_BWD_DKDV_BLOCK_M_D64, DKDV_BLOCK_N = GSDPA_BWD_DKDV_BLOCK_N_D64,
+                         DKDV_THREADS = GSDPA_BWD_DKDV_THREADS_D64, DKDV_SMEM = GSDPA_BWD_DKDV_SMEM_D64;
+    static constexpr int DQ_BLOCK_M = GSDPA_BWD_LARGE_DQ_BLOCK_M_D64, DQ_BLOCK_N = GSDPA_BWD_LARGE_DQ_BLOCK_N_D64,
+                         DQ_THREADS = GSDPA_BWD_LARGE_DQ_THREADS_D64, DQ_SMEM = GSDPA_BWD_LARGE_DQ_SMEM_D64;
+    // S/dP 8 x 1 -> 16 x 128; dQ 4 x 2 -> 32 rows x 32 dims (table above).
+    static constexpr int SCORE_WARPS_M = 8, DKDV_WARPS_N = 4, DQ_WARPS_M = 4;
+    // sm_80's opt-in limit, the smallest of the archs that launch this configuration.
+    static constexpr int SMEM_CEILING = 163 * 1024;
 };
 template <>
 struct BwdGeometry<128> {

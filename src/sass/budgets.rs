@@ -27,6 +27,8 @@
 //!   third GEMM has 32 x 32 warp tiles (0.5 LDSM per HMMA), so it meets the compact target but not this
 //!   one. The other targets are the compact kernels'; int+pred counts a whole tile, twice the compact
 //!   tile's HMMA, so 120 is a stricter bound there.
+//! - Backward with D = 64's large dQ kernel (128 x 128, the deterministic mode's): the compact targets;
+//!   its 16 x 128 score warp tiles (the only spill-free grid) read more LDSM than FA2's 32 x 64.
 //! - Backward with D = 256's large tiles (64 x 64 for both kernels, two stages: sm_90):
 //!   FlashAttention-2's own D = 256 tile on the GPUs with the shared memory for it. Four mma tiles per
 //!   warp for the scores (32 x 16: 3 LDSM per 4 HMMA) keep its LDSM per HMMA above the D = 128 large
@@ -106,7 +108,8 @@ macro_rules! budget {
 /// added, same margins; on 2026-12-03 the compact dK/dV kernels re-measured after their loop-invariant
 /// ldmatrix bases were made loop-carried (int+pred on sm_80: 182 -> 126, 186 -> 163, 146 -> 142 at
 /// D = 64 / 128 / 256) and D = 256's large tiles measured when they were added, same margins; D = 256's
-/// one-stage large tiles (`*_large_1stage`) measured on 2026-12-03 when they were added, same margins.
+/// one-stage large tiles (`*_large_1stage`) and D = 64's large dQ kernel measured on 2026-12-03 when
+/// they were added, same margins.
 #[rustfmt::skip]
 pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_fwd_bf16_d128", "sm_80", limit(FWD_NON_HMMA, 2.81), limit(FWD_LDSM, 0.52), limit(FWD_INT, 38.0), limit(FWD_BLOCKS, 1.0)),
@@ -154,6 +157,8 @@ pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_bwd_dq_bf16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.64), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 2.0)),
     budget!("gsdpa_bwd_dq_bf16_d64", "sm_80", limit(BWD_NON_HMMA, 3.77), limit(BWD_LDSM, 0.60), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_bf16_d64", "sm_90a", limit(BWD_NON_HMMA, 3.73), limit(BWD_LDSM, 0.60), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_bf16_d64_large", "sm_80", limit(BWD_NON_HMMA, 3.25), limit(BWD_LDSM, 0.56), limit(BWD_INT, 157.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_bf16_d64_large", "sm_90a", limit(BWD_NON_HMMA, 3.22), limit(BWD_LDSM, 0.56), limit(BWD_INT, 157.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d128", "sm_80", limit(BWD_NON_HMMA, 2.95), limit(BWD_LDSM, 0.70), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d128", "sm_90a", limit(BWD_NON_HMMA, 2.92), limit(BWD_LDSM, 0.70), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d128_large", "sm_80", limit(BWD_NON_HMMA, 2.36), limit(BWD_LARGE_LDSM, 0.52), limit(BWD_INT, 153.0), limit(BWD_BLOCKS, 1.0)),
@@ -165,6 +170,8 @@ pub const BUDGETS: &[Budget] = &[
     budget!("gsdpa_bwd_dq_f16_d256", "sm_90a", limit(BWD_NON_HMMA, 4.64), limit(BWD_LDSM, 1.59), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 2.0)),
     budget!("gsdpa_bwd_dq_f16_d64", "sm_80", limit(BWD_NON_HMMA, 3.77), limit(BWD_LDSM, 0.60), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
     budget!("gsdpa_bwd_dq_f16_d64", "sm_90a", limit(BWD_NON_HMMA, 3.73), limit(BWD_LDSM, 0.60), limit(BWD_INT, 120.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_f16_d64_large", "sm_80", limit(BWD_NON_HMMA, 3.25), limit(BWD_LDSM, 0.56), limit(BWD_INT, 157.0), limit(BWD_BLOCKS, 1.0)),
+    budget!("gsdpa_bwd_dq_f16_d64_large", "sm_90a", limit(BWD_NON_HMMA, 3.22), limit(BWD_LDSM, 0.56), limit(BWD_INT, 157.0), limit(BWD_BLOCKS, 1.0)),
 ];
 
 // ---------------------------------------------------------------------------------------------------
