@@ -23,7 +23,8 @@
 //          into a poisoned area; every lane then reads the 16 bytes of area (lane % 4)
 //   39     pack_float2<bf16>(specials[2 lane], specials[2 lane + 1])
 //   40     pack_float2<f16>(specials[2 lane], specials[2 lane + 1])
-//   41..47 zero
+//   41     __any_sync(lane == 17);   42: __any_sync(0);   43: __any_sync(lane % 2)
+//   44..47 zero
 #include "common/primitives.h"
 
 namespace gsdpa {
@@ -111,6 +112,10 @@ GSDPA_DEVICE void conformance_body(const GsdpaConformanceParams &p) {
 
     out[39] = pack_float2<bf16>(p.specials[2 * lane], p.specials[2 * lane + 1]);
     out[40] = pack_float2<f16>(p.specials[2 * lane], p.specials[2 * lane + 1]);
+
+    out[41] = static_cast<uint32_t>(__any_sync(0xffffffffu, lane == 17));
+    out[42] = static_cast<uint32_t>(__any_sync(0xffffffffu, 0));
+    out[43] = static_cast<uint32_t>(__any_sync(0xffffffffu, lane % 2));
 }
 
 }  // namespace gsdpa

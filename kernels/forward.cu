@@ -113,12 +113,12 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
             cp_async_full_tile_from<BLOCK_N, D, THREADS>(smem + Tr::smem_v(n), v + int64_t(n) * BLOCK_N * v_row, v_row,
                                                          tid);
         };
-        // Prologue: Q, the last K tile and (double-buffered) the last V tile in one group.
+        // Prologue: Q and the last K and V tiles in one group.
         int n = n_tiles - 1;
         cp_async_tile<BLOCK_M, D, THREADS>(s_q, static_cast<const T *>(p.q) + seq.q_offset(p.q_stride, m0, h),
                                            p.q_stride.row, rows, tid);
         load_k(n);
-        if constexpr (Tr::KV_STAGES == 2) load_v(n);
+        load_v(n);
         cp_async_commit();
 
         // Q as mma A fragments of this warp's rows, for every k-step over the head dim.
@@ -148,25 +148,11 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
         // Tiles [0, sink_tiles) hold keys below n_sink (none when the sink mass is not requested).
         const int sink_tiles = (p.n_sink + BLOCK_N - 1) / BLOCK_N;
         const CommonKeyTiles common_tiles = common_key_tiles<BLOCK_N>(m0, seq, causal, sink_tiles);
-        for (; n >= 0; --n) {
-            cp_async_wait<0>();
-            if constexpr (Tr::KV_STAGES == 2) {
-                __syncthreads();  // K(n), V(n) visible to all; every warp is done with tile n + 1's stage
-                if (n > 0) {
-                    prefetch_k(n - 1);
-                    prefetch_v(n - 1);
-                } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
-                    load_gate();  // Q is in registers: its tile is free; the load hides under the last tile
-                }
-                cp_async_commit();
-            } else {
-                __syncthreads();  // K(n) visible to all; every warp is done with V(n + 1)
-                load_v(n);
-                cp_async_commit();
-            }
 
-            // S = Q K^T for this warp's rows x BLOCK_N keys; K stored [key][dim] = [n][k].
-            float s[TM][Tr::N_TILES_S][4];
+        // S = Q K(n)^T for this warp's rows x BLOCK_N keys (K stored [key][dim] = [n][k]), masked and its
+        // sink keys summed where tile n needs it.
+        float s[TM][Tr::N_TILES_S][4];
+        auto scores = [&](int n) {
             zero_acc(s);
             if constexpr (Tr::Q_IN_REGS) {
                 const FragmentOperandA<TM, Tr::K_STEPS_QK> q_src{q_frag};
@@ -186,33 +172,55 @@ GSDPA_DEVICE void forward(const GsdpaFwdParams &p) {
                     if (n < sink_tiles) sink[mi].add(s[mi], n * BLOCK_N, p.n_sink, p.scale_log2, lane);
                 }
             }
-
-            if constexpr (Tr::KV_STAGES == 1) {
-                cp_async_wait<0>();
-                __syncthreads();  // V(n) visible to all; every warp is done with K(n) and (last tile) Q
-                if (n > 0) {
-                    prefetch_k(n - 1);
-                } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
-                    load_gate();  // hides under the last O += P V
-                }
-                cp_async_commit();
-            }
-
+        };
+        // The online softmax of S, then O += P V(n): P (the numerators now in s) rounded to T and reused in
+        // registers as the A operand; V stored [key][dim] = [k][n].
+        auto softmax_and_pv = [&]() {
 #pragma unroll
-            for (int mi = 0; mi < TM; ++mi) softmax[mi].update(s[mi], acc_o[mi], p.scale_log2);
-            // O += P V: P (the numerators now in s) rounded to T and reused in registers as the A operand;
-            // V stored [key][dim] = [k][n].
+            for (int mi = 0; mi < TM; ++mi) softmax[mi].update_lazy(s[mi], acc_o[mi], p.scale_log2);
             const AccumulatorOperandA<T, TM, Tr::K_STEPS_PV> p_src{s};
             warp_gemm_offsets<T, TM, Tr::N_TILES_O, Tr::K_STEPS_PV, true, D>(acc_o, p_src, smem, v_offsets, lane);
+        };
+
+        // The loop runs every key tile but the last one visited (tile 0), each of which prefetches the
+        // next; tile 0 leaves it at its barrier and runs after it, fetching the gate tile instead. So the
+        // loop body holds no test for the last tile, and its one path is the steady state (docs/sass.md).
+        for (;; --n) {
+            cp_async_wait<0>();
             if constexpr (Tr::KV_STAGES == 2) {
+                __syncthreads();  // K(n), V(n) visible to all; every warp is done with tile n + 1's stage
+                if (n == 0) break;
+                prefetch_k(n - 1);
+                prefetch_v(n - 1);
+                cp_async_commit();
+                scores(n);
+                softmax_and_pv();
                 k_offsets.flip(Tr::K_STAGE_FLIP);  // on to tile n - 1's stage
                 v_offsets.flip(Tr::V_STAGE_FLIP);
             } else {
+                __syncthreads();  // K(n) visible to all; every warp is done with V(n + 1)
+                // The first tile's V (the only one that may be partial) came with the prologue.
+                if (n < n_tiles - 1) prefetch_v(n);
+                cp_async_commit();
+                scores(n);
+                cp_async_wait<0>();
+                __syncthreads();  // V(n) visible to all; every warp is done with K(n) and (last tile) Q
+                if (n == 0) break;
+                prefetch_k(n - 1);
+                cp_async_commit();
+                softmax_and_pv();
                 q_offsets.keep_in_registers(opaque_zero);
                 k_offsets.keep_in_registers(opaque_zero);
                 v_offsets.keep_in_registers(opaque_zero);
             }
         }
+        // Tile 0. Q is no longer read from shared memory (double-buffered: it is in registers;
+        // single-buffered: S is computed), so the gate tile can take its place; its load hides under
+        // O += P V.
+        if (gate_mode == GSDPA_GATE_ELEMENTWISE) load_gate();
+        cp_async_commit();
+        if constexpr (Tr::KV_STAGES == 2) scores(0);
+        softmax_and_pv();
     } else if (gate_mode == GSDPA_GATE_ELEMENTWISE) {
         load_gate();  // no key tile (gate statistics only): G is read for its activations
         cp_async_commit();

@@ -143,6 +143,11 @@ fn expected_dump() -> Vec<u32> {
         let pack_f16 = |x: f32| half::f16::from_f32(x).to_bits() as u32;
         o[39] = pack_bf16(lo) | (pack_bf16(hi) << 16);
         o[40] = pack_f16(lo) | (pack_f16(hi) << 16);
+
+        // vote.sync.any: one lane true, none, every other lane.
+        o[41] = 1;
+        o[42] = 0;
+        o[43] = 1;
     }
     out
 }

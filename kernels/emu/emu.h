@@ -95,6 +95,8 @@ void syncwarp(unsigned mask, Site site);
 
 enum class ShuffleMode { Idx, Up, Down, Xor };
 uint32_t shuffle(ShuffleMode mode, unsigned mask, uint32_t value, int arg, int width, Site site);
+// vote.sync.any: whether any lane of the warp brings a true predicate; every lane gets the answer.
+bool vote_any(unsigned mask, bool predicate, Site site);
 
 void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                   const float (&c)[4], Site site);
@@ -164,6 +166,10 @@ template <class T>
 inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
                         gsdpa_emu::Site site = gsdpa_emu::Site::current()) {
     return gsdpa_emu::shuffle_typed(gsdpa_emu::ShuffleMode::Up, mask, v, int(delta), width, site);
+}
+
+inline int __any_sync(unsigned mask, int predicate, gsdpa_emu::Site site = gsdpa_emu::Site::current()) {
+    return gsdpa_emu::vote_any(mask, predicate != 0, site) ? 1 : 0;
 }
 
 inline float atomicAdd(float *address, float value) { return gsdpa_emu::atomic_add_f32(address, value); }

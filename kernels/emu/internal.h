@@ -27,7 +27,7 @@ enum class FiberState {
     Done,          // returned from the kernel
 };
 
-enum class CollectiveKind { SyncWarp, Shuffle, Mma, Ldmatrix, Stmatrix };
+enum class CollectiveKind { SyncWarp, Shuffle, Vote, Mma, Ldmatrix, Stmatrix };
 
 const char *collective_name(CollectiveKind kind);
 
@@ -43,6 +43,9 @@ struct PendingCollective {
     int shuffle_arg = 0;
     int shuffle_width = 32;
     uint32_t shuffle_result = 0;
+    // vote.sync.any
+    bool vote_value = false;
+    bool vote_result = false;
     // mma.sync
     MmaType mma_type = MmaType::BF16;
     const uint32_t *mma_a = nullptr;

@@ -153,6 +153,13 @@ uint32_t shuffle(ShuffleMode mode, unsigned mask, uint32_t value, int arg, int w
     return p.shuffle_result;
 }
 
+bool vote_any(unsigned mask, bool predicate, Site site) {
+    PendingCollective &p = begin_collective("a warp vote", CollectiveKind::Vote, mask, site);
+    p.vote_value = predicate;
+    park_current(FiberState::AtCollective);
+    return p.vote_result;
+}
+
 void mma_m16n8k16(MmaType type, float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4],
                   Site site) {
     PendingCollective &p = begin_collective("mma.sync", CollectiveKind::Mma, 0xffffffffu, site);
@@ -191,6 +198,7 @@ const char *collective_name(CollectiveKind kind) {
     switch (kind) {
         case CollectiveKind::SyncWarp: return "__syncwarp";
         case CollectiveKind::Shuffle: return "a shuffle";
+        case CollectiveKind::Vote: return "a vote";
         case CollectiveKind::Mma: return "mma.sync";
         case CollectiveKind::Ldmatrix: return "ldmatrix";
         case CollectiveKind::Stmatrix: return "stmatrix";

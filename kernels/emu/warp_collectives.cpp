@@ -177,6 +177,12 @@ std::string execute_collective(BlockRunner &runner, Fiber *const lanes[kWarpSize
             execute_shuffle(lanes);
             return {};
         }
+        case CollectiveKind::Vote: {
+            bool any = false;
+            for (int lane = 0; lane < kWarpSize; ++lane) any = any || lanes[lane]->pending.vote_value;
+            for (int lane = 0; lane < kWarpSize; ++lane) lanes[lane]->pending.vote_result = any;
+            return {};
+        }
         case CollectiveKind::Mma: return execute_mma(lanes);
         case CollectiveKind::Ldmatrix: return execute_ldmatrix(runner, lanes);
         case CollectiveKind::Stmatrix: return execute_stmatrix(runner, lanes);

@@ -66,7 +66,8 @@ struct SinkMass {
         for (int row_half = 0; row_half < 2; ++row_half) {
             const float m = softmax.row_max[row_half];
             const float final_base = m == -INFINITY ? 0.0f : m * scale_log2;
-            // base <= final_base: the row max covers the sink scores (-inf base: the lane saw none, 0).
+            // The row max covers the sink scores up to update_lazy's slack: base <= final_base + 8, so
+            // the factor is at most 2^8 (-inf base: the lane saw none, 0).
             const float lane_sum = partial[row_half] * fast_exp2(base[row_half] - final_base);
             mass[row_half] = quad_sum(lane_sum) * inv_sum[row_half];
         }

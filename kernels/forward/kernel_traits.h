@@ -61,6 +61,11 @@
 //        are loop-invariant, made loop-carried as at D = 64; K         sm_90a); loop-carried bases: 112 /
 //        prefetch without row test; the V load of tile n keeps its     114 (ptxas at 241 / 243 registers
 //        row test (tile n may be the partial last)                     rebuilt some in the loop before).
+//   all  the last tile visited runs after the loop (below), and the   2026-12-03: the tool's steady path
+//        first tile's V comes with the prologue: no V row test and     had been the last tile's (its gate
+//        no last-tile test in the loop                                 load has the most LDGSTS); the real
+//                                                                       one: 43 / 47 / 63 at D = 128 / 64
+//                                                                       / 256 (BENCHMARKS.md)
 // Per-tile 64-bit source pointers (tile * BLOCK_N * row_stride) are recomputed, not stepped: a running
 // pointer per tensor was measured 2-20 instructions worse (two more loop-carried register pairs).
 //
@@ -68,12 +73,21 @@
 // issued into the other stage, so each load has a whole iteration (both GEMMs and the softmax) to land.
 // Single-buffered (D = 64 and 256, FlashAttention-2's scheme): K and V have one buffer each and their loads
 // alternate, each overlapping one GEMM: V(n) is fetched while S = Q K(n)^T is computed, K(n-1) while the
-// softmax and O += P V(n) run (two barriers per iteration). Double buffering at D = 256 (96 KiB) would
-// leave A100 one block per SM instead of two.
+// softmax and O += P V(n) run (two barriers per iteration); the first tile's V, the only one that may be
+// partial, comes with Q and K in the prologue. Double buffering at D = 256 (96 KiB) would leave A100 one
+// block per SM instead of two.
 // Key tiles are visited from the last to the first, so the tiles that need masking (the partial last
 // tile, the causal diagonal) come first and the loop bound skips tiles above the diagonal.
-// The elementwise gate tile is fetched into the Q region during the last key tile (double-buffered: at
-// its start, Q being in registers; single-buffered: after its S = Q K^T), hiding under O += P V.
+// The loop runs every tile but the last one visited (tile 0): that one leaves the loop at its barrier and
+// runs after it, because instead of prefetching it fetches the elementwise gate tile into the Q region
+// (double-buffered: at its start, Q being in registers; single-buffered: after its S = Q K^T), hiding
+// under O += P V. So every iteration of the loop prefetches, and the loop tests for neither end.
+//
+// Softmax. The key loop uses OnlineSoftmax::update_lazy: O and the row sums are rescaled only when a
+// tile raises some row's max of the warp's m-tile by more than 2^8 in p, which after the first tiles is
+// rare. The common tile skips the O rescale (64 f32 multiplies per thread at D = 64 and 128, 128 at
+// D = 256) and the corrections' exp2: non-HMMA per HMMA 3.94 -> 3.44 / 2.79 -> 2.29 / 3.08 -> 2.08 at
+// D = 64 / 128 / 256 (sm_80, 2026-12-03).
 #pragma once
 
 #include "../common/fragments.h"
@@ -122,7 +136,7 @@ struct FwdTraits {
     static constexpr int N_TILES_O = D / 8;        // 16 x 8 output tiles per m-tile
 
     // K/V buffers: two stages (double buffering) where Q lives in registers (the gate tile then replaces Q
-    // at the start of the last key tile); see the pipeline note above.
+    // at the start of the last key tile visited); see the pipeline note above.
     static constexpr int KV_STAGES = Q_IN_REGS ? 2 : 1;
 
     // Shared memory, in elements of T from the dynamic shared memory base:

@@ -6,6 +6,9 @@
 // score. The max is reduced over the quad every tile (all lanes of a row must subtract the same max);
 // the sum stays a per-lane partial until finish().
 //
+// update() rescales every tile; update_lazy() (the mma.sync forward's key loop) only when the max rises
+// by more than 2^8 in p, keeping O, l and the LSE relative to a slightly stale max otherwise.
+//
 // Rows that have seen no key yet keep m = -inf; the exponent base then is 0 instead of -inf * scale, so
 // no -inf - (-inf) = NaN appears (masked scores are -inf and give p = 0). Requires 0 < scale <= 2^16
 // (validation: MAX_SOFTMAX_SCALE), so that s * scale_log2 stays finite for every finite-range score.
@@ -18,7 +21,8 @@ namespace gsdpa {
 namespace fwd {
 
 struct OnlineSoftmax {
-    float row_max[2];  // running max of the raw (unscaled) scores, -inf before any visible key
+    float row_max[2];  // running max of the raw (unscaled) scores, -inf before any visible key; with
+                       // update_lazy, up to LAZY_RESCALE_LOG2 / scale_log2 below the true max
     float row_sum[2];  // this lane's partial sum of p, in units of 2^(row_max * scale_log2)
 
     GSDPA_DEVICE void init() {
@@ -53,6 +57,63 @@ struct OnlineSoftmax {
             correction[row_half] = fast_exp2(row_max[row_half] * scale_log2 - base);
             row_max[row_half] = m;
             row_sum[row_half] *= correction[row_half];
+            float sum = 0.0f;
+#pragma unroll
+            for (int nt = 0; nt < N_TILES_S; ++nt) {
+#pragma unroll
+                for (int i = 2 * row_half; i < 2 * row_half + 2; ++i) {
+                    s[nt][i] = fast_exp2(fmaf(s[nt][i], scale_log2, -base));
+                    sum += s[nt][i];
+                }
+            }
+            row_sum[row_half] += sum;
+        }
+    }
+
+    // update() with the rescale done only when it matters (the mma.sync forward's key loop). The running
+    // max of a row moves only when, in some row of the warp's m-tile, the tile's max exceeds it by more
+    // than LAZY_RESCALE_LOG2 (in the log2 units of p); then every row of the m-tile takes its new max and O
+    // and the sums are rescaled, as in update(). Otherwise p is taken relative to the old, slightly stale
+    // max (so p <= 2^LAZY_RESCALE_LOG2 instead of <= 1) and O and the sums are left alone. This is exact,
+    // not an approximation: O, the sum and the LSE are all kept relative to the same max, whichever it
+    // is. f32 holds the extra factor of 2^8 with room to spare, and the 16-bit P keeps its relative
+    // precision. Once the first tiles have set the max, a later tile rarely raises it by that much, so
+    // the common tile skips the corrections' exp2 and the O rescale: 64 f32 multiplies per thread at
+    // D = 64 and 128, 128 at D = 256 (kernels/forward/kernel_traits.h). The vote makes the branch uniform
+    // over the warp. Warp collective.
+    static constexpr float LAZY_RESCALE_LOG2 = 8.0f;
+
+    template <int N_TILES_S, int N_TILES_O>
+    GSDPA_DEVICE void update_lazy(float (&s)[N_TILES_S][4], float (&acc_o)[N_TILES_O][4], float scale_log2) {
+        float tile_max[2];
+        bool raise = false;
+#pragma unroll
+        for (int row_half = 0; row_half < 2; ++row_half) {
+            float m = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < N_TILES_S; ++nt) {
+                m = fmaxf(m, fmaxf(s[nt][2 * row_half], s[nt][2 * row_half + 1]));
+            }
+            tile_max[row_half] = quad_max(m);
+            // A row with no visible key yet (max -inf) and any visible score: +inf > 8. Nothing visible
+            // in the tile (-inf): false, also against -inf, where the difference is NaN.
+            raise = raise || tile_max[row_half] * scale_log2 - row_max[row_half] * scale_log2 > LAZY_RESCALE_LOG2;
+        }
+        if (__any_sync(0xffffffffu, raise)) {
+            float correction[2];
+#pragma unroll
+            for (int row_half = 0; row_half < 2; ++row_half) {
+                const float m = fmaxf(row_max[row_half], tile_max[row_half]);
+                const float base = m == -INFINITY ? 0.0f : m * scale_log2;
+                correction[row_half] = fast_exp2(row_max[row_half] * scale_log2 - base);
+                row_max[row_half] = m;
+                row_sum[row_half] *= correction[row_half];
+            }
+            rescale(acc_o, correction);
+        }
+#pragma unroll
+        for (int row_half = 0; row_half < 2; ++row_half) {
+            const float base = row_max[row_half] == -INFINITY ? 0.0f : row_max[row_half] * scale_log2;
             float sum = 0.0f;
 #pragma unroll
             for (int nt = 0; nt < N_TILES_S; ++nt) {

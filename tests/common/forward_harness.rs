@@ -268,11 +268,22 @@ impl Harness {
         input_seed: u64,
     ) -> KernelOutputs {
         let x = Inputs::new(p, dtype, input_seed);
+        self.check_inputs(p, dtype, options, &x, 1 + input_seed)
+    }
+
+    /// [`Self::check_case`] on given inputs (already rounded to `dtype`), with emulator seed `emu_seed`.
+    pub fn check_inputs(
+        &self,
+        p: &AttentionProblem,
+        dtype: DType,
+        options: LayoutOptions,
+        x: &Inputs,
+        emu_seed: u64,
+    ) -> KernelOutputs {
         let reference = forward_f64(p, &x.q, &x.k, &x.v, x.g.as_deref()).unwrap();
-        let emu_seed = 1 + input_seed;
         let out = match dtype {
-            DType::BF16 => self.run_kernel::<bf16>(p, &x, options, emu_seed),
-            DType::F16 => self.run_kernel::<f16>(p, &x, options, emu_seed),
+            DType::BF16 => self.run_kernel::<bf16>(p, x, options, emu_seed),
+            DType::F16 => self.run_kernel::<f16>(p, x, options, emu_seed),
         };
         check_output("y", p, dtype, &out.y, &reference.y, &reference);
         if let Some(o) = &out.o {
