@@ -51,27 +51,58 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     const GsdpaStrides do_stride = grad_out_stride(p);
 
     // The (query head, query tile) pairs are visited head by head: a tile position advances by one query
-    // tile, wrapping to the next head of the group after per_head tiles (no division in the loop).
+    // tile, wrapping to the next head of the group after per_head tiles (no division in the loop). With
+    // STEP_TILE_OFFSETS (traits.h) it carries its element offsets into Q and dO (of this thread's first
+    // cp.async chunk, the tile's first row plus cp_async_lane_offset) and into LSE / delta (of the head's
+    // row 0), stepped along rather than recomputed from (h, m0): per tile and tensor one 64-bit add
+    // instead of three 64-bit multiply-adds. Without it they are recomputed where used.
     struct TilePos {
         int h, m0;
+        int64_t q, dout, lse;
     };
+    const int64_t q_row = p.q_stride.row, do_row = do_stride.row;
+    const int64_t q_step = int64_t(BM) * q_row, do_step = int64_t(BM) * do_row;
+    // From a head's last query tile to the next head's first.
+    const int64_t q_wrap = p.q_stride.head - (per_head - 1) * q_step;
+    const int64_t do_wrap = do_stride.head - (per_head - 1) * do_step;
+    const TilePos first_tile{hkv * group, m_first * BM,
+                             seq.q_offset(p.q_stride, m_first * BM, hkv * group) +
+                                 cp_async_lane_offset<D, THREADS>(q_row, tid),
+                             seq.q_offset(do_stride, m_first * BM, hkv * group) +
+                                 cp_async_lane_offset<D, THREADS>(do_row, tid),
+                             seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, hkv * group)};
     auto next_tile = [&](TilePos t) {
         t.m0 += BM;
-        if (t.m0 == (m_first + per_head) * BM) {
+        const bool wrap = t.m0 == (m_first + per_head) * BM;
+        if (wrap) {
             t.m0 = m_first * BM;
             ++t.h;
         }
+        if constexpr (Tr::STEP_TILE_OFFSETS) {
+            t.q += wrap ? q_wrap : q_step;
+            t.dout += wrap ? do_wrap : do_step;
+            if (wrap) t.lse += p.lse_head_stride;
+        }
         return t;
     };
-    auto load_q = [&](TilePos t, T *dst) {
-        const int h = t.h, m0 = t.m0;
-        cp_async_tile<BM, D, THREADS>(dst, q_base + seq.q_offset(p.q_stride, m0, h), p.q_stride.row,
-                                      seq.seqlen_q - m0, tid);
+    auto load_q = [&](const TilePos &t, T *dst) {
+        if constexpr (Tr::STEP_TILE_OFFSETS) {
+            cp_async_tile_from<BM, D, THREADS>(dst, q_base + t.q, q_row, seq.seqlen_q - t.m0, tid);
+        } else {
+            cp_async_tile<BM, D, THREADS>(dst, q_base + seq.q_offset(p.q_stride, t.m0, t.h), q_row,
+                                          seq.seqlen_q - t.m0, tid);
+        }
     };
-    auto load_do = [&](TilePos t) {
-        const int h = t.h, m0 = t.m0;
-        cp_async_tile<BM, D, THREADS>(sdO, do_base + seq.q_offset(do_stride, m0, h), do_stride.row,
-                                      seq.seqlen_q - m0, tid);
+    auto load_do = [&](const TilePos &t) {
+        if constexpr (Tr::STEP_TILE_OFFSETS) {
+            cp_async_tile_from<BM, D, THREADS>(sdO, do_base + t.dout, do_row, seq.seqlen_q - t.m0, tid);
+        } else {
+            cp_async_tile<BM, D, THREADS>(sdO, do_base + seq.q_offset(do_stride, t.m0, t.h), do_row,
+                                          seq.seqlen_q - t.m0, tid);
+        }
+    };
+    auto lse_of = [&](const TilePos &t) {
+        return Tr::STEP_TILE_OFFSETS ? t.lse : seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, t.h);
     };
 
     cp_async_tile<BN, D, THREADS>(sK, static_cast<const T *>(p.k) + seq.k_offset(p.k_stride, n0, hkv),
@@ -80,15 +111,15 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
                                   p.v_stride.row, keys, tid);
     if constexpr (Tr::Q_STAGES == 2) {
         if (iters > 0) {
-            load_q(TilePos{hkv * group, m_first * BM}, sQ);
-            load_do(TilePos{hkv * group, m_first * BM});
+            load_q(first_tile, sQ);
+            load_do(first_tile);
         }
         cp_async_commit();
     } else {
         // One Q buffer: two groups, as every iteration leaves them (dO, then Q; the loop's first wait).
-        if (iters > 0) load_do(TilePos{hkv * group, m_first * BM});
+        if (iters > 0) load_do(first_tile);
         cp_async_commit();
-        if (iters > 0) load_q(TilePos{hkv * group, m_first * BM}, sQ);
+        if (iters > 0) load_q(first_tile, sQ);
         cp_async_commit();
     }
 
@@ -140,7 +171,7 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
         }
     };
 
-    TilePos tile{hkv * group, m_first * BM};
+    TilePos tile = first_tile;
     for (int it = 0; it < iters; ++it, tile = next_tile(tile)) {
         const int h = tile.h, m0 = tile.m0;
         const TilePos next = next_tile(tile);
@@ -157,8 +188,7 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
         }
 
         float lse2[SCORE_TM][2], delta[SCORE_TM][2];
-        const int64_t lse0 = seq.lse_offset(p.lse_batch_stride, p.lse_head_stride, h);
-        load_row_stats<Tr>(lse2, delta, p, lse0, m0 + score_m0, seq.seqlen_q, lane);
+        load_row_stats<Tr>(lse2, delta, p, lse_of(tile), m0 + score_m0, seq.seqlen_q, lane);
 
         // S = Q K^T and dP = dO V^T: K and V stored [key][dim] = [n][k].
         float s[SCORE_TM][SCORE_TN][4], dp[SCORE_TM][SCORE_TN][4];

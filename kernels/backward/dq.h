@@ -37,15 +37,18 @@ GSDPA_DEVICE void dq(const GsdpaBwdParams &p) {
     T *sK = smem + Tr::SMEM_K;
     T *sV = smem + Tr::SMEM_V;
 
-    const T *k_base = static_cast<const T *>(p.k);
-    const T *v_base = static_cast<const T *>(p.v);
+    // This thread's first chunk of key tile 0 of K and V (cp_async_lane_offset), computed once: tile n's
+    // is n BN rows further, one 64-bit multiply-add per tile instead of the whole (batch, row, head) offset.
+    const int64_t k_row = p.k_stride.row, v_row = p.v_stride.row;
+    const T *k_src = static_cast<const T *>(p.k) + seq.k_offset(p.k_stride, 0, hkv) +
+                     cp_async_lane_offset<D, THREADS>(k_row, tid);
+    const T *v_src = static_cast<const T *>(p.v) + seq.k_offset(p.v_stride, 0, hkv) +
+                     cp_async_lane_offset<D, THREADS>(v_row, tid);
     auto load_k = [&](int n, T *dst) {
-        cp_async_tile<BN, D, THREADS>(dst, k_base + seq.k_offset(p.k_stride, n * BN, hkv), p.k_stride.row,
-                                      seq.seqlen_k - n * BN, tid);
+        cp_async_tile_from<BN, D, THREADS>(dst, k_src + int64_t(n) * BN * k_row, k_row, seq.seqlen_k - n * BN, tid);
     };
     auto load_v = [&](int n) {
-        cp_async_tile<BN, D, THREADS>(sV, v_base + seq.k_offset(p.v_stride, n * BN, hkv), p.v_stride.row,
-                                      seq.seqlen_k - n * BN, tid);
+        cp_async_tile_from<BN, D, THREADS>(sV, v_src + int64_t(n) * BN * v_row, v_row, seq.seqlen_k - n * BN, tid);
     };
 
     const GsdpaStrides do_stride = grad_out_stride(p);

@@ -260,6 +260,12 @@ struct DkdvTraits : DkdvTileShape<T, D, TILES> {
     // own two sets of four registers: the large tile's dK and dV accumulators (128 registers) leave no
     // room for them (36 bytes of spills on sm_80 with them).
     static constexpr bool SHARE_Q_DO_OFFSETS = TILES != BwdTiles::COMPACT;
+    // The next Q / dO tile's source offsets and the LSE / delta offset stepped from tile to tile (dkdv.h,
+    // TilePos) rather than recomputed from (head, row): int+pred per tile on sm_80 126 / 163 / 142 ->
+    // 86 / 127 / 102 at D = 64 / 128 / 256 (compact), 189 -> 152 at D = 256 (large, sm_90a). The
+    // stepped offsets stay live across the loop: at D = 128's large tile and in D = 256's one-stage tile
+    // they spill 8 bytes on sm_80 (2026-12-03), so those recompute them.
+    static constexpr bool STEP_TILE_OFFSETS = TILES == BwdTiles::COMPACT || (TILES == BwdTiles::LARGE && D == 256);
     // Q's two buffers at offsets that differ only in these bits, every in-buffer offset below them: the
     // lane's ldmatrix addresses switch buffers with one XOR (dkdv.h). 0 with one buffer (never applied).
     static constexpr int Q_TILE = Shape::BLOCK_M * D;

@@ -95,8 +95,10 @@ GSDPA_DEVICE void cp_async_tile_from(T *smem, const T *src, int64_t row_stride, 
     }
 }
 
-// The same, from the tile's first row `gmem`, with the row test written row0 + i * ROW_STEP < valid_rows
-// (the backward's register allocation is tuned to this form: the other spills its dQ kernel on sm_100).
+// The same, from the tile's first row `gmem` (the lane's offset computed here), with the row test written
+// row0 + i * ROW_STEP < valid_rows: for tiles loaded once (prologues), and for the per-tile Q and dO loads
+// of the dK/dV tiles that recompute their offsets (backward/traits.h, STEP_TILE_OFFSETS), whose register
+// allocation is tuned to it.
 template <int ROWS, int COLS, int THREADS, class T>
 GSDPA_DEVICE void cp_async_tile(T *smem, const T *gmem, int64_t row_stride, int valid_rows, int tid) {
     using C = TileChunks<ROWS, COLS, THREADS>;
