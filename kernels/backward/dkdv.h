@@ -159,7 +159,7 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
     T *sdS_from_P = smem + (Tr::SMEM_DS - Tr::SMEM_P);
     // Where this lane stores its part of the warp's P and dS tiles (same distance again), where that pays
     // (traits.h, HOIST_SCORE_STORES).
-    const CFragOffsets<PC, SCORE_TN> score_store(Tr::SMEM_P, score_m0, score_n0, lane);
+    CFragOffsets<PC, SCORE_TN> score_store(Tr::SMEM_P, score_m0, score_n0, lane);
     auto store_scores = [&](const float (&p_tile)[SCORE_TM][SCORE_TN][4],
                             const float (&ds_tile)[SCORE_TM][SCORE_TN][4]) {
         if constexpr (Tr::HOIST_SCORE_STORES) {
@@ -278,6 +278,7 @@ GSDPA_DEVICE void dkdv(const GsdpaBwdParams &p) {
             p_at.keep_in_registers(opaque_zero);
             do_own_a.keep_in_registers(opaque_zero);
             do_own_b.keep_in_registers(opaque_zero);
+            if constexpr (Tr::KEEP_SCORE_STORES) score_store.keep_in_registers(opaque_zero);
         }
     }
 

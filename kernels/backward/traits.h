@@ -256,15 +256,19 @@ struct DkdvTraits : DkdvTileShape<T, D, TILES> {
     // instead (compact tile: int+pred 142 -> 152 on sm_80, measured with the loop-carried bases of
     // dkdv.h), so not there; in D = 256's large tile they spill (4 bytes on sm_90a).
     static constexpr bool HOIST_SCORE_STORES = D <= 128;
+    // Those offsets made loop-carried too (keep_in_registers, once per iteration) in the compact tile at
+    // D = 128, where ptxas rebuilt them in the loop (int+pred 127 -> 111 on sm_80, 2026-12-03); at D = 64
+    // it keeps them anyway, and the XORs cost 9.
+    static constexpr bool KEEP_SCORE_STORES = HOIST_SCORE_STORES && D == 128 && TILES == BwdTiles::COMPACT;
     // dO's ldmatrix addresses as Q's plus a base that follows Q's double buffer (dkdv.h), rather than dO's
     // own two sets of four registers: the large tile's dK and dV accumulators (128 registers) leave no
     // room for them (36 bytes of spills on sm_80 with them).
     static constexpr bool SHARE_Q_DO_OFFSETS = TILES != BwdTiles::COMPACT;
     // The next Q / dO tile's source offsets and the LSE / delta offset stepped from tile to tile (dkdv.h,
     // TilePos) rather than recomputed from (head, row): int+pred per tile on sm_80 126 / 163 / 142 ->
-    // 86 / 127 / 102 at D = 64 / 128 / 256 (compact), 189 -> 152 at D = 256 (large, sm_90a). The
-    // stepped offsets stay live across the loop: at D = 128's large tile and in D = 256's one-stage tile
-    // they spill 8 bytes on sm_80 (2026-12-03), so those recompute them.
+    // 86 / 127 / 102 at D = 64 / 128 / 256 (compact; D = 128: 111 with KEEP_SCORE_STORES), 189 -> 152 at
+    // D = 256 (large, sm_90a). The stepped offsets stay live across the loop: at D = 128's large tile and
+    // in D = 256's one-stage tile they spill 8 bytes on sm_80 (2026-12-03), so those recompute them.
     static constexpr bool STEP_TILE_OFFSETS = TILES == BwdTiles::COMPACT || (TILES == BwdTiles::LARGE && D == 256);
     // Q's two buffers at offsets that differ only in these bits, every in-buffer offset below them: the
     // lane's ldmatrix addresses switch buffers with one XOR (dkdv.h). 0 with one buffer (never applied).

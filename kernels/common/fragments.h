@@ -201,6 +201,11 @@ struct CFragOffsets {
     }
     // The element offset of the pair at (mi, ni, row_half).
     GSDPA_DEVICE int at(int mi, int ni, int row_half) const { return base[ni] + (16 * mi + 8 * row_half) * COLS; }
+    // As LdsmLaneOffsets::keep_in_registers: loop-carried, so not rebuilt inside the loop.
+    GSDPA_DEVICE void keep_in_registers(int opaque_zero) {
+#pragma unroll
+        for (int ni = 0; ni < TN; ++ni) base[ni] ^= opaque_zero;
+    }
 };
 
 // Reads the two 16-bit values at the positions a lane holds of a 16 x 8 accumulator tile at
