@@ -7,8 +7,9 @@
 // heads_q, batch). Each warp owns WARP_ROWS = 16 M_TILES rows (M_TILES m16 tiles, kernel_traits.h), so that
 // every K and V fragment loaded with ldmatrix feeds M_TILES mmas. Per key tile (visited last to first):
 //   S = Q K^T (mma.sync m16n8k16, f32 accumulators; ldmatrix for Q and K), mask if the tile needs it,
-//   online softmax in registers (scale folded into exp2), P rounded to 16 bit and reused in registers as
-//   the A operand of O += P V (ldmatrix.trans for V).
+//   online softmax in registers (scale folded into exp2; O rescaled only when a row max rises by more
+//   than 2^8 in p, OnlineSoftmax::update_lazy), P rounded to 16 bit and reused in registers as the A
+//   operand of O += P V (ldmatrix.trans for V).
 // Epilogue (epilogue.h): O = acc / l, the gate, staged 16-byte stores, LSE. Optional diagnostics (sink
 // mass, gate partial sums): forward/diagnostics.h.
 // Tiles, shared-memory layout and the K/V pipeline: forward/kernel_traits.h. Masking: common/mask.h. Both

@@ -294,11 +294,11 @@ GSDPA_DEVICE void forward(const GsdpaFwdSm90Params &params) {
             wgmma_wait<1>();
             last_s_done(i);
             mask(i, s);
-            float correction[2];
-            softmax.update_scores(s, p.scale_log2, correction);
+            float correction[2];  // 1 where the max stays (OnlineSoftmax::update_scores_lazy)
+            const bool rescale_o = softmax.update_scores_lazy(s, p.scale_log2, correction);
             wgmma_wait<0>();
             release(i - 1);
-            fwd::OnlineSoftmax::rescale(acc_o, correction);
+            if (rescale_o) fwd::OnlineSoftmax::rescale(acc_o, correction);
             sink_add(i, s, correction);
 #pragma unroll
             for (int kk = 0; kk < Tr::K_STEPS_PV; ++kk) pack_c_to_a<T>(p_frag[kk], s[2 * kk], s[2 * kk + 1]);

@@ -24,7 +24,7 @@ use half::{bf16, f16};
 
 mod common;
 use common::forward_harness::{with_o, Harness, Inputs, KernelOutputs, LayoutOptions};
-use common::{numel, round_to, GATES, HEAD_DIMS};
+use common::{numel, GATES, HEAD_DIMS};
 
 /// The mma.sync kernel on the default emulator, which every run must launch.
 fn harness() -> Harness {
@@ -126,40 +126,14 @@ fn gqa_ratios_1_4_8() {
 fn key_tiles_that_raise_the_row_max_late() {
     // The key loop visits tiles last to first and rescales O only when a row of a warp's m-tile sees
     // its max rise by more than 2^8 in p (OnlineSoftmax::update_lazy). With random inputs that happens
-    // only in the first tile visited, where O is still 0, so a missing O rescale would pass. Here the
-    // keys' scores grow toward key 0 (by 1 unit every 32 keys) and each 16-row group of queries reacts
-    // differently: a unit is 12 (in log2 of p) in groups 0 and 3, so every tile raises the max and
-    // rescales an accumulated O; 2.5 in groups 1 and 4, so a tile is taken against the stale max
-    // (p up to 2^7.5) until the rise adds up past 8; negative in group 2, whose max is set by the first
-    // tile.
-    let (sq, sk) = (70, 300);
+    // only in the first tile visited, where O is still 0, so a missing O rescale would pass; these
+    // inputs (Inputs::rising_scores) raise the max in later tiles.
     let mut seed = 4000;
     for d in HEAD_DIMS {
         for dtype in [DType::BF16, DType::F16] {
             seed += 1;
-            let p = AttentionProblem::new(1, sq, sk, 1, 1, d).gate(GateMode::Elementwise);
-            let mut x = Inputs::new(&p, dtype, seed);
-            // Entries in [0.5, 1) of one sign: a score is about D * 0.5625 * amplitude * growth before
-            // the scale 1 / sqrt(D), i.e. 0.81 sqrt(D) amplitude growth in log2 units.
-            let unit = |log2_units: f64| {
-                log2_units / (0.5625 * std::f64::consts::LOG2_E * (d as f64).sqrt())
-            };
-            for (i, row) in x.q.chunks_mut(d).enumerate() {
-                let amplitude = match (i / 16) % 3 {
-                    0 => unit(12.0),
-                    1 => unit(2.5),
-                    _ => -unit(12.0),
-                };
-                for v in row {
-                    *v = round_to(dtype, amplitude * (0.5 + v.abs() / 4.0));
-                }
-            }
-            for (j, row) in x.k.chunks_mut(d).enumerate() {
-                let growth = 1.0 + (sk - 1 - j) as f64 / 32.0;
-                for v in row {
-                    *v = round_to(dtype, growth * (0.5 + v.abs() / 4.0));
-                }
-            }
+            let p = AttentionProblem::new(1, 70, 300, 1, 1, d).gate(GateMode::Elementwise);
+            let x = Inputs::rising_scores(&p, dtype, seed);
             harness().check_inputs(&p, dtype, with_o(), &x, seed);
         }
     }

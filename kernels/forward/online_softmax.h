@@ -85,6 +85,24 @@ struct OnlineSoftmax {
 
     template <int N_TILES_S, int N_TILES_O>
     GSDPA_DEVICE void update_lazy(float (&s)[N_TILES_S][4], float (&acc_o)[N_TILES_O][4], float scale_log2) {
+        update_scores_lazy(s, scale_log2, [&](const float (&correction)[2]) { rescale(acc_o, correction); });
+    }
+
+    // update_lazy()'s first half, for a caller that rescales O later (the Hopper forward): returns whether
+    // O needs the corrections (the same answer in every lane of the warp); they are 1 when it does not.
+    template <int N_TILES_S>
+    GSDPA_DEVICE bool update_scores_lazy(float (&s)[N_TILES_S][4], float scale_log2, float (&correction)[2]) {
+        correction[0] = correction[1] = 1.0f;
+        return update_scores_lazy(s, scale_log2, [&](const float (&c)[2]) {
+            correction[0] = c[0];
+            correction[1] = c[1];
+        });
+    }
+
+    // The common part: raises the max (when the vote says so; then calls on_raise with the corrections) and
+    // replaces the scores by p. Returns the vote.
+    template <int N_TILES_S, class OnRaise>
+    GSDPA_DEVICE bool update_scores_lazy(float (&s)[N_TILES_S][4], float scale_log2, OnRaise &&on_raise) {
         float tile_max[2];
         bool raise = false;
 #pragma unroll
@@ -99,7 +117,8 @@ struct OnlineSoftmax {
             // in the tile (-inf): false, also against -inf, where the difference is NaN.
             raise = raise || tile_max[row_half] * scale_log2 - row_max[row_half] * scale_log2 > LAZY_RESCALE_LOG2;
         }
-        if (__any_sync(0xffffffffu, raise)) {
+        const bool raised = __any_sync(0xffffffffu, raise) != 0;
+        if (raised) {
             float correction[2];
 #pragma unroll
             for (int row_half = 0; row_half < 2; ++row_half) {
@@ -109,7 +128,7 @@ struct OnlineSoftmax {
                 row_max[row_half] = m;
                 row_sum[row_half] *= correction[row_half];
             }
-            rescale(acc_o, correction);
+            on_raise(correction);
         }
 #pragma unroll
         for (int row_half = 0; row_half < 2; ++row_half) {
@@ -125,6 +144,7 @@ struct OnlineSoftmax {
             }
             row_sum[row_half] += sum;
         }
+        return raised;
     }
 
     template <int N_TILES_O>

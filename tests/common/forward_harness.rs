@@ -88,6 +88,42 @@ impl Inputs {
     }
 }
 
+impl Inputs {
+    /// Inputs whose scores grow toward key 0, by one unit every 32 keys, so that key tiles visited late
+    /// (the kernels go from the last tile to the first) raise the row max. Each 16-row group of queries
+    /// reacts differently: a unit is 12 (in log2 of p) in groups 0 and 3, so every tile raises the max
+    /// by far more than 2^8 and O, already accumulated, must be rescaled; 1.5 in groups 1 and 4, so
+    /// tiles of 64 or 128 keys are taken against a stale max (p up to 2^8) until the rise adds up past
+    /// 8; negative in
+    /// group 2, whose max is set by the first tile. Entries of Q and K are of one sign and in [0.5, 1),
+    /// so a score is about 0.81 sqrt(D) amplitude growth in log2 units.
+    pub fn rising_scores(p: &AttentionProblem, dtype: DType, seed: u64) -> Inputs {
+        let mut x = Inputs::new(p, dtype, seed);
+        let d = p.head_dim;
+        let unit =
+            |log2_units: f64| log2_units / (0.5625 * std::f64::consts::LOG2_E * (d as f64).sqrt());
+        // Inputs::new's q and k are in (-2, 2): |v| / 4 + 0.5 is in [0.5, 1).
+        for (i, row) in x.q.chunks_mut(d).enumerate() {
+            let amplitude = match (i / 16) % 3 {
+                0 => unit(12.0),
+                1 => unit(1.5),
+                _ => -unit(12.0),
+            };
+            for v in row {
+                *v = round_to(dtype, amplitude * (0.5 + v.abs() / 4.0));
+            }
+        }
+        let sk = p.seqlen_k;
+        for (j, row) in x.k.chunks_mut(d).enumerate() {
+            let growth = 1.0 + (sk - 1 - j % sk) as f64 / 32.0;
+            for v in row {
+                *v = round_to(dtype, growth * (0.5 + v.abs() / 4.0));
+            }
+        }
+        x
+    }
+}
+
 /// The `[.., H, 2D]` buffer whose heads are `[a_h | b_h]` (b = None: zeros).
 fn interleave_heads(a: &[f64], b: Option<&[f64]>, head_dim: usize) -> Vec<f64> {
     let mut out = vec![0.0; 2 * a.len()];
