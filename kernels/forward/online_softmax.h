@@ -57,17 +57,24 @@ struct OnlineSoftmax {
             correction[row_half] = fast_exp2(row_max[row_half] * scale_log2 - base);
             row_max[row_half] = m;
             row_sum[row_half] *= correction[row_half];
-            float sum = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < N_TILES_S; ++nt) {
-#pragma unroll
-                for (int i = 2 * row_half; i < 2 * row_half + 2; ++i) {
-                    s[nt][i] = fast_exp2(fmaf(s[nt][i], scale_log2, -base));
-                    sum += s[nt][i];
-                }
-            }
-            row_sum[row_half] += sum;
+            exponentiate(s, row_half, scale_log2, base);
         }
+    }
+
+    // Replaces row half `row_half` of the scores by p = 2^(s * scale_log2 - base) and adds them to the
+    // lane's row sum.
+    template <int N_TILES_S>
+    GSDPA_DEVICE void exponentiate(float (&s)[N_TILES_S][4], int row_half, float scale_log2, float base) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < N_TILES_S; ++nt) {
+#pragma unroll
+            for (int i = 2 * row_half; i < 2 * row_half + 2; ++i) {
+                s[nt][i] = fast_exp2(fmaf(s[nt][i], scale_log2, -base));
+                sum += s[nt][i];
+            }
+        }
+        row_sum[row_half] += sum;
     }
 
     // update() with the rescale done only when it matters (the mma.sync forward's key loop). The running
@@ -133,16 +140,7 @@ struct OnlineSoftmax {
 #pragma unroll
         for (int row_half = 0; row_half < 2; ++row_half) {
             const float base = row_max[row_half] == -INFINITY ? 0.0f : row_max[row_half] * scale_log2;
-            float sum = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < N_TILES_S; ++nt) {
-#pragma unroll
-                for (int i = 2 * row_half; i < 2 * row_half + 2; ++i) {
-                    s[nt][i] = fast_exp2(fmaf(s[nt][i], scale_log2, -base));
-                    sum += s[nt][i];
-                }
-            }
-            row_sum[row_half] += sum;
+            exponentiate(s, row_half, scale_log2, base);
         }
         return raised;
     }
