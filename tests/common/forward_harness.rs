@@ -18,6 +18,7 @@ use rand::{rngs::StdRng, SeedableRng};
 
 use super::{
     forward_tolerance, gather, numel, random_values, rel_frobenius, round_to, to_elements,
+    HEAD_DIMS,
 };
 
 /// How the test lays out the kernel's tensors.
@@ -86,17 +87,14 @@ impl Inputs {
             g: p.gate_shape().map(|s| random(numel(&s), 3.0)),
         }
     }
-}
 
-impl Inputs {
     /// Inputs whose scores grow toward key 0, by one unit every 32 keys, so that key tiles visited late
     /// (the kernels go from the last tile to the first) raise the row max. Each 16-row group of queries
     /// reacts differently: a unit is 12 (in log2 of p) in groups 0 and 3, so every tile raises the max
     /// by far more than 2^8 and O, already accumulated, must be rescaled; 1.5 in groups 1 and 4, so
     /// tiles of 64 or 128 keys are taken against a stale max (p up to 2^8) until the rise adds up past
-    /// 8; negative in
-    /// group 2, whose max is set by the first tile. Entries of Q and K are of one sign and in [0.5, 1),
-    /// so a score is about 0.81 sqrt(D) amplitude growth in log2 units.
+    /// 8; negative in group 2, whose max is set by the first tile. Entries of Q and K are of one sign
+    /// and in [0.5, 1), so a score is about 0.81 sqrt(D) amplitude growth in log2 units.
     pub fn rising_scores(p: &AttentionProblem, dtype: DType, seed: u64) -> Inputs {
         let mut x = Inputs::new(p, dtype, seed);
         let d = p.head_dim;
@@ -305,6 +303,23 @@ impl Harness {
     ) -> KernelOutputs {
         let x = Inputs::new(p, dtype, input_seed);
         self.check_inputs(p, dtype, options, &x, 1 + input_seed)
+    }
+
+    /// [`Self::check_inputs`] on [`Inputs::rising_scores`] for every head dim and dtype (one head,
+    /// `seqlen_q` queries, 300 keys, elementwise gate; seeds from `first_seed` on): the kernels rescale O
+    /// only when a row max rises by more than 2^8 in p, which random inputs do only in the first tile
+    /// visited, where O is still 0, so a missing O rescale would pass them.
+    pub fn check_rising_scores(&self, seqlen_q: usize, first_seed: u64) {
+        let mut seed = first_seed;
+        for d in HEAD_DIMS {
+            for dtype in [DType::BF16, DType::F16] {
+                seed += 1;
+                let p =
+                    AttentionProblem::new(1, seqlen_q, 300, 1, 1, d).gate(GateMode::Elementwise);
+                let x = Inputs::rising_scores(&p, dtype, seed);
+                self.check_inputs(&p, dtype, with_o(), &x, seed);
+            }
+        }
     }
 
     /// [`Self::check_case`] on given inputs (already rounded to `dtype`), with emulator seed `emu_seed`.
